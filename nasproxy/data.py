@@ -1,0 +1,324 @@
+"""Datasets as uint8 tensors with a fixed train/val/test split and a fingerprint.
+
+Sources (``--dataset``):
+  ``digits``            scikit-learn's bundled 8x8 digits (real, offline), upsampled to 32x32
+  ``cifar10``/``cifar100``  torchvision, downloaded into the data root
+  ``imagefolder:PATH``  ``PATH/train/<class>/*`` and ``PATH/test/<class>/*``, or a .tar.gz of it
+
+Decoded images are cached as ``.npz`` under the data root, keyed by the source, so a second
+run does not decode 50,000 JPEGs again. A stratified validation split is held out of train
+with a seed, so "train", "val" and "test" are fixed for a given seed. Proxy indices always
+index the train split that remains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nasproxy.errors import NasproxyError
+from nasproxy.io import atomic_write_bytes
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SIZE = 32
+
+
+def default_data_root() -> Path:
+    """``$NASPROXY_DATA_ROOT`` or ``~/.cache/nasproxy``."""
+    env = os.environ.get("NASPROXY_DATA_ROOT")
+    return Path(env) if env else Path.home() / ".cache" / "nasproxy"
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Train/val/test images (uint8, N x C x H x W, on the CPU) and int64 labels."""
+
+    spec: str
+    classes: tuple[str, ...]
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    fingerprint: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[2])
+
+    def class_indices(self, indices: np.ndarray | None = None) -> dict[int, np.ndarray]:
+        """Train-split indices grouped by class (all of them, or those in ``indices``)."""
+        labels = self.y_train.numpy()
+        idx = np.arange(len(labels)) if indices is None else np.asarray(indices)
+        return {c: idx[labels[idx] == c] for c in range(self.num_classes)}
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """A source before the validation split: HWC or CHW uint8 arrays and labels."""
+
+    classes: tuple[str, ...]
+    x_train: np.ndarray  # N x C x H x W uint8
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def load_dataset(
+    spec: str,
+    data_root: str | Path | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> Dataset:
+    """Load ``spec`` and split a stratified ``val_fraction`` of each class off train."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise NasproxyError(f"val fraction must be in [0, 1), got {val_fraction}")
+    root = Path(data_root) if data_root is not None else default_data_root()
+    if spec == "digits":
+        raw = _load_digits()
+    elif spec in ("cifar10", "cifar100"):
+        raw = _load_torchvision_cifar(spec, root)
+    elif spec.startswith("imagefolder:"):
+        raw = _load_imagefolder(Path(spec.split(":", 1)[1]).expanduser(), root)
+    else:
+        raise NasproxyError(
+            f"unknown dataset {spec!r}; use digits, cifar10, cifar100 or imagefolder:PATH"
+        )
+    return _split(spec, raw, val_fraction, split_seed)
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (kept, held-out) indices with ``round(fraction * n_c)`` held out per class."""
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = int(round(fraction * len(members)))
+        held.append(rng.permutation(members)[:take])
+    held_out = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    mask = np.ones(len(labels), dtype=bool)
+    mask[held_out] = False
+    return np.flatnonzero(mask), held_out
+
+
+def _split(spec: str, raw: _Raw, val_fraction: float, split_seed: int) -> Dataset:
+    train_idx, val_idx = stratified_split(raw.y_train, val_fraction, split_seed)
+    x_train, y_train = raw.x_train[train_idx], raw.y_train[train_idx]
+    pixels = x_train.astype(np.float64) / 255.0
+    mean = tuple(float(v) for v in pixels.mean(axis=(0, 2, 3)))
+    std = tuple(float(v) for v in pixels.std(axis=(0, 2, 3)) + 1e-8)
+    digest = hashlib.sha256()
+    for part in (raw.y_train, val_idx, raw.y_test, raw.x_train, raw.x_test):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    digest.update("\n".join(raw.classes).encode())
+    return Dataset(
+        spec=spec,
+        classes=raw.classes,
+        x_train=torch.from_numpy(np.ascontiguousarray(x_train)),
+        y_train=torch.from_numpy(y_train.astype(np.int64)),
+        x_val=torch.from_numpy(np.ascontiguousarray(raw.x_train[val_idx])),
+        y_val=torch.from_numpy(raw.y_train[val_idx].astype(np.int64)),
+        x_test=torch.from_numpy(np.ascontiguousarray(raw.x_test)),
+        y_test=torch.from_numpy(raw.y_test.astype(np.int64)),
+        fingerprint=digest.hexdigest()[:16],
+        mean=mean,
+        std=std,
+    )
+
+
+def _load_digits() -> _Raw:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]  # N x 1 x 8 x 8
+    images = torch.nn.functional.interpolate(images, size=DIGITS_SIZE, mode="bilinear")
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    labels = bunch.target.astype(np.int64)
+    train_idx, test_idx = stratified_split(labels, DIGITS_TEST_FRACTION, seed=0)
+    classes = tuple(str(c) for c in range(10))
+    return _Raw(classes, pixels[train_idx], labels[train_idx], pixels[test_idx], labels[test_idx])
+
+
+def _load_torchvision_cifar(name: str, root: Path) -> _Raw:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    folder = root / name
+    try:
+        train = cls(str(folder), train=True, download=True)
+        test = cls(str(folder), train=False, download=True)
+    except Exception as exc:  # offline, partial download, corrupt archive
+        raise NasproxyError(
+            f"{name} is not in {folder} and could not be downloaded ({exc.__class__.__name__}); "
+            f"put torchvision's {name} archive there (--data-root) "
+            "or point --dataset imagefolder:PATH at an ImageFolder tree or .tar.gz"
+        ) from None
+
+    def chw(data: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(data.transpose(0, 3, 1, 2))
+
+    return _Raw(
+        tuple(train.classes),
+        chw(train.data),
+        np.asarray(train.targets, dtype=np.int64),
+        chw(test.data),
+        np.asarray(test.targets, dtype=np.int64),
+    )
+
+
+# --- ImageFolder trees and .tar.gz archives --------------------------------------------
+
+
+def _source_key(path: Path) -> str:
+    """A cache key from the source's path, size and modification time (files under a dir)."""
+    digest = hashlib.sha256(str(path.resolve()).encode())
+    if path.is_file():
+        st = path.stat()
+        digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    else:
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                digest.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def _load_imagefolder(path: Path, root: Path) -> _Raw:
+    if not path.exists():
+        raise NasproxyError(f"dataset path {path} does not exist")
+    cache = root / "decoded" / f"imagefolder-{_source_key(path)}.npz"
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            return _Raw(
+                tuple(str(c) for c in z["classes"]),
+                z["x_train"],
+                z["y_train"],
+                z["x_test"],
+                z["y_test"],
+            )
+    files = _list_archive(path) if path.is_file() else _list_tree(path)
+    raw = _decode(files, str(path))
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        classes=np.array(raw.classes),
+        x_train=raw.x_train,
+        y_train=raw.y_train,
+        x_test=raw.x_test,
+        y_test=raw.y_test,
+    )
+    atomic_write_bytes(cache, buffer.getvalue())
+    return raw
+
+
+# split -> class -> list of (display name, opener returning bytes)
+_Files = dict[str, dict[str, list[tuple[str, bytes]]]]
+
+
+def _list_tree(path: Path) -> _Files:
+    files: _Files = {}
+    for split in ("train", "test"):
+        split_dir = path / split
+        if not split_dir.is_dir():
+            raise NasproxyError(f"{path} has no {split}/ folder (expected {split}/<class>/*)")
+        files[split] = {}
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files[split][class_dir.name] = [(str(p), p.read_bytes()) for p in images]
+    return files
+
+
+def _list_archive(path: Path) -> _Files:
+    if not tarfile.is_tarfile(path):
+        raise NasproxyError(f"{path} is neither a folder nor a .tar.gz archive")
+    files: _Files = {"train": {}, "test": {}}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                parts = Path(member.name).parts
+                # .../{train,test}/<class>/<image>, with any leading folders
+                if len(parts) < 3 or parts[-3] not in files:
+                    continue
+                if member.isdir():
+                    files[parts[-3]].setdefault(parts[-2], [])
+                    continue
+                if not member.isfile() or Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                handle = tar.extractfile(member)
+                assert handle is not None
+                files[parts[-3]].setdefault(parts[-2], []).append(
+                    (f"{path}:{member.name}", handle.read())
+                )
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise NasproxyError(f"{path}: cannot read archive ({exc})") from None
+    for split in ("train", "test"):
+        if not files[split]:
+            raise NasproxyError(f"{path} has no {split}/<class>/ folders")
+        for images in files[split].values():
+            images.sort()
+    return files
+
+
+def _decode(files: _Files, source: str) -> _Raw:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = tuple(sorted(files["train"]))
+    if tuple(sorted(files["test"])) != classes:
+        only_train = sorted(set(classes) - set(files["test"]))
+        only_test = sorted(set(files["test"]) - set(classes))
+        raise NasproxyError(
+            f"{source}: train and test classes differ (only in train: {only_train}, "
+            f"only in test: {only_test})"
+        )
+    for split in ("train", "test"):
+        for name in classes:
+            if not files[split][name]:
+                raise NasproxyError(f"{source}: class folder {split}/{name} has no images")
+
+    size: tuple[int, int] | None = None
+    mode: str | None = None
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split in ("train", "test"):
+        arrays, labels = [], []
+        for label, name in enumerate(classes):
+            for display, blob in files[split][name]:
+                try:
+                    with Image.open(io.BytesIO(blob)) as img:
+                        img.load()
+                        if mode is None:  # the first image sets channels and size
+                            mode = "L" if img.mode in ("L", "1", "I", "I;16") else "RGB"
+                            size = img.size
+                        img = img.convert(mode)
+                        if img.size != size:
+                            img = img.resize(size, Image.Resampling.BILINEAR)
+                        array = np.asarray(img, dtype=np.uint8)
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                    raise NasproxyError(f"cannot decode image {display} ({exc})") from None
+                arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+                labels.append(label)
+        out[split] = (np.stack(arrays), np.asarray(labels, dtype=np.int64))
+    assert size is not None
+    if size[0] != size[1]:
+        raise NasproxyError(f"{source}: images must be square, first image is {size[0]}x{size[1]}")
+    return _Raw(classes, out["train"][0], out["train"][1], out["test"][0], out["test"][1])

@@ -1,0 +1,192 @@
+"""Search spaces: YAML option lists expanded into an ordered, indexable set of architectures.
+
+A space file (``search_spaces/NAME.yaml``) lists the options of each field of the ConvNet
+family; the space is their Cartesian product in a fixed order, so an index and an id
+(``w128-d3-relu-instancenorm-avgpooling``) name the same architecture on every machine.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from nasproxy.errors import NasproxyError
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+FIELDS = ("width", "depth", "act", "norm", "pool")
+ACTIVATIONS = ("sigmoid", "relu", "leakyrelu")
+NORMS = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
+POOLINGS = ("none", "maxpooling", "avgpooling")
+GROUPNORM_GROUPS = 4  # Dataset Condensation's "groupnorm" is GroupNorm(4, C)
+
+
+@dataclass(frozen=True, order=True)
+class Arch:
+    """One ConvNet: ``depth`` blocks of conv(3x3, ``width``) -> norm -> act -> pool."""
+
+    width: int
+    depth: int
+    act: str
+    norm: str
+    pool: str
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.depth < 1:
+            raise NasproxyError(f"width and depth must be positive, got {self.width}, {self.depth}")
+        for value, allowed, what in (
+            (self.act, ACTIVATIONS, "activation"),
+            (self.norm, NORMS, "norm"),
+            (self.pool, POOLINGS, "pooling"),
+        ):
+            if value not in allowed:
+                raise NasproxyError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
+        if self.norm == "groupnorm" and self.width % GROUPNORM_GROUPS:
+            raise NasproxyError(f"groupnorm needs a width divisible by {GROUPNORM_GROUPS}")
+
+    def __str__(self) -> str:
+        return f"w{self.width}-d{self.depth}-{self.act}-{self.norm}-{self.pool}"
+
+    @property
+    def id(self) -> str:
+        """The canonical id, used as the key of every result."""
+        return str(self)
+
+    @classmethod
+    def from_id(cls, arch_id: str) -> Arch:
+        """Parse ``w128-d3-relu-instancenorm-avgpooling`` back into an Arch."""
+        parts = arch_id.split("-")
+        if len(parts) != 5 or not parts[0].startswith("w") or not parts[1].startswith("d"):
+            raise NasproxyError(
+                f"bad architecture id {arch_id!r}; "
+                "expected e.g. w128-d3-relu-instancenorm-avgpooling"
+            )
+        try:
+            width, depth = int(parts[0][1:]), int(parts[1][1:])
+        except ValueError:
+            raise NasproxyError(
+                f"bad architecture id {arch_id!r}: width/depth not integers"
+            ) from None
+        return cls(width, depth, parts[2], parts[3], parts[4])
+
+    def feature_sizes(self, image_size: int) -> list[int]:
+        """Spatial size entering each block, then the size after the last block."""
+        sizes = [image_size]
+        for _ in range(self.depth):
+            sizes.append(sizes[-1] // 2 if self.pool != "none" else sizes[-1])
+        return sizes
+
+    def check_input(self, image_size: int) -> None:
+        """Refuse a depth that pools the image below 1x1."""
+        if self.feature_sizes(image_size)[-1] < 1:
+            raise NasproxyError(
+                f"{self} pools a {image_size}x{image_size} input below 1x1; use a smaller depth"
+            )
+
+    def param_count(self, in_channels: int, num_classes: int, image_size: int) -> int:
+        """Trainable parameters, in closed form (conv weights + biases, norm affines, head)."""
+        sizes = self.feature_sizes(image_size)
+        total, cin = 0, in_channels
+        for block in range(self.depth):
+            total += 9 * cin * self.width + self.width
+            if self.norm == "layernorm":  # LayerNorm([C, H, W]) over the pre-pooling map
+                total += 2 * self.width * sizes[block] ** 2
+            elif self.norm != "none":
+                total += 2 * self.width
+            cin = self.width
+        features = self.width * sizes[-1] ** 2
+        return total + features * num_classes + num_classes
+
+    def macs(self, in_channels: int, num_classes: int, image_size: int) -> int:
+        """Multiply-accumulates of one forward pass (convolutions and the head)."""
+        sizes = self.feature_sizes(image_size)
+        total, cin = 0, in_channels
+        for block in range(self.depth):
+            total += sizes[block] ** 2 * self.width * cin * 9
+            cin = self.width
+        return total + self.width * sizes[-1] ** 2 * num_classes
+
+
+class Space(Sequence[Arch]):
+    """An ordered, indexable collection of architectures with an id <-> index round trip."""
+
+    def __init__(self, name: str, archs: Sequence[Arch]):
+        self.name = name
+        self._archs = tuple(archs)
+        self._index = {str(a): i for i, a in enumerate(self._archs)}
+        if len(self._index) != len(self._archs):
+            raise NasproxyError(f"space {name!r} lists an architecture twice")
+
+    def __len__(self) -> int:
+        return len(self._archs)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._archs[i]
+
+    def __iter__(self) -> Iterator[Arch]:
+        return iter(self._archs)
+
+    @property
+    def ids(self) -> list[str]:
+        """All ids, in the space's order."""
+        return list(self._index)
+
+    def index(self, arch_id: str | Arch) -> int:  # type: ignore[override]
+        """Position of an id in the space; a clear error for an unknown one."""
+        key = str(arch_id)
+        if key not in self._index:
+            raise NasproxyError(f"architecture {key!r} is not in space {self.name!r}")
+        return self._index[key]
+
+    def get(self, arch_id: str) -> Arch:
+        """The architecture with this id."""
+        return self._archs[self.index(arch_id)]
+
+
+def available() -> list[str]:
+    """Names of the spaces shipped in ``search_spaces/``."""
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def resolve_path(name_or_path: str | Path) -> Path:
+    """A space name (``convnet720``) or a path to a YAML file, as a path that exists."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise NasproxyError(f"space file {path} does not exist")
+        return path
+    candidate = SPACES_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise NasproxyError(
+            f"unknown space {str(name_or_path)!r}; available: {', '.join(available()) or 'none'}"
+            " (or give a path to a .yaml file)"
+        )
+    return candidate
+
+
+def load(name_or_path: str | Path, image_size: int = 32) -> Space:
+    """Load a space by name or YAML path, checking every architecture fits ``image_size``."""
+    path = resolve_path(name_or_path)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise NasproxyError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("options"), dict):
+        raise NasproxyError(f"{path}: expected a mapping with an 'options' mapping")
+    options = spec["options"]
+    missing = [f for f in FIELDS if f not in options]
+    if missing:
+        raise NasproxyError(f"{path}: options lack {', '.join(missing)}")
+    lists = []
+    for field in FIELDS:
+        values = options[field]
+        if not isinstance(values, list) or not values:
+            raise NasproxyError(f"{path}: options.{field} must be a non-empty list")
+        lists.append(values)
+    archs = [Arch(*combo) for combo in itertools.product(*lists)]
+    for arch in archs:
+        arch.check_input(image_size)
+    return Space(str(spec.get("name", path.stem)), archs)

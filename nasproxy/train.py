@@ -1,0 +1,245 @@
+"""The trainer: one ConvNet on a (subset of a) dataset, the paper's settings by default.
+
+The data lives on the device as one tensor; a batch is a slice of a permutation, and the
+augmentation (random crop with 4-pixel padding, horizontal flip) is batched tensor work on
+the device. The loop reads nothing back to the host within an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasproxy.data import Dataset
+from nasproxy.models import build_model
+from nasproxy.spaces import Arch
+
+CROP_PADDING = 4
+EVAL_BATCH = 1024
+
+# observer(batch_indices, correct): called each step with train-split indices of the batch
+# and whether each was classified correctly (forgetting events are read off this).
+Observer = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one network; saved into every result."""
+
+    epochs: int = 100  # the paper trains each architecture 100 epochs
+    batch_size: int = 128
+    lr: float = 0.01  # SGD, cosine decay to 0 over all steps
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True  # random crop (pad 4) + horizontal flip
+    seed: int = 0  # initialisation, batch order and augmentation
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+
+    def __post_init__(self) -> None:
+        from nasproxy.errors import NasproxyError
+
+        if self.epochs < 1 or self.batch_size < 1:
+            raise NasproxyError("epochs and batch size must be at least 1")
+        if not self.lr > 0:
+            raise NasproxyError(f"learning rate must be positive, got {self.lr}")
+
+
+@dataclass
+class TrainRecord:
+    """What one training run measured."""
+
+    arch: str
+    status: str  # "ok", "diverged" (NaN/inf loss) or "failed"
+    reason: str
+    seed: int
+    epochs: int
+    n_train: int
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch
+    train_loss: float = math.nan
+    val_acc: float = math.nan
+    test_acc: float = math.nan
+    wall_s: float = 0.0
+    images_seen: int = 0
+    images_per_s: float = 0.0
+    params: int = 0
+    macs: int = 0
+    device: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def device_name(device: torch.device) -> str:
+    """A human name for the hardware, recorded with every result."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def normalize(x: torch.Tensor, data: Dataset) -> torch.Tensor:
+    """uint8 images -> float, standardised with the train split's channel statistics."""
+    mean = torch.tensor(data.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, device=x.device).view(1, -1, 1, 1)
+    return (x.float() / 255.0 - mean) / std
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, for a whole batch at once."""
+    n, c, h, w = x.shape
+    p = CROP_PADDING
+    padded = F.pad(x, (p, p, p, p))
+    dy = torch.randint(0, 2 * p + 1, (n,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * p + 1, (n,), device=x.device, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    out = padded.gather(2, rows.expand(n, c, h, w + 2 * p)).gather(3, cols.expand(n, c, h, w))
+    flip = torch.rand(n, device=x.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
+    """Shuffled index batches; a trailing batch of one (which batch norm cannot take) is dropped."""
+    perm = torch.randperm(n, device=device, generator=generator)
+    stops = list(range(batch_size, n, batch_size)) + [n]
+    start = 0
+    for stop in stops:
+        if stop - start >= 2 or n == 1:
+            yield perm[start:stop]
+        start = stop
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset,
+    indices: np.ndarray | None,
+    cfg: TrainConfig,
+    observer: Observer | None = None,
+) -> tuple[list[dict[str, float]], int]:
+    """Train ``model`` in place on the train-split ``indices`` (all when None).
+
+    Returns the per-epoch history and the number of images seen. Stops early when the
+    loss is no longer finite (the last history entry then has a non-finite loss).
+    """
+    device = next(model.parameters()).device
+    idx = torch.arange(len(data.y_train)) if indices is None else torch.as_tensor(indices)
+    x = normalize(data.x_train[idx].to(device), data)
+    y = data.y_train[idx].to(device)
+    idx = idx.to(device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    steps_per_epoch = sum(1 for _ in range(0, len(y), cfg.batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    history: list[dict[str, float]] = []
+    seen = 0
+    model.train()
+    for epoch in range(cfg.epochs):
+        loss_sum = torch.zeros((), device=device)
+        correct_sum = torch.zeros((), device=device, dtype=torch.long)
+        count = 0
+        for b in batches(len(y), cfg.batch_size, gen, device):
+            xb = augment_batch(x[b], gen) if cfg.augment else x[b]
+            logits = model(xb)
+            loss = F.cross_entropy(logits, y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            correct = logits.detach().argmax(1) == y[b]
+            if observer is not None:
+                observer(idx[b], correct)
+            loss_sum += loss.detach() * len(b)
+            correct_sum += correct.sum()
+            count += len(b)
+        seen += count
+        # one host sync per epoch
+        train_loss, train_acc = loss_sum.item() / count, correct_sum.item() / count
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc})
+        if not math.isfinite(train_loss):
+            break
+    return history, seen
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Dataset, x: torch.Tensor) -> torch.Tensor:
+    """Logits for uint8 images ``x`` in eval mode (no augmentation), batched."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = [
+        model(normalize(x[i : i + EVAL_BATCH].to(device), data))
+        for i in range(0, len(x), EVAL_BATCH)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def accuracy(model: nn.Module, data: Dataset, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy on (x, y); NaN for an empty split."""
+    if len(y) == 0:
+        return math.nan
+    logits = predict(model, data, x)
+    return (logits.argmax(1).cpu() == y).float().mean().item()
+
+
+def init_model(arch: Arch, data: Dataset, seed: int, device: torch.device) -> nn.Module:
+    """The ConvNet for ``arch``, initialised from ``seed`` without touching global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(arch, data.in_channels, data.num_classes, data.image_size)
+    return model.to(device)
+
+
+def train(
+    arch: Arch | str, data: Dataset, indices: np.ndarray | None, cfg: TrainConfig
+) -> TrainRecord:
+    """Train ``arch`` on the train-split ``indices`` and evaluate on val and test."""
+    arch = Arch.from_id(arch) if isinstance(arch, str) else arch
+    device = resolve_device(cfg.device)
+    n_train = len(data.y_train) if indices is None else len(indices)
+    record = TrainRecord(
+        arch=str(arch),
+        status="ok",
+        reason="",
+        seed=cfg.seed,
+        epochs=cfg.epochs,
+        n_train=n_train,
+        params=arch.param_count(data.in_channels, data.num_classes, data.image_size),
+        macs=arch.macs(data.in_channels, data.num_classes, data.image_size),
+        device=device_name(device),
+    )
+    start = time.perf_counter()
+    try:
+        model = init_model(arch, data, cfg.seed, device)
+        record.history, record.images_seen = fit(model, data, indices, cfg)
+        record.train_loss = record.history[-1]["train_loss"]
+        if not math.isfinite(record.train_loss):
+            record.status = "diverged"
+            record.reason = f"non-finite training loss in epoch {len(record.history)}"
+        else:
+            record.val_acc = accuracy(model, data, data.x_val, data.y_val)
+            record.test_acc = accuracy(model, data, data.x_test, data.y_test)
+    except torch.OutOfMemoryError as exc:
+        record.status, record.reason = "failed", f"out of memory: {str(exc).splitlines()[0]}"
+    except RuntimeError as exc:
+        record.status, record.reason = (
+            "failed",
+            f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}",
+        )
+    record.wall_s = time.perf_counter() - start
+    record.images_per_s = record.images_seen / record.wall_s if record.wall_s > 0 else 0.0
+    return record
