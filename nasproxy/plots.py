@@ -1,0 +1,131 @@
+"""Figures of the NAS proxy report, rendered off-screen (Agg) to PNG bytes.
+
+The functions take plain data and return bytes so that the caller decides where and how
+(atomically) they are written; pyplot's global state is never touched.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+_DPI = 120
+
+
+@dataclass(frozen=True)
+class ScatterPanel:
+    """One proxy method: per-architecture validation accuracies and its top-k picks."""
+
+    name: str
+    whole_val: np.ndarray  # whole-set val acc per arch (reference, mean over seeds)
+    proxy_val: np.ndarray  # proxy val acc per arch (mean over proxy seeds)
+    top: np.ndarray  # boolean mask of the top-k archs by proxy_val
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return buf.getvalue()
+
+
+def _empty(message: str) -> bytes:
+    fig = Figure(figsize=(5, 3))
+    ax = fig.add_subplot()
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    return _png(fig)
+
+
+def proxy_vs_whole(panels: Sequence[ScatterPanel], k: int) -> bytes:
+    """Scatter of proxy vs whole-set validation accuracy (%), one panel per method."""
+    if not panels:
+        return _empty("no proxy training sets in this experiment")
+    cols = min(len(panels), 3)
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.8 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, p in zip(axes.flat, panels, strict=False):
+        x, y = 100 * np.asarray(p.whole_val), 100 * np.asarray(p.proxy_val)
+        top = np.asarray(p.top, dtype=bool)
+        ax.scatter(x[~top], y[~top], s=12, alpha=0.6, color="tab:gray", label="other archs")
+        ax.scatter(x[top], y[top], s=30, color="tab:red", edgecolor="k", label=f"top-{k} by proxy")
+        ax.set_title(p.name)
+        ax.set_xlabel("whole-set val acc (%)")
+        ax.set_ylabel("proxy val acc (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.suptitle("Proxy vs whole-set validation accuracy (mean over seeds)")
+    return _png(fig)
+
+
+def correlations(table: pd.DataFrame, k: int) -> bytes:
+    """Spearman (all archs and proxy top-k) per train set with bootstrap 95% intervals.
+
+    ``table`` has columns train_set, spearman_all(_lo/_hi), spearman_topk(_lo/_hi).
+    """
+    if table.empty:
+        return _empty("no training sets to show")
+    fig = Figure(figsize=(max(4.5, 1.3 * len(table) + 2), 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    pos = np.arange(len(table))
+    for off, col, label, color in (
+        (-0.15, "spearman_all", "Spearman, all archs", "tab:blue"),
+        (0.15, "spearman_topk", f"Spearman, proxy top-{k}", "tab:orange"),
+    ):
+        mid = table[col].to_numpy(dtype=float)
+        lo = table[f"{col}_lo"].to_numpy(dtype=float)
+        hi = table[f"{col}_hi"].to_numpy(dtype=float)
+        # drawn as lo..hi segments: a percentile interval need not contain the estimate
+        ax.plot(pos + off, mid, "o", color=color, label=label)
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        x = (pos + off)[ok]
+        ax.vlines(x, lo[ok], hi[ok], color=color)
+        for end in (lo[ok], hi[ok]):
+            ax.hlines(end, x - 0.05, x + 0.05, color=color)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(pos, table["train_set"].tolist())
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("rank correlation with whole set")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title("Rank correlation (bootstrap 95% percentile intervals)")
+    return _png(fig)
+
+
+def accuracy_vs_time(table: pd.DataFrame, k: int) -> bytes:
+    """Whole-set test acc of the top-k picks (%) vs total training time of each sweep.
+
+    ``table`` has columns train_set, train_s, perf_topk, perf_topk_std.
+    """
+    t = table["train_s"].to_numpy(dtype=float)
+    y = 100 * table["perf_topk"].to_numpy(dtype=float)
+    shown = np.isfinite(t) & np.isfinite(y)
+    if not shown.any():
+        return _empty("no training time / accuracy to show")
+    yerr = 100 * np.nan_to_num(table["perf_topk_std"].to_numpy(dtype=float))
+    fig = Figure(figsize=(5.5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.errorbar(t[shown], y[shown], yerr=yerr[shown], fmt="o", capsize=4)
+    for name, ti, yi in zip(table["train_set"][shown], t[shown], y[shown], strict=True):
+        ax.annotate(str(name), (ti, yi), textcoords="offset points", xytext=(5, 5))
+    if (t[shown] > 0).all():
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.2, y=0.15)
+    ax.set_xlabel("total training time of the sweep (s, sum over trials)")
+    ax.set_ylabel(f"whole-set test acc of top-{k} picks (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title("Accuracy vs search cost")
+    return _png(fig)

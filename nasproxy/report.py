@@ -1,0 +1,678 @@
+"""Table 1 of the NAS experiment (Yang et al., ICLR 2023) from a finished or partial sweep.
+
+Reads ``EXP/trials.parquet`` (or ``trials.csv``) and ``EXP/manifest.json`` and writes,
+atomically under ``EXP``: ``table1.md``, ``table1.csv`` (``#`` comment header, read back
+with ``pd.read_csv(path, comment="#")``), ``table1.tex``, ``table1_seeds.csv`` (the
+per-seed metrics behind the means) and three PNG figures.
+
+Aggregation over seeds: the whole-set reference of an architecture is its validation /
+test accuracy averaged over the whole-set training seeds; each proxy training seed ranks
+the architectures on its own and is scored against that reference; the table gives the
+mean and sample std over proxy seeds. Only trials with status "ok" enter the metrics;
+repeated trials of one (train set, arch, seed) are averaged. Missing trials are counted
+against the manifest's archs x seeds and reported, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nasproxy import __version__, metrics, plots
+from nasproxy.errors import NasproxyError
+from nasproxy.io import atomic_write_bytes, atomic_write_text
+
+WHOLE = "whole"
+REQUIRED_COLUMNS = ("arch", "train_set", "seed", "val_acc", "test_acc", "status", "wall_s")
+
+# The CSV's columns, in order. Accuracies are fractions in 0..1 as in trials.parquet;
+# "_std" is the sample std over proxy seeds, "_lo"/"_hi" the bootstrap 95% interval.
+TABLE_COLUMNS = (
+    "train_set",
+    "role",
+    "n_images",
+    "bytes",
+    "epsilon",
+    "trials_expected",
+    "trials_present",
+    "trials_missing",
+    "trials_not_ok",
+    "n_seeds",
+    "n_archs",
+    "perf_topk",
+    "perf_topk_std",
+    "top1_test",
+    "top1_test_std",
+    "regret",
+    "regret_std",
+    "spearman_topk",
+    "spearman_topk_std",
+    "spearman_topk_lo",
+    "spearman_topk_hi",
+    "spearman_all",
+    "spearman_all_std",
+    "spearman_all_lo",
+    "spearman_all_hi",
+    "kendall_all",
+    "kendall_all_std",
+    "kendall_all_lo",
+    "kendall_all_hi",
+    "seed_spearman",
+    "train_s",
+    "sweep_wall_s",
+)
+SEED_COLUMNS = (
+    "train_set",
+    "seed",
+    "n_archs",
+    "top1_arch",
+    "perf_topk",
+    "top1_test",
+    "regret",
+    "spearman_topk",
+    "spearman_all",
+    "kendall_all",
+)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`make_report` computed and wrote."""
+
+    exp_dir: Path
+    table: pd.DataFrame  # one row per train set (proxies, then "whole"), TABLE_COLUMNS
+    per_seed: pd.DataFrame  # one row per (proxy train set, seed), SEED_COLUMNS
+    protocol: dict[str, str]  # the conditions every table carries, in display order
+    notes: list[str]  # coverage and caveats, one line each
+    top_k: int
+    paths: dict[str, Path] = field(default_factory=dict)  # kind -> file written
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _read_manifest(exp_dir: Path) -> dict[str, Any]:
+    path = exp_dir / "manifest.json"
+    if not path.is_file():
+        raise NasproxyError(f"no manifest.json in {exp_dir}: not an experiment directory")
+    try:
+        man = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NasproxyError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(man, dict):
+        raise NasproxyError(f"{path} is not a JSON object")
+    archs = man.get("archs")
+    if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
+        raise NasproxyError(f"{path}: 'archs' must be a non-empty list of architecture ids")
+    protocol = man.get("protocol")
+    seeds = protocol.get("seeds") if isinstance(protocol, dict) else None
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise NasproxyError(f"{path}: 'protocol.seeds' must be a non-empty list of integers")
+    if not isinstance(man.get("train_sets"), dict):
+        raise NasproxyError(f"{path}: 'train_sets' must be an object keyed by train set name")
+    return man
+
+
+def _read_trials(exp_dir: Path) -> pd.DataFrame:
+    pq, csv = exp_dir / "trials.parquet", exp_dir / "trials.csv"
+    try:
+        if pq.is_file():
+            df = pd.read_parquet(pq)
+        elif csv.is_file():
+            df = pd.read_csv(csv, keep_default_na=False, na_values=["", "nan", "NaN"])
+        else:
+            raise NasproxyError(f"no trials.parquet in {exp_dir}: the sweep has not run yet")
+    except NasproxyError:
+        raise
+    except Exception as exc:  # pyarrow / parser errors have no common base class
+        raise NasproxyError(f"cannot read the trials of {exp_dir}: {exc}") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise NasproxyError(f"trials of {exp_dir} lack column(s): {', '.join(missing)}")
+    if df.empty:
+        raise NasproxyError(f"trials of {exp_dir} are empty: no trial has finished yet")
+    df = df.copy()
+    try:
+        for col in ("val_acc", "test_acc", "wall_s"):
+            df[col] = pd.to_numeric(df[col], errors="raise").astype(float)
+        df["seed"] = pd.to_numeric(df["seed"], errors="raise").astype(int)
+    except (ValueError, TypeError) as exc:
+        raise NasproxyError(f"trials of {exp_dir} have a non-numeric value: {exc}") from exc
+    for col in ("arch", "train_set", "status"):
+        df[col] = df[col].astype(str)
+    return df
+
+
+# ---------------------------------------------------------------- computing
+
+
+@dataclass(frozen=True)
+class _Matrices:
+    """Accuracies of one train set: (seeds, archs), NaN where no ok trial exists."""
+
+    seeds: list[int]
+    val: np.ndarray
+    test: np.ndarray
+
+
+def _matrices(ok: pd.DataFrame, archs: list[str]) -> _Matrices:
+    if ok.empty:
+        empty = np.empty((0, len(archs)))
+        return _Matrices([], empty, empty)
+    # several trials of one (arch, seed) -> their mean
+    agg = ok.groupby(["seed", "arch"])[["val_acc", "test_acc"]].mean()
+    seeds = sorted(agg.index.get_level_values("seed").unique().tolist())
+    val = agg["val_acc"].unstack("arch").reindex(index=seeds, columns=archs)
+    test = agg["test_acc"].unstack("arch").reindex(index=seeds, columns=archs)
+    return _Matrices(seeds, val.to_numpy(dtype=float), test.to_numpy(dtype=float))
+
+
+def _nanmean0(a: np.ndarray) -> np.ndarray:
+    if a.shape[0] == 0:
+        return np.full(a.shape[1], np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an arch with no trial -> NaN
+        return np.nanmean(a, axis=0)
+
+
+def _seed_to_seed(val: np.ndarray) -> float:
+    """Mean Spearman between the val-acc rankings of every pair of seeds (NaN if < 2)."""
+    rhos = [metrics.spearman(val[i], val[j]) for i, j in combinations(range(val.shape[0]), 2)]
+    rhos = [r for r in rhos if math.isfinite(r)]
+    return float(np.mean(rhos)) if rhos else float("nan")
+
+
+def _coverage(rows: pd.DataFrame, archs: list[str], seeds: list[int]) -> dict[str, int]:
+    expected = {(a, s) for a in archs for s in seeds}
+    pairs = set(zip(rows["arch"], rows["seed"], strict=True))
+    ok = rows[rows["status"] == "ok"]
+    ok_pairs = set(zip(ok["arch"], ok["seed"], strict=True))
+    present = pairs & expected
+    return {
+        "trials_expected": len(expected),
+        "trials_present": len(present),
+        "trials_missing": len(expected - present),
+        "trials_not_ok": len(present - ok_pairs),
+        "unexpected": len(pairs - expected),
+    }
+
+
+def _coverage_line(name: str, cov: dict[str, int]) -> str:
+    line = f"{name}: {cov['trials_present']}/{cov['trials_expected']} trials"
+    parts = []
+    if cov["trials_missing"]:
+        parts.append(f"{cov['trials_missing']} missing")
+    if cov["trials_not_ok"]:
+        parts.append(f"{cov['trials_not_ok']} not ok (diverged/failed)")
+    if cov["unexpected"]:
+        parts.append(f"{cov['unexpected']} outside the manifest's archs x seeds (used)")
+    return line + ("; " + "; ".join(parts) if parts else " (complete)")
+
+
+def _num(v: Any) -> float:
+    """A manifest number, NaN when absent (None) or not a number."""
+    return float(v) if isinstance(v, int | float) else float("nan")
+
+
+def _storage(man: dict[str, Any], name: str, rows: pd.DataFrame) -> tuple[float, float, float]:
+    """(images, bytes, epsilon) of a train set; images fall back to the trials' n_train."""
+    info = man["train_sets"].get(name) or {}
+    n_images = info.get("n_images")
+    if n_images is None and "n_train" in rows.columns and rows["n_train"].notna().any():
+        n_images = int(rows["n_train"].dropna().iloc[0])
+    return _num(n_images), _num(info.get("bytes")), _num(info.get("epsilon"))
+
+
+def _row(
+    name: str,
+    rank_val: np.ndarray,
+    ref_val: np.ndarray,
+    ref_val_seeds: np.ndarray,
+    ref_test: np.ndarray,
+    seeds: list[int],
+    archs: list[str],
+    top_k: int,
+    n_boot: int,
+    seed: int,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Metrics of one train set whose (seeds, archs) val accuracies are ``rank_val``."""
+    per_seed = []
+    for s, pv in zip(seeds, rank_val, strict=True):
+        m = metrics.seed_metrics(pv, ref_val, ref_test, top_k)
+        both = np.isfinite(pv) & np.isfinite(ref_val) & np.isfinite(ref_test)
+        top1 = metrics.top_k_order(np.where(both, pv, np.nan), 1) if m.n_archs else []
+        per_seed.append(
+            {
+                "train_set": name,
+                "seed": s,
+                "n_archs": m.n_archs,
+                "top1_arch": archs[top1[0]] if len(top1) else "",
+                "perf_topk": m.perf_topk,
+                "top1_test": m.top1_test,
+                "regret": m.regret,
+                "spearman_topk": m.spearman_topk,
+                "spearman_all": m.spearman_all,
+                "kendall_all": m.kendall_all,
+            }
+        )
+    out: dict[str, float] = {"n_seeds": len(seeds)}
+    scored = np.isfinite(_nanmean0(rank_val)) & np.isfinite(ref_val) & np.isfinite(ref_test)
+    out["n_archs"] = int(scored.sum())
+    for col in ("perf_topk", "top1_test", "regret", *metrics.CORRELATIONS):
+        mean, std = metrics.mean_std(np.array([r[col] for r in per_seed], dtype=float))
+        out[col], out[f"{col}_std"] = mean, std
+    if seeds and np.isfinite(ref_val).any():
+        ci = metrics.bootstrap_correlations(rank_val, ref_val_seeds, top_k, n_boot, seed)
+    else:
+        ci = {c: (float("nan"), float("nan")) for c in metrics.CORRELATIONS}
+    for col, (lo, hi) in ci.items():
+        out[f"{col}_lo"], out[f"{col}_hi"] = lo, hi
+    return out, per_seed
+
+
+def _protocol(
+    exp_dir: Path, man: dict[str, Any], top_k: int, n_boot: int, seed: int
+) -> dict[str, str]:
+    def get(key: str) -> str:
+        v = man.get(key)
+        return "unknown" if v in (None, "") else str(v)
+
+    proto = man["protocol"]
+    settings = ", ".join(f"{k}={proto[k]}" for k in sorted(proto) if k != "seeds")
+    space_size = man.get("space_size")
+    return {
+        "experiment": exp_dir.name,
+        "dataset": f"{get('dataset')} ({get('dataset_name')}), fingerprint {get('fingerprint')}",
+        "space": f"{get('space')}: {len(man['archs'])} architectures swept"
+        f" of {space_size if space_size is not None else 'unknown'} in the space",
+        "epochs": str(proto.get("epochs", "unknown")),
+        "seeds": ", ".join(str(s) for s in proto["seeds"]),
+        "training": settings or "unknown",
+        "hardware": get("hardware"),
+        "sweep": f"nasproxy {get('nasproxy_version')}, git {get('git_commit')},"
+        f" created {get('created')}",
+        "report": f"nasproxy {__version__}; top-k k={top_k}; bootstrap {n_boot} resamples"
+        f" of archs and seeds, seed {seed}, 95% percentile intervals",
+        "aggregation": "whole-set reference = per-arch mean over whole-set seeds;"
+        " each proxy seed ranks archs on its own; mean +- sample std over proxy seeds;"
+        " status 'ok' trials only",
+    }
+
+
+@dataclass(frozen=True)
+class Table1:
+    """Table 1 and what the figures need, computed from trials and manifest."""
+
+    table: pd.DataFrame  # TABLE_COLUMNS, one row per train set
+    per_seed: pd.DataFrame  # SEED_COLUMNS, one row per (proxy train set, seed)
+    notes: list[str]  # coverage, one line per train set, then caveats
+    archs: list[str]  # the architecture order of the arrays below
+    val_means: dict[str, np.ndarray]  # train set -> per-arch val acc, mean over seeds
+
+
+def compute_table(
+    trials: pd.DataFrame,
+    manifest: dict[str, Any],
+    top_k: int = 10,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Table1:
+    """Table 1 from validated trials and manifest (see :func:`make_report`).
+
+    Rows: one per proxy train set (train_set != "whole"; manifest order, then any found
+    only in the trials), then the whole set. The whole-set row ranks the reference
+    against itself, so its correlation is 1 by computation (NaN if undefined).
+    """
+    archs = list(manifest["archs"])
+    archs += sorted(set(trials["arch"]) - set(archs))
+    seeds = list(manifest["protocol"]["seeds"])
+    names = list(manifest["train_sets"])
+    names += sorted(set(trials["train_set"]) - set(names))
+    proxies = [n for n in names if n != WHOLE]
+
+    def rows_of(name: str) -> pd.DataFrame:
+        return trials[trials["train_set"] == name]
+
+    def ok_of(name: str) -> pd.DataFrame:
+        r = rows_of(name)
+        return r[r["status"] == "ok"]
+
+    whole = _matrices(ok_of(WHOLE), archs)
+    ref_val, ref_test = _nanmean0(whole.val), _nanmean0(whole.test)
+
+    notes: list[str] = []
+    table_rows: list[dict[str, Any]] = []
+    seed_rows: list[dict[str, Any]] = []
+    means: dict[str, np.ndarray] = {WHOLE: ref_val}
+    for name in [*proxies, WHOLE]:
+        rows = rows_of(name)
+        cov = _coverage(rows, archs, seeds)
+        notes.append(_coverage_line(name, cov))
+        n_images, nbytes, eps = _storage(manifest, name, rows)
+        if name == WHOLE:
+            # the reference ranks itself once (one pseudo-seed, -1, not kept per seed)
+            rank_val, run_seeds = ref_val[None, :], [-1]
+            boot_ref = ref_val[None, :]
+            seed_spread = _seed_to_seed(whole.val)
+        else:
+            mats = _matrices(ok_of(name), archs)
+            rank_val, run_seeds, boot_ref = mats.val, mats.seeds, whole.val
+            seed_spread = _seed_to_seed(mats.val)
+            means[name] = _nanmean0(mats.val)
+        stats_row, per_seed = _row(
+            name, rank_val, ref_val, boot_ref, ref_test, run_seeds, archs, top_k, n_boot, seed
+        )
+        if name == WHOLE:
+            stats_row["n_seeds"] = len(whole.seeds)
+        else:
+            seed_rows += per_seed
+        table_rows.append(
+            {
+                "train_set": name,
+                "role": "reference" if name == WHOLE else "proxy",
+                "n_images": n_images,
+                "bytes": nbytes,
+                "epsilon": eps,
+                **{k: v for k, v in cov.items() if k != "unexpected"},
+                **stats_row,
+                "seed_spearman": seed_spread,
+                "train_s": float(rows["wall_s"].sum()),
+                "sweep_wall_s": _num((manifest.get("wall_s") or {}).get(name)),
+            }
+        )
+    if not np.isfinite(ref_val).any():
+        notes.append(
+            "no whole-set trial with status ok: performance, regret and correlation are n/a"
+        )
+    table = pd.DataFrame(table_rows).reindex(columns=list(TABLE_COLUMNS))
+    per_seed_df = pd.DataFrame(seed_rows, columns=list(SEED_COLUMNS))
+    return Table1(table, per_seed_df, notes, archs, means)
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _pct(v: float, std: float = float("nan")) -> str:
+    if not math.isfinite(v):
+        return "n/a"
+    return f"{100 * v:.2f}" + (f" ± {100 * std:.2f}" if math.isfinite(std) else "")
+
+
+def _corr(
+    v: float, std: float = float("nan"), lo: float = float("nan"), hi: float = float("nan")
+) -> str:
+    if not math.isfinite(v):
+        return "n/a"
+    s = f"{v:.2f}" + (f" ± {std:.2f}" if math.isfinite(std) else "")
+    if math.isfinite(lo) and math.isfinite(hi):
+        s += f" [{lo:.2f}, {hi:.2f}]"
+    return s
+
+
+def _duration(s: float) -> str:
+    if not math.isfinite(s):
+        return "n/a"
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"
+
+
+def _size(b: float) -> str:
+    if not math.isfinite(b):
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if b < 1024 or unit == "GiB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1024
+    raise AssertionError("unreachable")
+
+
+def _display(table: pd.DataFrame, k: int) -> tuple[list[str], list[list[str]]]:
+    """Human-readable headers and cells (accuracies in %, regret in points)."""
+    headers = [
+        "Train set",
+        "Images",
+        "Storage",
+        "ε",
+        "Trials",
+        f"Perf. top-{k} (%)",
+        "Top-1 (%)",
+        "Regret (pp)",
+        f"Spearman top-{k} [95% CI]",
+        "Spearman all [95% CI]",
+        "Kendall all [95% CI]",
+        "Seed-to-seed ρ",
+        "Train time",
+        "Sweep wall",
+    ]
+    cells = []
+    for r in table.to_dict("records"):
+        gaps = [
+            f"{r[c]} {w}"
+            for c, w in (("trials_missing", "missing"), ("trials_not_ok", "not ok"))
+            if r[c]
+        ]
+        trials = f"{r['trials_present']}/{r['trials_expected']}" + (
+            f" ({', '.join(gaps)})" if gaps else ""
+        )
+        cells.append(
+            [
+                str(r["train_set"]),
+                "n/a" if not math.isfinite(r["n_images"]) else f"{r['n_images']:.0f}",
+                _size(r["bytes"]),
+                "n/a" if not math.isfinite(r["epsilon"]) else f"{r['epsilon']:.4g}",
+                trials,
+                _pct(r["perf_topk"], r["perf_topk_std"]),
+                _pct(r["top1_test"], r["top1_test_std"]),
+                _pct(r["regret"], r["regret_std"]),
+                _corr(
+                    r["spearman_topk"],
+                    r["spearman_topk_std"],
+                    r["spearman_topk_lo"],
+                    r["spearman_topk_hi"],
+                ),
+                _corr(
+                    r["spearman_all"],
+                    r["spearman_all_std"],
+                    r["spearman_all_lo"],
+                    r["spearman_all_hi"],
+                ),
+                _corr(
+                    r["kendall_all"], r["kendall_all_std"], r["kendall_all_lo"], r["kendall_all_hi"]
+                ),
+                _corr(r["seed_spearman"]),
+                _duration(r["train_s"]),
+                _duration(r["sweep_wall_s"]),
+            ]
+        )
+    return headers, cells
+
+
+def _definitions(k: int) -> list[str]:
+    return [
+        f"Perf. top-{k}: mean whole-set test accuracy of the {k} architectures with the"
+        " highest proxy validation accuracy (Yang et al., ICLR 2023, Table 1); Top-1: that"
+        " of the single best.",
+        "Regret: best whole-set test accuracy among the swept architectures minus that of"
+        " the proxy's top-1 pick.",
+        f"Spearman top-{k}: rank correlation of proxy and whole-set validation accuracy over"
+        f" the proxy's top-{k} (the paper's definition); Spearman/Kendall all: over every"
+        " architecture scored by both.",
+        "± is the sample std over proxy training seeds; [..] a bootstrap 95% percentile"
+        " interval; seed-to-seed ρ: mean Spearman between the seeds of one training set.",
+        "ε: the proxy's ||sum of removed influence|| from the manifest. Train time: sum of"
+        " trial training seconds, all statuses; sweep wall: wall-clock of the sweep.",
+        "The whole-set row ranks the reference against itself.",
+    ]
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def _markdown(result_table: pd.DataFrame, protocol: dict, notes: list[str], k: int) -> str:
+    headers, cells = _display(result_table, k)
+    lines = [
+        f"# Table 1: architecture search on proxy training sets ({protocol['experiment']})",
+        "",
+    ]
+    lines += [f"- **{key}**: {_md_escape(val)}" for key, val in protocol.items()]
+    lines += ["", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in cells]
+    lines += ["", "**Coverage**", ""] + [f"- {_md_escape(n)}" for n in notes]
+    lines += ["", "**Definitions**", ""] + [f"- {d}" for d in _definitions(k)]
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(s: str) -> str:
+    return " ".join(str(s).split())
+
+
+def _csv(table: pd.DataFrame, protocol: dict, notes: list[str], name: str) -> str:
+    head = [f"# {name}"]
+    head += [f"# {key}: {_one_line(val)}" for key, val in protocol.items()]
+    head += [f"# coverage: {_one_line(n)}" for n in notes]
+    head += [
+        "# accuracies are fractions in 0..1; _std: sample std over proxy seeds;"
+        " _lo/_hi: bootstrap 95% percentile interval"
+    ]
+    return "\n".join(head) + "\n" + table.to_csv(index=False, lineterminator="\n")
+
+
+_TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "ε": r"$\varepsilon$",
+    "ρ": r"$\rho$",
+}
+
+
+def _tex_escape(s: str) -> str:
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(s))
+
+
+def _latex(table: pd.DataFrame, protocol: dict, notes: list[str], k: int) -> str:
+    headers, cells = _display(table, k)
+    caption = (
+        "Architecture search on proxy training sets (cf. Yang et al., ICLR 2023, Table 1). "
+        + "; ".join(f"{key}: {val}" for key, val in protocol.items())
+        + ". Coverage: "
+        + "; ".join(notes)
+        + "."
+    )
+    lines = [
+        "% requires \\usepackage{booktabs}",
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\caption{" + _tex_escape(_one_line(caption)) + "}",
+        "\\label{tab:nasproxy-table1}",
+        "\\resizebox{\\textwidth}{!}{%",
+        "\\begin{tabular}{l" + "r" * (len(headers) - 1) + "}",
+        "\\toprule",
+        " & ".join(_tex_escape(h) for h in headers) + " \\\\",
+        "\\midrule",
+    ]
+    for i, row in enumerate(cells):
+        if i == len(cells) - 1 and table["train_set"].iloc[-1] == WHOLE and len(cells) > 1:
+            lines.append("\\midrule")
+        lines.append(" & ".join(_tex_escape(c) for c in row) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _text_table(headers: list[str], cells: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*row) for row in cells]
+    return "\n".join(line.rstrip() for line in out)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def make_report(exp_dir: Path, top_k: int = 10, n_boot: int = 1000, seed: int = 0) -> ReportResult:
+    """Compute Table 1 of experiment ``exp_dir`` and write its tables and figures there.
+
+    ``top_k`` is the paper's k = 10 of "top-10 architectures"; ``n_boot`` the bootstrap
+    resamples of the correlation intervals, drawn from ``seed``.
+    """
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        raise NasproxyError(f"experiment directory {exp_dir} does not exist")
+    if top_k < 1:
+        raise NasproxyError(f"top_k must be at least 1, got {top_k}")
+    if n_boot < 1:
+        raise NasproxyError(f"n_boot must be at least 1, got {n_boot}")
+    manifest = _read_manifest(exp_dir)
+    trials = _read_trials(exp_dir)
+    t1 = compute_table(trials, manifest, top_k, n_boot, seed)
+    table, per_seed, notes, means = t1.table, t1.per_seed, t1.notes, t1.val_means
+    protocol = _protocol(exp_dir, manifest, top_k, n_boot, seed)
+
+    paths = {
+        "md": atomic_write_text(exp_dir / "table1.md", _markdown(table, protocol, notes, top_k)),
+        "csv": atomic_write_text(
+            exp_dir / "table1.csv", _csv(table, protocol, notes, "Table 1 (nasproxy)")
+        ),
+        "seeds_csv": atomic_write_text(
+            exp_dir / "table1_seeds.csv",
+            _csv(per_seed, protocol, notes, "Table 1 per proxy seed (nasproxy)"),
+        ),
+        "tex": atomic_write_text(exp_dir / "table1.tex", _latex(table, protocol, notes, top_k)),
+    }
+    panels = []
+    for name in table.loc[table["role"] == "proxy", "train_set"]:
+        pv = means[name]
+        both = np.isfinite(pv) & np.isfinite(means[WHOLE])
+        top = np.zeros(len(t1.archs), dtype=bool)
+        top[metrics.top_k_order(np.where(both, pv, np.nan), top_k)] = True
+        panels.append(plots.ScatterPanel(name, means[WHOLE][both], pv[both], top[both]))
+    figures = {
+        "plot_proxy_vs_whole": ("proxy_vs_whole.png", plots.proxy_vs_whole(panels, top_k)),
+        "plot_correlation": ("correlation.png", plots.correlations(table, top_k)),
+        "plot_acc_vs_time": ("acc_vs_time.png", plots.accuracy_vs_time(table, top_k)),
+    }
+    for kind, (fname, png) in figures.items():
+        paths[kind] = atomic_write_bytes(exp_dir / fname, png)
+    return ReportResult(exp_dir, table, per_seed, protocol, notes, top_k, paths)
+
+
+def format_summary(result: ReportResult) -> str:
+    """A few plain-text lines for the terminal: where the files are, and the table."""
+    headers, cells = _display(result.table, result.top_k)
+    keep = [0, 4, 5, 6, 7, 8, 9, 12]  # the columns that fit a terminal
+    text = _text_table([headers[i] for i in keep], [[row[i] for i in keep] for row in cells])
+    names = ", ".join(p.name for p in result.paths.values())
+    lines = [
+        f"Table 1 of {result.protocol['experiment']}: {result.protocol['dataset']};"
+        f" {result.protocol['space']}",
+        f"written to {result.exp_dir}: {names}",
+        "",
+        text,
+        "",
+        *result.notes,
+    ]
+    return "\n".join(lines)
+
+
+__all__ = ["ReportResult", "Table1", "compute_table", "format_summary", "make_report"]
