@@ -1,0 +1,104 @@
+"""The 720-ConvNet space: ids, closed-form parameter counts, forward passes, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nasproxy import spaces
+from nasproxy.errors import NasproxyError
+from nasproxy.models import build_model
+
+
+def closed_form_params(a: spaces.Arch, cin: int, classes: int, size: int) -> int:
+    """Count written out independently of Arch.param_count."""
+    total, h = 0, size
+    for i in range(a.depth):
+        c_in = cin if i == 0 else a.width
+        total += 9 * c_in * a.width + a.width  # conv weight + bias
+        total += {
+            "none": 0,
+            "batchnorm": 2 * a.width,
+            "instancenorm": 2 * a.width,
+            "groupnorm": 2 * a.width,
+            "layernorm": 2 * a.width * h * h,
+        }[a.norm]
+        if a.pool != "none":
+            h //= 2
+    return total + (a.width * h * h + 1) * classes
+
+
+def test_convnet720_has_720_distinct_ids() -> None:
+    space = spaces.load("convnet720")
+    assert len(space) == 720
+    assert len(set(space.ids)) == 720
+    assert {a.width for a in space} == {32, 64, 128, 256}
+    assert {a.depth for a in space} == {1, 2, 3, 4}
+    assert {a.norm for a in space} == set(spaces.NORMS)
+
+
+def test_id_round_trip_and_index() -> None:
+    space = spaces.load("convnet720")
+    for i in (0, 17, 476, 719):
+        arch = space[i]
+        assert spaces.Arch.from_id(arch.id) == arch
+        assert space.index(arch.id) == i
+    assert str(space.get("w128-d3-relu-instancenorm-avgpooling")) == (
+        "w128-d3-relu-instancenorm-avgpooling"
+    )
+
+
+@pytest.mark.parametrize("cin,classes,size", [(3, 10, 32), (1, 10, 32), (3, 100, 28)])
+def test_param_counts_match_closed_form_and_the_model(cin: int, classes: int, size: int) -> None:
+    space = spaces.load("convnet720", image_size=size)
+    for arch in space:
+        expected = closed_form_params(arch, cin, classes, size)
+        assert arch.param_count(cin, classes, size) == expected
+    for arch in space[::37]:  # the built model agrees too
+        model = build_model(arch, cin, classes, size)
+        assert sum(p.numel() for p in model.parameters()) == closed_form_params(
+            arch, cin, classes, size
+        )
+
+
+def test_macs_closed_form_for_one_arch() -> None:
+    arch = spaces.Arch.from_id("w64-d2-relu-batchnorm-maxpooling")
+    # conv1 32x32x64x3x9, conv2 16x16x64x64x9, head 64*8*8*10
+    assert arch.macs(3, 10, 32) == 32 * 32 * 64 * 3 * 9 + 16 * 16 * 64 * 64 * 9 + 64 * 8 * 8 * 10
+
+
+def test_every_arch_forwards_to_finite_logits() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for arch in spaces.load("convnet720"):
+            model = build_model(arch, 3, 10, 32).eval()
+            out = model(x)
+            assert out.shape == (2, 10), arch
+            assert torch.isfinite(out).all(), arch
+
+
+def test_depth_that_pools_below_one_pixel_is_refused_at_load(tmp_path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text(
+        "name: deep\noptions:\n  width: [32]\n  depth: [6]\n  act: [relu]\n"
+        "  norm: [none]\n  pool: [maxpooling]\n"
+    )
+    with pytest.raises(NasproxyError, match="below 1x1"):
+        spaces.load(path, image_size=32)
+    assert len(spaces.load(path, image_size=64)) == 1
+
+
+def test_bad_space_input_gives_clear_errors(tmp_path) -> None:
+    with pytest.raises(NasproxyError, match="unknown space"):
+        spaces.load("no-such-space")
+    with pytest.raises(NasproxyError, match="bad architecture id"):
+        spaces.Arch.from_id("w12-relu")
+    with pytest.raises(NasproxyError, match="unknown activation"):
+        spaces.Arch.from_id("w32-d1-tanh-none-none")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\noptions:\n  width: [32]\n")
+    with pytest.raises(NasproxyError, match="options lack"):
+        spaces.load(bad)
+    with pytest.raises(NasproxyError, match="not in space"):
+        spaces.load("convnet720").index("w48-d1-relu-none-none")

@@ -1,0 +1,66 @@
+"""The trainer: it learns real data, is deterministic, and reports divergence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nasproxy.data import Dataset
+from nasproxy.train import TrainConfig, augment_batch, batches, train
+
+
+def test_learns_digits_above_80_percent(digits: Dataset) -> None:
+    rec = train("w32-d2-relu-instancenorm-avgpooling", digits, None, TrainConfig(epochs=6))
+    assert rec.status == "ok"
+    assert rec.test_acc > 0.80
+    assert rec.images_seen == 6 * len(digits.y_train)
+    assert len(rec.history) == 6
+
+
+def test_same_seed_same_record(digits: Dataset) -> None:
+    idx = np.arange(0, len(digits.y_train), 3)
+    cfg = TrainConfig(epochs=2, seed=7)
+    a = train("w32-d1-leakyrelu-batchnorm-maxpooling", digits, idx, cfg)
+    b = train("w32-d1-leakyrelu-batchnorm-maxpooling", digits, idx, cfg)
+    c = train("w32-d1-leakyrelu-batchnorm-maxpooling", digits, idx, TrainConfig(epochs=2, seed=8))
+    assert a.history == b.history and a.val_acc == b.val_acc and a.test_acc == b.test_acc
+    assert a.history != c.history
+
+
+def test_huge_learning_rate_is_a_diverged_record(digits: Dataset) -> None:
+    rec = train("w32-d1-relu-none-none", digits, np.arange(256), TrainConfig(epochs=2, lr=1e8))
+    assert rec.status == "diverged"
+    assert "non-finite" in rec.reason
+
+
+def test_augmentation_is_a_shifted_window_or_its_mirror() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6) + 1
+    out = augment_batch(x, gen)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(2):
+        windows = [padded[i, :, dy : dy + 6, dx : dx + 6] for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
+
+
+def test_batches_cover_every_example_once() -> None:
+    gen = torch.Generator().manual_seed(0)
+    got = torch.cat(list(batches(300, 128, gen, torch.device("cpu"))))
+    assert sorted(got.tolist()) == list(range(300))
+
+
+def test_real_cifar10_slice_beats_chance(cifar: Dataset) -> None:
+    idx = np.concatenate([np.flatnonzero(cifar.y_train.numpy() == c)[:400] for c in range(10)])
+    rec = train("w32-d3-relu-instancenorm-avgpooling", cifar, idx, TrainConfig(epochs=8))
+    assert rec.status == "ok"
+    assert rec.test_acc > 0.35, rec.test_acc
+
+
+@pytest.mark.parametrize("device", ["cpu"])
+def test_record_reports_sizes(digits: Dataset, device: str) -> None:
+    rec = train(
+        "w64-d2-sigmoid-groupnorm-none", digits, np.arange(64), TrainConfig(epochs=1, device=device)
+    )
+    assert rec.n_train == 64 and rec.device == "cpu"
+    assert rec.params > 0 and rec.macs > 0 and rec.wall_s > 0
