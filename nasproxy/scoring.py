@@ -1,0 +1,329 @@
+"""The shared scoring run: one backbone trained on the whole train split, cached on disk.
+
+Herding, forgetting and influence-based pruning all read the same trained network. It is
+trained once per (dataset fingerprint, backbone, training settings, seed) and stored under
+``<cache_dir>/scoring/<key>/``:
+
+  ``model.pt``     the state dict (``torch.save``; read back with ``weights_only=True``)
+  ``arrays.npz``   ``features`` (n, d) float32 penultimate features of every training
+                   example (eval mode, no augmentation), ``probs`` (n, C) float32 softmax
+                   outputs, ``labels`` (n,), ``head_weight`` / ``head_bias`` of the trained
+                   classifier, and the forgetting statistics recorded during that same
+                   training: ``forgetting_events`` (n,) int64 and ``ever_learned`` (n,) bool
+  ``meta.json``    the key, the per-epoch history, timings and the artifact ``hash``
+
+The directory is written under a temporary name and renamed into place, so a reader sees
+all of it or none of it. The hash is the sha256 of the key and of both data files; it is
+checked on every load and recorded in every proxy file built from the artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nasproxy.data import Dataset
+from nasproxy.errors import NasproxyError
+from nasproxy.io import atomic_write_bytes, atomic_write_json
+from nasproxy.spaces import Arch
+from nasproxy.train import (
+    EVAL_BATCH,
+    TrainConfig,
+    batches,
+    device_name,
+    fit,
+    normalize,
+    resolve_device,
+)
+
+FORMAT = "nasproxy-scoring/1"
+DEFAULT_BACKBONE = "w128-d3-relu-instancenorm-avgpooling"
+RESNET18 = "resnet18"
+# Long enough for the backbone to fit its training split, so that forgetting statistics
+# and herding features describe a trained network; half the search protocol's 100 epochs.
+DEFAULT_EPOCHS = 50
+FILES = ("model.pt", "arrays.npz")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """The backbone and how it is trained; every field is part of the cache key."""
+
+    backbone: str = DEFAULT_BACKBONE  # a ConvNet id or "resnet18"
+    epochs: int = DEFAULT_EPOCHS
+    seed: int = 0  # initialisation, batch order and augmentation
+    batch_size: int = 128
+    lr: float = 0.01  # SGD with momentum, cosine decay (the trainer's schedule)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backbone != RESNET18:
+            Arch.from_id(self.backbone)  # raises NasproxyError on a bad id
+        if self.epochs < 1:
+            raise NasproxyError(f"backbone epochs must be at least 1, got {self.epochs}")
+
+    def train_config(self, device: str) -> TrainConfig:
+        """The trainer's settings for this backbone on ``device``."""
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            augment=self.augment,
+            seed=self.seed,
+            device=device,
+        )
+
+
+def build_backbone(backbone: str, data: Dataset) -> nn.Module:
+    """The untrained backbone (``.embed`` features, ``.classifier`` head) for ``data``."""
+    if backbone == RESNET18:
+        from nasproxy.models_resnet import CifarResNet18
+
+        return CifarResNet18(data.in_channels, data.num_classes)
+    from nasproxy.models import build_model
+
+    return build_model(Arch.from_id(backbone), data.in_channels, data.num_classes, data.image_size)
+
+
+class ForgettingTracker:
+    """An observer of ``fit`` that counts forgetting events (Toneva et al., ICLR 2019).
+
+    A forgetting event is a presentation at which an example is misclassified after being
+    classified correctly at its previous presentation. ``ever_learned`` marks the examples
+    classified correctly at least once. State stays on the device: no host sync per step.
+    """
+
+    def __init__(self, n: int, device: torch.device | str = "cpu"):
+        self.previous = torch.zeros(n, dtype=torch.bool, device=device)
+        self.ever_learned = torch.zeros(n, dtype=torch.bool, device=device)
+        self.events = torch.zeros(n, dtype=torch.long, device=device)
+
+    def __call__(self, indices: torch.Tensor, correct: torch.Tensor) -> None:
+        forgotten = self.previous[indices] & ~correct
+        # index_add_ writes into the counts (events[indices][mask] += 1 would update a copy)
+        self.events.index_add_(0, indices, forgotten.long())
+        self.previous[indices] = correct
+        self.ever_learned[indices] = self.ever_learned[indices] | correct
+
+
+class _EpochReporter:
+    """An observer that reports one line per epoch (running training accuracy)."""
+
+    def __init__(self, steps_per_epoch: int, epochs: int, label: str, progress: Progress, device):
+        self.steps_per_epoch, self.epochs, self.label = steps_per_epoch, epochs, label
+        self.progress = progress
+        self.step = 0
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.seen = 0
+        self.start = time.perf_counter()
+
+    def __call__(self, indices: torch.Tensor, correct: torch.Tensor) -> None:
+        self.correct += correct.sum()
+        self.seen += len(indices)
+        self.step += 1
+        if self.step % self.steps_per_epoch == 0:
+            acc = self.correct.item() / self.seen  # one host sync per epoch
+            epoch = self.step // self.steps_per_epoch
+            self.progress(
+                f"scoring run {self.label}: epoch {epoch}/{self.epochs}, "
+                f"train acc {acc:.3f}, {time.perf_counter() - self.start:.0f} s"
+            )
+            self.correct.zero_()
+            self.seen = 0
+
+
+@dataclass(frozen=True, eq=False)
+class ScoringArtifact:
+    """A trained backbone's view of the train split (see the module docstring)."""
+
+    path: Path
+    key: dict[str, Any]
+    hash: str
+    features: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+    head_weight: np.ndarray
+    head_bias: np.ndarray
+    forgetting_events: np.ndarray
+    ever_learned: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def backbone(self) -> str:
+        return str(self.key["backbone"])
+
+    def load_backbone(self, data: Dataset, device: str = "cpu") -> nn.Module:
+        """The trained backbone, from the checkpoint (plain tensors only: weights_only)."""
+        model = build_backbone(self.backbone, data)
+        state = torch.load(self.path / "model.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        return model.to(resolve_device(device)).eval()
+
+
+def scoring_key(data: Dataset, cfg: ScoringConfig) -> dict[str, Any]:
+    """What identifies a scoring run: the data, the backbone and its training."""
+    return {"format": FORMAT, "fingerprint": data.fingerprint, **asdict(cfg)}
+
+
+def artifact_dir(cache_dir: str | Path, data: Dataset, cfg: ScoringConfig) -> Path:
+    """``<cache_dir>/scoring/<fingerprint>-<backbone>-e<epochs>-s<seed>-<sha256(key)[:12]>``."""
+    digest = hashlib.sha256(_canonical(scoring_key(data, cfg))).hexdigest()[:12]
+    name = f"{data.fingerprint}-{cfg.backbone}-e{cfg.epochs}-s{cfg.seed}-{digest}"
+    return Path(cache_dir) / "scoring" / name
+
+
+def scoring_run(
+    data: Dataset,
+    cfg: ScoringConfig,
+    cache_dir: str | Path,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> ScoringArtifact:
+    """The cached artifact for (``data``, ``cfg``); trains and stores it on first use."""
+    path = artifact_dir(cache_dir, data, cfg)
+    if (path / "meta.json").is_file():
+        return load_artifact(path, data)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=_mkdir(path.parent)))
+    try:
+        _train_into(tmp, data, cfg, device, progress)
+        try:
+            tmp.rename(path)
+        except OSError:  # another process stored the same run first: keep theirs
+            if not (path / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_artifact(path, data)
+
+
+def load_artifact(path: str | Path, data: Dataset) -> ScoringArtifact:
+    """Read and verify a stored artifact (hash, dataset fingerprint, shapes)."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        digest = _artifact_hash(meta["key"], path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise NasproxyError(f"scoring cache {path} is unreadable ({exc}); delete it") from None
+    if digest != meta.get("hash"):
+        raise NasproxyError(f"scoring cache {path} does not match its hash; delete it")
+    key = meta["key"]
+    if key.get("fingerprint") != data.fingerprint:
+        raise NasproxyError(
+            f"scoring cache {path} was built on dataset fingerprint {key.get('fingerprint')}, "
+            f"this dataset is {data.fingerprint}"
+        )
+    with np.load(path / "arrays.npz", allow_pickle=False) as z:
+        arrays = {name: z[name] for name in z.files}
+    if not np.array_equal(arrays["labels"], data.y_train.numpy()):
+        raise NasproxyError(f"scoring cache {path} has labels that differ from the dataset's")
+    return ScoringArtifact(path=path, key=key, hash=digest, meta=meta, **arrays)
+
+
+def _train_into(
+    folder: Path, data: Dataset, cfg: ScoringConfig, device: str, progress: Progress | None
+) -> None:
+    """Train the backbone, record forgetting, extract features; write the three files."""
+    train_cfg = cfg.train_config(device)
+    dev = resolve_device(device)
+    n = len(data.y_train)
+    with torch.random.fork_rng(devices=[]):  # initialisation from the seed alone
+        torch.manual_seed(cfg.seed)
+        model = build_backbone(cfg.backbone, data)
+    model = model.to(dev)
+    tracker = ForgettingTracker(n, dev)
+    observers: list[Callable[[torch.Tensor, torch.Tensor], None]] = [tracker]
+    if progress is not None:
+        gen = torch.Generator().manual_seed(0)  # only counts the trainer's batches
+        steps = sum(1 for _ in batches(n, cfg.batch_size, gen, torch.device("cpu")))
+        observers.append(_EpochReporter(steps, cfg.epochs, cfg.backbone, progress, dev))
+
+    def observer(indices: torch.Tensor, correct: torch.Tensor) -> None:
+        for watch in observers:
+            watch(indices, correct)
+
+    start = time.perf_counter()
+    history, seen = fit(model, data, None, train_cfg, observer)
+    train_s = time.perf_counter() - start
+    if not math.isfinite(history[-1]["train_loss"]):
+        raise NasproxyError(
+            f"the {cfg.backbone} backbone diverged in epoch {len(history)}; "
+            "try another --backbone or seed"
+        )
+    features, logits = _embed_all(model, data)
+    arrays = {
+        "features": features,
+        "probs": torch.softmax(torch.from_numpy(logits), dim=1).numpy(),
+        "labels": data.y_train.numpy(),
+        "head_weight": model.classifier.weight.detach().cpu().float().numpy(),
+        "head_bias": model.classifier.bias.detach().cpu().float().numpy(),
+        "forgetting_events": tracker.events.cpu().numpy(),
+        "ever_learned": tracker.ever_learned.cpu().numpy(),
+    }
+    state = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, state)
+    atomic_write_bytes(folder / "model.pt", state.getvalue())
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(folder / "arrays.npz", buffer.getvalue())
+    key = scoring_key(data, cfg)
+    meta = {
+        "key": key,
+        "hash": _artifact_hash(key, folder),
+        "history": history,
+        "images_seen": seen,
+        "train_s": train_s,
+        "device": device_name(dev),
+        "train_acc_eval": float((logits.argmax(1) == arrays["labels"]).mean()),
+        "feature_dim": int(features.shape[1]),
+    }
+    atomic_write_json(folder / "meta.json", meta)
+
+
+@torch.no_grad()
+def _embed_all(model: nn.Module, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate features and logits of every training image (eval mode, no augmentation)."""
+    device = next(model.parameters()).device
+    model.eval()
+    feats, logits = [], []
+    for i in range(0, len(data.x_train), EVAL_BATCH):
+        f = model.embed(normalize(data.x_train[i : i + EVAL_BATCH].to(device), data))
+        feats.append(f.float().cpu())
+        logits.append(model.classifier(f).float().cpu())
+    return torch.cat(feats).numpy(), torch.cat(logits).numpy()
+
+
+def _artifact_hash(key: dict[str, Any], folder: Path) -> str:
+    """sha256 over the canonical key and the sha256 of each data file."""
+    digest = hashlib.sha256(_canonical(key))
+    for name in FILES:
+        with open(folder / name, "rb") as fh:
+            digest.update(name.encode() + hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True).encode()
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
