@@ -67,6 +67,109 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if record.status == "ok" else 1
 
 
+def cmd_build_proxy(args: argparse.Namespace) -> int:
+    from nasproxy.data import default_data_root
+    from nasproxy.proxies.base import ProxyOptions
+    from nasproxy.proxies.build import build_proxy, default_proxy_path, write_proxy
+    from nasproxy.scoring import ScoringConfig
+
+    per_class = args.per_class
+    if per_class is None and args.epsilon is None:
+        per_class = 100
+    backbone = {"seed": args.seed if args.backbone_seed is None else args.backbone_seed}
+    if args.backbone is not None:
+        backbone["backbone"] = args.backbone
+    if args.backbone_epochs is not None:
+        backbone["epochs"] = args.backbone_epochs
+    data = _load_data(args)
+    record = build_proxy(
+        data,
+        args.method,
+        per_class,
+        args.seed,
+        cache_dir=args.data_root or default_data_root(),
+        scoring=ScoringConfig(**backbone),
+        options=ProxyOptions(
+            solver=args.solver,
+            objective=args.objective,
+            project_dim=args.project_dim,
+            epsilon=args.epsilon,
+            head_l2=args.head_l2,
+        ),
+        device=args.device,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    out = args.out or default_proxy_path(
+        args.dataset, args.method, per_class, args.seed, args.epsilon
+    )
+    path = write_proxy(record, out)
+    print(f"{path}: {record['n_images']} images, epsilon {record['epsilon']:.4g}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from nasproxy.search import SearchConfig, run_search
+    from nasproxy.train import TrainConfig
+
+    seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds else None
+    if seeds is None:
+        if not args.seeds.isdigit() or int(args.seeds) < 1:
+            raise NasproxyError(f"--seeds wants a count or a comma list, got {args.seeds!r}")
+        seeds = list(range(int(args.seeds)))
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    cfg = SearchConfig(
+        name=args.name,
+        dataset=args.dataset,
+        proxies=tuple(args.proxy),
+        whole=args.whole,
+        space=args.space,
+        archs=tuple(args.archs),
+        sample=args.sample,
+        sample_seed=args.sample_seed,
+        seeds=tuple(seeds),
+        train=replace(train, augment=not args.no_augment),
+        data_root=args.data_root,
+        val_fraction=args.val_fraction,
+        split_seed=args.split_seed,
+        results_dir=args.results_dir,
+        trial_size=args.trial_size,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        address=args.address,
+        max_failures=args.max_failures,
+        fresh=args.fresh,
+    )
+    exp_dir = run_search(cfg, progress=_print_search_progress)
+    print(exp_dir)
+    return 0
+
+
+def _print_search_progress(event) -> None:
+    """One plain line on stderr per finished work unit or note."""
+    if event.message:
+        print(f"nasproxy search: {event.message}", file=sys.stderr, flush=True)
+    if event.row is None:
+        return
+    row = event.row
+    eta = "--:--:--" if event.eta_s is None else _hms(event.eta_s)
+    acc = f"val {row['val_acc']:.3f}" if row["status"] == "ok" else row["reason"][:60]
+    width = len(str(event.total))
+    print(
+        f"[{event.done:>{width}}/{event.total}] {row['status']:<8} {row['arch']} "
+        f"{row['train_set']} s{row['seed']} {acc} | failed {event.failed} "
+        f"diverged {event.diverged} | ETA {eta}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nasproxy",
@@ -91,6 +194,84 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("build-proxy", help="select a class-balanced proxy training set")
+    p.add_argument("--method", required=True, help="influence, random, herding or forgetting")
+    p.add_argument(
+        "--per-class", type=int, default=None, help="images kept per class (default 100)"
+    )
+    _add_dataset_args(p)
+    p.add_argument("--seed", type=int, default=0, help="selection seed (and backbone seed)")
+    p.add_argument("--out", default=None, help="default results/proxies/NAME-METHOD-K-sSEED.json")
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="scoring network: a ConvNet id (default w128-d3-relu-instancenorm-avgpooling) "
+        "or resnet18 (CIFAR ResNet-18)",
+    )
+    p.add_argument("--backbone-epochs", type=int, default=None, help="scoring run (default 50)")
+    p.add_argument("--backbone-seed", type=int, default=None, help="default: --seed")
+    p.add_argument("--solver", default="greedy", help="influence: greedy, relax or exact")
+    p.add_argument("--objective", default="removed-sum", help="influence: removed-sum, kept-mean")
+    p.add_argument("--project-dim", type=int, default=None, help="influence: project S to k dims")
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="influence: remove as many as ||sum of removed S_i|| <= E allows, instead of "
+        "--per-class (classes are then unbalanced)",
+    )
+    p.add_argument("--head-l2", type=float, default=None, help="default: backbone weight decay")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.set_defaults(handler=cmd_build_proxy)
+
+    p = sub.add_parser(
+        "search",
+        help="train every architecture of a space on proxy sets and the whole train split",
+    )
+    p.add_argument("--space", default="convnet720", help="a space name or a .yaml path")
+    _add_dataset_args(p)
+    p.add_argument(
+        "--proxy",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="a proxy file (repeatable); its train_set name is its method, or NAME",
+    )
+    p.add_argument("--whole", action="store_true", help="also train on the whole train split")
+    p.add_argument("--name", required=True, help="experiment name: results go to DIR/NAME")
+    p.add_argument("--results-dir", default="results", metavar="DIR")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--seeds", default="1", help="a count N (seeds 0..N-1) or a list 0,3,7")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--no-augment", action="store_true", help="no random crop and flip")
+    p.add_argument(
+        "--archs",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="architectures whose id matches a glob (w32-*-relu-*), or a regex with a re: "
+        "prefix (repeatable; default all)",
+    )
+    p.add_argument("--sample", type=int, default=None, help="a stratified sample of N archs")
+    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument(
+        "--trial-size", type=int, default=16, help="work units (arch x set x seed) per Tune trial"
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPU share of a trial, e.g. 0.25 (default 0.25 with GPUs, else 0)",
+    )
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument(
+        "--address", default=None, help="join a Ray cluster (auto or host:port); default local"
+    )
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial")
+    p.add_argument("--fresh", action="store_true", help="delete this experiment and start over")
+    p.set_defaults(handler=cmd_search)
     return parser
 
 

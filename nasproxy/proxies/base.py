@@ -1,0 +1,93 @@
+"""What every proxy method shares: its inputs, the budget check and the per-class picker.
+
+A method is ``select(ctx) -> np.ndarray``: sorted, unique int64 indices into the train
+split. Methods that score examples (forgetting) hand the scores to ``top_per_class``, so
+scoring and picking stay separate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from nasproxy.data import Dataset
+from nasproxy.errors import NasproxyError
+
+if TYPE_CHECKING:
+    from nasproxy.proxies.pruning import RefitHead
+    from nasproxy.scoring import ScoringArtifact
+
+
+@dataclass(frozen=True)
+class ProxyOptions:
+    """Options of the influence method and of the head every epsilon is measured with."""
+
+    solver: str = "greedy"  # greedy | relax | exact (see nasproxy.proxies.solvers)
+    objective: str = "removed-sum"  # removed-sum | kept-mean
+    project_dim: int | None = None  # random projection of S before solving; None = none
+    epsilon: float | None = None  # remove as many as ||sum_removed S_i|| <= epsilon allows
+    head_l2: float | None = None  # L2 of the refitted head; None = backbone weight decay
+
+    def __post_init__(self) -> None:
+        if self.project_dim is not None and self.project_dim < 1:
+            raise NasproxyError(f"project dim must be at least 1, got {self.project_dim}")
+        if self.epsilon is not None and not self.epsilon >= 0:
+            raise NasproxyError(f"epsilon must be >= 0, got {self.epsilon}")
+        if self.head_l2 is not None and not self.head_l2 > 0:
+            raise NasproxyError(f"head L2 must be > 0, got {self.head_l2}")
+
+
+@dataclass(frozen=True, eq=False)
+class SelectionContext:
+    """Everything a method may read: the data, its budget, the seed, the scoring run."""
+
+    data: Dataset
+    per_class: int | None  # None only for the influence method under an epsilon budget
+    seed: int
+    options: ProxyOptions
+    artifact: ScoringArtifact
+    head: RefitHead
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.data.y_train.numpy()
+
+    def budget(self) -> int:
+        """The per-class budget, for methods that need one."""
+        if self.per_class is None:
+            raise NasproxyError("this method needs a per-class budget (--per-class)")
+        return self.per_class
+
+
+Select = Callable[[SelectionContext], np.ndarray]
+
+
+def check_budget(data: Dataset, per_class: int) -> None:
+    """Refuse a budget below 1 or above the smallest class of the train split."""
+    if per_class < 1:
+        raise NasproxyError(f"per-class budget must be at least 1, got {per_class}")
+    sizes = {c: len(members) for c, members in data.class_indices().items()}
+    small = min(sizes, key=lambda c: sizes[c])
+    if per_class > sizes[small]:
+        raise NasproxyError(
+            f"per-class budget {per_class} exceeds class {data.classes[small]!r}, "
+            f"which has {sizes[small]} training examples"
+        )
+
+
+def top_per_class(scores: np.ndarray, labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """The ``per_class`` highest-scoring examples of each class, as sorted int64 indices.
+
+    Ties are broken by a seeded random permutation applied before a stable sort, so equal
+    scores do not favour low indices and the choice is reproducible.
+    """
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        order = np.argsort(-scores[members], kind="stable")
+        chosen.append(members[order[:per_class]])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)

@@ -1,0 +1,243 @@
+"""Build a proxy training set, measure it, and write/read the proxy file.
+
+``build_proxy`` runs (or reuses) the scoring run, refits the softmax head, runs one
+method from the registry, and measures the result on the paper's yardstick: epsilon =
+||sum_{removed} S_i||_2 (Yang et al., ICLR 2023, Eq. 3), for every method alike, with the
+mean loss and gradient norm of the kept examples beside those of the whole train split.
+
+The proxy file (JSON, format ``nasproxy-proxy/1``) records the method, its options, the
+seed, the dataset and its fingerprint, the backbone and the scoring artifact's hash, the
+kept train-split indices per class name, n_images, epsilon, diagnostics and timings.
+``load_proxy`` is the canonical reader: it checks the format, the dataset fingerprint
+and every index before handing back the indices.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasproxy import __version__
+from nasproxy.data import Dataset
+from nasproxy.errors import NasproxyError
+from nasproxy.io import atomic_write_json
+from nasproxy.proxies import METHODS
+from nasproxy.proxies.base import ProxyOptions, SelectionContext, check_budget
+from nasproxy.proxies.pruning import RefitHead
+from nasproxy.scoring import ScoringConfig, scoring_run
+
+FORMAT = "nasproxy-proxy/1"
+SOLVERS = ("greedy", "relax", "exact")
+OBJECTIVES = ("removed-sum", "kept-mean")
+
+Progress = Callable[[str], None]
+
+
+def build_proxy(
+    data: Dataset,
+    method: str,
+    per_class: int | None,
+    seed: int,
+    cache_dir: str | Path,
+    scoring: ScoringConfig | None = None,
+    options: ProxyOptions | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Select a proxy of ``per_class`` examples per class with ``method``; its record.
+
+    ``per_class`` is None only for the influence method with ``options.epsilon``: it then
+    removes as many examples as the epsilon budget allows, and the classes are no longer
+    balanced. The scoring run is cached under ``cache_dir``.
+    """
+    scoring = scoring or ScoringConfig()
+    options = options or ProxyOptions()
+    _check_request(data, method, per_class, options)
+    start = time.perf_counter()
+    artifact = scoring_run(data, scoring, cache_dir, device, progress)
+    scored = time.perf_counter()
+    l2 = options.head_l2 if options.head_l2 is not None else scoring.weight_decay
+    head = RefitHead.load_or_fit(artifact, l2, progress)
+    refit = time.perf_counter()
+    if progress is not None:
+        progress(f"selecting with {method}")
+    ctx = SelectionContext(data, per_class, seed, options, artifact, head)
+    kept = METHODS[method](ctx)
+    _check_indices(kept, data, f"the {method} method")
+    selected = time.perf_counter()
+    epsilon = head.epsilon(kept)
+    measured = time.perf_counter()
+
+    params: dict[str, Any] = {
+        "head_l2": l2,
+        "head_grad_norm": head.info["grad_norm"],
+        "head_iterations": head.info["iterations"],
+        "head_newton_steps": head.info["newton_steps"],
+        "head_loss": head.info["loss"],
+    }
+    if method == "influence":
+        params |= {
+            "solver": options.solver,
+            "objective": options.objective,
+            "project_dim": options.project_dim,
+            "epsilon_budget": options.epsilon,
+            "class_balanced": options.epsilon is None,
+        }
+    labels = data.y_train.numpy()
+    return {
+        "format": FORMAT,
+        "method": method,
+        "per_class": per_class,
+        "seed": seed,
+        "params": params,
+        "dataset": data.spec,
+        "fingerprint": data.fingerprint,
+        "backbone": {
+            "id": scoring.backbone,
+            "epochs": scoring.epochs,
+            "seed": scoring.seed,
+            "batch_size": scoring.batch_size,
+            "lr": scoring.lr,
+            "momentum": scoring.momentum,
+            "weight_decay": scoring.weight_decay,
+            "augment": scoring.augment,
+            "device": artifact.meta.get("device"),
+            "train_s": artifact.meta.get("train_s"),
+            "train_acc_eval": artifact.meta.get("train_acc_eval"),
+            "feature_dim": int(artifact.features.shape[1]),
+        },
+        "backbone_hash": artifact.hash,
+        "indices": {name: kept[labels[kept] == c].tolist() for c, name in enumerate(data.classes)},
+        "n_images": int(len(kept)),
+        "epsilon": epsilon,
+        "diagnostics": {
+            "kept": head.diagnostics(kept),
+            "all": head.diagnostics(np.arange(len(labels))),
+        },
+        "timings": {
+            "scoring_s": scored - start,
+            "head_s": refit - scored,
+            "select_s": selected - refit,
+            "epsilon_s": measured - selected,
+            "total_s": measured - start,
+        },
+        "nasproxy_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write_proxy(record: dict[str, Any], path: str | Path) -> Path:
+    """Write a proxy record as indented JSON, atomically."""
+    return atomic_write_json(path, record)
+
+
+def read_proxy(path: str | Path) -> dict[str, Any]:
+    """The raw record of a proxy file, after checking that it is one."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except OSError as exc:
+        raise NasproxyError(f"cannot read proxy file {path} ({exc.strerror})") from None
+    except ValueError:
+        raise NasproxyError(f"proxy file {path} is not valid JSON") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise NasproxyError(f"{path} is not a nasproxy proxy file (format {FORMAT})")
+    return record
+
+
+def load_proxy(path: str | Path, data: Dataset) -> np.ndarray:
+    """The proxy's sorted int64 train-split indices, checked against ``data``.
+
+    Refuses a file built on another dataset (fingerprint), class names the dataset does
+    not have, and indices that are out of range, duplicated or of the wrong class.
+    """
+    record = read_proxy(path)
+    if record.get("fingerprint") != data.fingerprint:
+        raise NasproxyError(
+            f"proxy {path} was built on dataset fingerprint {record.get('fingerprint')}, "
+            f"this dataset is {data.fingerprint}"
+        )
+    per_class = record.get("indices")
+    if not isinstance(per_class, dict):
+        raise NasproxyError(f"proxy {path} has no per-class indices")
+    labels = data.y_train.numpy()
+    parts = []
+    for name, members in per_class.items():
+        if name not in data.classes:
+            raise NasproxyError(f"proxy {path} names class {name!r}, which this dataset lacks")
+        if not isinstance(members, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in members
+        ):
+            raise NasproxyError(f"proxy {path}: indices of class {name!r} are not integers")
+        idx = np.asarray(members, dtype=np.int64)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(labels)):
+            raise NasproxyError(
+                f"proxy {path}: class {name!r} has indices outside the train split "
+                f"(0..{len(labels) - 1})"
+            )
+        if np.any(labels[idx] != data.classes.index(name)):
+            raise NasproxyError(f"proxy {path}: some indices of class {name!r} are another class")
+        parts.append(idx)
+    indices = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+    _check_indices(indices, data, f"proxy {path}")
+    if record.get("n_images") != len(indices):
+        raise NasproxyError(
+            f"proxy {path} says n_images={record.get('n_images')} but lists {len(indices)}"
+        )
+    return indices
+
+
+def default_proxy_path(
+    dataset: str, method: str, per_class: int | None, seed: int, epsilon: float | None = None
+) -> Path:
+    """``results/proxies/<dataset-name>-<method>-<per_class or eps...>-s<seed>.json``."""
+    budget = f"eps{epsilon:g}" if epsilon is not None else str(per_class)
+    return Path("results") / "proxies" / f"{_dataset_name(dataset)}-{method}-{budget}-s{seed}.json"
+
+
+def _dataset_name(spec: str) -> str:
+    """``cifar10`` -> cifar10; ``imagefolder:/d/cifar10-jpeg.tar.gz`` -> cifar10-jpeg."""
+    if not spec.startswith("imagefolder:"):
+        return spec
+    name = Path(spec.split(":", 1)[1].rstrip("/")).name
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        name = name.removesuffix(suffix)
+    return name or "imagefolder"
+
+
+def _check_request(
+    data: Dataset, method: str, per_class: int | None, options: ProxyOptions
+) -> None:
+    """Refuse a bad request before any training starts."""
+    if method not in METHODS:
+        raise NasproxyError(f"unknown proxy method {method!r}; choose from {', '.join(METHODS)}")
+    if options.solver not in SOLVERS:
+        raise NasproxyError(f"unknown solver {options.solver!r}; choose from {', '.join(SOLVERS)}")
+    if options.objective not in OBJECTIVES:
+        raise NasproxyError(
+            f"unknown objective {options.objective!r}; choose from {', '.join(OBJECTIVES)}"
+        )
+    if options.epsilon is not None:
+        if method != "influence":
+            raise NasproxyError("an epsilon budget applies to the influence method only")
+        if per_class is not None:
+            raise NasproxyError("give either a per-class budget or an epsilon budget, not both")
+        return
+    if per_class is None:
+        raise NasproxyError("a per-class budget is required (--per-class)")
+    check_budget(data, per_class)
+
+
+def _check_indices(indices: np.ndarray, data: Dataset, source: str) -> None:
+    """Sorted, unique, int64 and inside the train split."""
+    n = len(data.y_train)
+    if indices.dtype != np.int64 or indices.ndim != 1:
+        raise NasproxyError(f"{source} gave indices of dtype {indices.dtype}, not int64")
+    if len(indices) and (indices[0] < 0 or indices[-1] >= n or np.any(np.diff(indices) <= 0)):
+        raise NasproxyError(f"{source} gave indices that are not sorted, unique and in 0..{n - 1}")
