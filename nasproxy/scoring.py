@@ -128,7 +128,14 @@ class ForgettingTracker:
 class _EpochReporter:
     """An observer that reports one line per epoch (running training accuracy)."""
 
-    def __init__(self, steps_per_epoch: int, epochs: int, label: str, progress: Progress, device):
+    def __init__(
+        self,
+        steps_per_epoch: int,
+        epochs: int,
+        label: str,
+        progress: Progress,
+        device: torch.device,
+    ):
         self.steps_per_epoch, self.epochs, self.label = steps_per_epoch, epochs, label
         self.progress = progress
         self.step = 0
@@ -201,6 +208,8 @@ def scoring_run(
     """The cached artifact for (``data``, ``cfg``); trains and stores it on first use."""
     path = artifact_dir(cache_dir, data, cfg)
     if (path / "meta.json").is_file():
+        if progress is not None:
+            progress(f"reusing the scoring run in {path}")
         return load_artifact(path, data)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=_mkdir(path.parent)))
     try:
