@@ -1,0 +1,348 @@
+"""The stacked multi-model trainer computes what separate single-model runs compute.
+
+Truths: torch.optim.SGD + CosineAnnealingLR on separate ConvNets (step level), and
+nasproxy.train.fit / train themselves (end to end). The float64 comparisons isolate the
+stacking from float32 rounding: there the two paths agree to ~1e-12.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nasproxy import multitrain
+from nasproxy.data import Dataset
+from nasproxy.errors import NasproxyError
+from nasproxy.models import build_model
+from nasproxy.multitrain import (
+    FastOptions,
+    StackedConvNet,
+    accuracies,
+    batch_bounds,
+    cosine_lr,
+    crop_flip,
+    fallback_reason,
+    fit_many,
+    plan_stacks,
+    sgd_step_,
+    supports,
+    train_many,
+)
+from nasproxy.spaces import ACTIVATIONS, NORMS, POOLINGS, Arch
+from nasproxy.train import TrainConfig, augment_batch, batches, fit, init_model, train
+
+REPO = Path(__file__).resolve().parent.parent
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread is fastest, and spares a shared machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def float64() -> Iterator[None]:
+    """Run plain and stacked paths in float64 (normalize() then yields float64 too)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _max_state_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_stack_and_unstack_round_trip(norm: str) -> None:
+    arch = Arch(8, 2, "relu", norm, "avgpooling")
+    singles = [init_model(arch, _FakeData(), s, CPU) for s in (3, 4)]  # type: ignore[arg-type]
+    back = StackedConvNet.from_models(singles, 8).to_models()
+    for a, b in zip(singles, back, strict=True):
+        assert _max_state_diff(a, b) == 0.0
+
+
+class _FakeData:
+    """The three shape fields init_model reads."""
+
+    in_channels, num_classes, image_size = 3, 5, 8
+
+
+def _step_both(arch: Arch, m: int = 3, steps: int = 3, b: int = 6, size: int = 8) -> tuple:
+    """Separate ConvNets with torch's SGD vs one stack with sgd_step_, on fixed batches."""
+    torch.manual_seed(0)
+    singles = [build_model(arch, 3, 5, size) for _ in range(m)]
+    stack = StackedConvNet.from_models(singles, size)
+    xs = torch.randn(steps, m, b, 3, size, size)
+    ys = torch.randint(0, 5, (steps, m, b))
+    opts = [
+        torch.optim.SGD(s.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4) for s in singles
+    ]
+    params = list(stack.parameters())
+    momenta = [torch.zeros_like(p) for p in params]
+    for t in range(steps):
+        for s, opt, x, y in zip(singles, opts, xs[t], ys[t], strict=True):
+            opt.zero_grad()
+            F.cross_entropy(s(x), y).backward()
+            opt.step()
+        logits = stack(xs[t].transpose(0, 1).reshape(b, m * 3, size, size))
+        for p in params:
+            p.grad = None
+        losses = F.cross_entropy(logits.flatten(0, 1), ys[t].flatten(), reduction="none")
+        losses.view(m, b).mean(1).sum().backward()
+        sgd_step_(params, [p.grad for p in params], momenta, 0.1, 0.9, 5e-4)
+    return singles, stack
+
+
+STEP_CASES = [
+    Arch(8, 2, ACTIVATIONS[i % 3], norm, pool)
+    for i, (norm, pool) in enumerate((n, p) for n in NORMS for p in POOLINGS)
+] + [Arch(8, 2, act, "groupnorm", "maxpooling") for act in ACTIVATIONS]
+
+
+@pytest.mark.parametrize("arch", STEP_CASES, ids=str)
+def test_stacked_steps_equal_separate_steps(arch: Arch, float64: None) -> None:
+    singles, stack = _step_both(arch)
+    for single, back in zip(singles, stack.to_models(), strict=True):
+        assert _max_state_diff(single, back) < 1e-12  # weights, biases, running stats
+    # eval mode (batch norm on running statistics) agrees as well
+    x = torch.randn(4, 3, 8, 8)
+    stack.eval()
+    logits = stack(x.repeat(1, 3, 1, 1))
+    for i, single in enumerate(singles):
+        single.eval()
+        torch.testing.assert_close(logits[i], single(x), rtol=0, atol=1e-12)
+
+
+def test_sgd_step_matches_torch_sgd_with_float_and_tensor_lr(float64: None) -> None:
+    torch.manual_seed(1)
+    ref = [torch.randn(4, 3, requires_grad=True), torch.randn(5, requires_grad=True)]
+    ours = [p.detach().clone() for p in ref]
+    opt = torch.optim.SGD(ref, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    momenta = [torch.zeros_like(p) for p in ours]
+    for t in range(4):
+        grads = [torch.randn_like(p) for p in ref]
+        for p, g in zip(ref, grads, strict=True):
+            p.grad = g.clone()
+        opt.step()
+        lr = 0.05 if t % 2 else -torch.tensor(0.05)  # the tensor form holds -lr
+        sgd_step_(ours, [g.clone() for g in grads], momenta, lr, 0.9, 5e-4)
+        for a, b in zip(ref, ours, strict=True):
+            torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-15)
+
+
+def test_cosine_lr_matches_torch_scheduler() -> None:
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=37)
+    for step in range(37):
+        assert cosine_lr(0.01, step, 37) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-15)
+        opt.step()
+        sched.step()
+
+
+@pytest.mark.parametrize("n,bs", [(300, 128), (257, 128), (129, 128), (64, 32), (1, 4), (5, 8)])
+def test_batch_bounds_cut_as_batches_does(n: int, bs: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    got = [perm[a:b] for a, b in batch_bounds(n, bs)]
+    want = list(batches(n, bs, gen, CPU))
+    assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_crop_flip_with_the_same_draws_is_augment_batch() -> None:
+    x = torch.randn(7, 3, 10, 10)
+    want = augment_batch(x, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    dy, dx = torch.empty(7, dtype=torch.long), torch.empty(7, dtype=torch.long)
+    u = torch.empty(7)
+    torch.randint(0, 9, (7,), generator=gen, out=dy)  # the draws as the stack makes them
+    torch.randint(0, 9, (7,), generator=gen, out=dx)
+    torch.rand((7,), generator=gen, out=u)
+    assert torch.equal(crop_flip(x, dy, dx, u < 0.5), want)
+
+
+def _sets(data: Dataset, m: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(len(data.y_train), size, replace=False)) for _ in range(m)]
+
+
+FIT_CASES = [
+    ("w8-d2-relu-batchnorm-maxpooling", 1, False),
+    ("w8-d2-sigmoid-layernorm-avgpooling", 2, True),
+    ("w8-d1-leakyrelu-instancenorm-none", 3, False),
+    ("w8-d2-relu-groupnorm-avgpooling", 3, False),
+]
+
+
+@pytest.mark.parametrize("arch_id,m,channels_last", FIT_CASES)
+def test_fit_many_follows_fit_for_each_seed(
+    digits: Dataset, arch_id: str, m: int, channels_last: bool, float64: None
+) -> None:
+    """Same seeds, same training sets: the stack's models are fit()'s models (float64)."""
+    arch = Arch.from_id(arch_id)
+    sets = _sets(digits, m, 70)  # 3 batches of 32 a epoch, the last of 6
+    cfgs = [TrainConfig(epochs=2, batch_size=32, seed=10 + i) for i in range(m)]
+    stack = StackedConvNet.from_models(
+        [init_model(arch, digits, c.seed, CPU) for c in cfgs], digits.image_size
+    )
+    histories, seen = fit_many(stack, digits, sets, cfgs, FastOptions(channels_last=channels_last))
+    for i, model in enumerate(stack.to_models()):
+        ref = init_model(arch, digits, cfgs[i].seed, CPU)
+        ref_history, ref_seen = fit(ref, digits, sets[i], cfgs[i])
+        assert seen[i] == ref_seen == 2 * 70
+        assert _max_state_diff(ref, model) < 1e-12
+        for got, want in zip(histories[i], ref_history, strict=True):
+            assert got["train_acc"] == want["train_acc"]
+            assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-10)
+
+
+def test_train_many_records_match_train_in_float32(digits: Dataset) -> None:
+    """float32, as the sweep runs: val/test accuracy and losses as train() reports them.
+
+    Rounding differs between grouped and separate kernels (as it does between thread
+    counts of the plain path), so accuracies may differ by a borderline example.
+    """
+    sets = _sets(digits, 3, 96, seed=1)
+    cfgs = [TrainConfig(epochs=2, batch_size=32, seed=s) for s in (0, 1, 2)]
+    arch = "w8-d2-relu-batchnorm-avgpooling"
+    fast = train_many(arch, digits, sets, cfgs)
+    for s, cfg, rec in zip(sets, cfgs, fast, strict=True):
+        plain = train(arch, digits, s, cfg)
+        assert rec.status == plain.status == "ok"
+        assert (rec.seed, rec.n_train, rec.images_seen) == (cfg.seed, 96, plain.images_seen)
+        assert (rec.params, rec.macs) == (plain.params, plain.macs)
+        assert abs(rec.val_acc - plain.val_acc) <= 1.5 / len(digits.y_val)
+        assert abs(rec.test_acc - plain.test_acc) <= 1.5 / len(digits.y_test)
+        assert rec.train_loss == pytest.approx(plain.train_loss, rel=1e-4)
+
+
+def test_a_diverging_model_leaves_the_others_untouched(digits: Dataset, float64: None) -> None:
+    arch = Arch.from_id("w8-d1-relu-batchnorm-maxpooling")
+    sets = _sets(digits, 3, 64, seed=2)
+    cfgs = [TrainConfig(epochs=3, batch_size=32, seed=s) for s in (0, 1, 2)]
+    singles = [init_model(arch, digits, c.seed, CPU) for c in cfgs]
+    with torch.no_grad():
+        singles[1].classifier.weight[0, 0] = float("nan")
+    stack = StackedConvNet.from_models(singles, digits.image_size)
+    histories, seen = fit_many(stack, digits, sets, cfgs)
+    assert len(histories[1]) == 1 and not np.isfinite(histories[1][0]["train_loss"])
+    assert seen[1] == 64
+    models = stack.to_models()
+    for i in (0, 2):
+        ref = init_model(arch, digits, cfgs[i].seed, CPU)
+        fit(ref, digits, sets[i], cfgs[i])
+        assert _max_state_diff(ref, models[i]) < 1e-12
+
+
+def test_shared_rng_is_deterministic_and_differs_from_exact(digits: Dataset) -> None:
+    sets = _sets(digits, 2, 64, seed=3)
+    cfgs = [TrainConfig(epochs=1, batch_size=32, seed=s) for s in (0, 1)]
+    arch = "w8-d1-relu-none-avgpooling"
+    a = train_many(arch, digits, sets, cfgs, FastOptions(rng="shared"))
+    b = train_many(arch, digits, sets, cfgs, FastOptions(rng="shared"))
+    c = train_many(arch, digits, sets, cfgs)
+    assert [r.history for r in a] == [r.history for r in b]
+    assert [r.history for r in a] != [r.history for r in c]
+
+
+def test_bf16_autocast_runs_and_stays_close(digits: Dataset) -> None:
+    arch = Arch.from_id("w8-d1-relu-groupnorm-maxpooling")
+    sets = _sets(digits, 2, 64, seed=4)
+    cfgs = [TrainConfig(epochs=1, batch_size=32, seed=s) for s in (0, 1)]
+    ref = StackedConvNet.from_models([init_model(arch, digits, 0, CPU)] * 2, 32)
+    low = StackedConvNet.from_models([init_model(arch, digits, 0, CPU)] * 2, 32)
+    h_ref, _ = fit_many(ref, digits, sets, cfgs)
+    h_low, _ = fit_many(low, digits, sets, cfgs, FastOptions(bf16=True))
+    for a, b in zip(h_ref, h_low, strict=True):
+        assert b[0]["train_loss"] == pytest.approx(a[0]["train_loss"], rel=0.05)
+    got = accuracies(low, digits, digits.x_val, digits.y_val, FastOptions(bf16=True))
+    assert all(0.0 <= v <= 1.0 for v in got)
+
+
+def test_fallback_reasons(digits: Dataset) -> None:
+    arch = "w8-d1-relu-none-none"
+    cfg = TrainConfig(epochs=1)
+    assert fallback_reason(arch, digits, [np.arange(10), np.arange(10)], [cfg, cfg]) is None
+    assert supports(arch, digits, [None, None], [cfg, replace(cfg, seed=3)])
+    why = fallback_reason(arch, digits, [np.arange(10), np.arange(12)], [cfg, cfg])
+    assert why is not None and "10, 12" in why
+    why = fallback_reason(arch, digits, [None, None], [cfg, replace(cfg, lr=0.1)])
+    assert why is not None and "settings" in why
+    with pytest.raises(NasproxyError, match="lockstep"):
+        train_many(arch, digits, [np.arange(10), np.arange(12)], [cfg, cfg])
+    with pytest.raises(NasproxyError):
+        train_many(arch, digits, [None], [cfg, cfg])
+
+
+def test_plan_stacks_partitions_into_compatible_groups() -> None:
+    a, b = TrainConfig(epochs=1, seed=0), TrainConfig(epochs=1, seed=1)
+    c = TrainConfig(epochs=2)
+    units = [
+        ("w32-d1-relu-none-none", 1000, a),
+        ("w32-d1-relu-none-none", 1000, b),
+        ("w32-d1-relu-none-none", 500, a),
+        ("w64-d1-relu-none-none", 1000, a),
+        ("w32-d1-relu-none-none", 1000, c),
+        ("w32-d1-relu-none-none", 1000, a),
+        ("w32-d1-relu-none-none", 1000, b),
+    ]
+    groups = plan_stacks(units, max_models=3)
+    assert sorted(i for g in groups for i in g) == list(range(len(units)))
+    for g in groups:
+        assert len(g) <= 3 and g == sorted(g)
+        keys = {(units[i][0], units[i][1], replace(units[i][2], seed=0)) for i in g}
+        assert len(keys) == 1
+    assert [0, 1, 5] in groups and [6] in groups
+
+
+def test_out_of_memory_splits_the_stack(digits: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = multitrain._train_stack
+    sizes: list[int] = []
+
+    def tight_memory(arch, data, index_sets, cfgs, options):
+        sizes.append(len(cfgs))
+        if len(cfgs) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(arch, data, index_sets, cfgs, options)
+
+    monkeypatch.setattr(multitrain, "_train_stack", tight_memory)
+    sets = _sets(digits, 3, 32, seed=5)
+    cfgs = [TrainConfig(epochs=1, batch_size=32, seed=s) for s in (0, 1, 2)]
+    records = train_many("w8-d1-relu-none-none", digits, sets, cfgs)
+    assert sizes == [3, 1, 2, 1, 1]
+    assert [r.seed for r in records] == [0, 1, 2] and all(r.status == "ok" for r in records)
+
+
+def test_bench_tiny_writes_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--tiny", "--archs", "1"]
+        + ["--out", str(out)],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
+    result = json.loads(out.read_text())
+    for key in ("device", "command", "git_commit", "date", "options", "archs", "workloads"):
+        assert key in result
+    assert set(result["workloads"]) == {"proxy", "whole"}
+    for w in result["workloads"].values():
+        for path in ("plain", "fast"):
+            assert {"s", "images_per_s", "tflops"} <= set(w[path])
+        assert {"speedup", "val_acc_diff_max", "per_arch", "extrapolated"} <= set(w)
+        assert len(w["per_arch"]) == len(result["archs"])
