@@ -305,15 +305,14 @@ def sgd_step_(
     """torch.optim.SGD's update (momentum, no dampening, coupled weight decay), in place.
 
     Momenta start at zero, so the first step's ``0 * momentum + d`` equals SGD's initial
-    copy of ``d``. ``lr`` may be a device tensor holding the *negated* learning rate, so a
-    captured CUDA graph reads the schedule instead of baking one value in.
-    ``grads`` is overwritten.
+    copy of ``d``. ``lr`` may be a 0-d device tensor, so that a captured CUDA graph reads
+    the schedule instead of baking one value in. ``grads`` is overwritten.
     """
     torch._foreach_add_(grads, params, alpha=weight_decay)
     torch._foreach_mul_(momenta, momentum)
     torch._foreach_add_(momenta, grads)
     if isinstance(lr, torch.Tensor):
-        torch._foreach_add_(params, torch._foreach_mul(momenta, lr))
+        torch._foreach_sub_(params, torch._foreach_mul(momenta, lr))
     else:
         torch._foreach_add_(params, momenta, alpha=-lr)
 
@@ -362,8 +361,8 @@ class _Lockstep:
             model.to(memory_format=torch.channels_last)
         self.params = list(model.parameters())
         self.momenta = [torch.zeros_like(p) for p in self.params]
-        self.neg_lr = torch.zeros((), device=self.device)  # read by captured graphs
-        self.lr_arg: float | torch.Tensor = self.neg_lr if self.options.cuda_graphs else 0.0
+        self.lr_tensor = torch.zeros((), device=self.device)  # read by captured graphs
+        self.lr_arg: float | torch.Tensor = self.lr_tensor if self.options.cuda_graphs else 0.0
         self.loss_sum = torch.zeros(self.m, device=self.device)
         self.correct_sum = torch.zeros(self.m, device=self.device, dtype=torch.long)
         self.net: Callable[[torch.Tensor], torch.Tensor] = (
@@ -498,8 +497,8 @@ class _Lockstep:
                 if cfg.augment:
                     self.draw(inputs)
                 lr = cosine_lr(cfg.lr, step, total)
-                if self.options.cuda_graphs:
-                    self.neg_lr.fill_(-lr)
+                if isinstance(self.lr_arg, torch.Tensor):
+                    self.lr_arg.fill_(lr)
                 else:
                     self.lr_arg = lr
                 self.run(inputs)

@@ -140,7 +140,7 @@ def test_sgd_step_matches_torch_sgd_with_float_and_tensor_lr(float64: None) -> N
         for p, g in zip(ref, grads, strict=True):
             p.grad = g.clone()
         opt.step()
-        lr = 0.05 if t % 2 else -torch.tensor(0.05)  # the tensor form holds -lr
+        lr = 0.05 if t % 2 else torch.tensor(0.05)
         sgd_step_(ours, [g.clone() for g in grads], momenta, lr, 0.9, 5e-4)
         for a, b in zip(ref, ours, strict=True):
             torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-15)
@@ -229,6 +229,26 @@ def test_train_many_records_match_train_in_float32(digits: Dataset) -> None:
         assert abs(rec.val_acc - plain.val_acc) <= 1.5 / len(digits.y_val)
         assert abs(rec.test_acc - plain.test_acc) <= 1.5 / len(digits.y_test)
         assert rec.train_loss == pytest.approx(plain.train_loss, rel=1e-4)
+
+
+def test_lr_from_a_device_tensor_as_cuda_graphs_read_it(digits: Dataset, float64: None) -> None:
+    """The graph-ready step (schedule read from a tensor, inputs from fixed buffers) trains
+    as fit() does; only the capture itself needs CUDA."""
+    arch = Arch.from_id("w8-d1-sigmoid-layernorm-maxpooling")
+    sets = _sets(digits, 2, 40, seed=6)
+    cfgs = [TrainConfig(epochs=2, batch_size=16, seed=s) for s in (4, 5)]
+    stack = StackedConvNet.from_models(
+        [init_model(arch, digits, c.seed, CPU) for c in cfgs], digits.image_size
+    )
+    lockstep = multitrain._Lockstep(stack, digits, sets, cfgs, FastOptions())
+    lockstep.lr_arg = lockstep.lr_tensor
+    lockstep.fit()
+    assert float(lockstep.lr_tensor) > 0  # the schedule went through the tensor
+    for i, model in enumerate(stack.to_models()):
+        ref = init_model(arch, digits, cfgs[i].seed, CPU)
+        fit(ref, digits, sets[i], cfgs[i])
+        assert _max_state_diff(ref, model) < 1e-12
+    assert not FastOptions(cuda_graphs=True).effective(CPU).cuda_graphs
 
 
 def test_a_diverging_model_leaves_the_others_untouched(digits: Dataset, float64: None) -> None:
