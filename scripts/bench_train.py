@@ -98,7 +98,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def stratified_sample(
     space: Sequence[Arch], n: int, seed: int, max_width: int | None, max_depth: int | None
 ) -> list[Arch]:
-    """``n`` architectures, round-robin over the (norm, pooling) strata, the rest at random."""
+    """``n`` architectures: pick k takes its (norm, pooling) stratum round-robin along the
+    diagonals of that grid and its (width, depth) round-robin over that grid, the activation
+    at random; so the first 15 picks cover every norm x pooling and the first 16 every
+    width x depth (the cost of a step is mostly width and depth)."""
     rng = np.random.default_rng(seed)
     pool = [
         a
@@ -109,12 +112,22 @@ def stratified_sample(
     strata: dict[tuple[str, str], list[Arch]] = {}
     for arch in pool:
         strata.setdefault((arch.norm, arch.pool), []).append(arch)
-    keys = list(strata)
+    norms = list(dict.fromkeys(a.norm for a in pool))
+    pools = list(dict.fromkeys(a.pool for a in pool))
+
+    def diagonal(key: tuple[str, str]) -> tuple[int, int]:
+        i, j = norms.index(key[0]), pools.index(key[1])
+        return ((j - i) % len(pools), i)
+
+    keys = sorted(strata, key=diagonal)
+    widths = sorted({a.width for a in pool})
+    depths = sorted({a.depth for a in pool})
     chosen: list[Arch] = []
     for k in range(min(n, len(pool))):
+        width, depth = widths[k % len(widths)], depths[(k // len(widths)) % len(depths)]
         members = [a for a in strata[keys[k % len(keys)]] if a not in chosen]
-        if not members:
-            members = [a for a in pool if a not in chosen]
+        preferred = [a for a in members if (a.width, a.depth) == (width, depth)]
+        members = preferred or members or [a for a in pool if a not in chosen]
         chosen.append(members[int(rng.integers(len(members)))])
     return chosen
 
