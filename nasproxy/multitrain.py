@@ -504,9 +504,9 @@ class _Lockstep:
                 self.run(inputs)
                 step += 1
             count = sum(stop - start for start, stop in bounds)
-            # one host sync per epoch
-            losses = (self.loss_sum / count).tolist()
-            accs = (self.correct_sum.double() / count).tolist()
+            # one host sync per epoch; the means as fit() takes them
+            losses = [total / count for total in self.loss_sum.tolist()]
+            accs = [correct / count for correct in self.correct_sum.tolist()]
             for i in range(self.m):
                 if not alive[i]:
                     continue
