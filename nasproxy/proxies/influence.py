@@ -1,0 +1,433 @@
+"""Parameter influence of each training example on a softmax head (Yang et al., ICLR 2023, Eq. 2).
+
+The pruning method of "Dataset Pruning: Reducing Training Data by Examining Generalization
+Influence" (Yang et al., ICLR 2023) scores every training example z_i by the first-order
+change of the optimal parameters when z_i is removed (Koh & Liang, 2017):
+
+    S_i = (1/n) H^{-1} grad_theta L(z_i, theta*)                          (Eq. 2)
+
+where H is the Hessian of the training objective at its optimum theta*. Here theta is the
+final linear (softmax) layer of a trained network, refitted on fixed penultimate features to
+the optimum of
+
+    J(theta) = (1/n) sum_i w_i CE(W x_i + b, y_i) + (l2/2) ||theta||^2,   w_i = 1
+
+so that the optimality assumption behind Eq. 2 holds exactly. Removing z_i means setting
+w_i = 0 while keeping the 1/n normalisation; then theta moves by +S_i to first order.
+
+Every parameter vector is ordered as ``torch.cat([head.weight.flatten(), head.bias])``:
+the C x d weights row-major, then the C biases (P = C (d + 1) entries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+import torch
+from torch import nn
+
+from nasproxy.errors import NasproxyError
+
+# Rows of per-example gradients formed at once when solving for S (bounds temporary memory
+# to about _CHUNK * P * 8 bytes).
+_CHUNK = 2048
+# Entries of the (examples, vectors, classes) work arrays of one Hessian-vector product.
+_HVP_ENTRIES = 20_000_000
+
+
+def _check_inputs(
+    features: np.ndarray, labels: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    if x.ndim != 2:
+        raise NasproxyError(f"features must be a 2-d array (n, d), got shape {x.shape}")
+    if y.shape != (x.shape[0],):
+        raise NasproxyError(f"labels must have shape ({x.shape[0]},), got {y.shape}")
+    if x.shape[0] == 0:
+        raise NasproxyError("features are empty")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise NasproxyError(f"labels must be integers, got dtype {y.dtype}")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise NasproxyError(f"labels must lie in [0, {num_classes}), got [{y.min()}, {y.max()}]")
+    if not np.isfinite(x).all():
+        raise NasproxyError("features contain NaN or infinite values")
+    return x, y.astype(np.int64)
+
+
+def _head_arrays(head: nn.Linear, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weight (C, d) and bias (C,) of ``head`` as float64 arrays."""
+    if not isinstance(head, nn.Linear) or head.bias is None:
+        raise NasproxyError("head must be a torch.nn.Linear with a bias")
+    if head.in_features != d:
+        raise NasproxyError(f"head expects {head.in_features}-d features, got {d}-d")
+    weight = head.weight.detach().cpu().to(torch.float64).numpy()
+    bias = head.bias.detach().cpu().to(torch.float64).numpy()
+    return weight, bias
+
+
+def _check_l2(l2: float) -> float:
+    if not l2 > 0:
+        raise NasproxyError(
+            f"l2 must be > 0 (the softmax Hessian is singular without it), got {l2}"
+        )
+    return float(l2)
+
+
+def _softmax(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    logits = x @ weight.T + bias
+    logits -= logits.max(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=1, keepdims=True)
+    return logits
+
+
+def _residuals(x: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """e_i = p_i - onehot(y_i): the gradient of CE with respect to the logits."""
+    e = _softmax(x, weight, bias)
+    e[np.arange(len(y)), y] -= 1.0
+    return e
+
+
+def _gradient_rows(x: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Per-example CE gradients [(e_i outer x_i).flatten(), e_i] for a block of rows."""
+    m, c = e.shape
+    out = np.empty((m, c * (x.shape[1] + 1)), dtype=np.float64)
+    out[:, : c * x.shape[1]] = (e[:, :, None] * x[:, None, :]).reshape(m, -1)
+    out[:, c * x.shape[1] :] = e
+    return out
+
+
+def _flat(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    return np.concatenate([weight.ravel(), bias])
+
+
+def _unflat(theta: np.ndarray, c: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+    return theta[: c * d].reshape(c, d), theta[c * d :]
+
+
+def _make_head(weight: np.ndarray, bias: np.ndarray) -> nn.Linear:
+    c, d = weight.shape
+    head = nn.Linear(d, c, dtype=torch.float64)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight))
+        head.bias.copy_(torch.from_numpy(bias))
+    return head
+
+
+def _objective(
+    x: np.ndarray, y: np.ndarray, c: int, l2: float, sample_weight: np.ndarray | None
+) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+    """J(theta) and its gradient; J = (1/n) sum_i w_i CE_i + (l2/2)||theta||^2."""
+    n, d = x.shape
+    rows = np.arange(n)
+
+    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        weight, bias = _unflat(theta, c, d)
+        logits = x @ weight.T + bias
+        top = logits.max(axis=1, keepdims=True)
+        z = np.exp(logits - top)
+        norm = z.sum(axis=1, keepdims=True)
+        ce = (np.log(norm) + top)[:, 0] - logits[rows, y]
+        e = z / norm
+        e[rows, y] -= 1.0
+        if sample_weight is not None:
+            ce = ce * sample_weight
+            e *= sample_weight[:, None]
+        loss = ce.sum() / n + 0.5 * l2 * theta @ theta
+        grad = _flat(e.T @ x / n, e.sum(axis=0) / n) + l2 * theta
+        return float(loss), grad
+
+    return fun
+
+
+def refit_head(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    l2: float,
+    init: nn.Linear | None = None,
+    tol: float = 1e-10,
+    sample_weight: np.ndarray | None = None,
+    newton_steps: int = 3,
+) -> tuple[nn.Linear, dict]:
+    """Refit a softmax head to the optimum of J(theta) on fixed features, in float64.
+
+    SGD with augmentation leaves the head near, not at, an optimum, while Eq. 2 assumes one.
+    L-BFGS (with the analytic gradient) runs from ``init`` (zeros if None) until the
+    Euclidean gradient norm is below ``tol``; if it stalls above ``tol`` (float64 line
+    searches can), up to ``newton_steps`` exact Newton steps finish the job.
+    ``sample_weight`` (default all ones) multiplies each example's loss inside the same 1/n
+    average: a zero weight removes the example as Eq. 2 models it.
+
+    Returns the head as a float64 ``nn.Linear`` (use ``.float()`` for float32 features) and
+    info ``{"grad_norm", "iterations", "newton_steps", "loss"}``.
+    """
+    x, y = _check_inputs(features, labels, num_classes)
+    l2 = _check_l2(l2)
+    n, d = x.shape
+    if sample_weight is not None:
+        sample_weight = np.asarray(sample_weight, dtype=np.float64)
+        if sample_weight.shape != (n,):
+            raise NasproxyError(f"sample_weight must have shape ({n},), got {sample_weight.shape}")
+    if init is None:
+        theta0 = np.zeros(num_classes * (d + 1))
+    else:
+        if init.out_features != num_classes:
+            raise NasproxyError(f"init head has {init.out_features} outputs, not {num_classes}")
+        theta0 = _flat(*_head_arrays(init, d))
+    fun = _objective(x, y, num_classes, l2, sample_weight)
+    res = scipy.optimize.minimize(
+        fun,
+        theta0,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 20000, "maxcor": 30, "ftol": 0.0, "gtol": tol / 10},
+    )
+    theta = res.x
+    loss, grad = fun(theta)
+    steps = 0
+    while np.linalg.norm(grad) > tol and steps < newton_steps:
+        # Newton step with the exact Hessian: converges quadratically from L-BFGS's endpoint.
+        head = _make_head(*_unflat(theta, num_classes, d))
+        hess = head_hessian(x, y, head, l2, sample_weight=sample_weight)
+        theta = theta - scipy.linalg.cho_solve(scipy.linalg.cho_factor(hess), grad)
+        loss, grad = fun(theta)
+        steps += 1
+    head = _make_head(*_unflat(theta, num_classes, d))
+    info = {
+        "grad_norm": float(np.linalg.norm(grad)),
+        "iterations": int(res.nit),
+        "newton_steps": steps,
+        "loss": loss,
+    }
+    return head, info
+
+
+def head_hessian(
+    features: np.ndarray,
+    labels: np.ndarray,
+    head: nn.Linear,
+    l2: float,
+    sample_weight: np.ndarray | None = None,
+) -> np.ndarray:
+    """Exact Hessian of J(theta) at ``head`` (P x P, float64, theta ordering above).
+
+    H = (1/n) sum_i w_i (diag(p_i) - p_i p_i^T) kron x~_i x~_i^T + l2 I with x~_i = [x_i, 1].
+    Built block by block: for each class pair (c, c'), X~^T diag(w_i A_i[c, c']) X~ is one
+    (d+1) x (d+1) matrix product, scattered into weight/weight, weight/bias and bias/bias
+    entries. The CE Hessian does not depend on the labels; they are validated only, so that
+    all functions here share one signature.
+    """
+    c = head.out_features
+    x, _ = _check_inputs(features, labels, c)
+    l2 = _check_l2(l2)
+    weight, bias = _head_arrays(head, x.shape[1])
+    n, d = x.shape
+    p = _softmax(x, weight, bias)
+    if sample_weight is not None:
+        pw = p * np.asarray(sample_weight, dtype=np.float64)[:, None]
+    else:
+        pw = p
+    xt = np.empty((n, d + 1))
+    xt[:, :d] = x
+    xt[:, d] = 1.0
+    big = c * d
+    hess = np.empty((c * (d + 1), c * (d + 1)))
+    scaled = np.empty_like(xt)
+    for a in range(c):
+        for b in range(a, c):
+            # A_i[a, b] = p_ia (delta_ab - p_ib), times the sample weight.
+            w = pw[:, a] * ((1.0 if a == b else 0.0) - p[:, b])
+            np.multiply(xt, w[:, None], out=scaled)
+            block = (xt.T @ scaled) / n
+            hess[a * d : (a + 1) * d, b * d : (b + 1) * d] = block[:d, :d]
+            hess[a * d : (a + 1) * d, big + b] = block[:d, d]
+            hess[big + a, b * d : (b + 1) * d] = block[d, :d]
+            hess[big + a, big + b] = block[d, d]
+            if a != b:
+                hess[b * d : (b + 1) * d, a * d : (a + 1) * d] = block[:d, :d].T
+                hess[b * d : (b + 1) * d, big + a] = block[d, :d]
+                hess[big + b, a * d : (a + 1) * d] = block[:d, d]
+                hess[big + b, big + a] = block[d, d]
+    hess[np.diag_indices_from(hess)] += l2
+    return hess
+
+
+def per_example_gradients(features: np.ndarray, labels: np.ndarray, head: nn.Linear) -> np.ndarray:
+    """Gradients of each example's CE loss (no L2 term) w.r.t. theta: (n, P) float64.
+
+    Row i is [((p_i - onehot(y_i)) outer x_i).flatten(), p_i - onehot(y_i)].
+    """
+    x, y = _check_inputs(features, labels, head.out_features)
+    weight, bias = _head_arrays(head, x.shape[1])
+    return _gradient_rows(x, _residuals(x, y, weight, bias))
+
+
+def _hvp_factory(
+    x: np.ndarray, p: np.ndarray, l2: float
+) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
+    """Hessian-vector products without forming H, for a block of vectors (m, P).
+
+    hvp(V, rows) applies (1/|rows|) sum_{i in rows} A_i kron x~_i x~_i^T + l2 I to each row
+    of V (all examples when rows is None): cost O(|rows| m P).
+    """
+    c, d = p.shape[1], x.shape[1]
+
+    def hvp(v: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        xs, ps = (x, p) if rows is None else (x[rows], p[rows])
+        m, k = v.shape[0], xs.shape[0]
+        # u[i, j, :] = V_j applied to x~_i (the logit change of example i along direction j).
+        u = (xs @ v[:, : c * d].reshape(m * c, d).T).reshape(k, m, c) + v[None, :, c * d :]
+        # A_i u = p_i * u - p_i (p_i . u)
+        t = ps[:, None, :] * (u - np.einsum("nc,nmc->nm", ps, u)[:, :, None])
+        t /= k
+        out = np.empty_like(v)
+        out[:, : c * d] = (t.reshape(k, m * c).T @ xs).reshape(m, c * d)
+        out[:, c * d :] = t.sum(axis=0)
+        return out + l2 * v
+
+    return hvp
+
+
+def _solve_cg(
+    hvp: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+    rhs: np.ndarray,
+    tol: float,
+    maxiter: int,
+) -> np.ndarray:
+    """Conjugate gradients run in lock step on every row of ``rhs`` (each its own system)."""
+    sol = np.zeros_like(rhs)
+    res = rhs.copy()
+    direction = res.copy()
+    rr = np.einsum("ij,ij->i", res, res)
+    stop = (tol * np.linalg.norm(rhs, axis=1)) ** 2
+    for _ in range(maxiter):
+        active = rr > stop
+        if not active.any():
+            break
+        hd = hvp(direction[active], None)
+        alpha = rr[active] / np.einsum("ij,ij->i", direction[active], hd)
+        sol[active] += alpha[:, None] * direction[active]
+        res[active] -= alpha[:, None] * hd
+        rr_new = np.einsum("ij,ij->i", res[active], res[active])
+        beta = rr_new / rr[active]
+        direction[active] = res[active] + beta[:, None] * direction[active]
+        rr[active] = rr_new
+    return sol
+
+
+def _largest_eigenvalue(
+    hvp: Callable[[np.ndarray, np.ndarray | None], np.ndarray], dim: int, seed: int
+) -> float:
+    """Power iteration for lambda_max(H) (H is positive definite)."""
+    v = np.random.default_rng(seed).standard_normal((1, dim))
+    v /= np.linalg.norm(v)
+    lam = 0.0
+    for _ in range(100):
+        hv = hvp(v, None)
+        lam_new = float(np.linalg.norm(hv))
+        v = hv / lam_new
+        if abs(lam_new - lam) <= 1e-6 * lam_new:
+            break
+        lam = lam_new
+    return lam_new
+
+
+def _solve_lissa(
+    hvp: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+    rhs: np.ndarray,
+    n: int,
+    depth: int,
+    scale: float,
+    batch_size: int,
+    repeats: int,
+    seed: int,
+) -> np.ndarray:
+    """LiSSA (Agarwal et al., 2017; as used by Koh & Liang, 2017 and Yang et al., 2023).
+
+    The truncated Neumann series h_j = v + (I - H_j / scale) h_{j-1}, with H_j the Hessian
+    of a random mini-batch, converges to scale * H^{-1} v when scale >= lambda_max(H);
+    H^{-1} v is estimated as h_depth / scale, averaged over ``repeats`` runs.
+    """
+    rng = np.random.default_rng(seed)
+    total = np.zeros_like(rhs)
+    for _ in range(repeats):
+        h = rhs.copy()
+        for _ in range(depth):
+            rows = None if batch_size >= n else rng.choice(n, size=batch_size, replace=False)
+            h = rhs + h - hvp(h, rows) / scale
+        total += h / scale
+    return total / repeats
+
+
+def parameter_influence(
+    features: np.ndarray,
+    labels: np.ndarray,
+    head: nn.Linear,
+    l2: float,
+    solver: str = "cholesky",
+    dtype: type[np.floating] = np.float32,
+    cg_tol: float = 1e-10,
+    cg_maxiter: int | None = None,
+    lissa_depth: int = 1000,
+    lissa_scale: float | None = None,
+    lissa_batch: int | None = None,
+    lissa_repeats: int = 1,
+    seed: int = 0,
+) -> np.ndarray:
+    """Per-example parameter influence S_i = (1/n) H^{-1} grad L(z_i, theta) (Eq. 2).
+
+    S_i is the first-order change of the optimal theta when z_i is removed from J (weight
+    set to zero under the same 1/n normalisation); the sum of S over a set R predicts the
+    change when R is removed. ``head`` should be at the optimum of J (see ``refit_head``).
+
+    Solvers for H^{-1} g_i, all in float64:
+      * ``"cholesky"``: exact H, Cholesky factorisation; O(n P^2 + P^3), the default.
+      * ``"cg"``: conjugate gradients with Hessian-vector products (H never formed), to
+        relative residual ``cg_tol``; O(iterations n^2 P) for all rows, for small n only.
+      * ``"lissa"``: the stochastic recursion of Agarwal et al. (2017) used in the paper;
+        mini-batches of ``lissa_batch`` examples (default: all, i.e. deterministic),
+        ``lissa_scale`` defaults to 1.05 lambda_max(H) from power iteration.
+
+    Returns S as an (n, P) array of ``dtype`` (float32 by default: 50,000 x 5,130 float64
+    would be 2 GB). Columns follow ``torch.cat([head.weight.flatten(), head.bias])``.
+    """
+    c = head.out_features
+    x, y = _check_inputs(features, labels, c)
+    l2 = _check_l2(l2)
+    weight, bias = _head_arrays(head, x.shape[1])
+    n, d = x.shape
+    size = c * (d + 1)
+    e = _residuals(x, y, weight, bias)
+    out = np.empty((n, size), dtype=dtype)
+    if solver == "cholesky":
+        factor = scipy.linalg.cho_factor(head_hessian(x, y, head, l2))
+        for start in range(0, n, _CHUNK):
+            rows = slice(start, start + _CHUNK)
+            grads = _gradient_rows(x[rows], e[rows])
+            out[rows] = scipy.linalg.cho_solve(factor, grads.T).T / n
+        return out
+    if solver not in ("cg", "lissa"):
+        raise NasproxyError(f"unknown influence solver {solver!r}; use cholesky, cg or lissa")
+    hvp = _hvp_factory(x, _softmax(x, weight, bias), l2)
+    if solver == "lissa":
+        scale = 1.05 * _largest_eigenvalue(hvp, size, seed) if lissa_scale is None else lissa_scale
+        batch = n if lissa_batch is None else lissa_batch
+    # Right-hand sides per block, so that the (rows, block, C) work arrays stay near 2e7.
+    block = max(1, _HVP_ENTRIES // (min(n, batch if solver == "lissa" else n) * c))
+    for start in range(0, n, block):
+        rows = slice(start, start + block)
+        grads = _gradient_rows(x[rows], e[rows])
+        if solver == "cg":
+            maxiter = size if cg_maxiter is None else cg_maxiter
+            solved = _solve_cg(hvp, grads, cg_tol, maxiter)
+        else:
+            solved = _solve_lissa(
+                hvp, grads, n, lissa_depth, scale, batch, lissa_repeats, seed + start
+            )
+        out[rows] = solved / n
+    return out
