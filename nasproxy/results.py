@@ -1,0 +1,240 @@
+"""The results store of a sweep: one small file per work unit, a consolidated table, a manifest.
+
+Layout of an experiment directory ``DIR/EXP/``::
+
+    units/<train_set>/s<seed>/<arch>.json   one completed work unit each (the source of truth)
+    trials.parquet, trials.csv              every unit as one tidy row (``COLUMNS``)
+    manifest.json                           dataset, space, protocol, train sets, provenance
+
+A unit file is written once, atomically (temporary name, then rename), by whoever finished
+the unit, so a crash never leaves a torn row: a file either parses completely or is treated
+as missing and the unit runs again. The table is rebuilt from the unit files at any time
+(``consolidate``) and is itself written atomically; readers use only the table and manifest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import subprocess
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nasproxy.errors import NasproxyError
+from nasproxy.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from nasproxy.spaces import Arch
+from nasproxy.train import TrainRecord
+
+UNIT_FORMAT = "nasproxy-unit/1"
+UNITS_DIR = "units"
+MANIFEST = "manifest.json"
+TRIALS_PARQUET = "trials.parquet"
+TRIALS_CSV = "trials.csv"
+WHOLE = "whole"  # the train_set name of the whole training split
+
+# The columns of trials.parquet / trials.csv, in order, with their dtypes.
+COLUMNS: dict[str, str] = {
+    "arch": "string",
+    "width": "int64",
+    "depth": "int64",
+    "act": "string",
+    "norm": "string",
+    "pool": "string",
+    "train_set": "string",
+    "proxy_hash": "string",
+    "seed": "int64",
+    "epochs": "int64",
+    "val_acc": "float64",
+    "test_acc": "float64",
+    "train_loss": "float64",
+    "status": "string",
+    "reason": "string",
+    "wall_s": "float64",
+    "images_seen": "int64",
+    "n_train": "int64",
+    "device": "string",
+}
+STATUSES = ("ok", "diverged", "failed")
+
+UnitKey = tuple[str, int, str]  # (train_set, seed, arch id)
+
+
+def make_row(arch: Arch, train_set: str, proxy_hash: str, record: TrainRecord) -> dict[str, Any]:
+    """The table row of one finished work unit, from the trainer's record."""
+    return {
+        "arch": arch.id,
+        "width": arch.width,
+        "depth": arch.depth,
+        "act": arch.act,
+        "norm": arch.norm,
+        "pool": arch.pool,
+        "train_set": train_set,
+        "proxy_hash": proxy_hash,
+        "seed": int(record.seed),
+        "epochs": int(record.epochs),
+        "val_acc": float(record.val_acc),
+        "test_acc": float(record.test_acc),
+        "train_loss": float(record.train_loss),
+        "status": record.status,
+        "reason": record.reason,
+        "wall_s": float(record.wall_s),
+        "images_seen": int(record.images_seen),
+        "n_train": int(record.n_train),
+        "device": record.device,
+    }
+
+
+def row_key(row: Mapping[str, Any]) -> UnitKey:
+    """The identity of a row's work unit."""
+    return (str(row["train_set"]), int(row["seed"]), str(row["arch"]))
+
+
+def unit_path(exp_dir: Path, key: UnitKey) -> Path:
+    """Where the unit file of ``key`` lives."""
+    train_set, seed, arch = key
+    return Path(exp_dir) / UNITS_DIR / train_set / f"s{seed}" / f"{arch}.json"
+
+
+def write_unit(
+    exp_dir: Path, row: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Record a finished unit atomically; ``extra`` (history, params, ...) rides along.
+
+    The extra fields stay in the unit file; only ``COLUMNS`` reach the table.
+    """
+    missing = [c for c in COLUMNS if c not in row]
+    if missing:
+        raise ValueError(f"row lacks {', '.join(missing)}")
+    payload = {"format": UNIT_FORMAT, "row": {c: row[c] for c in COLUMNS}, **(extra or {})}
+    return atomic_write_text(unit_path(exp_dir, row_key(row)), json.dumps(payload) + "\n")
+
+
+def read_unit(path: Path) -> dict[str, Any] | None:
+    """The row of a unit file, or None when it is missing, torn or not a unit of its path."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != UNIT_FORMAT:
+        return None
+    row = payload.get("row")
+    if not isinstance(row, dict) or set(row) != set(COLUMNS):
+        return None
+    try:
+        key = row_key(row)
+    except (TypeError, ValueError):
+        return None
+    if row["status"] not in STATUSES:
+        return None
+    parts = Path(path).parts
+    if tuple(parts[-3:]) != (key[0], f"s{key[1]}", f"{key[2]}.json"):
+        return None  # a file moved or copied to the wrong place
+    return row
+
+
+def read_units(exp_dir: Path) -> dict[UnitKey, dict[str, Any]]:
+    """Every valid unit of an experiment, by key; torn or foreign files are skipped."""
+    rows: dict[UnitKey, dict[str, Any]] = {}
+    for path in sorted((Path(exp_dir) / UNITS_DIR).glob("*/s*/*.json")):
+        row = read_unit(path)
+        if row is not None:
+            rows[row_key(row)] = row
+    return rows
+
+
+def remove_stale_temporaries(exp_dir: Path) -> int:
+    """Delete temporary files left by writes a crash interrupted; returns how many."""
+    stale = list((Path(exp_dir) / UNITS_DIR).glob("*/s*/.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows as a table with exactly ``COLUMNS``, in order, with fixed dtypes."""
+    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    return frame.astype(COLUMNS)
+
+
+def consolidate(
+    exp_dir: Path,
+    train_set_order: Iterable[str] = (),
+    arch_order: Iterable[str] = (),
+) -> pd.DataFrame:
+    """Rebuild trials.parquet and trials.csv from the unit files; returns the table.
+
+    Rows are sorted by train set, seed and architecture, each in the given order when one is
+    given (the manifest's), else alphabetically.
+    """
+    exp_dir = Path(exp_dir)
+    rows = list(read_units(exp_dir).values())
+    ts_rank = {name: i for i, name in enumerate(train_set_order)}
+    arch_rank = {name: i for i, name in enumerate(arch_order)}
+
+    def sort_key(row: Mapping[str, Any]) -> tuple:
+        ts, seed, arch = row_key(row)
+        return (ts_rank.get(ts, len(ts_rank)), ts, seed, arch_rank.get(arch, len(arch_rank)), arch)
+
+    frame = to_frame(sorted(rows, key=sort_key))
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    atomic_write_bytes(exp_dir / TRIALS_PARQUET, buffer.getvalue())
+    atomic_write_text(exp_dir / TRIALS_CSV, frame.to_csv(index=False))
+    return frame
+
+
+def read_trials(exp_dir: Path) -> pd.DataFrame:
+    """The consolidated table of an experiment."""
+    path = Path(exp_dir) / TRIALS_PARQUET
+    if not path.is_file():
+        raise NasproxyError(f"{path} does not exist; run `nasproxy search` first")
+    return pd.read_parquet(path)
+
+
+def write_manifest(exp_dir: Path, manifest: Mapping[str, Any]) -> Path:
+    """Write manifest.json atomically (non-finite floats become null)."""
+    return atomic_write_json(Path(exp_dir) / MANIFEST, _finite(manifest))
+
+
+def read_manifest(exp_dir: Path) -> dict[str, Any] | None:
+    """The manifest of an experiment, or None when there is none yet."""
+    path = Path(exp_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise NasproxyError(f"{path} is unreadable ({exc.__class__.__name__})") from None
+    if not isinstance(manifest, dict):
+        raise NasproxyError(f"{path} is not a JSON object")
+    return manifest
+
+
+def git_commit(where: Path | None = None) -> str:
+    """``git rev-parse HEAD`` of the repository holding this package, or "unknown"."""
+    where = where or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj

@@ -1,0 +1,144 @@
+"""The results store: unit files, the consolidated table, the manifest."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from nasproxy import results
+from nasproxy.errors import NasproxyError
+from nasproxy.spaces import Arch
+from nasproxy.train import TrainRecord
+
+ARCHS = [
+    Arch(32, 1, "relu", "none", "maxpooling"),
+    Arch(64, 2, "sigmoid", "batchnorm", "avgpooling"),
+    Arch(128, 3, "leakyrelu", "groupnorm", "none"),
+]
+
+
+def _row(arch: Arch, train_set: str, seed: int, status: str = "ok") -> dict:
+    record = TrainRecord(
+        arch=arch.id,
+        status=status,
+        reason="" if status == "ok" else "non-finite training loss in epoch 1",
+        seed=seed,
+        epochs=3,
+        n_train=100,
+        train_loss=0.5 if status == "ok" else math.nan,
+        val_acc=0.25 + 0.01 * seed if status == "ok" else math.nan,
+        test_acc=0.3 if status == "ok" else math.nan,
+        wall_s=1.5,
+        images_seen=300,
+        device="cpu",
+    )
+    return results.make_row(arch, train_set, "abc123" if train_set != "whole" else "", record)
+
+
+def _all_rows() -> list[dict]:
+    rows = [_row(a, ts, s) for ts in ("random", "whole") for s in (0, 1) for a in ARCHS]
+    rows.append(_row(ARCHS[0], "influence", 0, status="diverged"))
+    return rows
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def test_round_trip_through_unit_files_parquet_and_csv(tmp_path):
+    rows = _all_rows()
+    for row in rows:
+        results.write_unit(tmp_path, row, {"history": [{"epoch": 1, "train_loss": 0.5}]})
+    table = results.consolidate(tmp_path, ["random", "whole", "influence"], [a.id for a in ARCHS])
+
+    assert list(table.columns) == list(results.COLUMNS)
+    assert len(table) == len(rows)
+    from_parquet = pd.read_parquet(tmp_path / results.TRIALS_PARQUET)
+    floats = [c for c, dtype in results.COLUMNS.items() if dtype == "float64"]
+    from_csv = pd.read_csv(
+        tmp_path / results.TRIALS_CSV,
+        keep_default_na=False,  # "" is a string (no reason, no proxy hash) ...
+        na_values={c: [""] for c in floats},  # ... except in float columns, where it is NaN
+    )
+    by_key = {results.row_key(r): r for r in rows}
+    for frame in (table, from_parquet, from_csv):
+        assert len(frame) == len(rows)
+        for record in frame.to_dict("records"):
+            expected = by_key[results.row_key(record)]
+            for column in results.COLUMNS:
+                got = record[column]
+                assert _same(got, expected[column]), (column, got, expected[column])
+    # the order asked for: train sets as given, then seed, then arch order
+    assert list(table["train_set"].drop_duplicates()) == ["random", "whole", "influence"]
+    first = table[(table["train_set"] == "random") & (table["seed"] == 0)]
+    assert list(first["arch"]) == [a.id for a in ARCHS]
+    assert str(table["val_acc"].dtype) == "float64" and str(table["seed"].dtype) == "int64"
+    # extras stay in the unit file, only the columns reach the table
+    unit = json.loads(results.unit_path(tmp_path, results.row_key(rows[0])).read_text())
+    assert unit["history"] == [{"epoch": 1, "train_loss": 0.5}]
+
+
+def test_writes_leave_no_temporary_files(tmp_path):
+    for row in _all_rows():
+        results.write_unit(tmp_path, row)
+    results.consolidate(tmp_path)
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_torn_and_misplaced_unit_files_are_ignored(tmp_path):
+    rows = _all_rows()
+    for row in rows:
+        results.write_unit(tmp_path, row)
+    torn_key = results.row_key(rows[1])
+    torn = results.unit_path(tmp_path, torn_key)
+    blob = torn.read_bytes()
+    torn.write_bytes(blob[: len(blob) // 2])  # a crash in the middle of a non-atomic write
+    misplaced_key = results.row_key(rows[2])
+    misplaced = results.unit_path(tmp_path, ("random", 7, misplaced_key[2]))
+    misplaced.parent.mkdir(parents=True, exist_ok=True)
+    misplaced.write_bytes(results.unit_path(tmp_path, misplaced_key).read_bytes())
+    stale = torn.parent / f".{torn.name}.x1y2.tmp"
+    stale.write_text("{")
+
+    units = results.read_units(tmp_path)
+    assert set(units) == {results.row_key(r) for r in rows} - {torn_key}
+    assert results.read_unit(torn) is None and results.read_unit(misplaced) is None
+    table = results.consolidate(tmp_path)
+    assert len(table) == len(rows) - 1
+    assert results.remove_stale_temporaries(tmp_path) == 1 and not stale.exists()
+
+    results.write_unit(tmp_path, rows[1])  # the unit runs again and replaces the torn file
+    assert len(results.read_units(tmp_path)) == len(rows)
+
+
+def test_write_unit_refuses_an_incomplete_row(tmp_path):
+    row = _all_rows()[0]
+    del row["val_acc"]
+    with pytest.raises(ValueError, match="val_acc"):
+        results.write_unit(tmp_path, row)
+
+
+def test_empty_experiment_gives_an_empty_typed_table(tmp_path):
+    table = results.consolidate(tmp_path)
+    assert len(table) == 0 and list(table.columns) == list(results.COLUMNS)
+    assert len(pd.read_parquet(tmp_path / results.TRIALS_PARQUET)) == 0
+
+
+def test_manifest_round_trip_turns_non_finite_floats_into_null(tmp_path):
+    assert results.read_manifest(tmp_path) is None
+    results.write_manifest(tmp_path, {"train_sets": {"random": {"epsilon": math.nan}}, "n": 3})
+    assert results.read_manifest(tmp_path) == {"train_sets": {"random": {"epsilon": None}}, "n": 3}
+    (tmp_path / results.MANIFEST).write_text("{not json")
+    with pytest.raises(NasproxyError, match="unreadable"):
+        results.read_manifest(tmp_path)
+
+
+def test_read_trials_without_a_table_is_a_clear_error(tmp_path):
+    with pytest.raises(NasproxyError, match="nasproxy search"):
+        results.read_trials(tmp_path)

@@ -1,0 +1,367 @@
+"""The sweep on Ray Tune: rows, resume after a hard kill, refusals, divergence, selection."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nasproxy import results, spaces
+from nasproxy.data import load_dataset
+from nasproxy.errors import NasproxyError
+from nasproxy.search import (
+    SearchConfig,
+    plan_chunks,
+    resolve_train_sets,
+    run_search,
+    select_archs,
+    stratified_sample,
+)
+from nasproxy.spaces import FIELDS
+from nasproxy.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parent.parent
+# six one-block ConvNets of width 8: a whole-split epoch on digits takes about a second
+TINY_SPACE = """name: tiny6
+options:
+  width: [8]
+  depth: [1]
+  act: [relu, leakyrelu, sigmoid]
+  norm: [none, batchnorm]
+  pool: [maxpooling]
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One small local Ray for the module (starting one costs seconds)."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+    )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, digits):
+    """A tiny space file and two proxy files of 10 random images per class."""
+    root = tmp_path_factory.mktemp("inputs")
+    space = root / "tiny6.yaml"
+    space.write_text(TINY_SPACE)
+    labels = digits.y_train.numpy()
+    proxies = []
+    for method, seed in (("random", 0), ("herding", 1)):
+        rng = np.random.default_rng(seed)
+        indices = {
+            name: sorted(int(i) for i in rng.choice(np.flatnonzero(labels == c), 10, False))
+            for c, name in enumerate(digits.classes)
+        }
+        path = root / f"{method}.json"
+        path.write_text(json.dumps(_proxy(method, digits.fingerprint, indices, epsilon=0.5)))
+        proxies.append(path)
+    return {"space": str(space), "proxies": proxies, "root": root}
+
+
+def _proxy(method: str, fingerprint: str, indices: dict, epsilon: float | None = None) -> dict:
+    return {
+        "format": "nasproxy-proxy/1",
+        "method": method,
+        "per_class": 10,
+        "seed": 0,
+        "params": {},
+        "dataset": "digits",
+        "fingerprint": fingerprint,
+        "indices": indices,
+        "n_images": sum(len(v) for v in indices.values()),
+        "epsilon": epsilon,
+    }
+
+
+def _config(inputs, results_dir: Path, name: str, **changes) -> SearchConfig:
+    cfg = SearchConfig(
+        name=name,
+        dataset="digits",
+        proxies=tuple(str(p) for p in inputs["proxies"]),
+        whole=True,
+        space=inputs["space"],
+        train=TrainConfig(epochs=1),
+        results_dir=str(results_dir),
+        trial_size=4,
+    )
+    return replace(cfg, **changes)
+
+
+def _units(exp_dir: Path) -> dict[Path, str]:
+    return {p: p.read_text() for p in sorted((exp_dir / "units").glob("*/s*/*.json"))}
+
+
+def test_sweep_trains_every_unit_once_with_sane_rows(cluster, inputs, digits, tmp_path):
+    events = []
+    exp_dir = run_search(_config(inputs, tmp_path, "sweep"), progress=events.append)
+
+    table = results.read_trials(exp_dir)
+    manifest = results.read_manifest(exp_dir)
+    assert list(table.columns) == list(results.COLUMNS)
+    assert len(table) == 18  # 6 archs x (2 proxies + whole) x 1 seed
+    assert not table.duplicated(["arch", "train_set", "seed"]).any()
+    assert set(table["train_set"]) == {"random", "herding", "whole"}
+    assert Counter(table["train_set"]) == {"random": 6, "herding": 6, "whole": 6}
+    assert (table["status"] == "ok").all() and (table["reason"] == "").all()
+    for column in ("val_acc", "test_acc"):
+        assert table[column].between(0, 1).all()
+    assert np.isfinite(table["train_loss"]).all() and (table["wall_s"] > 0).all()
+    n_train = table.set_index("train_set")["n_train"].groupby(level=0).unique()
+    assert {k: list(v) for k, v in n_train.items()} == {
+        "random": [100],
+        "herding": [100],
+        "whole": [len(digits.y_train)],
+    }
+    assert (table["images_seen"] == table["n_train"]).all()  # one epoch, no batch dropped
+    for path in inputs["proxies"]:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        method = path.stem
+        assert set(table.loc[table["train_set"] == method, "proxy_hash"]) == {digest}
+        assert manifest["train_sets"][method]["proxy_hash"] == digest
+    assert set(table.loc[table["train_set"] == "whole", "proxy_hash"]) == {""}
+    arch_fields = table["arch"].map(lambda a: spaces.Arch.from_id(a))
+    assert (table["width"] == arch_fields.map(lambda a: a.width)).all()
+
+    assert manifest["fingerprint"] == digits.fingerprint
+    assert manifest["archs"] == spaces.load(inputs["space"]).ids
+    assert manifest["train_sets"]["random"]["bytes"] == 100 * 1 * 32 * 32
+    assert manifest["train_sets"]["random"]["epsilon"] == 0.5
+    assert manifest["train_sets"]["whole"]["n_images"] == len(digits.y_train)
+    assert manifest["protocol"]["epochs"] == 1 and manifest["protocol"]["seeds"] == [0]
+    assert manifest["git_commit"] and manifest["sweep_wall_s"] > 0
+    assert [e.row is not None for e in events].count(True) == 18
+    assert events[-1].done == events[-1].total == 18
+
+    # independent truth: the same unit retrained here gives the same numbers
+    import torch
+
+    torch.set_num_threads(1)
+    indices = np.sort(
+        np.concatenate(
+            [
+                np.asarray(v)
+                for v in json.loads(inputs["proxies"][0].read_text())["indices"].values()
+            ]
+        )
+    )
+    arch = "w8-d1-relu-batchnorm-maxpooling"
+    again = train(arch, digits, indices, TrainConfig(epochs=1, seed=0, device="cpu"))
+    row = table[(table["arch"] == arch) & (table["train_set"] == "random")].iloc[0]
+    assert row["val_acc"] == pytest.approx(again.val_acc)
+    assert row["train_loss"] == pytest.approx(again.train_loss, rel=1e-5)
+
+    # the same name with another protocol is refused, naming the difference
+    with pytest.raises(NasproxyError, match="epochs 1, this run asks for 2"):
+        run_search(_config(inputs, tmp_path, "sweep", train=TrainConfig(epochs=2)))
+    with pytest.raises(NasproxyError, match="training sets"):
+        run_search(_config(inputs, tmp_path, "sweep", whole=False))
+    assert results.read_manifest(exp_dir)["protocol"]["epochs"] == 1
+
+
+def test_hard_kill_then_resume_runs_every_unit_exactly_once(cluster, inputs, tmp_path):
+    name = "killed"
+    exp_dir = tmp_path / name
+    command = [
+        sys.executable, "-m", "nasproxy.cli", "search",
+        "--dataset", "digits", "--space", inputs["space"],
+        "--proxy", str(inputs["proxies"][0]), "--proxy", str(inputs["proxies"][1]), "--whole",
+        "--epochs", "1", "--name", name, "--results-dir", str(tmp_path),
+        "--trial-size", "2", "--address", cluster,
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not _units(exp_dir) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    stderr = proc.communicate()[1].decode()
+    before = _units(exp_dir)
+    assert 0 < len(before) < 18, stderr
+    time.sleep(1.0)  # let Ray stop the dead driver's workers
+    before = _units(exp_dir)
+
+    events = []
+    run_search(_config(inputs, tmp_path, name, trial_size=2), progress=events.append)
+    after = _units(exp_dir)
+    table = results.read_trials(exp_dir)
+    assert len(table) == 18 and not table.duplicated(["arch", "train_set", "seed"]).any()
+    assert len(after) == 18
+    assert all(after[p] == text for p, text in before.items())  # finished units not re-run
+    trained = [e.row for e in events if e.row is not None]
+    assert len(trained) == 18 - len(before)
+
+    # a third run has nothing to do: no trial, no file touched
+    events = []
+    runs_before = sorted((exp_dir / "ray").iterdir())
+    run_search(_config(inputs, tmp_path, name), progress=events.append)
+    assert [e.row for e in events if e.row is not None] == []
+    assert _units(exp_dir) == after and sorted((exp_dir / "ray").iterdir()) == runs_before
+
+    # a torn unit file counts as missing: exactly that unit runs again
+    victim = sorted(after)[5]
+    victim.write_text(after[victim][: len(after[victim]) // 3])
+    events = []
+    run_search(_config(inputs, tmp_path, name), progress=events.append)
+    rows = [e.row for e in events if e.row is not None]
+    assert len(rows) == 1 and results.unit_path(exp_dir, results.row_key(rows[0])) == victim
+    assert len(results.read_trials(exp_dir)) == 18
+
+
+def test_a_diverging_unit_is_a_row_not_a_crash(cluster, inputs, tmp_path):
+    cfg = _config(
+        inputs,
+        tmp_path,
+        "diverge",
+        proxies=(str(inputs["proxies"][0]),),
+        whole=False,
+        archs=("w8-d1-relu-none-maxpooling",),
+        train=TrainConfig(epochs=1, lr=1e6, batch_size=10),  # 10 steps: one is not enough
+    )
+    table = results.read_trials(run_search(cfg))
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["status"] == "diverged" and "non-finite" in row["reason"]
+    assert math.isnan(row["val_acc"]) and math.isnan(row["test_acc"])
+
+
+def test_bad_inputs_are_refused_before_anything_runs(inputs, digits, tmp_path):
+    root = inputs["root"]
+    indices = json.loads(inputs["proxies"][0].read_text())["indices"]
+    foreign = root / "foreign.json"
+    foreign.write_text(json.dumps(_proxy("random", "0123456789abcdef", indices)))
+    out_of_range = root / "range.json"
+    out_of_range.write_text(
+        json.dumps(_proxy("random", digits.fingerprint, {**indices, "3": [len(digits.y_train)]}))
+    )
+    wrong_class = root / "wrong.json"
+    first_of_class_1 = int(np.flatnonzero(digits.y_train.numpy() == 1)[0])
+    wrong_class.write_text(
+        json.dumps(_proxy("random", digits.fingerprint, {"0": [first_of_class_1]}))
+    )
+    not_json = root / "broken.json"
+    not_json.write_text('{"format": "nasproxy-proxy/1", "indices": ')
+    cases = [
+        ({"proxies": (str(foreign),)}, "fingerprint 0123456789abcdef"),
+        ({"proxies": (str(out_of_range),)}, "outside the train split"),
+        ({"proxies": (str(wrong_class),)}, "is not of class '0'"),
+        ({"proxies": (str(not_json),)}, "not valid JSON"),
+        ({"proxies": (str(root / "absent.json"),)}, "cannot read"),
+        ({"space": "no-such-space"}, "unknown space"),
+        ({"archs": ("w999-*",)}, "matches no architecture"),
+    ]
+    for changes, message in cases:
+        cfg = _config(inputs, tmp_path, "refused", **changes)
+        with pytest.raises(NasproxyError, match=re.escape(message)):
+            run_search(cfg)
+        assert not (tmp_path / "refused").exists()
+
+
+def test_train_set_names_disambiguate_and_refuse_clashes(inputs, digits, tmp_path):
+    indices = json.loads(inputs["proxies"][0].read_text())["indices"]
+    half = {k: v[:5] for k, v in indices.items()}
+    a = tmp_path / "influence-small.json"
+    b = tmp_path / "influence-large.json"
+    a.write_text(json.dumps(_proxy("influence", digits.fingerprint, half)))
+    b.write_text(json.dumps(_proxy("influence", digits.fingerprint, indices)))
+    sets = resolve_train_sets([str(a), str(b)], True, digits)
+    assert [s.name for s in sets] == ["influence-small", "influence-large", "whole"]
+    assert [s.n_images for s in sets] == [50, 100, len(digits.y_train)]
+    named = resolve_train_sets([f"mine={a}", str(b)], False, digits)
+    assert [s.name for s in named] == ["mine", "influence-large"]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / a.name).write_text(json.dumps(_proxy("influence", digits.fingerprint, indices)))
+    with pytest.raises(NasproxyError, match="would be named"):
+        resolve_train_sets([str(a), str(other / a.name)], False, digits)
+    with pytest.raises(NasproxyError, match="identical"):
+        resolve_train_sets([str(a), str(a)], False, digits)
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps(_proxy("whole", digits.fingerprint, half)))
+    with pytest.raises(NasproxyError, match="'whole'"):
+        resolve_train_sets([str(c)], True, digits)
+
+
+def test_arch_patterns_match_like_brute_force():
+    space = spaces.load("convnet720")
+    globbed = select_archs(space, ["w32-d1-*-batchnorm-*", "*-sigmoid-none-none"])
+    expected = [
+        a
+        for a in space
+        if fnmatch.fnmatchcase(a.id, "w32-d1-*-batchnorm-*")
+        or fnmatch.fnmatchcase(a.id, "*-sigmoid-none-none")
+    ]
+    assert globbed == expected and len(expected) == 3 * 3 + 16
+    regexed = select_archs(space, [r"re:w(32|64)-d[12]-relu-.*-maxpooling"])
+    assert regexed == [
+        a
+        for a in space
+        if a.width in (32, 64) and a.depth in (1, 2) and a.act == "relu" and a.pool == "maxpooling"
+    ]
+    with pytest.raises(NasproxyError, match="bad regular expression"):
+        select_archs(space, ["re:w(32"])
+    assert len(select_archs(space, ["re:w32.*"])) == 180
+    with pytest.raises(NasproxyError, match="matches no architecture"):
+        select_archs(space, ["re:w32"])  # a pattern must match the whole id
+
+
+@pytest.mark.parametrize("n", [1, 7, 24, 100, 260, 540, 719])
+def test_stratified_sample_balances_every_field(n):
+    space = spaces.load("convnet720")
+    for seed in (0, 1):
+        sample = stratified_sample(list(space), n, seed)
+        assert len(sample) == len(set(sample)) == n
+        assert sample == [a for a in space if a in set(sample)]  # space order
+        for name in FIELDS:
+            options = {getattr(a, name) for a in space}
+            counts = Counter(getattr(a, name) for a in sample)
+            spread = [counts.get(v, 0) for v in options]
+            assert max(spread) - min(spread) <= 1, (seed, name, spread)
+    assert stratified_sample(list(space), n, 3) == stratified_sample(list(space), n, 3)
+    if 1 < n < 700:
+        assert stratified_sample(list(space), n, 3) != stratified_sample(list(space), n, 4)
+    assert stratified_sample(list(space), 800, 0) == list(space)
+
+
+def test_chunks_cover_each_unit_once_within_one_training_set():
+    archs = spaces.load("convnet720")[:40]
+    pending = [(ts, seed, a.id) for ts in ("p", "whole") for seed in (0, 1) for a in archs]
+    cost = {a.id: a.macs(3, 10, 32) for a in archs}
+    chunks = plan_chunks(pending, trial_size=16, slots=4, cost=lambda k: cost[k[2]])
+    flat = [(c.train_set, seed, arch) for c in chunks for arch, seed in c.units]
+    assert sorted(flat) == sorted(pending)
+    assert all(1 <= len(c.units) <= 16 for c in chunks)
+    assert len({c.id for c in chunks}) == len(chunks)
+    assert len(chunks) == 2 * math.ceil(80 / 16)
+    # few units: spread over every slot rather than one big chunk
+    few = plan_chunks(pending[:6], trial_size=16, slots=4, cost=lambda k: cost[k[2]])
+    assert [len(c.units) for c in few] == [2, 2, 2]
