@@ -139,6 +139,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         cpus_per_trial=args.cpus_per_trial,
         address=args.address,
         max_failures=args.max_failures,
+        reuse_actors=not args.no_reuse_actors,
         fresh=args.fresh,
     )
     exp_dir = run_search(cfg, progress=_print_search_progress)
@@ -270,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", default=None, help="join a Ray cluster (auto or host:port); default local"
     )
     p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial")
+    p.add_argument(
+        "--no-reuse-actors",
+        action="store_true",
+        help="start a fresh worker for every trial (default: reuse finished ones)",
+    )
     p.add_argument("--fresh", action="store_true", help="delete this experiment and start over")
     p.set_defaults(handler=cmd_search)
     return parser
