@@ -204,6 +204,31 @@ def test_float32_head_and_features_are_accepted():
     np.testing.assert_allclose(s, ref, rtol=1e-4, atol=1e-7)
 
 
+def test_precomputed_hessian_gives_the_same_influence():
+    x, y, head = _problem(n=30)
+    fitted, _ = refit_head(x, y, 3, 0.1)
+    hess = head_hessian(x, y, fitted, 0.1)
+    kept = hess.copy()
+    s = parameter_influence(x, y, fitted, 0.1, dtype=np.float64, hessian=hess)
+    np.testing.assert_array_equal(hess, kept)  # the caller's matrix is not overwritten
+    ref = parameter_influence(x, y, fitted, 0.1, dtype=np.float64)
+    np.testing.assert_allclose(s, ref, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    x, y, head = _problem(n=200, d=6, c=4)
+    fitted, _ = refit_head(x, y, 4, 0.1, device="cuda")
+    ref, _ = refit_head(x, y, 4, 0.1)
+    np.testing.assert_allclose(_theta(fitted), _theta(ref), atol=1e-9)
+    np.testing.assert_allclose(
+        head_hessian(x, y, ref, 0.1, device="cuda"), head_hessian(x, y, ref, 0.1), atol=1e-12
+    )
+    s_gpu = parameter_influence(x, y, ref, 0.1, dtype=np.float64, device="cuda")
+    s_cpu = parameter_influence(x, y, ref, 0.1, dtype=np.float64)
+    np.testing.assert_allclose(s_gpu, s_cpu, rtol=1e-9, atol=1e-13)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

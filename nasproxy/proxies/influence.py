@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import scipy.linalg
 import scipy.optimize
 import torch
 from torch import nn
@@ -109,6 +108,14 @@ def _unflat(theta: np.ndarray, c: int, d: int) -> tuple[np.ndarray, np.ndarray]:
     return theta[: c * d].reshape(c, d), theta[c * d :]
 
 
+def _cholesky(hess: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor of H; H is positive definite whenever l2 > 0."""
+    factor, info = torch.linalg.cholesky_ex(hess)
+    if int(info) != 0:
+        raise NasproxyError("the head Hessian is not positive definite; increase l2")
+    return factor
+
+
 def _make_head(weight: np.ndarray, bias: np.ndarray) -> nn.Linear:
     c, d = weight.shape
     head = nn.Linear(d, c, dtype=torch.float64)
@@ -153,13 +160,15 @@ def refit_head(
     tol: float = 1e-10,
     sample_weight: np.ndarray | None = None,
     newton_steps: int = 3,
+    device: str | torch.device = "cpu",
 ) -> tuple[nn.Linear, dict]:
     """Refit a softmax head to the optimum of J(theta) on fixed features, in float64.
 
     SGD with augmentation leaves the head near, not at, an optimum, while Eq. 2 assumes one.
     L-BFGS (with the analytic gradient) runs from ``init`` (zeros if None) until the
     Euclidean gradient norm is below ``tol``; if it stalls above ``tol`` (float64 line
-    searches can), up to ``newton_steps`` exact Newton steps finish the job.
+    searches can), up to ``newton_steps`` exact Newton steps finish the job (Hessian and
+    its Cholesky factor in torch on ``device``).
     ``sample_weight`` (default all ones) multiplies each example's loss inside the same 1/n
     average: a zero weight removes the example as Eq. 2 models it.
 
@@ -180,6 +189,7 @@ def refit_head(
             raise NasproxyError(f"init head has {init.out_features} outputs, not {num_classes}")
         theta0 = _flat(*_head_arrays(init, d))
     fun = _objective(x, y, num_classes, l2, sample_weight)
+    dev = torch.device(device)
     res = scipy.optimize.minimize(
         fun,
         theta0,
@@ -192,9 +202,10 @@ def refit_head(
     steps = 0
     while np.linalg.norm(grad) > tol and steps < newton_steps:
         # Newton step with the exact Hessian: converges quadratically from L-BFGS's endpoint.
-        head = _make_head(*_unflat(theta, num_classes, d))
-        hess = head_hessian(x, y, head, l2, sample_weight=sample_weight)
-        theta = theta - scipy.linalg.cho_solve(scipy.linalg.cho_factor(hess), grad)
+        p = _softmax(x, *_unflat(theta, num_classes, d))
+        hess = _hessian_tensor(x, p, l2, sample_weight, dev)
+        step = torch.cholesky_solve(torch.from_numpy(grad).to(dev)[:, None], _cholesky(hess))
+        theta = theta - step[:, 0].cpu().numpy()
         loss, grad = fun(theta)
         steps += 1
     head = _make_head(*_unflat(theta, num_classes, d))
@@ -207,54 +218,65 @@ def refit_head(
     return head, info
 
 
+def _hessian_tensor(
+    x: np.ndarray,
+    p: np.ndarray,
+    l2: float,
+    sample_weight: np.ndarray | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """H of J (float64, on ``device``) from features and softmax outputs; see head_hessian."""
+    n, d = x.shape
+    c = p.shape[1]
+    xt = torch.ones((n, d + 1), dtype=torch.float64, device=device)
+    xt[:, :d] = torch.from_numpy(x).to(device)
+    pt = torch.from_numpy(p).to(device)
+    pw = pt if sample_weight is None else pt * torch.from_numpy(sample_weight).to(device)[:, None]
+    # Blocks in "class-major" order: index a (d+1) + k, with k = d the bias of class a.
+    size = c * (d + 1)
+    hess = torch.empty((size, size), dtype=torch.float64, device=device)
+    for a in range(c):
+        for b in range(a, c):
+            # A_i[a, b] = p_ia (delta_ab - p_ib), times the sample weight.
+            w = pw[:, a] * ((1.0 if a == b else 0.0) - pt[:, b])
+            block = xt.T @ (xt * w[:, None])
+            block /= n
+            hess[a * (d + 1) : (a + 1) * (d + 1), b * (d + 1) : (b + 1) * (d + 1)] = block
+            if a != b:
+                hess[b * (d + 1) : (b + 1) * (d + 1), a * (d + 1) : (a + 1) * (d + 1)] = block.T
+    # Reorder to theta = [weights row-major, biases]: theta index c d + k <- c (d+1) + k,
+    # theta index C d + c <- c (d+1) + d.
+    order = torch.arange(size, device=device).reshape(c, d + 1)
+    order = torch.cat([order[:, :d].reshape(-1), order[:, d]])
+    hess = hess[order][:, order]
+    hess.diagonal().add_(l2)
+    return hess
+
+
 def head_hessian(
     features: np.ndarray,
     labels: np.ndarray,
     head: nn.Linear,
     l2: float,
     sample_weight: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Exact Hessian of J(theta) at ``head`` (P x P, float64, theta ordering above).
 
     H = (1/n) sum_i w_i (diag(p_i) - p_i p_i^T) kron x~_i x~_i^T + l2 I with x~_i = [x_i, 1].
-    Built block by block: for each class pair (c, c'), X~^T diag(w_i A_i[c, c']) X~ is one
-    (d+1) x (d+1) matrix product, scattered into weight/weight, weight/bias and bias/bias
-    entries. The CE Hessian does not depend on the labels; they are validated only, so that
-    all functions here share one signature.
+    Built block by block: for each class pair (a, b), X~^T diag(w_i A_i[a, b]) X~ is one
+    (d+1) x (d+1) matrix product (torch, on ``device``), then permuted to theta order. The
+    CE Hessian does not depend on the labels; they are validated only, so that all
+    functions here share one signature.
     """
     c = head.out_features
     x, _ = _check_inputs(features, labels, c)
     l2 = _check_l2(l2)
     weight, bias = _head_arrays(head, x.shape[1])
-    n, d = x.shape
-    p = _softmax(x, weight, bias)
     if sample_weight is not None:
-        pw = p * np.asarray(sample_weight, dtype=np.float64)[:, None]
-    else:
-        pw = p
-    xt = np.empty((n, d + 1))
-    xt[:, :d] = x
-    xt[:, d] = 1.0
-    big = c * d
-    hess = np.empty((c * (d + 1), c * (d + 1)))
-    scaled = np.empty_like(xt)
-    for a in range(c):
-        for b in range(a, c):
-            # A_i[a, b] = p_ia (delta_ab - p_ib), times the sample weight.
-            w = pw[:, a] * ((1.0 if a == b else 0.0) - p[:, b])
-            np.multiply(xt, w[:, None], out=scaled)
-            block = (xt.T @ scaled) / n
-            hess[a * d : (a + 1) * d, b * d : (b + 1) * d] = block[:d, :d]
-            hess[a * d : (a + 1) * d, big + b] = block[:d, d]
-            hess[big + a, b * d : (b + 1) * d] = block[d, :d]
-            hess[big + a, big + b] = block[d, d]
-            if a != b:
-                hess[b * d : (b + 1) * d, a * d : (a + 1) * d] = block[:d, :d].T
-                hess[b * d : (b + 1) * d, big + a] = block[d, :d]
-                hess[big + b, a * d : (a + 1) * d] = block[:d, d]
-                hess[big + b, big + a] = block[d, d]
-    hess[np.diag_indices_from(hess)] += l2
-    return hess
+        sample_weight = np.asarray(sample_weight, dtype=np.float64)
+    hess = _hessian_tensor(x, _softmax(x, weight, bias), l2, sample_weight, torch.device(device))
+    return hess.cpu().numpy()
 
 
 def per_example_gradients(features: np.ndarray, labels: np.ndarray, head: nn.Linear) -> np.ndarray:
@@ -378,6 +400,8 @@ def parameter_influence(
     lissa_batch: int | None = None,
     lissa_repeats: int = 1,
     seed: int = 0,
+    hessian: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Per-example parameter influence S_i = (1/n) H^{-1} grad L(z_i, theta) (Eq. 2).
 
@@ -386,7 +410,9 @@ def parameter_influence(
     change when R is removed. ``head`` should be at the optimum of J (see ``refit_head``).
 
     Solvers for H^{-1} g_i, all in float64:
-      * ``"cholesky"``: exact H, Cholesky factorisation; O(n P^2 + P^3), the default.
+      * ``"cholesky"``: exact H (or ``hessian`` if given, e.g. from ``head_hessian``),
+        Cholesky factorisation and triangular solves in torch on ``device`` (a GPU takes
+        the O(n P^2 + P^3) work); the default.
       * ``"cg"``: conjugate gradients with Hessian-vector products (H never formed), to
         relative residual ``cg_tol``; O(iterations n^2 P) for all rows, for small n only.
       * ``"lissa"``: the stochastic recursion of Agarwal et al. (2017) used in the paper;
@@ -405,11 +431,23 @@ def parameter_influence(
     e = _residuals(x, y, weight, bias)
     out = np.empty((n, size), dtype=dtype)
     if solver == "cholesky":
-        factor = scipy.linalg.cho_factor(head_hessian(x, y, head, l2))
+        dev = torch.device(device)
+        if hessian is None:
+            hess = _hessian_tensor(x, _softmax(x, weight, bias), l2, None, dev)
+        else:
+            if hessian.shape != (size, size):
+                raise NasproxyError(
+                    f"hessian must have shape ({size}, {size}), got {hessian.shape}"
+                )
+            hess = torch.as_tensor(hessian, dtype=torch.float64, device=dev)
+        factor = _cholesky(hess)
+        del hess
+        out_dtype = torch.from_numpy(out[:0]).dtype  # cast on the device: half the copy
         for start in range(0, n, _CHUNK):
             rows = slice(start, start + _CHUNK)
-            grads = _gradient_rows(x[rows], e[rows])
-            out[rows] = scipy.linalg.cho_solve(factor, grads.T).T / n
+            grads = torch.from_numpy(_gradient_rows(x[rows], e[rows])).to(dev)
+            solved = torch.cholesky_solve(grads.T, factor).T / n
+            out[rows] = solved.to(out_dtype).cpu().numpy()
         return out
     if solver not in ("cg", "lissa"):
         raise NasproxyError(f"unknown influence solver {solver!r}; use cholesky, cg or lissa")
