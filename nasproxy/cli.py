@@ -94,6 +94,7 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
             objective=args.objective,
             project_dim=args.project_dim,
             epsilon=args.epsilon,
+            min_per_class=args.min_per_class,
             head_l2=args.head_l2,
         ),
         device=args.device,
@@ -212,7 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backbone-epochs", type=int, default=None, help="scoring run (default 50)")
     p.add_argument("--backbone-seed", type=int, default=None, help="default: --seed")
-    p.add_argument("--solver", default="greedy", help="influence: greedy, relax or exact")
+    p.add_argument(
+        "--solver",
+        default="greedy",
+        help="influence: greedy (default), relax, exact, exact-l1, exact-linf",
+    )
     p.add_argument("--objective", default="removed-sum", help="influence: removed-sum, kept-mean")
     p.add_argument("--project-dim", type=int, default=None, help="influence: project S to k dims")
     p.add_argument(
@@ -221,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="influence: remove as many as ||sum of removed S_i|| <= E allows, instead of "
         "--per-class (classes are then unbalanced)",
+    )
+    p.add_argument(
+        "--min-per-class", type=int, default=0, help="with --epsilon: keep at least this many"
     )
     p.add_argument("--head-l2", type=float, default=None, help="default: backbone weight decay")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")

@@ -45,7 +45,7 @@ def build(digits, cache, method, per_class=K, seed=0, **options):
 
 @pytest.fixture(scope="module")
 def records(digits, cache):
-    return {m: build(digits, cache, m) for m in ("random", "herding", "forgetting")}
+    return {m: build(digits, cache, m) for m in ("influence", "random", "herding", "forgetting")}
 
 
 # --- herding ----------------------------------------------------------------------------
@@ -195,6 +195,53 @@ def test_epsilon_from_s_equals_the_one_solve_path(digits, cache):
     np.testing.assert_allclose(with_s.removed_sum(kept), solve, rtol=1e-4, atol=1e-9)
 
 
+def test_influence_keeps_a_set_with_a_small_removed_influence(records, digits, cache):
+    record = records["influence"]
+    assert record["params"]["solver"] == "greedy"
+    assert record["params"]["objective"] == "removed-sum"
+    assert record["params"]["objective_value"] == pytest.approx(record["epsilon"], rel=1e-6)
+    # the selection targets epsilon: it beats every other method and many random draws
+    others = [records[m]["epsilon"] for m in ("random", "herding", "forgetting")]
+    draws = [build(digits, cache, "random", seed=s)["epsilon"] for s in range(1, 6)]
+    assert record["epsilon"] < min(others + draws)
+
+
+def test_influence_under_an_epsilon_budget(digits, cache):
+    artifact = scoring_run(digits, TINY, cache, device="cpu")
+    influence = RefitHead.load_or_fit(artifact, TINY.weight_decay).influence()
+    everything = np.linalg.norm(influence.sum(axis=0, dtype=np.float64))
+    budget = 0.5 * everything
+    record = build(digits, cache, "influence", per_class=None, epsilon=budget, min_per_class=30)
+    assert record["per_class"] is None and record["params"]["epsilon_budget"] == budget
+    assert record["params"]["class_balanced"] is False and "objective" not in record["params"]
+    assert record["params"]["min_per_class"] == 30
+    assert record["epsilon"] <= budget
+    assert 0 < record["n_images"] < len(digits.y_train)
+    assert min(len(v) for v in record["indices"].values()) >= 30
+    # a budget above ||sum of all S_i|| would remove everything: refused in one line
+    with pytest.raises(NasproxyError, match="allows removing every example"):
+        build(digits, cache, "influence", per_class=None, epsilon=1.01 * everything)
+
+
+def test_influence_kept_mean_objective_and_projection(records, digits, cache):
+    record = build(digits, cache, "influence", objective="kept-mean", project_dim=64)
+    assert record["params"]["objective"] == "kept-mean"
+    assert record["params"]["project_dim"] == 64
+    assert record["n_images"] == K * digits.num_classes
+    assert record["indices"] != records["influence"]["indices"]
+
+
+def test_influence_too_large_for_memory_is_refused(digits, cache, monkeypatch):
+    artifact = scoring_run(digits, TINY, cache, device="cpu")
+    head = RefitHead.load_or_fit(artifact, TINY.weight_decay)
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 1000}  # a 4 MB machine
+    monkeypatch.setattr("os.sysconf", lambda name: pages[name])
+    with pytest.raises(NasproxyError, match="1290-parameter head needs .* --backbone resnet18"):
+        head.influence()
+    with pytest.raises(NasproxyError, match="1290-parameter head"):
+        head.epsilon(np.arange(10))
+
+
 # --- the proxy file ---------------------------------------------------------------------
 
 
@@ -253,6 +300,7 @@ def test_damaged_proxy_is_refused(records, digits, tmp_path, edit, message):
         ("kmeans", 5, {}, "unknown proxy method 'kmeans'"),
         ("influence", 5, {"solver": "annealing"}, "unknown solver 'annealing'"),
         ("influence", 5, {"objective": "max"}, "unknown objective 'max'"),
+        ("influence", None, {"epsilon": 1.0, "solver": "relax"}, "no epsilon form"),
         ("random", None, {"epsilon": 1.0}, "influence method only"),
         ("influence", 5, {"epsilon": 1.0}, "not both"),
         ("random", None, {}, "per-class budget is required"),

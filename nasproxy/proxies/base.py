@@ -29,6 +29,7 @@ class ProxyOptions:
     objective: str = "removed-sum"  # removed-sum | kept-mean
     project_dim: int | None = None  # random projection of S before solving; None = none
     epsilon: float | None = None  # remove as many as ||sum_removed S_i|| <= epsilon allows
+    min_per_class: int = 0  # under an epsilon budget, keep at least this many of each class
     head_l2: float | None = None  # L2 of the refitted head; None = backbone weight decay
 
     def __post_init__(self) -> None:
@@ -36,6 +37,8 @@ class ProxyOptions:
             raise NasproxyError(f"project dim must be at least 1, got {self.project_dim}")
         if self.epsilon is not None and not self.epsilon >= 0:
             raise NasproxyError(f"epsilon must be >= 0, got {self.epsilon}")
+        if self.min_per_class < 0:
+            raise NasproxyError(f"min per class must be >= 0, got {self.min_per_class}")
         if self.head_l2 is not None and not self.head_l2 > 0:
             raise NasproxyError(f"head L2 must be > 0, got {self.head_l2}")
 

@@ -30,11 +30,10 @@ from nasproxy.io import atomic_write_json
 from nasproxy.proxies import METHODS
 from nasproxy.proxies.base import ProxyOptions, SelectionContext, check_budget
 from nasproxy.proxies.pruning import RefitHead
+from nasproxy.proxies.solvers import EPSILON_SOLVERS, OBJECTIVES, SOLVERS, objective_value
 from nasproxy.scoring import ScoringConfig, scoring_run
 
 FORMAT = "nasproxy-proxy/1"
-SOLVERS = ("greedy", "relax", "exact")
-OBJECTIVES = ("removed-sum", "kept-mean")
 
 Progress = Callable[[str], None]
 
@@ -63,7 +62,7 @@ def build_proxy(
     artifact = scoring_run(data, scoring, cache_dir, device, progress)
     scored = time.perf_counter()
     l2 = options.head_l2 if options.head_l2 is not None else scoring.weight_decay
-    head = RefitHead.load_or_fit(artifact, l2, progress)
+    head = RefitHead.load_or_fit(artifact, l2, device, progress)
     refit = time.perf_counter()
     if progress is not None:
         progress(f"selecting with {method}")
@@ -84,11 +83,14 @@ def build_proxy(
     if method == "influence":
         params |= {
             "solver": options.solver,
-            "objective": options.objective,
             "project_dim": options.project_dim,
             "epsilon_budget": options.epsilon,
+            "min_per_class": options.min_per_class if options.epsilon is not None else None,
             "class_balanced": options.epsilon is None,
         }
+        if options.epsilon is None:
+            params["objective"] = options.objective
+            params["objective_value"] = objective_value(head.influence(), kept, options.objective)
     labels = data.y_train.numpy()
     return {
         "format": FORMAT,
@@ -228,6 +230,11 @@ def _check_request(
             raise NasproxyError("an epsilon budget applies to the influence method only")
         if per_class is not None:
             raise NasproxyError("give either a per-class budget or an epsilon budget, not both")
+        if options.solver not in EPSILON_SOLVERS:
+            raise NasproxyError(
+                f"solver {options.solver!r} has no epsilon form; "
+                f"choose from {', '.join(EPSILON_SOLVERS)}"
+            )
         return
     if per_class is None:
         raise NasproxyError("a per-class budget is required (--per-class)")

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch import nn
 
@@ -28,10 +27,12 @@ from nasproxy.errors import NasproxyError
 from nasproxy.io import atomic_write_bytes
 from nasproxy.proxies.base import SelectionContext
 from nasproxy.proxies.influence import head_hessian, parameter_influence, refit_head
+from nasproxy.proxies.solvers import remove_max_under_epsilon, select_kept
 from nasproxy.scoring import ScoringArtifact
+from nasproxy.train import resolve_device
 
 _CHUNK = 8192  # rows of features handled at once in the closed-form statistics
-_MEMORY_SHARE = 0.8  # refuse work estimated to need more than this share of the RAM
+_MEMORY_SHARE = 0.8  # refuse work estimated to need more than this share of a memory
 
 
 @dataclass(eq=False)
@@ -43,8 +44,9 @@ class RefitHead:
     head: nn.Linear  # float64, at the optimum of J
     l2: float
     info: dict[str, Any]  # refit_head's report: grad_norm, iterations, newton_steps, loss
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # H, solves
     _influence: np.ndarray | None = field(default=None, repr=False)
-    _factor: Any = field(default=None, repr=False)
+    _factor: torch.Tensor | None = field(default=None, repr=False)
     _stats: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -57,17 +59,21 @@ class RefitHead:
         cls,
         artifact: ScoringArtifact,
         l2: float,
+        device: str | torch.device = "cpu",
         progress: Callable[[str], None] | None = None,
     ) -> RefitHead:
         """The refitted head for ``l2``, cached beside the scoring artifact it comes from.
 
         The refit starts from the trained classifier, which is already near the optimum.
+        ``device`` runs the Hessian work (Newton steps here; S and epsilon later).
         """
+        dev = resolve_device(device) if isinstance(device, str) else device
         path = artifact.path / f"head-l2-{float(l2)!r}.npz"
         if path.is_file():
             with np.load(path, allow_pickle=False) as z:
                 weight, bias, info = z["weight"], z["bias"], json.loads(str(z["info"]))
-            return cls(artifact.features, artifact.labels, _linear(weight, bias), l2, info)
+            head = _linear(weight, bias)
+            return cls(artifact.features, artifact.labels, head, l2, info, dev)
         if progress is not None:
             progress(f"refitting the softmax head on {artifact.features.shape} features, l2={l2}")
         head, info = refit_head(
@@ -76,19 +82,21 @@ class RefitHead:
             artifact.head_weight.shape[0],
             l2,
             init=_linear(artifact.head_weight, artifact.head_bias),
+            device=dev,
         )
         weight = head.weight.detach().numpy()
         bias = head.bias.detach().numpy()
         buffer = _npz(weight=weight, bias=bias, info=np.array(json.dumps(info)))
         atomic_write_bytes(path, buffer)
-        return cls(artifact.features, artifact.labels, head, l2, info)
+        return cls(artifact.features, artifact.labels, head, l2, info, dev)
 
     def influence(self) -> np.ndarray:
         """S (n x P, float32), computed once (``influence.parameter_influence``)."""
         if self._influence is None:
-            n = len(self.labels)
-            _check_memory(16 * self.num_params**2 + 4 * n * self.num_params, self.num_params)
-            self._influence = parameter_influence(self.features, self.labels, self.head, self.l2)
+            self._check_memory(with_influence=True)
+            self._influence = parameter_influence(
+                self.features, self.labels, self.head, self.l2, device=self.device
+            )
         return self._influence
 
     def removed_sum(self, kept: np.ndarray) -> np.ndarray:
@@ -114,11 +122,15 @@ class RefitHead:
             grad_w += e.T @ x
             grad_b += e.sum(axis=0)
         if self._factor is None:
-            _check_memory(8 * self.num_params**2, self.num_params)
-            hess = head_hessian(self.features, self.labels, self.head, self.l2)
-            self._factor = scipy.linalg.cho_factor(hess, overwrite_a=True)
-        rhs = np.concatenate([grad_w.ravel(), grad_b])
-        return scipy.linalg.cho_solve(self._factor, rhs) / len(self.labels)
+            self._check_memory(with_influence=False)
+            hess = head_hessian(self.features, self.labels, self.head, self.l2, device=self.device)
+            factor, status = torch.linalg.cholesky_ex(torch.from_numpy(hess).to(self.device))
+            if int(status) != 0:
+                raise NasproxyError("the head Hessian is not positive definite; raise --head-l2")
+            self._factor = factor
+        rhs = torch.from_numpy(np.concatenate([grad_w.ravel(), grad_b])).to(self.device)
+        solved = torch.cholesky_solve(rhs[:, None], self._factor)[:, 0]
+        return solved.cpu().numpy() / len(self.labels)
 
     def epsilon(self, kept: np.ndarray) -> float:
         """||sum_{removed} S_i||_2: the first-order parameter change of dropping the rest."""
@@ -153,6 +165,35 @@ class RefitHead:
             self._stats = (loss, grad_norm)
         return self._stats
 
+    def _check_memory(self, with_influence: bool) -> None:
+        """Refuse, in one line, work that cannot fit in the host's or the device's memory.
+
+        The Hessian and its Cholesky factor are two P x P float64 arrays (on the device,
+        with a host copy of H); S is n x P float32 on the host.
+        """
+        p, n = self.num_params, len(self.labels)
+        if self.device.type == "cuda":
+            device_total = torch.cuda.get_device_properties(self.device).total_memory
+            host_needed = 8 * p * p + (4 * n * p if with_influence else 0)
+            device_needed = 16 * p * p
+        else:
+            device_total, device_needed = None, 0
+            host_needed = 16 * p * p + (4 * n * p if with_influence else 0)
+        try:
+            host_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # not a POSIX system: do not guess
+            host_total = None
+        for needed, total, where in (
+            (host_needed, host_total, "memory"),
+            (device_needed, device_total, f"{self.device} memory"),
+        ):
+            if total is not None and needed > _MEMORY_SHARE * total:
+                raise NasproxyError(
+                    f"influence on a {p}-parameter head needs about {needed / 2**30:.0f} GiB "
+                    f"of {where} (there are {total / 2**30:.0f} GiB); use a backbone with "
+                    "fewer features, e.g. --backbone resnet18 (512-d)"
+                )
+
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return (
             self.head.weight.detach().cpu().double().numpy(),
@@ -161,13 +202,33 @@ class RefitHead:
 
 
 def select(ctx: SelectionContext) -> np.ndarray:
-    """The registry entry: keep the examples whose removal moves the head least (Eq. 4-5)."""
-    from nasproxy.proxies.solvers import remove_max_under_epsilon, select_kept
+    """The registry entry: keep the examples whose removal moves the head least.
 
+    With a per-class budget: Eq. 4 under class quotas (``solvers.select_kept``). With
+    ``options.epsilon``: Eq. 3, remove as many as ||sum_R S_i|| <= epsilon allows
+    (``solvers.remove_max_under_epsilon``); the kept classes are then not balanced.
+    """
     opts = ctx.options
     influence = ctx.head.influence()
     if opts.epsilon is not None:
-        kept = remove_max_under_epsilon(influence, ctx.labels, opts.epsilon, solver=opts.solver)
+        kept = remove_max_under_epsilon(
+            influence,
+            ctx.labels,
+            opts.epsilon,
+            solver=opts.solver,
+            min_kept_per_class=opts.min_per_class,
+            seed=ctx.seed,
+            project_dim=opts.project_dim,
+        )
+        if len(kept) == 0:
+            # Eq. 3 is first-order: removing everything moves theta by sum_all S_i, which
+            # is small when the L2 term dominates; a budget above it allows an empty set.
+            total = float(np.linalg.norm(influence.sum(axis=0, dtype=np.float64)))
+            raise NasproxyError(
+                f"epsilon {opts.epsilon:g} allows removing every example "
+                f"(||sum of all S_i|| = {total:.4g}); use a smaller epsilon or a minimum "
+                "per class"
+            )
     else:
         kept = select_kept(
             influence,
@@ -200,17 +261,3 @@ def _npz(**arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
-
-
-def _check_memory(needed: int, num_params: int) -> None:
-    """Refuse, in one line, a Hessian/S that cannot fit in this machine's memory."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system: do not guess
-        return
-    if needed > _MEMORY_SHARE * total:
-        raise NasproxyError(
-            f"influence on a {num_params}-parameter head needs about {needed / 2**30:.0f} GiB "
-            f"(this machine has {total / 2**30:.0f} GiB); use a backbone with fewer "
-            "features, e.g. --backbone resnet18 (512-d)"
-        )
