@@ -114,11 +114,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     from nasproxy.search import SearchConfig, run_search
     from nasproxy.train import TrainConfig
 
-    seeds = [int(s) for s in args.seeds.split(",")] if "," in args.seeds else None
-    if seeds is None:
-        if not args.seeds.isdigit() or int(args.seeds) < 1:
-            raise NasproxyError(f"--seeds wants a count or a comma list, got {args.seeds!r}")
-        seeds = list(range(int(args.seeds)))
+    parts = [p.strip() for p in args.seeds.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts) or args.seeds.strip() == "0":
+        raise NasproxyError(f"--seeds wants a count or a comma list, got {args.seeds!r}")
+    seeds = [int(p) for p in parts] if "," in args.seeds else list(range(int(parts[0])))
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     cfg = SearchConfig(
         name=args.name,
@@ -251,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="experiment name: results go to DIR/NAME")
     p.add_argument("--results-dir", default="results", metavar="DIR")
     p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--seeds", default="1", help="a count N (seeds 0..N-1) or a list 0,3,7")
+    p.add_argument(
+        "--seeds", default="1", help="a count N (seeds 0..N-1) or a list: 0,3,7 (one seed: 5,)"
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--no-augment", action="store_true", help="no random crop and flip")
@@ -266,7 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=None, help="a stratified sample of N archs")
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument(
-        "--trial-size", type=int, default=16, help="work units (arch x set x seed) per Tune trial"
+        "--trial-size",
+        type=int,
+        default=16,
+        help="work units (arch x set x seed) per Tune trial (default 16)",
     )
     p.add_argument(
         "--gpus-per-trial",

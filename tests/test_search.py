@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from nasproxy import results, spaces
-from nasproxy.data import load_dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.search import (
     SearchConfig,
@@ -61,11 +60,6 @@ def cluster():
     )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +228,38 @@ def test_hard_kill_then_resume_runs_every_unit_exactly_once(cluster, inputs, tmp
     rows = [e.row for e in events if e.row is not None]
     assert len(rows) == 1 and results.unit_path(exp_dir, results.row_key(rows[0])) == victim
     assert len(results.read_trials(exp_dir)) == 18
+
+
+@pytest.mark.slow
+def test_cifar_sized_data_reaches_the_trials(cluster, inputs, cifar, cache_root, tmp_path):
+    """Real CIFAR-10 (JPEG copy): the ~180 MB dataset goes to the trials through Ray."""
+    from tests.conftest import cifar_source
+
+    labels = cifar.y_train.numpy()
+    rng = np.random.default_rng(0)
+    indices = {
+        name: sorted(int(i) for i in rng.choice(np.flatnonzero(labels == c), 10, False))
+        for c, name in enumerate(cifar.classes)
+    }
+    proxy = tmp_path / "random.json"
+    proxy.write_text(json.dumps(_proxy("random", cifar.fingerprint, indices)))
+    cfg = _config(
+        inputs,
+        tmp_path,
+        "cifar",
+        dataset=f"imagefolder:{cifar_source()}",
+        data_root=str(cache_root),
+        proxies=(str(proxy),),
+        whole=False,
+        archs=("w8-d1-relu-*",),
+    )
+    exp_dir = run_search(cfg)
+    table = results.read_trials(exp_dir)
+    assert len(table) == 2 and (table["status"] == "ok").all()
+    assert (table["n_train"] == 100).all() and table["test_acc"].between(0, 1).all()
+    manifest = results.read_manifest(exp_dir)
+    assert manifest["fingerprint"] == cifar.fingerprint
+    assert manifest["train_sets"]["random"]["bytes"] == 100 * 3 * 32 * 32
 
 
 def test_a_diverging_unit_is_a_row_not_a_crash(cluster, inputs, tmp_path):
