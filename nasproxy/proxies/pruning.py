@@ -74,6 +74,8 @@ class RefitHead:
                 weight, bias, info = z["weight"], z["bias"], json.loads(str(z["info"]))
             head = _linear(weight, bias)
             return cls(artifact.features, artifact.labels, head, l2, info, dev)
+        n, d = artifact.features.shape
+        check_memory(artifact.head_weight.shape[0] * (d + 1), n, dev, with_influence=False)
         if progress is not None:
             progress(f"refitting the softmax head on {artifact.features.shape} features, l2={l2}")
         head, info = refit_head(
@@ -93,7 +95,7 @@ class RefitHead:
     def influence(self) -> np.ndarray:
         """S (n x P, float32), computed once (``influence.parameter_influence``)."""
         if self._influence is None:
-            self._check_memory(with_influence=True)
+            check_memory(self.num_params, len(self.labels), self.device, True)
             self._influence = parameter_influence(
                 self.features, self.labels, self.head, self.l2, device=self.device
             )
@@ -122,7 +124,7 @@ class RefitHead:
             grad_w += e.T @ x
             grad_b += e.sum(axis=0)
         if self._factor is None:
-            self._check_memory(with_influence=False)
+            check_memory(self.num_params, len(self.labels), self.device, False)
             hess = head_hessian(self.features, self.labels, self.head, self.l2, device=self.device)
             factor, status = torch.linalg.cholesky_ex(torch.from_numpy(hess).to(self.device))
             if int(status) != 0:
@@ -164,35 +166,6 @@ class RefitHead:
                 )
             self._stats = (loss, grad_norm)
         return self._stats
-
-    def _check_memory(self, with_influence: bool) -> None:
-        """Refuse, in one line, work that cannot fit in the host's or the device's memory.
-
-        The Hessian and its Cholesky factor are two P x P float64 arrays (on the device,
-        with a host copy of H); S is n x P float32 on the host.
-        """
-        p, n = self.num_params, len(self.labels)
-        if self.device.type == "cuda":
-            device_total = torch.cuda.get_device_properties(self.device).total_memory
-            host_needed = 8 * p * p + (4 * n * p if with_influence else 0)
-            device_needed = 16 * p * p
-        else:
-            device_total, device_needed = None, 0
-            host_needed = 16 * p * p + (4 * n * p if with_influence else 0)
-        try:
-            host_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (AttributeError, ValueError, OSError):  # not a POSIX system: do not guess
-            host_total = None
-        for needed, total, where in (
-            (host_needed, host_total, "memory"),
-            (device_needed, device_total, f"{self.device} memory"),
-        ):
-            if total is not None and needed > _MEMORY_SHARE * total:
-                raise NasproxyError(
-                    f"influence on a {p}-parameter head needs about {needed / 2**30:.0f} GiB "
-                    f"of {where} (there are {total / 2**30:.0f} GiB); use a backbone with "
-                    "fewer features, e.g. --backbone resnet18 (512-d)"
-                )
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return (
@@ -255,6 +228,36 @@ def _linear(weight: np.ndarray, bias: np.ndarray) -> nn.Linear:
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
+
+
+def check_memory(num_params: int, n: int, device: torch.device, with_influence: bool) -> None:
+    """Refuse, in one line, work that cannot fit in the host's or the device's memory.
+
+    The Hessian and its Cholesky factor are two P x P float64 arrays (on the device,
+    with a host copy of H); S is n x P float32 on the host.
+    """
+    p = num_params
+    if device.type == "cuda":
+        device_total = torch.cuda.get_device_properties(device).total_memory
+        host_needed = 8 * p * p + (4 * n * p if with_influence else 0)
+        device_needed = 16 * p * p
+    else:
+        device_total, device_needed = None, 0
+        host_needed = 16 * p * p + (4 * n * p if with_influence else 0)
+    try:
+        host_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: do not guess
+        host_total = None
+    for needed, total, where in (
+        (host_needed, host_total, "memory"),
+        (device_needed, device_total, f"{device} memory"),
+    ):
+        if total is not None and needed > _MEMORY_SHARE * total:
+            raise NasproxyError(
+                f"influence on a {p}-parameter head needs about {needed / 2**30:.0f} GiB "
+                f"of {where} (there are {total / 2**30:.0f} GiB); use a backbone with "
+                "fewer features, e.g. --backbone resnet18 (512-d)"
+            )
 
 
 def _npz(**arrays: np.ndarray) -> bytes:
