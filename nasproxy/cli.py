@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
 
 from nasproxy.errors import NasproxyError
+from nasproxy.presets import PRESETS, Preset
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -166,6 +168,37 @@ def _print_search_progress(event) -> None:
     )
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nasproxy.report import format_summary, make_report
+
+    result = make_report(Path(args.results_dir) / args.experiment, args.top_k, args.n_boot)
+    print(format_summary(result))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nasproxy.pipeline import run_pipeline
+    from nasproxy.presets import parse_overrides
+    from nasproxy.report import format_summary
+
+    preset = parse_overrides(PRESETS[args.preset], args.set)
+    result = run_pipeline(
+        preset,
+        args.name or args.preset,
+        results_dir=args.results_dir,
+        data_root=args.data_root,
+        device=args.device,
+        fresh=args.fresh,
+        progress=lambda line: print(f"nasproxy run: {line}", file=sys.stderr, flush=True),
+        search_progress=_print_search_progress,
+    )
+    print(format_summary(result))
+    print(f"\nThe report is in {result.paths['md']}")
+    return 0
+
+
 def _hms(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -290,6 +323,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fresh", action="store_true", help="delete this experiment and start over")
     p.set_defaults(handler=cmd_search)
+
+    p = sub.add_parser("report", help="Table 1 (md, csv, tex) and plots from a finished search")
+    p.add_argument("experiment", metavar="EXP", help="experiment name (a folder in DIR)")
+    p.add_argument("--results-dir", default="results", metavar="DIR")
+    p.add_argument("--top-k", type=int, default=10, help="Table 1's top-k by proxy (default 10)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser(
+        "run",
+        help="build every proxy, search, report: the whole experiment in one command",
+        description="Runs a preset (README.md lists them and their fields); override any "
+        "field with --set KEY=VALUE (lists comma-separated, 'none' for none).",
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset field (repeatable): "
+        + ", ".join(f.name for f in dataclasses.fields(Preset)),
+    )
+    p.add_argument("--name", default=None, help="experiment name (default: the preset's)")
+    p.add_argument("--results-dir", default="results", metavar="DIR")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="download and cache folder (default $NASPROXY_DATA_ROOT or ~/.cache/nasproxy)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--fresh", action="store_true", help="delete this experiment and start over")
+    p.set_defaults(handler=cmd_run)
     return parser
 
 

@@ -1,0 +1,118 @@
+"""``nasproxy run``: build every proxy, sweep the space on them and the whole set, report.
+
+The experiment is a ``Preset`` (``nasproxy.presets``). Each stage is resumable: a proxy
+file that already matches its request is reused, the sweep resumes from its results
+store, and the report is rebuilt from the results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nasproxy.data import Dataset, default_data_root, load_dataset
+from nasproxy.errors import NasproxyError
+from nasproxy.presets import Preset
+from nasproxy.proxies import METHODS
+from nasproxy.proxies.build import build_proxy, read_proxy, write_proxy
+from nasproxy.report import ReportResult, make_report
+from nasproxy.scoring import ScoringConfig
+from nasproxy.search import ProgressFn, SearchConfig, run_search
+from nasproxy.train import TrainConfig
+
+Message = Callable[[str], None]
+
+
+def proxy_matches(record: dict[str, Any], data: Dataset, preset: Preset, method: str) -> bool:
+    """Whether a proxy file on disk was built by exactly this request (so it can be reused)."""
+    backbone = record.get("backbone") or {}
+    return (
+        record.get("method") == method
+        and record.get("fingerprint") == data.fingerprint
+        and record.get("per_class") == preset.per_class
+        and record.get("seed") == preset.proxy_seed
+        and backbone.get("id") == preset.backbone
+        and backbone.get("epochs") == preset.backbone_epochs
+    )
+
+
+def build_proxies(
+    preset: Preset,
+    data: Dataset,
+    out_dir: Path,
+    cache_dir: Path,
+    device: str = "auto",
+    progress: Message | None = None,
+) -> list[Path]:
+    """One proxy file per method under ``out_dir``, reusing files that match the request."""
+    unknown = [m for m in preset.methods if m not in METHODS]
+    if unknown:
+        raise NasproxyError(
+            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}"
+        )
+    scoring = ScoringConfig(backbone=preset.backbone, epochs=preset.backbone_epochs)
+    paths = []
+    for method in preset.methods:
+        path = out_dir / f"{method}.json"
+        if path.is_file() and proxy_matches(read_proxy(path), data, preset, method):
+            if progress is not None:
+                progress(f"proxy {method}: reusing {path}")
+        else:
+            if progress is not None:
+                progress(f"proxy {method}: building {preset.per_class} per class")
+            record = build_proxy(
+                data,
+                method,
+                preset.per_class,
+                preset.proxy_seed,
+                cache_dir,
+                scoring=scoring,
+                device=device,
+                progress=progress,
+            )
+            write_proxy(record, path)
+        paths.append(path)
+    return paths
+
+
+def run_pipeline(
+    preset: Preset,
+    name: str,
+    results_dir: str | Path = "results",
+    data_root: str | Path | None = None,
+    device: str = "auto",
+    fresh: bool = False,
+    search_options: dict[str, Any] | None = None,
+    progress: Message | None = None,
+    search_progress: ProgressFn | None = None,
+) -> ReportResult:
+    """Proxies, then the sweep, then Table 1, under ``results_dir/name``."""
+    root = Path(data_root) if data_root is not None else default_data_root()
+    data = load_dataset(preset.dataset, root)
+    exp_dir = Path(results_dir) / name
+    if fresh and (exp_dir / "proxies").is_dir():
+        for stale in (exp_dir / "proxies").glob("*.json"):
+            stale.unlink()
+    proxies = build_proxies(preset, data, exp_dir / "proxies", root, device, progress)
+    cfg = SearchConfig(
+        name=name,
+        dataset=preset.dataset,
+        proxies=tuple(str(p) for p in proxies),
+        whole=preset.whole,
+        space=preset.space,
+        archs=preset.archs,
+        sample=preset.sample,
+        seeds=preset.seeds,
+        train=TrainConfig(epochs=preset.epochs, device=device),
+        data_root=str(root),
+        results_dir=str(results_dir),
+        fresh=fresh,
+        **(search_options or {}),
+    )
+    if progress is not None:
+        progress("searching")
+    run_search(cfg, search_progress)
+    if progress is not None:
+        progress("reporting")
+    return make_report(exp_dir, top_k=preset.top_k)
