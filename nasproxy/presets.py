@@ -44,7 +44,13 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # seconds: a wiring check of every stage
     "smoke": Preset(
-        per_class=10, backbone=SMALL_BACKBONE, backbone_epochs=2, sample=4, epochs=1, top_k=3
+        per_class=10,
+        backbone=SMALL_BACKBONE,
+        backbone_epochs=2,
+        archs=("w32-*",),
+        sample=4,
+        epochs=1,
+        top_k=3,
     ),
     # a few minutes on a laptop CPU, on the embedded digits data: the width-32 nets
     "demo": Preset(

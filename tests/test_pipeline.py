@@ -1,0 +1,89 @@
+"""``nasproxy run`` end to end on digits, and preset overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from nasproxy.cli import main
+from nasproxy.errors import NasproxyError
+from nasproxy.presets import PRESETS, parse_overrides
+
+
+def test_overrides_convert_to_field_types() -> None:
+    p = parse_overrides(
+        PRESETS["demo"],
+        ["epochs=3", "seeds=0,4", "sample=none", "whole=false", "archs=w32-*,w64-*"],
+    )
+    assert p.epochs == 3 and p.seeds == (0, 4) and p.sample is None and p.whole is False
+    assert p.archs == ("w32-*", "w64-*")
+    assert p.per_class == PRESETS["demo"].per_class
+
+
+@pytest.mark.parametrize("bad", ["epochs", "nope=1", "epochs=three", "whole=maybe"])
+def test_bad_overrides_are_one_line_errors(bad: str) -> None:
+    with pytest.raises(NasproxyError):
+        parse_overrides(PRESETS["demo"], [bad])
+
+
+def test_run_smoke_end_to_end(tmp_path: Path, cache_root: Path, capsys) -> None:
+    results = tmp_path / "results"
+    argv = [
+        "run",
+        "--preset",
+        "smoke",
+        "--results-dir",
+        str(results),
+        "--data-root",
+        str(cache_root),
+    ]
+    assert main(argv) == 0
+    exp = results / "smoke"
+    for name in (
+        "table1.md",
+        "table1.csv",
+        "table1.tex",
+        "trials.parquet",
+        "manifest.json",
+        "proxy_vs_whole.png",
+        "correlation.png",
+        "acc_vs_time.png",
+    ):
+        assert (exp / name).is_file(), name
+    for method in PRESETS["smoke"].methods:
+        assert (exp / "proxies" / f"{method}.json").is_file()
+    assert "The report is in" in capsys.readouterr().out
+
+    trials = pd.read_parquet(exp / "trials.parquet")
+    table = pd.read_csv(exp / "table1.csv", comment="#").set_index("train_set")
+    expected_sets = {*PRESETS["smoke"].methods, "whole"}
+    assert set(table.index) == expected_sets
+    assert len(trials) == len(expected_sets) * PRESETS["smoke"].sample
+    md = (exp / "table1.md").read_text()
+    for name in expected_sets:
+        assert f"| {name} " in md
+
+    # the CSV recomputes from the trials table
+    whole = trials[trials.train_set == "whole"].set_index("arch")
+    for name in PRESETS["smoke"].methods:
+        rows = trials[trials.train_set == name].set_index("arch").loc[whole.index]
+        assert table.loc[name, "train_s"] == pytest.approx(rows.wall_s.sum())
+        order = np.argsort(-rows.val_acc.to_numpy(), kind="stable")
+        top1 = rows.index[order[0]]
+        assert table.loc[name, "top1_test"] == pytest.approx(whole.loc[top1, "test_acc"])
+        assert table.loc[name, "regret"] == pytest.approx(
+            whole.test_acc.max() - whole.loc[top1, "test_acc"]
+        )
+        rho = stats.spearmanr(rows.val_acc, whole.val_acc).statistic
+        if np.isfinite(rho):
+            assert table.loc[name, "spearman_all"] == pytest.approx(rho)
+    assert table.loc["whole", "spearman_all"] == pytest.approx(1.0)
+
+    # a second run reuses the proxies and trains nothing new
+    before = len(trials)
+    assert main(argv) == 0
+    assert len(pd.read_parquet(exp / "trials.parquet")) == before
