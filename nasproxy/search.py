@@ -958,8 +958,7 @@ def _refuse_different(name: str, old: Mapping[str, Any], new: Mapping[str, Any])
             for k, v in m.get("train_sets", {}).items()
         }
 
-    checks = [
-        ("dataset", old.get("dataset"), new["dataset"]),
+    checks = [  # the fingerprint, not the spec: the same images may move to another path
         ("dataset fingerprint", old.get("fingerprint"), new["fingerprint"]),
         ("space", old.get("space"), new["space"]),
         ("space size", old.get("space_size"), new["space_size"]),
