@@ -126,6 +126,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         proxies=tuple(args.proxy),
         whole=args.whole,
+        whole_per_class=args.whole_per_class,
         space=args.space,
         archs=tuple(args.archs),
         sample=args.sample,
@@ -280,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a proxy file (repeatable); its train_set name is its method, or NAME",
     )
     p.add_argument("--whole", action="store_true", help="also train on the whole train split")
+    p.add_argument(
+        "--whole-per-class",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --whole: use a seeded class-balanced subset of N per class as the reference",
+    )
     p.add_argument("--name", required=True, help="experiment name: results go to DIR/NAME")
     p.add_argument("--results-dir", default="results", metavar="DIR")
     p.add_argument("--epochs", type=int, default=100)

@@ -100,6 +100,7 @@ def run_pipeline(
         dataset=preset.dataset,
         proxies=tuple(str(p) for p in proxies),
         whole=preset.whole,
+        whole_per_class=preset.whole_per_class,
         space=preset.space,
         archs=preset.archs,
         sample=preset.sample,

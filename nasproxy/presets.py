@@ -38,6 +38,7 @@ class Preset:
     epochs: int = 100  # training epochs of every searched architecture
     seeds: tuple[int, ...] = (0,)  # training seeds of the sweep
     whole: bool = True  # also train every architecture on the whole train split
+    whole_per_class: int | None = None  # a class-balanced subset as the reference; None = all
     top_k: int = 10  # Table 1's "top-k by proxy"
 
 

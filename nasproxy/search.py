@@ -76,6 +76,8 @@ import numpy as np
 from nasproxy import __version__, results, spaces
 from nasproxy.data import Dataset, load_dataset
 from nasproxy.errors import NasproxyError
+from nasproxy.proxies.base import check_budget
+from nasproxy.proxies.random import random_per_class
 from nasproxy.results import WHOLE, UnitKey
 from nasproxy.spaces import FIELDS, Arch, Space
 from nasproxy.train import TrainConfig, TrainRecord, train
@@ -104,6 +106,9 @@ class SearchConfig:
     dataset: str = "digits"  # dataset spec, as for load_dataset
     proxies: tuple[str, ...] = ()  # proxy JSON files, "PATH" or "NAME=PATH"
     whole: bool = False  # also train on the whole train split (train_set "whole")
+    # with whole: the reference is a seeded, class-balanced subset of this many per class
+    # (for budgets that cannot afford the whole split; recorded in the protocol)
+    whole_per_class: int | None = None
     space: str = "convnet720"  # a space name or a YAML path
     archs: tuple[str, ...] = ()  # id patterns: globs, or regexes with a "re:" prefix
     sample: int | None = None  # a stratified sample of this many architectures
@@ -129,6 +134,8 @@ class SearchConfig:
             )
         if not self.proxies and not self.whole:
             raise NasproxyError("nothing to train on: give --proxy files and/or --whole")
+        if self.whole_per_class is not None and (not self.whole or self.whole_per_class < 1):
+            raise NasproxyError("--whole-per-class needs --whole and a positive count")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise NasproxyError(f"seeds must be distinct and at least one, got {self.seeds}")
         if self.trial_size < 1:
@@ -402,8 +409,17 @@ def _train_set_names(proxies: Sequence[_ProxyFile], whole: bool) -> list[str]:
     return names
 
 
-def resolve_train_sets(proxy_args: Sequence[str], whole: bool, data: Dataset) -> list[TrainSet]:
-    """The sweep's training sets, in order: each proxy file, then the whole split."""
+def resolve_train_sets(
+    proxy_args: Sequence[str],
+    whole: bool,
+    data: Dataset,
+    whole_per_class: int | None = None,
+    whole_seed: int = 0,
+) -> list[TrainSet]:
+    """The sweep's training sets, in order: each proxy file, then the whole split.
+
+    With ``whole_per_class`` the "whole" reference is a seeded class-balanced subset.
+    """
     proxies = [_read_proxy(arg) for arg in proxy_args]
     seen: dict[str, Path] = {}
     for proxy in proxies:
@@ -425,8 +441,12 @@ def resolve_train_sets(proxy_args: Sequence[str], whole: bool, data: Dataset) ->
                 epsilon=float(epsilon) if epsilon is not None else None,
             )
         )
-    if whole:
+    if whole and whole_per_class is None:
         sets.append(TrainSet(WHOLE, None, len(data.y_train)))
+    elif whole:
+        check_budget(data, whole_per_class)
+        subset = random_per_class(data.y_train.numpy(), whole_per_class, whole_seed)
+        sets.append(TrainSet(WHOLE, subset, int(subset.size)))
     return sets
 
 
@@ -469,6 +489,7 @@ def protocol(cfg: SearchConfig) -> dict[str, Any]:
     return {
         **settings,
         "seeds": list(cfg.seeds),
+        "whole_per_class": cfg.whole_per_class,
         "val_fraction": cfg.val_fraction,
         "split_seed": cfg.split_seed,
     }
@@ -658,7 +679,9 @@ def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.val_fraction, cfg.split_seed)
     space = spaces.load(cfg.space, image_size=data.image_size)
     archs = select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)
-    train_sets = resolve_train_sets(cfg.proxies, cfg.whole, data)
+    train_sets = resolve_train_sets(
+        cfg.proxies, cfg.whole, data, cfg.whole_per_class, cfg.split_seed
+    )
 
     exp_dir = cfg.exp_dir
     if cfg.fresh:

@@ -391,3 +391,18 @@ def test_chunks_cover_each_unit_once_within_one_training_set():
     # few units: spread over every slot rather than one big chunk
     few = plan_chunks(pending[:6], trial_size=16, slots=4, cost=lambda k: cost[k[2]])
     assert [len(c.units) for c in few] == [2, 2, 2]
+
+
+def test_whole_subset_is_class_balanced_and_seeded(digits):
+    sets = resolve_train_sets((), True, digits, whole_per_class=7, whole_seed=3)
+    (whole,) = sets
+    labels = digits.y_train.numpy()[whole.indices]
+    assert whole.name == "whole" and whole.n_images == 70
+    assert np.bincount(labels, minlength=10).tolist() == [7] * 10
+    again = resolve_train_sets((), True, digits, whole_per_class=7, whole_seed=3)[0]
+    other = resolve_train_sets((), True, digits, whole_per_class=7, whole_seed=4)[0]
+    assert np.array_equal(whole.indices, again.indices)
+    assert not np.array_equal(whole.indices, other.indices)
+    assert resolve_train_sets((), True, digits)[0].indices is None
+    with pytest.raises(NasproxyError, match="exceeds class"):
+        resolve_train_sets((), True, digits, whole_per_class=10_000)
