@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    head, info = refit_head(features, labels, c, args.l2, init=init, device=device)
+    head, info = refit_head(features, labels, c, args.l2, init=init)
     _sync(device)
     timings["refit"] = time.perf_counter() - start
 
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "objective_removed_sum": objective_value(s, kept),
         "objective_random_kept_sets": random_values,
         "notes": [
-            "select runs on the CPU (numpy) whatever --device is",
+            "refit (L-BFGS + Newton-CG) and select run on the CPU (numpy) whatever --device is",
             "objective_*: ||sum of S over the removed examples||_2 for the greedy kept set "
             "and for 5 random kept sets with the same class counts",
             *args.note,
