@@ -235,6 +235,8 @@ def test_cuda_matches_cpu():
         ({"labels": np.array([0, 1, 5])}, "labels must lie in"),
         ({"labels": np.array([0, 1])}, "labels must have shape"),
         ({"features": np.zeros((3, 5))}, "head expects 4-d features"),
+        ({"solver": "cg", "hessian": np.eye(15)}, "cholesky solver only"),
+        ({"hessian": np.eye(14)}, "hessian must have shape"),
     ],
 )
 def test_bad_input_raises_one_line_error(kwargs, message):

@@ -239,3 +239,10 @@ def test_large_problems_are_refused_by_relax_and_exact_epsilon():
         remove_max_under_epsilon(s[:40], labels[:40], 1.0, solver="exact")
     with pytest.raises(NasproxyError, match="epsilon must be >= 0"):
         remove_max_under_epsilon(s[:40], labels[:40], -1.0)
+
+
+@pytest.mark.parametrize("kept", [np.array([0, 0, 1]), np.array([0, 16]), np.zeros((2, 2), int)])
+def test_objective_value_rejects_bad_kept_sets(kept):
+    s, _ = _instance(0)
+    with pytest.raises(NasproxyError):
+        objective_value(s, kept)

@@ -417,6 +417,8 @@ def parameter_influence(
         mini-batches of ``lissa_batch`` examples (default: all, i.e. deterministic),
         ``lissa_scale`` defaults to 1.05 lambda_max(H) from power iteration.
 
+    ``cg`` and ``lissa`` run in numpy on the CPU; ``device`` applies to ``cholesky``.
+
     Returns S as an (n, P) array of ``dtype`` (float32 by default: 50,000 x 5,130 float64
     would be 2 GB). Columns follow ``torch.cat([head.weight.flatten(), head.bias])``.
     """
@@ -452,6 +454,10 @@ def parameter_influence(
         return out
     if solver not in ("cg", "lissa"):
         raise NasproxyError(f"unknown influence solver {solver!r}; use cholesky, cg or lissa")
+    if hessian is not None:
+        raise NasproxyError(
+            f"a precomputed hessian is used by the cholesky solver only, not {solver}"
+        )
     hvp = _hvp_factory(x, _softmax(x, weight, bias), l2)
     if solver == "lissa":
         scale = 1.05 * _largest_eigenvalue(hvp, size, seed) if lissa_scale is None else lissa_scale

@@ -106,6 +106,10 @@ def objective_value(s: np.ndarray, kept: np.ndarray, objective: str = "removed-s
     """
     s = _check_s(s)
     kept = np.asarray(kept, dtype=np.int64)
+    if kept.ndim != 1 or len(np.unique(kept)) != len(kept):
+        raise NasproxyError("kept must be a 1-d array of distinct indices")
+    if len(kept) and (kept.min() < 0 or kept.max() >= s.shape[0]):
+        raise NasproxyError(f"kept indices must lie in [0, {s.shape[0]})")
     target = _target(s, objective, len(kept))
     return float(np.linalg.norm(s[kept].sum(axis=0, dtype=np.float64) - target))
 
@@ -124,6 +128,10 @@ def _pick(values: np.ndarray, rank: np.ndarray) -> int:
     """Index of the smallest value; exact ties go to the lowest seeded rank."""
     best = np.flatnonzero(values == values.min())
     return int(best[np.argmin(rank[best])])
+
+
+def _sq_norm(v: np.ndarray) -> float:
+    return float(np.dot(v, v))
 
 
 def _row_sq_norms(w: np.ndarray) -> np.ndarray:
@@ -415,15 +423,20 @@ def _greedy_epsilon(
     check = 256
     while open_.any():
         cand = np.flatnonzero(open_)
-        order = cand[np.lexsort((rank[cand], 2.0 * q[cand] + sq[cand]))]
-        chosen = -1
-        for start in range(0, len(order), check):
-            batch = order[start : start + check]
-            sums = full[None, :] + s[batch]
-            ok = np.flatnonzero(np.einsum("ij,ij->i", sums, sums) <= eps2)
-            if len(ok):
-                chosen = int(batch[ok[0]])
-                break
+        score = 2.0 * q[cand] + sq[cand]
+        chosen = int(cand[_pick(score, rank[cand])])
+        if _sq_norm(full + s[chosen]) > eps2:
+            # The best-ranked example does not fit (possible under a projection): try the
+            # others in ranked order, a block at a time; stop if none fits.
+            order = cand[np.lexsort((rank[cand], score))]
+            chosen = -1
+            for start in range(0, len(order), check):
+                batch = order[start : start + check]
+                sums = full[None, :] + s[batch]
+                ok = np.flatnonzero(np.einsum("ij,ij->i", sums, sums) <= eps2)
+                if len(ok):
+                    chosen = int(batch[ok[0]])
+                    break
         if chosen < 0:
             break
         removed[chosen] = True
