@@ -29,6 +29,7 @@ import datetime as dt
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model()
     record: dict[str, Any] = {
         "benchmark": "influence step: refit, Hessian, S, greedy selection",
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
         "device": str(device),
