@@ -27,7 +27,8 @@ def _norm(kind: str, channels: int, size: int) -> nn.Module | None:
     return None
 
 
-def _activation(kind: str) -> nn.Module:
+def make_activation(kind: str) -> nn.Module:
+    """The activation module for an Arch's ``act`` field."""
     if kind == "sigmoid":
         return nn.Sigmoid()
     if kind == "relu":
@@ -35,7 +36,8 @@ def _activation(kind: str) -> nn.Module:
     return nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True)
 
 
-def _pooling(kind: str) -> nn.Module | None:
+def make_pooling(kind: str) -> nn.Module | None:
+    """The 2x2 pooling module for an Arch's ``pool`` field (None for none)."""
     if kind == "maxpooling":
         return nn.MaxPool2d(2, 2)
     if kind == "avgpooling":
@@ -55,10 +57,10 @@ class ConvNet(nn.Module):
         for _ in range(arch.depth):
             layers.append(nn.Conv2d(channels, arch.width, kernel_size=3, padding=1))
             channels = arch.width
-            for module in (_norm(arch.norm, channels, size), _activation(arch.act)):
+            for module in (_norm(arch.norm, channels, size), make_activation(arch.act)):
                 if module is not None:
                     layers.append(module)
-            pool = _pooling(arch.pool)
+            pool = make_pooling(arch.pool)
             if pool is not None:
                 layers.append(pool)
                 size //= 2

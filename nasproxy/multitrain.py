@@ -41,7 +41,7 @@ from torch import nn
 
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
-from nasproxy.models import LEAKY_RELU_SLOPE, ConvNet, build_model
+from nasproxy.models import ConvNet, build_model, make_activation, make_pooling
 from nasproxy.spaces import GROUPNORM_GROUPS, Arch
 from nasproxy.train import (
     CROP_PADDING,
@@ -108,22 +108,6 @@ def _stacked_norm(kind: str, m: int, channels: int, size: int) -> nn.Module | No
     return None
 
 
-def _activation(kind: str) -> nn.Module:
-    if kind == "sigmoid":
-        return nn.Sigmoid()
-    if kind == "relu":
-        return nn.ReLU(inplace=True)
-    return nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True)
-
-
-def _pooling(kind: str) -> nn.Module | None:
-    if kind == "maxpooling":
-        return nn.MaxPool2d(2, 2)
-    if kind == "avgpooling":
-        return nn.AvgPool2d(2, 2)
-    return None
-
-
 class StackedConvNet(nn.Module):
     """M ConvNets of one architecture as one network: ``(B, M*C_in, H, W) -> (M, B, K)``.
 
@@ -144,10 +128,10 @@ class StackedConvNet(nn.Module):
         for _ in range(arch.depth):
             layers.append(nn.Conv2d(m * channels, m * arch.width, 3, padding=1, groups=m))
             channels = arch.width
-            for module in (_stacked_norm(arch.norm, m, channels, size), _activation(arch.act)):
+            for module in (_stacked_norm(arch.norm, m, channels, size), make_activation(arch.act)):
                 if module is not None:
                     layers.append(module)
-            pool = _pooling(arch.pool)
+            pool = make_pooling(arch.pool)
             if pool is not None:
                 layers.append(pool)
                 size //= 2
