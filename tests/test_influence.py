@@ -20,9 +20,14 @@ from nasproxy.proxies.influence import (
 
 @pytest.fixture(autouse=True)
 def _one_blas_thread():
-    """These problems are tiny: extra BLAS threads only add contention."""
-    with threadpool_limits(1):
-        yield
+    """These problems are tiny: extra BLAS / torch threads only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _problem(n: int = 40, d: int = 4, c: int = 3, seed: int = 0):
@@ -218,13 +223,17 @@ def test_precomputed_hessian_gives_the_same_influence():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     x, y, head = _problem(n=200, d=6, c=4)
-    ref, _ = refit_head(x, y, 4, 0.1)
+    fitted, _ = refit_head(x, y, 4, 0.1, init=head, tol=1e-20, newton_steps=2, device="cuda")
+    ref, _ = refit_head(x, y, 4, 0.1, init=head, tol=1e-20, newton_steps=2)
+    np.testing.assert_allclose(_theta(fitted), _theta(ref), atol=1e-9)
     np.testing.assert_allclose(
         head_hessian(x, y, ref, 0.1, device="cuda"), head_hessian(x, y, ref, 0.1), atol=1e-12
     )
     s_gpu = parameter_influence(x, y, ref, 0.1, dtype=np.float64, device="cuda")
     s_cpu = parameter_influence(x, y, ref, 0.1, dtype=np.float64)
     np.testing.assert_allclose(s_gpu, s_cpu, rtol=1e-9, atol=1e-13)
+    s_cg = parameter_influence(x, y, ref, 0.1, "cg", dtype=np.float64, device="cuda")
+    np.testing.assert_allclose(s_cg, s_cpu, rtol=1e-7, atol=1e-12)
 
 
 @pytest.mark.parametrize(

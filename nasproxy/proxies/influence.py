@@ -160,6 +160,7 @@ def refit_head(
     tol: float = 1e-10,
     sample_weight: np.ndarray | None = None,
     newton_steps: int = 3,
+    device: str | torch.device = "cpu",
 ) -> tuple[nn.Linear, dict]:
     """Refit a softmax head to the optimum of J(theta) on fixed features, in float64.
 
@@ -167,7 +168,8 @@ def refit_head(
     L-BFGS (with the analytic gradient) runs from ``init`` (zeros if None) until the
     Euclidean gradient norm is below ``tol``; if it stalls above ``tol`` (float64 line
     searches can), up to ``newton_steps`` Newton steps finish the job, each solved by
-    conjugate gradients with exact Hessian-vector products (no P x P matrix is formed).
+    conjugate gradients with exact Hessian-vector products (no P x P matrix is formed; torch
+    on ``device``).
     ``sample_weight`` (default all ones) multiplies each example's loss inside the same 1/n
     average: a zero weight removes the example as Eq. 2 models it.
 
@@ -188,6 +190,7 @@ def refit_head(
             raise NasproxyError(f"init head has {init.out_features} outputs, not {num_classes}")
         theta0 = _flat(*_head_arrays(init, d))
     fun = _objective(x, y, num_classes, l2, sample_weight)
+    dev = torch.device(device)
     res = scipy.optimize.minimize(
         fun,
         theta0,
@@ -200,8 +203,10 @@ def refit_head(
     steps = 0
     while np.linalg.norm(grad) > tol and steps < newton_steps:
         # Newton-CG step from L-BFGS's endpoint (the quadratic model is accurate there).
-        hvp = _hvp_factory(x, _softmax(x, *_unflat(theta, num_classes, d)), l2, sample_weight)
-        theta = theta - _solve_cg(hvp, grad[None], 1e-6, 500)[0]
+        p = _softmax(x, *_unflat(theta, num_classes, d))
+        hvp = _hvp_factory(x, p, l2, sample_weight, dev)
+        step = _solve_cg(hvp, torch.from_numpy(grad[None]).to(dev), 1e-6, 500)
+        theta = theta - step[0].cpu().numpy()
         loss, grad = fun(theta)
         steps += 1
     head = _make_head(*_unflat(theta, num_classes, d))
@@ -285,71 +290,79 @@ def per_example_gradients(features: np.ndarray, labels: np.ndarray, head: nn.Lin
     return _gradient_rows(x, _residuals(x, y, weight, bias))
 
 
+Hvp = Callable[[torch.Tensor, np.ndarray | None], torch.Tensor]
+
+
 def _hvp_factory(
-    x: np.ndarray, p: np.ndarray, l2: float, sample_weight: np.ndarray | None = None
-) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
-    """Hessian-vector products without forming H, for a block of vectors (m, P).
+    x: np.ndarray,
+    p: np.ndarray,
+    l2: float,
+    sample_weight: np.ndarray | None,
+    device: torch.device,
+) -> Hvp:
+    """Hessian-vector products without forming H, for a block of vectors (m, P), in torch.
 
     hvp(V, rows) applies (1/|rows|) sum_{i in rows} w_i A_i kron x~_i x~_i^T + l2 I to each
     row of V (all examples when rows is None): cost O(|rows| m P).
     """
     c, d = p.shape[1], x.shape[1]
+    xt = torch.from_numpy(x).to(device)
+    pt = torch.from_numpy(p).to(device)
+    wt = None if sample_weight is None else torch.from_numpy(sample_weight).to(device)
 
-    def hvp(v: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
-        xs, ps = (x, p) if rows is None else (x[rows], p[rows])
+    def hvp(v: torch.Tensor, rows: np.ndarray | None) -> torch.Tensor:
+        if rows is None:
+            xs, ps, ws = xt, pt, wt
+        else:
+            index = torch.from_numpy(rows).to(device)
+            xs, ps = xt[index], pt[index]
+            ws = None if wt is None else wt[index]
         m, k = v.shape[0], xs.shape[0]
         # u[i, j, :] = V_j applied to x~_i (the logit change of example i along direction j).
         u = (xs @ v[:, : c * d].reshape(m * c, d).T).reshape(k, m, c) + v[None, :, c * d :]
         # A_i u = p_i * u - p_i (p_i . u)
-        t = ps[:, None, :] * (u - np.einsum("nc,nmc->nm", ps, u)[:, :, None])
-        if sample_weight is not None:
-            t *= (sample_weight if rows is None else sample_weight[rows])[:, None, None]
+        t = ps[:, None, :] * (u - torch.einsum("nc,nmc->nm", ps, u)[:, :, None])
+        if ws is not None:
+            t *= ws[:, None, None]
         t /= k
-        out = np.empty_like(v)
+        out = torch.empty_like(v)
         out[:, : c * d] = (t.reshape(k, m * c).T @ xs).reshape(m, c * d)
-        out[:, c * d :] = t.sum(axis=0)
+        out[:, c * d :] = t.sum(dim=0)
         return out + l2 * v
 
     return hvp
 
 
-def _solve_cg(
-    hvp: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
-    rhs: np.ndarray,
-    tol: float,
-    maxiter: int,
-) -> np.ndarray:
+def _solve_cg(hvp: Hvp, rhs: torch.Tensor, tol: float, maxiter: int) -> torch.Tensor:
     """Conjugate gradients run in lock step on every row of ``rhs`` (each its own system)."""
-    sol = np.zeros_like(rhs)
-    res = rhs.copy()
-    direction = res.copy()
-    rr = np.einsum("ij,ij->i", res, res)
-    stop = (tol * np.linalg.norm(rhs, axis=1)) ** 2
+    sol = torch.zeros_like(rhs)
+    res = rhs.clone()
+    direction = res.clone()
+    rr = (res * res).sum(dim=1)
+    stop = (tol * torch.linalg.vector_norm(rhs, dim=1)) ** 2
     for _ in range(maxiter):
-        active = rr > stop
-        if not active.any():
+        active = torch.nonzero(rr > stop)[:, 0]
+        if len(active) == 0:
             break
-        hd = hvp(direction[active], None)
-        alpha = rr[active] / np.einsum("ij,ij->i", direction[active], hd)
-        sol[active] += alpha[:, None] * direction[active]
+        dirs = direction[active]
+        hd = hvp(dirs, None)
+        alpha = rr[active] / (dirs * hd).sum(dim=1)
+        sol[active] += alpha[:, None] * dirs
         res[active] -= alpha[:, None] * hd
-        rr_new = np.einsum("ij,ij->i", res[active], res[active])
-        beta = rr_new / rr[active]
-        direction[active] = res[active] + beta[:, None] * direction[active]
+        rr_new = (res[active] * res[active]).sum(dim=1)
+        direction[active] = res[active] + (rr_new / rr[active])[:, None] * dirs
         rr[active] = rr_new
     return sol
 
 
-def _largest_eigenvalue(
-    hvp: Callable[[np.ndarray, np.ndarray | None], np.ndarray], dim: int, seed: int
-) -> float:
+def _largest_eigenvalue(hvp: Hvp, dim: int, seed: int, device: torch.device) -> float:
     """Power iteration for lambda_max(H) (H is positive definite)."""
-    v = np.random.default_rng(seed).standard_normal((1, dim))
-    v /= np.linalg.norm(v)
+    v = torch.from_numpy(np.random.default_rng(seed).standard_normal((1, dim))).to(device)
+    v /= torch.linalg.vector_norm(v)
     lam = 0.0
     for _ in range(100):
         hv = hvp(v, None)
-        lam_new = float(np.linalg.norm(hv))
+        lam_new = float(torch.linalg.vector_norm(hv))
         v = hv / lam_new
         if abs(lam_new - lam) <= 1e-6 * lam_new:
             break
@@ -358,15 +371,15 @@ def _largest_eigenvalue(
 
 
 def _solve_lissa(
-    hvp: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
-    rhs: np.ndarray,
+    hvp: Hvp,
+    rhs: torch.Tensor,
     n: int,
     depth: int,
     scale: float,
     batch_size: int,
     repeats: int,
     seed: int,
-) -> np.ndarray:
+) -> torch.Tensor:
     """LiSSA (Agarwal et al., 2017; as used by Koh & Liang, 2017 and Yang et al., 2023).
 
     The truncated Neumann series h_j = v + (I - H_j / scale) h_{j-1}, with H_j the Hessian
@@ -374,9 +387,9 @@ def _solve_lissa(
     H^{-1} v is estimated as h_depth / scale, averaged over ``repeats`` runs.
     """
     rng = np.random.default_rng(seed)
-    total = np.zeros_like(rhs)
+    total = torch.zeros_like(rhs)
     for _ in range(repeats):
-        h = rhs.copy()
+        h = rhs.clone()
         for _ in range(depth):
             rows = None if batch_size >= n else rng.choice(n, size=batch_size, replace=False)
             h = rhs + h - hvp(h, rows) / scale
@@ -417,7 +430,7 @@ def parameter_influence(
         mini-batches of ``lissa_batch`` examples (default: all, i.e. deterministic),
         ``lissa_scale`` defaults to 1.05 lambda_max(H) from power iteration.
 
-    ``cg`` and ``lissa`` run in numpy on the CPU; ``device`` applies to ``cholesky``.
+    All three run in torch on ``device``.
 
     Returns S as an (n, P) array of ``dtype`` (float32 by default: 50,000 x 5,130 float64
     would be 2 GB). Columns follow ``torch.cat([head.weight.flatten(), head.bias])``.
@@ -458,15 +471,19 @@ def parameter_influence(
         raise NasproxyError(
             f"a precomputed hessian is used by the cholesky solver only, not {solver}"
         )
-    hvp = _hvp_factory(x, _softmax(x, weight, bias), l2)
+    dev = torch.device(device)
+    hvp = _hvp_factory(x, _softmax(x, weight, bias), l2, None, dev)
     if solver == "lissa":
-        scale = 1.05 * _largest_eigenvalue(hvp, size, seed) if lissa_scale is None else lissa_scale
+        if lissa_scale is None:
+            scale = 1.05 * _largest_eigenvalue(hvp, size, seed, dev)
+        else:
+            scale = lissa_scale
         batch = n if lissa_batch is None else lissa_batch
     # Right-hand sides per block, so that the (rows, block, C) work arrays stay near 2e7.
     block = max(1, _HVP_ENTRIES // (min(n, batch if solver == "lissa" else n) * c))
     for start in range(0, n, block):
         rows = slice(start, start + block)
-        grads = _gradient_rows(x[rows], e[rows])
+        grads = torch.from_numpy(_gradient_rows(x[rows], e[rows])).to(dev)
         if solver == "cg":
             maxiter = size if cg_maxiter is None else cg_maxiter
             solved = _solve_cg(hvp, grads, cg_tol, maxiter)
@@ -474,5 +491,5 @@ def parameter_influence(
             solved = _solve_lissa(
                 hvp, grads, n, lissa_depth, scale, batch, lissa_repeats, seed + start
             )
-        out[rows] = solved / n
+        out[rows] = (solved / n).cpu().numpy()
     return out
