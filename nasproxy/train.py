@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasproxy.data import Dataset
+from nasproxy.errors import NasproxyError
 from nasproxy.models import build_model
 from nasproxy.spaces import Arch
 
@@ -43,8 +44,6 @@ class TrainConfig:
     device: str = "auto"  # "auto" = cuda when available, else cpu
 
     def __post_init__(self) -> None:
-        from nasproxy.errors import NasproxyError
-
         if self.epochs < 1 or self.batch_size < 1:
             raise NasproxyError("epochs and batch size must be at least 1")
         if not self.lr > 0:
