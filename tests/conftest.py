@@ -10,18 +10,13 @@ import torch
 
 from nasproxy.data import Dataset, load_dataset
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def cifar_source() -> Path | None:
-    """``$NASPROXY_CIFAR`` (a folder or .tar.gz), else the shared archive beside the repo."""
+    """``$NASPROXY_CIFAR``: CIFAR-10 as an ImageFolder folder or .tar.gz (None when unset)."""
     env = os.environ.get("NASPROXY_CIFAR")
-    if env:
-        return Path(env)
-    return SHARED_CIFAR if SHARED_CIFAR.exists() else None
+    return Path(env) if env else None
 
 
 @pytest.fixture(scope="session")
