@@ -18,7 +18,7 @@ from nasproxy.proxies import METHODS
 from nasproxy.proxies.build import build_proxy, read_proxy, write_proxy
 from nasproxy.report import ReportResult, make_report
 from nasproxy.scoring import ScoringConfig
-from nasproxy.search import ProgressFn, SearchConfig, run_search
+from nasproxy.search import ProgressFn, SearchConfig, remove_experiment, run_search
 from nasproxy.train import TrainConfig
 
 Message = Callable[[str], None]
@@ -91,9 +91,16 @@ def run_pipeline(
     root = Path(data_root) if data_root is not None else default_data_root()
     data = load_dataset(preset.dataset, root)
     exp_dir = Path(results_dir) / name
-    if fresh and (exp_dir / "proxies").is_dir():
-        for stale in (exp_dir / "proxies").glob("*.json"):
-            stale.unlink()
+    if fresh:
+        # the proxies live inside the experiment, so the experiment goes before they are
+        # rebuilt (a fresh search after the build would delete them with it)
+        proxies_dir = exp_dir / "proxies"
+        if proxies_dir.is_dir():
+            for stale in proxies_dir.glob("*.json"):
+                stale.unlink()
+            if not any(proxies_dir.iterdir()):
+                proxies_dir.rmdir()
+        remove_experiment(exp_dir)
     proxies = build_proxies(preset, data, exp_dir / "proxies", root, device, progress)
     cfg = SearchConfig(
         name=name,
@@ -108,7 +115,6 @@ def run_pipeline(
         train=TrainConfig(epochs=preset.epochs, device=device),
         data_root=str(root),
         results_dir=str(results_dir),
-        fresh=fresh,
         **(search_options or {}),
     )
     if progress is not None:

@@ -685,7 +685,7 @@ def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
 
     exp_dir = cfg.exp_dir
     if cfg.fresh:
-        _remove_experiment(exp_dir)
+        remove_experiment(exp_dir)
     previous = _check_existing(exp_dir)
     manifest = _manifest(cfg, data, space, archs, train_sets, previous)
     results.write_manifest(exp_dir, manifest)
@@ -919,7 +919,7 @@ def _quiet_logger(name: str) -> Iterator[None]:
 # --- the experiment directory and its manifest -------------------------------------------
 
 
-def _remove_experiment(exp_dir: Path) -> None:
+def remove_experiment(exp_dir: Path) -> None:
     """Delete an experiment directory (--fresh), refusing anything that is not one."""
     if not exp_dir.exists():
         return

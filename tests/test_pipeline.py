@@ -87,3 +87,9 @@ def test_run_smoke_end_to_end(tmp_path: Path, cache_root: Path, capsys) -> None:
     before = len(trials)
     assert main(argv) == 0
     assert len(pd.read_parquet(exp / "trials.parquet")) == before
+
+    # --fresh starts over and keeps the proxies it rebuilt
+    assert main([*argv, "--fresh"]) == 0
+    for method in PRESETS["smoke"].methods:
+        assert (exp / "proxies" / f"{method}.json").is_file()
+    assert len(pd.read_parquet(exp / "trials.parquet")) == before
