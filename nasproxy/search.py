@@ -77,12 +77,12 @@ from nasproxy import __version__, results, spaces
 from nasproxy.data import Dataset, load_dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.proxies.base import check_budget
+from nasproxy.proxies.build import parse_proxy, proxy_indices
 from nasproxy.proxies.random import random_per_class
 from nasproxy.results import WHOLE, UnitKey
 from nasproxy.spaces import FIELDS, Arch, Space
 from nasproxy.train import TrainConfig, TrainRecord, train
 
-PROXY_FORMAT = "nasproxy-proxy/1"
 DEFAULT_TRIAL_SIZE = 16
 DEFAULT_GPU_SHARE = 0.25  # trials per GPU = 4 when the cluster has GPUs and none is asked for
 HASH_CHARS = 12
@@ -316,70 +316,18 @@ def _parse_proxy_arg(arg: str) -> tuple[str | None, Path]:
 
 
 def _read_proxy(arg: str) -> _ProxyFile:
-    """Read and parse a proxy file (JSON only), checking its format; no dataset needed yet."""
+    """Read and parse a proxy file, checking its format; no dataset needed yet."""
     name, path = _parse_proxy_arg(arg)
     try:
         blob = path.read_bytes()
     except OSError as exc:
-        raise NasproxyError(f"proxy file {path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        payload = json.loads(blob)
-    except ValueError as exc:
-        raise NasproxyError(f"proxy file {path} is not valid JSON ({exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != PROXY_FORMAT:
-        raise NasproxyError(f"{path} is not a proxy file (expected format {PROXY_FORMAT!r})")
+        raise NasproxyError(f"cannot read proxy file {path} ({exc.strerror or exc})") from None
+    payload = parse_proxy(blob, path)
     for key in ("method", "fingerprint", "indices"):
         if key not in payload:
             raise NasproxyError(f"proxy file {path} lacks {key!r}")
-    if not isinstance(payload["indices"], dict):
-        raise NasproxyError(f"proxy file {path}: 'indices' must map class names to lists")
     digest = hashlib.sha256(blob).hexdigest()[:HASH_CHARS]
     return _ProxyFile(path, name, payload, digest)
-
-
-def _proxy_indices(proxy: _ProxyFile, data: Dataset) -> np.ndarray:
-    """The proxy's train-split indices, checked against ``data``: fingerprint, range, labels."""
-    path, payload = proxy.path, proxy.payload
-    if payload["fingerprint"] != data.fingerprint:
-        raise NasproxyError(
-            f"proxy file {path} was built for dataset {payload.get('dataset')!r} with fingerprint "
-            f"{payload['fingerprint']}, not this {data.spec!r} (fingerprint {data.fingerprint}); "
-            "check --dataset, --val-fraction and --split-seed"
-        )
-    class_of = {name: i for i, name in enumerate(data.classes)}
-    labels = data.y_train.numpy()
-    parts = []
-    for cls, idx in payload["indices"].items():
-        if cls not in class_of:
-            raise NasproxyError(f"proxy file {path}: unknown class {cls!r}")
-        if not isinstance(idx, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in idx
-        ):
-            raise NasproxyError(f"proxy file {path}: indices of class {cls!r} must be integers")
-        arr = np.asarray(idx, dtype=np.int64)
-        bad = arr[(arr < 0) | (arr >= len(labels))]
-        if bad.size:
-            raise NasproxyError(
-                f"proxy file {path}: index {int(bad[0])} of class {cls!r} is outside the "
-                f"train split (0..{len(labels) - 1})"
-            )
-        wrong = arr[labels[arr] != class_of[cls]]
-        if wrong.size:
-            raise NasproxyError(
-                f"proxy file {path}: train image {int(wrong[0])} is not of class {cls!r}"
-            )
-        parts.append(arr)
-    indices = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
-    if indices.size == 0:
-        raise NasproxyError(f"proxy file {path} selects no images")
-    if np.unique(indices).size != indices.size:
-        raise NasproxyError(f"proxy file {path} lists an image twice")
-    declared = payload.get("n_images")
-    if declared is not None and declared != indices.size:
-        raise NasproxyError(
-            f"proxy file {path}: n_images says {declared}, indices hold {indices.size}"
-        )
-    return indices
 
 
 def _train_set_names(proxies: Sequence[_ProxyFile], whole: bool) -> list[str]:
@@ -429,7 +377,7 @@ def resolve_train_sets(
     names = _train_set_names(proxies, whole)
     sets = []
     for proxy, name in zip(proxies, names, strict=True):
-        indices = _proxy_indices(proxy, data)
+        indices = proxy_indices(proxy.payload, data, f"proxy file {proxy.path}")
         epsilon = proxy.payload.get("epsilon")
         sets.append(
             TrainSet(

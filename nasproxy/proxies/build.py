@@ -139,60 +139,78 @@ def write_proxy(record: dict[str, Any], path: str | Path) -> Path:
     return atomic_write_json(path, record)
 
 
-def read_proxy(path: str | Path) -> dict[str, Any]:
-    """The raw record of a proxy file, after checking that it is one."""
-    path = Path(path)
+def parse_proxy(blob: bytes, path: str | Path) -> dict[str, Any]:
+    """The record in a proxy file's bytes (JSON only, never unpickled), checking its format."""
     try:
-        record = json.loads(path.read_text())
-    except OSError as exc:
-        raise NasproxyError(f"cannot read proxy file {path} ({exc.strerror})") from None
-    except ValueError:
-        raise NasproxyError(f"proxy file {path} is not valid JSON") from None
+        record = json.loads(blob)
+    except ValueError as exc:
+        raise NasproxyError(f"proxy file {path} is not valid JSON ({exc})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise NasproxyError(f"{path} is not a nasproxy proxy file (format {FORMAT})")
     return record
 
 
-def load_proxy(path: str | Path, data: Dataset) -> np.ndarray:
-    """The proxy's sorted int64 train-split indices, checked against ``data``.
+def read_proxy(path: str | Path) -> dict[str, Any]:
+    """The raw record of a proxy file, after checking that it is one."""
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as exc:
+        raise NasproxyError(f"cannot read proxy file {path} ({exc.strerror or exc})") from None
+    return parse_proxy(blob, path)
 
-    Refuses a file built on another dataset (fingerprint), class names the dataset does
-    not have, and indices that are out of range, duplicated or of the wrong class.
+
+def proxy_indices(record: dict[str, Any], data: Dataset, source: str) -> np.ndarray:
+    """A proxy record's sorted int64 train-split indices, checked against ``data``.
+
+    Refuses a record built on another dataset (fingerprint), class names the dataset does
+    not have, and indices that are out of range, duplicated, of the wrong class, or none.
     """
-    record = read_proxy(path)
     if record.get("fingerprint") != data.fingerprint:
         raise NasproxyError(
-            f"proxy {path} was built on dataset fingerprint {record.get('fingerprint')}, "
+            f"{source} was built on dataset fingerprint {record.get('fingerprint')}, "
             f"this dataset is {data.fingerprint}"
         )
     per_class = record.get("indices")
     if not isinstance(per_class, dict):
-        raise NasproxyError(f"proxy {path} has no per-class indices")
+        raise NasproxyError(f"{source} has no per-class indices")
     labels = data.y_train.numpy()
     parts = []
     for name, members in per_class.items():
         if name not in data.classes:
-            raise NasproxyError(f"proxy {path} names class {name!r}, which this dataset lacks")
+            raise NasproxyError(f"{source} names class {name!r}, which this dataset lacks")
         if not isinstance(members, list) or not all(
             isinstance(i, int) and not isinstance(i, bool) for i in members
         ):
-            raise NasproxyError(f"proxy {path}: indices of class {name!r} are not integers")
+            raise NasproxyError(f"{source}: indices of class {name!r} are not integers")
         idx = np.asarray(members, dtype=np.int64)
-        if len(idx) and (idx.min() < 0 or idx.max() >= len(labels)):
+        outside = idx[(idx < 0) | (idx >= len(labels))]
+        if outside.size:
             raise NasproxyError(
-                f"proxy {path}: class {name!r} has indices outside the train split "
-                f"(0..{len(labels) - 1})"
+                f"{source}: index {int(outside[0])} of class {name!r} is outside the train "
+                f"split (0..{len(labels) - 1})"
             )
-        if np.any(labels[idx] != data.classes.index(name)):
-            raise NasproxyError(f"proxy {path}: some indices of class {name!r} are another class")
+        wrong = idx[labels[idx] != data.classes.index(name)]
+        if wrong.size:
+            raise NasproxyError(
+                f"{source}: train image {int(wrong[0])} is not of class {name!r} but of "
+                "another class"
+            )
         parts.append(idx)
     indices = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
-    _check_indices(indices, data, f"proxy {path}")
+    if indices.size == 0:
+        raise NasproxyError(f"{source} selects no images")
+    if np.unique(indices).size != indices.size:
+        raise NasproxyError(f"{source} lists an image twice")
     if record.get("n_images") != len(indices):
         raise NasproxyError(
-            f"proxy {path} says n_images={record.get('n_images')} but lists {len(indices)}"
+            f"{source} says n_images={record.get('n_images')} but lists {len(indices)}"
         )
     return indices
+
+
+def load_proxy(path: str | Path, data: Dataset) -> np.ndarray:
+    """The sorted int64 train-split indices of the proxy file at ``path``, checked."""
+    return proxy_indices(read_proxy(path), data, f"proxy {path}")
 
 
 def default_proxy_path(
