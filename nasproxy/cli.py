@@ -13,6 +13,12 @@ from nasproxy.presets import PRESETS, Preset
 
 Handler = Callable[[argparse.Namespace], int]
 
+# The scoring network of build-proxy: the ConvNet family of the space at width 128, one
+# block deeper than scoring.DEFAULT_BACKBONE so that 32x32 images end in 2x2 x 128 = 512-d
+# features: a 5,130-parameter head for 10 classes, whose Hessian, factor and S (CIFAR-10)
+# fit in about 1.4 GB, where the 2,048-d features of the depth-3 net need 16x the Hessian.
+DEFAULT_BUILD_BACKBONE = "w128-d4-relu-instancenorm-avgpooling"
+
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -72,21 +78,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_build_proxy(args: argparse.Namespace) -> int:
     from nasproxy.data import default_data_root
     from nasproxy.proxies.base import ProxyOptions
-    from nasproxy.proxies.build import build_proxy, default_proxy_path, write_proxy
+    from nasproxy.proxies.build import (
+        build_proxy,
+        default_proxy_path,
+        indices_method,
+        write_proxy,
+    )
     from nasproxy.scoring import ScoringConfig
 
+    if (args.method is None) == (args.from_indices is None):
+        raise NasproxyError("give either --method or --from-indices")
     per_class = args.per_class
     if per_class is None and args.epsilon is None:
         per_class = 100
-    backbone = {"seed": args.seed if args.backbone_seed is None else args.backbone_seed}
-    if args.backbone is not None:
-        backbone["backbone"] = args.backbone
+    backbone = {
+        "seed": args.seed if args.backbone_seed is None else args.backbone_seed,
+        "backbone": args.backbone,
+    }
     if args.backbone_epochs is not None:
         backbone["epochs"] = args.backbone_epochs
     data = _load_data(args)
+    method = args.method
+    if args.from_indices is not None:
+        method = indices_method(args.from_indices, data, per_class)
     record = build_proxy(
         data,
-        args.method,
+        method,
         per_class,
         args.seed,
         cache_dir=args.data_root or default_data_root(),
@@ -103,7 +120,7 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     out = args.out or default_proxy_path(
-        args.dataset, args.method, per_class, args.seed, args.epsilon
+        args.dataset, record["method"], per_class, args.seed, args.epsilon
     )
     path = write_proxy(record, out)
     print(f"{path}: {record['n_images']} images, epsilon {record['epsilon']:.4g}")
@@ -231,7 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("build-proxy", help="select a class-balanced proxy training set")
-    p.add_argument("--method", required=True, help="influence, random, herding or forgetting")
+    p.add_argument(
+        "--method",
+        default=None,
+        help="influence, random, herding, forgetting, el2n, grand, kcenter, ccs, entropy, "
+        "an installed plug-in (entry-point group nasproxy.methods), or MODULE:FUNCTION "
+        "(or FILE.py:FUNCTION) taking the selection context and returning train indices",
+    )
+    p.add_argument(
+        "--from-indices",
+        default=None,
+        metavar="FILE",
+        help="instead of --method: wrap train-split indices chosen by any other tool "
+        "(.npy, .json list, or text) into a proxy file, with its epsilon and diagnostics",
+    )
     p.add_argument(
         "--per-class", type=int, default=None, help="images kept per class (default 100)"
     )
@@ -240,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="default results/proxies/NAME-METHOD-K-sSEED.json")
     p.add_argument(
         "--backbone",
-        default=None,
-        help="scoring network: a ConvNet id (default w128-d3-relu-instancenorm-avgpooling) "
-        "or resnet18 (CIFAR ResNet-18)",
+        default=DEFAULT_BUILD_BACKBONE,
+        help=f"scoring network: a ConvNet id (default {DEFAULT_BUILD_BACKBONE}, 512-d "
+        "features on 32x32 images) or resnet18 (CIFAR ResNet-18)",
     )
     p.add_argument("--backbone-epochs", type=int, default=None, help="scoring run (default 50)")
     p.add_argument("--backbone-seed", type=int, default=None, help="default: --seed")

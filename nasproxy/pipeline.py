@@ -14,7 +14,7 @@ from typing import Any
 from nasproxy.data import Dataset, default_data_root, load_dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.presets import Preset
-from nasproxy.proxies import METHODS
+from nasproxy.proxies.registry import method_names
 from nasproxy.proxies.build import build_proxy, read_proxy, write_proxy
 from nasproxy.report import ReportResult, make_report
 from nasproxy.scoring import ScoringConfig
@@ -46,10 +46,11 @@ def build_proxies(
     progress: Message | None = None,
 ) -> list[Path]:
     """One proxy file per method under ``out_dir``, reusing files that match the request."""
-    unknown = [m for m in preset.methods if m not in METHODS]
+    known = method_names()  # the built-ins and the installed plug-ins
+    unknown = [m for m in preset.methods if m not in known]
     if unknown:
         raise NasproxyError(
-            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}"
+            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}"
         )
     scoring = ScoringConfig(backbone=preset.backbone, epochs=preset.backbone_epochs)
     paths = []

@@ -18,7 +18,7 @@ from nasproxy.proxies.base import ProxyOptions, top_per_class
 from nasproxy.proxies.build import build_proxy, load_proxy, read_proxy, write_proxy
 from nasproxy.proxies.herding import herding_order, herding_per_class
 from nasproxy.proxies.influence import parameter_influence, per_example_gradients, refit_head
-from nasproxy.proxies.pruning import RefitHead
+from nasproxy.proxies.head import RefitHead
 from nasproxy.proxies.random import random_per_class
 from nasproxy.scoring import ScoringConfig, scoring_run
 
@@ -123,7 +123,10 @@ def test_top_per_class_takes_the_highest_and_breaks_ties_by_seed():
 
 
 def test_registry_names():
-    assert set(METHODS) == {"influence", "random", "herding", "forgetting"}
+    assert set(METHODS) == {
+        *("influence", "random", "herding", "forgetting"),
+        *("el2n", "grand", "kcenter", "ccs", "entropy"),
+    }
 
 
 def test_methods_are_class_balanced_and_deterministic(records, digits, cache):
@@ -298,6 +301,7 @@ def test_damaged_proxy_is_refused(records, digits, tmp_path, edit, message):
         ("random", 126, {}, "exceeds class '8', which has 125"),
         ("random", 0, {}, "at least 1"),
         ("kmeans", 5, {}, "unknown proxy method 'kmeans'"),
+        ("no_such_module:pick", 5, {}, "cannot import no_such_module"),
         ("influence", 5, {"solver": "annealing"}, "unknown solver 'annealing'"),
         ("influence", 5, {"objective": "max"}, "unknown objective 'max'"),
         ("influence", None, {"epsilon": 1.0, "solver": "relax"}, "no epsilon form"),

@@ -1,16 +1,12 @@
-"""Proxy training sets: one method a module, all behind one registry.
+"""Proxy training sets: one method a module, all behind one lazy registry.
 
-Each entry is ``select(ctx) -> np.ndarray`` (sorted int64 train-split indices; see
-``base.SelectionContext``). A new method is a new module plus one line here.
-``nasproxy.proxies.build`` runs a method and writes the proxy file.
+Each method is ``select(ctx) -> np.ndarray`` (sorted int64 train-split indices; see
+``base.SelectionContext``). ``registry`` names them without importing them, so that
+reading a proxy file (``nasproxy.proxies.build``) never loads a solver's dependencies.
+A new built-in method is a new module plus one line in ``registry.BUILTIN``; installed
+packages add theirs under the ``nasproxy.methods`` entry-point group.
 """
 
-from nasproxy.proxies import forgetting, herding, pruning, random
-from nasproxy.proxies.base import Select
+from nasproxy.proxies.registry import BUILTIN as METHODS
 
-METHODS: dict[str, Select] = {
-    "influence": pruning.select,
-    "random": random.select,
-    "herding": herding.select,
-    "forgetting": forgetting.select,
-}
+__all__ = ["METHODS"]

@@ -1,8 +1,9 @@
 """What every proxy method shares: its inputs, the budget check and the per-class picker.
 
 A method is ``select(ctx) -> np.ndarray``: sorted, unique int64 indices into the train
-split. Methods that score examples (forgetting) hand the scores to ``top_per_class``, so
-scoring and picking stay separate.
+split. Methods that score examples (forgetting, EL2N, GraNd) hand the scores to
+``top_per_class``, so scoring and picking stay separate. The import graph of the package
+runs one way: ``influence`` (math) <- ``head`` <- ``base`` <- the method modules <- ``build``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 
 if TYPE_CHECKING:
-    from nasproxy.proxies.pruning import RefitHead
+    from nasproxy.proxies.head import RefitHead
     from nasproxy.scoring import ScoringArtifact
 
 

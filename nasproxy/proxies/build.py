@@ -14,7 +14,9 @@ and every index before handing back the indices.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,9 +29,10 @@ from nasproxy import __version__
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.io import atomic_write_json
-from nasproxy.proxies import METHODS
+from nasproxy.proxies import registry
 from nasproxy.proxies.base import ProxyOptions, SelectionContext, check_budget
-from nasproxy.proxies.pruning import RefitHead
+from nasproxy.proxies.head import RefitHead
+from nasproxy.proxies.registry import Method
 from nasproxy.proxies.solvers import EPSILON_SOLVERS, OBJECTIVES, SOLVERS, objective_value
 from nasproxy.scoring import ScoringConfig, scoring_run
 
@@ -40,7 +43,7 @@ Progress = Callable[[str], None]
 
 def build_proxy(
     data: Dataset,
-    method: str,
+    method: str | Method,
     per_class: int | None,
     seed: int,
     cache_dir: str | Path,
@@ -51,13 +54,17 @@ def build_proxy(
 ) -> dict[str, Any]:
     """Select a proxy of ``per_class`` examples per class with ``method``; its record.
 
-    ``per_class`` is None only for the influence method with ``options.epsilon``: it then
-    removes as many examples as the epsilon budget allows, and the classes are no longer
-    balanced. The scoring run is cached under ``cache_dir``.
+    ``method`` is a built-in or installed method's name, ``MODULE:FUNCTION``, or a
+    resolved ``Method`` (e.g. ``indices_method``). Whatever it is, its selection is checked
+    (integers, in range, no duplicates, ``per_class`` of every class) before anything is
+    measured. ``per_class`` is None only for the influence method with ``options.epsilon``:
+    it then removes as many examples as the epsilon budget allows, and the classes are no
+    longer balanced. The scoring run is cached under ``cache_dir``.
     """
     scoring = scoring or ScoringConfig()
     options = options or ProxyOptions()
-    _check_request(data, method, per_class, options)
+    chosen = method if isinstance(method, Method) else registry.resolve(method)
+    _check_request(data, chosen.name, per_class, options)
     start = time.perf_counter()
     artifact = scoring_run(data, scoring, cache_dir, device, progress)
     scored = time.perf_counter()
@@ -65,13 +72,13 @@ def build_proxy(
     head = RefitHead.load_or_fit(artifact, l2, device, progress)
     refit = time.perf_counter()
     if progress is not None:
-        progress(f"selecting with {method}")
+        progress(f"selecting with {chosen.name}")
     ctx = SelectionContext(data, per_class, seed, options, artifact, head)
-    kept = METHODS[method](ctx)
-    _check_indices(kept, data, f"the {method} method")
+    kept = run_method(chosen, ctx)
     selected = time.perf_counter()
     epsilon = head.epsilon(kept)
     measured = time.perf_counter()
+    method = chosen.name
 
     params: dict[str, Any] = {
         "head_l2": l2,
@@ -80,6 +87,8 @@ def build_proxy(
         "head_newton_steps": head.info["newton_steps"],
         "head_loss": head.info["loss"],
     }
+    if not chosen.builtin:
+        params["source"] = chosen.source
     if method == "influence":
         params |= {
             "solver": options.solver,
@@ -218,7 +227,8 @@ def default_proxy_path(
 ) -> Path:
     """``results/proxies/<dataset-name>-<method>-<per_class or eps...>-s<seed>.json``."""
     budget = f"eps{epsilon:g}" if epsilon is not None else str(per_class)
-    return Path("results") / "proxies" / f"{_dataset_name(dataset)}-{method}-{budget}-s{seed}.json"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", method).strip("-.") or "method"
+    return Path("results") / "proxies" / f"{_dataset_name(dataset)}-{name}-{budget}-s{seed}.json"
 
 
 def _dataset_name(spec: str) -> str:
@@ -235,8 +245,6 @@ def _check_request(
     data: Dataset, method: str, per_class: int | None, options: ProxyOptions
 ) -> None:
     """Refuse a bad request before any training starts."""
-    if method not in METHODS:
-        raise NasproxyError(f"unknown proxy method {method!r}; choose from {', '.join(METHODS)}")
     if options.solver not in SOLVERS:
         raise NasproxyError(f"unknown solver {options.solver!r}; choose from {', '.join(SOLVERS)}")
     if options.objective not in OBJECTIVES:
@@ -259,10 +267,102 @@ def _check_request(
     check_budget(data, per_class)
 
 
-def _check_indices(indices: np.ndarray, data: Dataset, source: str) -> None:
-    """Sorted, unique, int64 and inside the train split."""
+def run_method(method: Method, ctx: SelectionContext) -> np.ndarray:
+    """Run ``method`` on ``ctx`` and check what it returns: sorted int64 indices.
+
+    A plug-in that raises, or any method whose result is not a list of distinct
+    train-split indices with ``ctx.per_class`` of every class, ends in one line naming it.
+    """
+    if method.builtin:
+        result = method.select(ctx)
+    else:
+        try:
+            result = method.select(ctx)
+        except NasproxyError as exc:
+            raise NasproxyError(f"method {method.name!r}: {exc}") from None
+        except Exception as exc:  # a user's selector may raise anything
+            text = str(exc).strip().splitlines()
+            reason = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+            raise NasproxyError(f"method {method.name!r} failed ({reason})") from None
+    return check_selection(result, ctx.data, ctx.per_class, f"method {method.name!r}")
+
+
+def check_selection(result: Any, data: Dataset, per_class: int | None, source: str) -> np.ndarray:
+    """``result`` as sorted int64 train-split indices, refused in one line unless it is a
+    flat list of distinct integers in range with ``per_class`` of every class (when given)."""
     n = len(data.y_train)
-    if indices.dtype != np.int64 or indices.ndim != 1:
-        raise NasproxyError(f"{source} gave indices of dtype {indices.dtype}, not int64")
-    if len(indices) and (indices[0] < 0 or indices[-1] >= n or np.any(np.diff(indices) <= 0)):
-        raise NasproxyError(f"{source} gave indices that are not sorted, unique and in 0..{n - 1}")
+    try:
+        array = np.asarray(result)
+    except Exception:  # a ragged or exotic object
+        raise NasproxyError(f"{source} gave {type(result).__name__}, not indices") from None
+    if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
+        raise NasproxyError(
+            f"{source} gave an array of shape {array.shape} and dtype {array.dtype}, "
+            "not a flat list of integer indices"
+        )
+    indices = array.astype(np.int64)
+    outside = indices[(indices < 0) | (indices >= n)]
+    if outside.size:
+        raise NasproxyError(
+            f"{source} gave index {int(outside[0])}, outside the train split (0..{n - 1})"
+        )
+    indices = np.sort(indices)
+    repeated = indices[1:][np.diff(indices) == 0]
+    if repeated.size:
+        raise NasproxyError(f"{source} gave index {int(repeated[0])} more than once")
+    if indices.size == 0:
+        raise NasproxyError(f"{source} gave no indices")
+    if per_class is not None:
+        counts = np.bincount(data.y_train.numpy()[indices], minlength=data.num_classes)
+        for c, count in enumerate(counts):
+            if count != per_class:
+                raise NasproxyError(
+                    f"{source} gave {count} images of class {data.classes[c]!r}, "
+                    f"expected {per_class} (the per-class budget)"
+                )
+    return indices
+
+
+def read_indices(path: str | Path) -> np.ndarray:
+    """Train-split indices from a file: ``.npy`` (integers, never unpickled), ``.json``
+    (a list of integers) or text (integers separated by whitespace or commas)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            try:
+                values: Any = np.load(path, allow_pickle=False)
+            except ValueError as exc:
+                raise NasproxyError(f"indices file {path} is not a plain .npy ({exc})") from None
+        elif path.suffix == ".json":
+            try:
+                values = json.loads(path.read_text())
+            except ValueError as exc:
+                raise NasproxyError(f"indices file {path} is not valid JSON ({exc})") from None
+            if not isinstance(values, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in values
+            ):
+                raise NasproxyError(f"indices file {path} is not a JSON list of integers")
+        else:
+            words = path.read_text().replace(",", " ").split()
+            try:
+                values = [int(w) for w in words]
+            except ValueError:
+                bad = next(w for w in words if not w.lstrip("-").isdigit())
+                raise NasproxyError(f"indices file {path}: {bad!r} is not an integer") from None
+    except OSError as exc:
+        raise NasproxyError(f"cannot read indices file {path} ({exc.strerror or exc})") from None
+    return np.asarray(values)
+
+
+def indices_method(path: str | Path, data: Dataset, per_class: int | None) -> Method:
+    """A ``Method`` that keeps the indices listed in ``path`` (checked now, before training:
+    the scoring run is still needed for epsilon and the diagnostics)."""
+    path = Path(path)
+    source = f"indices file {path}"
+    kept = check_selection(read_indices(path), data, per_class, source)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def select(ctx: SelectionContext) -> np.ndarray:
+        return kept
+
+    return Method("from-indices", f"{path} (sha256 {digest})", select, builtin=False)

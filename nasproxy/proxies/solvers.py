@@ -40,7 +40,6 @@ import warnings
 from collections.abc import Mapping
 
 import numpy as np
-import pulp
 
 from nasproxy.errors import NasproxyError
 
@@ -304,6 +303,8 @@ def _exact_milp(
     Binary x_i (kept), class sums fixed, deviations bounded by t_p (L1: minimise sum_p t_p)
     or by one t (L-inf: minimise t). Coefficients are scaled to max |S| = 1 first.
     """
+    import pulp  # only this solver needs it (and a GPU host may lack it)
+
     n, dim = s.shape
     if n * dim > _MAX_MILP_ENTRIES:
         raise NasproxyError(

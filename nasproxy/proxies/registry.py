@@ -1,0 +1,134 @@
+"""Where a proxy method comes from: a built-in name, an installed plug-in, or MODULE:FUNCTION.
+
+Built-in methods are named here as ``module:function`` strings and imported only when
+used. Installed packages register theirs under the entry-point group ``nasproxy.methods``
+(``name = "package.module:function"``, read with ``importlib.metadata``); a built-in name
+wins over a plug-in of the same name. Any other ``MODULE:FUNCTION`` (or
+``path/to/file.py:FUNCTION``) is imported as given. A plug-in has the built-in contract:
+it receives the ``SelectionContext`` and returns the kept train-split indices.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from nasproxy.errors import NasproxyError
+from nasproxy.proxies.base import Select
+
+ENTRY_POINT_GROUP = "nasproxy.methods"
+
+BUILTIN: dict[str, str] = {
+    "influence": "nasproxy.proxies.pruning:select",
+    "random": "nasproxy.proxies.random:select",
+    "herding": "nasproxy.proxies.herding:select",
+    "forgetting": "nasproxy.proxies.forgetting:select",
+    "el2n": "nasproxy.proxies.el2n:select",
+    "grand": "nasproxy.proxies.grand:select",
+    "kcenter": "nasproxy.proxies.kcenter:select",
+    "ccs": "nasproxy.proxies.ccs:select",
+    "entropy": "nasproxy.proxies.entropy:select",
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A resolved method: its name (as recorded in the proxy file), where it comes from,
+    the selector, and whether it is one of nasproxy's own."""
+
+    name: str
+    source: str  # "module:function", with the distribution for an installed plug-in
+    select: Select
+    builtin: bool
+
+
+def plugin_names() -> dict[str, importlib.metadata.EntryPoint]:
+    """The installed plug-ins, by name (built-in names excluded)."""
+    points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return {ep.name: ep for ep in points if ep.name not in BUILTIN}
+
+
+def method_names() -> list[str]:
+    """Every method usable by name: the built-ins, then the installed plug-ins."""
+    return [*BUILTIN, *sorted(plugin_names())]
+
+
+def is_known(spec: str) -> bool:
+    """Whether ``spec`` names a method (built-in, plug-in, or a MODULE:FUNCTION form)."""
+    return spec in BUILTIN or ":" in spec or spec in plugin_names()
+
+
+def resolve(spec: str) -> Method:
+    """The method for ``spec``, imported now; one line naming it when it cannot be."""
+    if spec in BUILTIN:
+        return Method(spec, BUILTIN[spec], _import(BUILTIN[spec], spec), True)
+    plugins = plugin_names()
+    if spec in plugins:
+        ep = plugins[spec]
+        dist = f" ({ep.dist.name} {ep.dist.version})" if ep.dist is not None else ""
+        try:
+            func = ep.load()
+        except Exception as exc:  # a broken plug-in must not end in a traceback
+            raise NasproxyError(
+                f"method {spec!r}: cannot load {ep.value}{dist} ({_one_line(exc)})"
+            ) from None
+        return Method(spec, f"{ep.value}{dist}", _callable(func, spec), False)
+    if ":" in spec:
+        return Method(spec, spec, _import(spec, spec), False)
+    raise NasproxyError(
+        f"unknown proxy method {spec!r}; choose from {', '.join(method_names())}, "
+        "or give MODULE:FUNCTION"
+    )
+
+
+def _import(target: str, spec: str) -> Select:
+    module_name, _, attr = target.rpartition(":")
+    if not module_name or not attr:
+        raise NasproxyError(f"method {spec!r}: expected MODULE:FUNCTION")
+    try:
+        if module_name.endswith(".py"):
+            module = _load_file(Path(module_name), spec)
+        else:
+            module = importlib.import_module(module_name)
+    except NasproxyError:
+        raise
+    except Exception as exc:  # the user's module may raise anything while importing
+        raise NasproxyError(
+            f"method {spec!r}: cannot import {module_name} ({_one_line(exc)})"
+        ) from None
+    func = getattr(module, attr, None)
+    if func is None:
+        raise NasproxyError(f"method {spec!r}: {module_name} has no {attr!r}")
+    return _callable(func, spec)
+
+
+def _load_file(path: Path, spec: str):
+    if not path.is_file():
+        raise NasproxyError(f"method {spec!r}: no file {path}")
+    name = f"nasproxy_method_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise NasproxyError(f"method {spec!r}: {path} is not a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # so that the module's own dataclasses and pickling work
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _callable(func: object, spec: str) -> Select:
+    if not callable(func):
+        raise NasproxyError(f"method {spec!r} is not a function")
+    return func  # type: ignore[return-value]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
