@@ -14,8 +14,8 @@ from typing import Any
 from nasproxy.data import Dataset, default_data_root, load_dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.presets import Preset
-from nasproxy.proxies.registry import method_names
 from nasproxy.proxies.build import build_proxy, read_proxy, write_proxy
+from nasproxy.proxies.registry import method_names
 from nasproxy.report import ReportResult, make_report
 from nasproxy.scoring import ScoringConfig
 from nasproxy.search import ProgressFn, SearchConfig, remove_experiment, run_search

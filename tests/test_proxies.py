@@ -16,9 +16,9 @@ from nasproxy.errors import NasproxyError
 from nasproxy.proxies import METHODS
 from nasproxy.proxies.base import ProxyOptions, top_per_class
 from nasproxy.proxies.build import build_proxy, load_proxy, read_proxy, write_proxy
+from nasproxy.proxies.head import RefitHead
 from nasproxy.proxies.herding import herding_order, herding_per_class
 from nasproxy.proxies.influence import parameter_influence, per_example_gradients, refit_head
-from nasproxy.proxies.head import RefitHead
 from nasproxy.proxies.random import random_per_class
 from nasproxy.scoring import ScoringConfig, scoring_run
 

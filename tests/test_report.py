@@ -389,3 +389,45 @@ def test_missing_or_malformed_inputs_raise(tmp_path: Path, partial) -> None:
     exp = _write_experiment(tmp_path / "e", trials, ["whole"])
     with pytest.raises(NasproxyError, match="top_k"):
         make_report(exp, top_k=0)
+
+
+# ------------------------------------------------ any number of proxy rows
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    blob = path.read_bytes()
+    return int.from_bytes(blob[16:20], "big"), int.from_bytes(blob[20:24], "big")
+
+
+def test_report_with_nine_methods(tmp_path: Path) -> None:
+    """Nine proxy rows and the whole set: every table has them all, in manifest order, with
+    the ranking each was built to have, and the plots grow to fit them."""
+    base = np.linspace(0.5, 0.9, len(ARCHS))[[3, 0, 7, 1, 11, 5, 2, 9, 4, 10, 6, 8]]
+    methods = ["influence", "random", "herding", "forgetting", "el2n", "grand", "kcenter"]
+    methods += ["ccs", "entropy"]
+    rows = _trials("whole", base, base + 0.02, wall=10.0)
+    for i, name in enumerate(methods):
+        # even rows rank like the whole set, odd rows in reverse
+        val = base**2 if i % 2 == 0 else 1.0 - base
+        rows += _trials(name, val, val, wall=1.0 + i)
+    exp = _write_experiment(tmp_path / "exp", pd.DataFrame(rows), [*methods, "whole"])
+    res = make_report(exp, top_k=5, n_boot=20, seed=0)
+    t = _read_csv(exp / "table1.csv")
+    assert list(t.index) == [*methods, "whole"]
+    for i, name in enumerate(methods):
+        assert t.loc[name, "spearman_all"] == pytest.approx(1.0 if i % 2 == 0 else -1.0)
+        assert t.loc[name, "epsilon"] == pytest.approx(0.25 * (i + 1))
+        assert t.loc[name, "train_s"] == pytest.approx((1.0 + i) * len(ARCHS) * len(SEEDS))
+    md = (exp / "table1.md").read_text().splitlines()
+    md_rows = [ln.split("|")[1].strip() for ln in md if ln.startswith("| ")]
+    assert [r for r in md_rows if r in (*methods, "whole")] == [*methods, "whole"]
+    tex = (exp / "table1.tex").read_text()
+    assert all(f"\n{name} & " in tex for name in methods)
+    text = format_summary(res)
+    assert all(f"\n{name} " in text for name in methods)
+    # nine scatter panels: three rows of three, three times the height of one row
+    width, height = _png_size(exp / "proxy_vs_whole.png")
+    assert (width, height) == (round(4.2 * 3 * 120), round(3.8 * 3 * 120))
+    corr_width, _ = _png_size(exp / "correlation.png")
+    assert corr_width == round((1.3 * 10 + 2) * 120)  # one slot per train set
