@@ -1,7 +1,9 @@
 """Build a proxy training set, measure it, and write/read the proxy file.
 
-``build_proxy`` runs (or reuses) the scoring run, refits the softmax head, runs one
-method from the registry, and measures the result on the paper's yardstick: epsilon =
+``build_proxy`` runs (or reuses) the scoring run, refits the softmax head (or reads it
+from its cache), runs one method (a built-in, a plug-in, or ``indices_method``'s wrapper
+of a selection made elsewhere), checks its selection (``check_selection``), and measures
+it on the paper's yardstick: epsilon =
 ||sum_{removed} S_i||_2 (Yang et al., ICLR 2023, Eq. 3), for every method alike, with the
 mean loss and gradient norm of the kept examples beside those of the whole train split.
 

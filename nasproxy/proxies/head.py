@@ -101,7 +101,8 @@ class RefitHead:
     def removed_sum(self, kept: np.ndarray) -> np.ndarray:
         """sum_{i not in kept} S_i (float64, length P).
 
-        From S when it has been computed; otherwise by linearity of Eq. 2 with one solve,
+        From S when it has been computed or cached (and the factor was not); otherwise by
+        linearity of Eq. 2 with one solve (the factor computed or read from the cache),
         sum_R S_i = (1/n) H^{-1} sum_R g_i, where g_i = [(p_i - y_i) x_i^T, p_i - y_i] and
         sum_R g_i = [E_R^T X_R, E_R^T 1] for the residual rows E_R (no n x P matrix).
         """
