@@ -57,11 +57,6 @@ def method_names() -> list[str]:
     return [*BUILTIN, *sorted(plugin_names())]
 
 
-def is_known(spec: str) -> bool:
-    """Whether ``spec`` names a method (built-in, plug-in, or a MODULE:FUNCTION form)."""
-    return spec in BUILTIN or ":" in spec or spec in plugin_names()
-
-
 def resolve(spec: str) -> Method:
     """The method for ``spec``, imported now; one line naming it when it cannot be."""
     if spec in BUILTIN:
