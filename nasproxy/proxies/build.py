@@ -283,8 +283,7 @@ def run_method(method: Method, ctx: SelectionContext) -> np.ndarray:
         except NasproxyError as exc:
             raise NasproxyError(f"method {method.name!r}: {exc}") from None
         except Exception as exc:  # a user's selector may raise anything
-            text = str(exc).strip().splitlines()
-            reason = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+            reason = registry.one_line(exc)
             raise NasproxyError(f"method {method.name!r} failed ({reason})") from None
     return check_selection(result, ctx.data, ctx.per_class, f"method {method.name!r}")
 
