@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -389,3 +390,21 @@ def test_missing_or_malformed_inputs_raise(tmp_path: Path, partial) -> None:
     exp = _write_experiment(tmp_path / "e", trials, ["whole"])
     with pytest.raises(NasproxyError, match="top_k"):
         make_report(exp, top_k=0)
+
+
+def test_report_of_a_path_outside_the_results_dir_writes_nothing(partial, tmp_path) -> None:
+    from nasproxy.cli import main
+
+    exp = tmp_path / "elsewhere"
+    shutil.copytree(partial[0], exp)
+    for written in exp.glob("table1*"):
+        written.unlink()
+    before = sorted(p.name for p in exp.iterdir())
+    results_dir = tmp_path / "results"
+    for name in (str(exp), f"../{exp.name}"):
+        assert main(["report", name, "--results-dir", str(results_dir), "--n-boot", "5"]) == 2
+        assert sorted(p.name for p in exp.iterdir()) == before
+    # the same experiment inside the results directory is reported
+    shutil.copytree(exp, results_dir / "exp")
+    assert main(["report", "exp", "--results-dir", str(results_dir), "--n-boot", "5"]) == 0
+    assert (results_dir / "exp" / "table1.md").is_file()
