@@ -291,6 +291,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (else a usage error, exit code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"want a positive integer, got {text!r}")
+    return value
+
+
 def _hms(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -306,9 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("space", help="list the architectures of a search space")
     p.add_argument("space", help="a space name (e.g. convnet720) or a .yaml path")
     p.add_argument("--json", action="store_true", help="one JSON record per architecture")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--image-size", type=_positive_int, default=32)
+    p.add_argument("--in-channels", type=_positive_int, default=3)
+    p.add_argument("--num-classes", type=_positive_int, default=10)
     p.set_defaults(handler=cmd_space)
 
     p = sub.add_parser("train", help="train one architecture and print its record")

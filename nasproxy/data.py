@@ -127,6 +127,13 @@ def stratified_split(
 
 def _split(spec: str, raw: _Raw, val_fraction: float, split_seed: int) -> Dataset:
     train_idx, val_idx = stratified_split(raw.y_train, val_fraction, split_seed)
+    kept = np.bincount(raw.y_train[train_idx], minlength=len(raw.classes))
+    if not kept.all():
+        empty = raw.classes[int(np.flatnonzero(kept == 0)[0])]
+        raise NasproxyError(
+            f"val fraction {val_fraction} leaves class {empty!r} no training image; "
+            "use a smaller --val-fraction"
+        )
     x_train, y_train = raw.x_train[train_idx], raw.y_train[train_idx]
     pixels = x_train.astype(np.float64) / 255.0
     mean = tuple(float(v) for v in pixels.mean(axis=(0, 2, 3)))

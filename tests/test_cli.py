@@ -93,6 +93,10 @@ def test_bad_outputs_and_inputs_are_one_line_errors_not_tracebacks(
             ["train", "--arch", "w8-d1-relu-none-none", *data, "--device", "gpu0"],
             "unknown device",
         ),
+        "a validation split that leaves a class no training image": (
+            ["train", "--arch", "w8-d1-relu-none-none", *data, "--val-fraction", "0.999"],
+            "no training image",
+        ),
         "run --results-dir a file": (
             [
                 "run",
@@ -110,6 +114,9 @@ def test_bad_outputs_and_inputs_are_one_line_errors_not_tracebacks(
         assert main(argv) == 2, what
         assert message in _one_line_error(capsys), what
     assert a_file.read_text() == "x" and not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as usage:  # argparse's usage error
+        main(["space", "convnet720", "--num-classes", "0"])
+    assert usage.value.code == 2 and "positive integer" in capsys.readouterr().err
 
 
 def _unit(train_set: str, arch: str, status: str) -> dict:
