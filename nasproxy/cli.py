@@ -208,11 +208,10 @@ class SearchProgress:
         if self.bar is None:
             self.bar = RichProgress(
                 TextColumn("[bold]nasproxy search"),
-                BarColumn(),
+                BarColumn(bar_width=30),
                 MofNCompleteColumn(),
                 TextColumn("failed {task.fields[failed]} diverged {task.fields[diverged]}"),
                 TextColumn("ETA {task.fields[eta]}"),
-                TextColumn("{task.description}"),
                 console=self.console,
             )
             self.task = self.bar.add_task("", total=event.total, failed=0, diverged=0, eta="")
@@ -229,9 +228,6 @@ class SearchProgress:
             failed=event.failed,
             diverged=event.diverged,
             eta=_eta(event),
-            description=""
-            if event.row is None
-            else f"{event.row['arch']} {event.row['train_set']}",
         )
 
     def _plain(self, event: SearchEvent) -> None:

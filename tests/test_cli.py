@@ -214,7 +214,7 @@ def test_search_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise(capsys
     from nasproxy.cli import SearchProgress
 
     terminal = io.StringIO()
-    console = Console(file=terminal, force_terminal=True, width=120, color_system=None)
+    console = Console(file=terminal, force_terminal=True, width=80, color_system=None)
     with SearchProgress(console) as progress:
         progress(_event(0, None, "4 work units to run"))
         progress(_event(1, "ok"))
