@@ -217,10 +217,11 @@ class SearchProgress:
             self.task = self.bar.add_task("", total=event.total, failed=0, diverged=0, eta="")
             self.bar.start()
         assert self.task is not None
-        if event.message:
-            self.bar.console.print(f"nasproxy search: {event.message}")
+        lines = [f"nasproxy search: {event.message}"] if event.message else []
         if event.row is not None and event.row["status"] != "ok":
-            self.bar.console.print(_unit_line(event))  # failures and divergences stay visible
+            lines.append(_unit_line(event))  # failures and divergences stay visible
+        for line in lines:  # printed above the bar, verbatim (a reason may hold brackets)
+            self.bar.console.print(line, markup=False, highlight=False)
         self.bar.update(
             self.task,
             completed=event.done,

@@ -216,11 +216,11 @@ def test_search_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise(capsys
     terminal = io.StringIO()
     console = Console(file=terminal, force_terminal=True, width=80, color_system=None)
     with SearchProgress(console) as progress:
-        progress(_event(0, None, "4 work units to run"))
+        progress(_event(0, None, "4 work units to run [/tmp]"))
         progress(_event(1, "ok"))
         progress(_event(2, "diverged"))
     shown = terminal.getvalue()
-    assert "nasproxy search: 4 work units to run" in shown
+    assert "nasproxy search: 4 work units to run [/tmp]" in shown  # verbatim, not markup
     assert "2/4" in shown and "━" in shown  # rich's bar and its count
     assert "diverged" in shown  # a unit that did not train well stays on screen
     assert capsys.readouterr().err == ""
