@@ -5,19 +5,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nasproxy.errors import NasproxyError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn
+from rich.progress import Progress as RichProgress
+
+from nasproxy.errors import CacheWarning, IncompleteError, NasproxyError
+from nasproxy.io import check_output_file
 from nasproxy.presets import PRESETS, Preset
 
-Handler = Callable[[argparse.Namespace], int]
+if TYPE_CHECKING:
+    from nasproxy.search import Progress as SearchEvent
 
-# The scoring network of build-proxy: the ConvNet family of the space at width 128, one
-# block deeper than scoring.DEFAULT_BACKBONE so that 32x32 images end in 2x2 x 128 = 512-d
-# features: a 5,130-parameter head for 10 classes, whose Hessian, factor and S (CIFAR-10)
-# fit in about 1.4 GB, where the 2,048-d features of the depth-3 net need 16x the Hessian.
-DEFAULT_BUILD_BACKBONE = "w128-d4-relu-instancenorm-avgpooling"
+Handler = Callable[[argparse.Namespace], int]
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -72,7 +79,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     record = train(arch, data, None, cfg)
     print(json.dumps(record.to_dict(), indent=2))
-    return 0 if record.status == "ok" else 1
+    if record.status == "failed":
+        raise IncompleteError(f"training failed: {record.reason}")
+    return 0
 
 
 def cmd_build_proxy(args: argparse.Namespace) -> int:
@@ -91,12 +100,14 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
     per_class = args.per_class
     if per_class is None and args.epsilon is None:
         per_class = 100
-    backbone = {
-        "seed": args.seed if args.backbone_seed is None else args.backbone_seed,
-        "backbone": args.backbone,
-    }
+    backbone = {"seed": args.seed if args.backbone_seed is None else args.backbone_seed}
+    if args.backbone is not None:
+        backbone["backbone"] = args.backbone
     if args.backbone_epochs is not None:
         backbone["epochs"] = args.backbone_epochs
+    label = "from-indices" if args.from_indices is not None else args.method
+    out = args.out or default_proxy_path(args.dataset, label, per_class, args.seed, args.epsilon)
+    check_output_file(out, "proxy file")  # before the scoring run, not after it
     data = _load_data(args)
     method = args.method
     if args.from_indices is not None:
@@ -119,9 +130,6 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
         device=args.device,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
-    out = args.out or default_proxy_path(
-        args.dataset, record["method"], per_class, args.seed, args.epsilon
-    )
     path = write_proxy(record, out)
     print(f"{path}: {record['n_images']} images, epsilon {record['epsilon']:.4g}")
     return 0
@@ -130,6 +138,7 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from nasproxy.results import experiment_dir
     from nasproxy.search import SearchConfig, run_search
     from nasproxy.train import TrainConfig
 
@@ -162,36 +171,105 @@ def cmd_search(args: argparse.Namespace) -> int:
         reuse_actors=not args.no_reuse_actors,
         fresh=args.fresh,
     )
-    exp_dir = run_search(cfg, progress=_print_search_progress)
+    experiment_dir(args.results_dir, args.name)  # name and folder, before any work
+    with SearchProgress() as progress:
+        exp_dir = run_search(cfg, progress=progress)
     print(exp_dir)
+    _refuse_failed_units(exp_dir)
     return 0
 
 
-def _print_search_progress(event) -> None:
-    """One plain line on stderr per finished work unit or note."""
-    if event.message:
-        print(f"nasproxy search: {event.message}", file=sys.stderr, flush=True)
-    if event.row is None:
-        return
+def _refuse_failed_units(exp_dir: Path) -> None:
+    """Exit non-zero (``IncompleteError``) when the experiment's table holds failed units."""
+    from nasproxy.results import read_trials
+
+    status = read_trials(exp_dir)["status"]
+    failed = int((status == "failed").sum())
+    if failed:
+        raise IncompleteError(
+            f"{failed} of {len(status)} work units failed (their reasons are in "
+            f"{exp_dir / 'trials.csv'}); run the same command again to retry them"
+        )
+
+
+class SearchProgress:
+    """Search progress on stderr: a live bar on a terminal (rich), else a plain line a unit.
+
+    A context manager, so that the bar is closed before the command's last line.
+    """
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True, highlight=False)
+        self.bar: RichProgress | None = None
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> SearchProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, event: SearchEvent) -> None:
+        if not self.console.is_terminal:
+            self._plain(event)
+            return
+        if self.bar is None:
+            self.bar = RichProgress(
+                TextColumn("[bold]nasproxy search"),
+                BarColumn(bar_width=30),
+                MofNCompleteColumn(),
+                TextColumn("failed {task.fields[failed]} diverged {task.fields[diverged]}"),
+                TextColumn("ETA {task.fields[eta]}"),
+                console=self.console,
+            )
+            self.task = self.bar.add_task("", total=event.total, failed=0, diverged=0, eta="")
+            self.bar.start()
+        assert self.task is not None
+        lines = [f"nasproxy search: {event.message}"] if event.message else []
+        if event.row is not None and event.row["status"] != "ok":
+            lines.append(_unit_line(event))  # failures and divergences stay visible
+        for line in lines:  # printed above the bar, verbatim (a reason may hold brackets)
+            self.bar.console.print(line, markup=False, highlight=False)
+        self.bar.update(
+            self.task,
+            completed=event.done,
+            total=event.total,
+            failed=event.failed,
+            diverged=event.diverged,
+            eta=_eta(event),
+        )
+
+    def _plain(self, event: SearchEvent) -> None:
+        if event.message:
+            print(f"nasproxy search: {event.message}", file=sys.stderr, flush=True)
+        if event.row is not None:
+            print(_unit_line(event), file=sys.stderr, flush=True)
+
+
+def _unit_line(event: SearchEvent) -> str:
+    """One finished work unit and the counts so far, as one line."""
     row = event.row
-    eta = "--:--:--" if event.eta_s is None else _hms(event.eta_s)
+    assert row is not None
     acc = f"val {row['val_acc']:.3f}" if row["status"] == "ok" else row["reason"][:60]
     width = len(str(event.total))
-    print(
+    return (
         f"[{event.done:>{width}}/{event.total}] {row['status']:<8} {row['arch']} "
         f"{row['train_set']} s{row['seed']} {acc} | failed {event.failed} "
-        f"diverged {event.diverged} | ETA {eta}",
-        file=sys.stderr,
-        flush=True,
+        f"diverged {event.diverged} | ETA {_eta(event)}"
     )
 
 
+def _eta(event: SearchEvent) -> str:
+    return "--:--:--" if event.eta_s is None else _hms(event.eta_s)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from nasproxy.report import format_summary, make_report
+    from nasproxy.results import experiment_dir
 
-    result = make_report(Path(args.results_dir) / args.experiment, args.top_k, args.n_boot)
+    exp_dir = experiment_dir(args.results_dir, args.experiment)  # never a folder outside DIR
+    result = make_report(exp_dir, args.top_k, args.n_boot)
     print(format_summary(result))
     return 0
 
@@ -202,19 +280,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nasproxy.report import format_summary
 
     preset = parse_overrides(PRESETS[args.preset], args.set)
-    result = run_pipeline(
-        preset,
-        args.name or args.preset,
-        results_dir=args.results_dir,
-        data_root=args.data_root,
-        device=args.device,
-        fresh=args.fresh,
-        progress=lambda line: print(f"nasproxy run: {line}", file=sys.stderr, flush=True),
-        search_progress=_print_search_progress,
-    )
+    with SearchProgress() as search_progress:
+        result = run_pipeline(
+            preset,
+            args.name or args.preset,
+            results_dir=args.results_dir,
+            data_root=args.data_root,
+            device=args.device,
+            fresh=args.fresh,
+            progress=lambda line: print(f"nasproxy run: {line}", file=sys.stderr, flush=True),
+            search_progress=search_progress,
+        )
     print(format_summary(result))
     print(f"\nThe report is in {result.paths['md']}")
+    _refuse_failed_units(result.exp_dir)
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (else a usage error, exit code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"want a positive integer, got {text!r}")
+    return value
 
 
 def _hms(seconds: float) -> str:
@@ -232,9 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("space", help="list the architectures of a search space")
     p.add_argument("space", help="a space name (e.g. convnet720) or a .yaml path")
     p.add_argument("--json", action="store_true", help="one JSON record per architecture")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--image-size", type=_positive_int, default=32)
+    p.add_argument("--in-channels", type=_positive_int, default=3)
+    p.add_argument("--num-classes", type=_positive_int, default=10)
     p.set_defaults(handler=cmd_space)
 
     p = sub.add_parser("train", help="train one architecture and print its record")
@@ -270,9 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="default results/proxies/NAME-METHOD-K-sSEED.json")
     p.add_argument(
         "--backbone",
-        default=DEFAULT_BUILD_BACKBONE,
-        help=f"scoring network: a ConvNet id (default {DEFAULT_BUILD_BACKBONE}, 512-d "
-        "features on 32x32 images) or resnet18 (CIFAR ResNet-18)",
+        default=None,
+        help="scoring network: a ConvNet id (default w128-d4-relu-instancenorm-avgpooling, "
+        "512-d features on 32x32 images) or resnet18 (CIFAR ResNet-18)",
     )
     p.add_argument("--backbone-epochs", type=int, default=None, help="scoring run (default 50)")
     p.add_argument("--backbone-seed", type=int, default=None, help="default: --seed")
@@ -398,17 +489,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``nasproxy`` console script."""
+    """Entry point of the ``nasproxy`` console script; returns the exit code (README.md)."""
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
+    # Ctrl-C raises KeyboardInterrupt in the driver instead of Tune's own handler ending the
+    # sweep as if it had finished; the unit files written so far are kept for resume.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     try:
-        return handler(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", CacheWarning)
+            warnings.showwarning = _one_line_warning
+            return handler(args)
     except NasproxyError as exc:
         print(f"nasproxy: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("nasproxy: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our own warnings as one line, anyone else's as Python prints them."""
+    if issubclass(category, CacheWarning):
+        print(f"nasproxy: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ Sources (``--dataset``):
   ``imagefolder:PATH``  ``PATH/train/<class>/*`` and ``PATH/test/<class>/*``, or a .tar.gz of it
 
 Decoded images are cached as ``.npz`` under the data root, keyed by the source, so a second
-run does not decode 50,000 JPEGs again. A stratified validation split is held out of train
-with a seed, so "train", "val" and "test" are fixed for a given seed. Proxy indices always
-index the train split that remains.
+run does not decode 50,000 JPEGs again; a damaged cache file is detected on read and
+rebuilt. A stratified validation split is held out of train with a seed, so "train",
+"val" and "test" are fixed for a given seed. Proxy indices always index the train split
+that remains.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import hashlib
 import io
 import os
 import tarfile
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nasproxy.errors import NasproxyError
-from nasproxy.io import atomic_write_bytes
+from nasproxy.errors import CacheWarning, NasproxyError
+from nasproxy.io import atomic_write_bytes, check_output_dir
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 DIGITS_TEST_FRACTION = 0.2
@@ -124,6 +127,13 @@ def stratified_split(
 
 def _split(spec: str, raw: _Raw, val_fraction: float, split_seed: int) -> Dataset:
     train_idx, val_idx = stratified_split(raw.y_train, val_fraction, split_seed)
+    kept = np.bincount(raw.y_train[train_idx], minlength=len(raw.classes))
+    if not kept.all():
+        empty = raw.classes[int(np.flatnonzero(kept == 0)[0])]
+        raise NasproxyError(
+            f"val fraction {val_fraction} leaves class {empty!r} no training image; "
+            "use a smaller --val-fraction"
+        )
     x_train, y_train = raw.x_train[train_idx], raw.y_train[train_idx]
     pixels = x_train.astype(np.float64) / 255.0
     mean = tuple(float(v) for v in pixels.mean(axis=(0, 2, 3)))
@@ -208,15 +218,11 @@ def _load_imagefolder(path: Path, root: Path) -> _Raw:
     if not path.exists():
         raise NasproxyError(f"dataset path {path} does not exist")
     cache = root / "decoded" / f"imagefolder-{_source_key(path)}.npz"
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as z:
-            return _Raw(
-                tuple(str(c) for c in z["classes"]),
-                z["x_train"],
-                z["y_train"],
-                z["x_test"],
-                z["y_test"],
-            )
+    if cache.exists():
+        raw = _read_cache(cache)
+        if raw is not None:
+            return raw
+    check_output_dir(cache.parent, "decode cache folder")  # before decoding, not after
     files = _list_archive(path) if path.is_file() else _list_tree(path)
     raw = _decode(files, str(path))
     buffer = io.BytesIO()
@@ -230,6 +236,46 @@ def _load_imagefolder(path: Path, root: Path) -> _Raw:
     )
     atomic_write_bytes(cache, buffer.getvalue())
     return raw
+
+
+def _read_cache(cache: Path) -> _Raw | None:
+    """The decoded images in ``cache``, or None (after a one-line warning) when it is damaged.
+
+    Every array is read in full, so the zip's CRC-32 of each member is checked, and the
+    shapes and labels must be consistent; a damaged file is deleted so that it is rebuilt.
+    """
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            raw = _Raw(
+                tuple(str(c) for c in z["classes"]),
+                z["x_train"],
+                z["y_train"],
+                z["x_test"],
+                z["y_test"],
+            )
+        _check_raw(raw)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        warnings.warn(
+            f"decode cache {cache} is damaged ({exc.__class__.__name__}: {exc}); rebuilding it",
+            CacheWarning,
+            stacklevel=2,
+        )
+        cache.unlink(missing_ok=True)
+        return None
+    return raw
+
+
+def _check_raw(raw: _Raw) -> None:
+    """Raise ValueError unless ``raw`` is a consistent set of uint8 images and labels."""
+    for x, y in ((raw.x_train, raw.y_train), (raw.x_test, raw.y_test)):
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[2] != x.shape[3] or len(x) == 0:
+            raise ValueError(f"images of shape {x.shape} and dtype {x.dtype}")
+        if y.ndim != 1 or len(y) != len(x) or y.dtype.kind != "i":
+            raise ValueError(f"{len(y)} labels for {len(x)} images")
+        if y.min() < 0 or y.max() >= len(raw.classes):
+            raise ValueError(f"labels outside 0..{len(raw.classes) - 1}")
+    if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
+        raise ValueError("train and test images differ in shape")
 
 
 # split -> class -> list of (display name, opener returning bytes)

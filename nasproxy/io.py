@@ -1,4 +1,8 @@
-"""Atomic file writes: a reader never sees a half-written result file."""
+"""Where and how result files are written: atomically, and only where writing can succeed.
+
+A reader never sees a half-written file, and an output location that cannot be written is
+refused before the work that would fill it starts.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from nasproxy.errors import NasproxyError
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -34,3 +40,35 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented, key-sorted JSON atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def check_output_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Refuse, before any work starts, a folder that cannot be created or written.
+
+    ``path`` may not exist yet; its nearest existing ancestor must then be a writable folder.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NasproxyError(f"{what} {path} is a file, not a folder")
+    _check_writable(path, path, what)
+    return path
+
+
+def check_output_file(path: str | os.PathLike[str], what: str = "output file") -> Path:
+    """Refuse, before any work starts, a file path that cannot be written (atomically)."""
+    path = Path(path)
+    if path.is_dir():
+        raise NasproxyError(f"{what} {path} is a folder, not a file")
+    _check_writable(path.parent, path, what)
+    return path
+
+
+def _check_writable(folder: Path, target: Path, what: str) -> None:
+    """``folder`` exists as a writable folder, or can be created under its nearest ancestor."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NasproxyError(f"cannot write {what} {target}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise NasproxyError(f"cannot write {what} {target}: {existing} is not writable")

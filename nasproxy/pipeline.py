@@ -11,15 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nasproxy import spaces
 from nasproxy.data import Dataset, default_data_root, load_dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.presets import Preset
 from nasproxy.proxies.build import build_proxy, read_proxy, write_proxy
 from nasproxy.proxies.registry import method_names
 from nasproxy.report import ReportResult, make_report
+from nasproxy.results import experiment_dir, remove_experiment
 from nasproxy.scoring import ScoringConfig
-from nasproxy.search import ProgressFn, SearchConfig, remove_experiment, run_search
-from nasproxy.train import TrainConfig
+from nasproxy.search import ProgressFn, SearchConfig, run_search, select_archs
+from nasproxy.train import TrainConfig, resolve_device
 
 Message = Callable[[str], None]
 
@@ -88,36 +90,40 @@ def run_pipeline(
     progress: Message | None = None,
     search_progress: ProgressFn | None = None,
 ) -> ReportResult:
-    """Proxies, then the sweep, then Table 1, under ``results_dir/name``."""
+    """Proxies, then the sweep, then Table 1, under ``results_dir/name``.
+
+    The name, the folders and every setting are checked before anything is written or
+    deleted, and before the proxies are built (minutes) for a sweep that would be refused.
+    """
+    exp_dir = experiment_dir(results_dir, name)
+    if preset.top_k < 1:
+        raise NasproxyError(f"top_k must be at least 1, got {preset.top_k}")
     root = Path(data_root) if data_root is not None else default_data_root()
-    data = load_dataset(preset.dataset, root)
-    exp_dir = Path(results_dir) / name
-    if fresh:
-        # the proxies live inside the experiment, so the experiment goes before they are
-        # rebuilt (a fresh search after the build would delete them with it)
-        proxies_dir = exp_dir / "proxies"
-        if proxies_dir.is_dir():
-            for stale in proxies_dir.glob("*.json"):
-                stale.unlink()
-            if not any(proxies_dir.iterdir()):
-                proxies_dir.rmdir()
-        remove_experiment(exp_dir)
-    proxies = build_proxies(preset, data, exp_dir / "proxies", root, device, progress)
-    cfg = SearchConfig(
+    train = TrainConfig(epochs=preset.epochs, device=device)
+    resolve_device(device)
+    proxies_dir = exp_dir / "proxies"
+    cfg = SearchConfig(  # the proxy files it names are built below
         name=name,
         dataset=preset.dataset,
-        proxies=tuple(str(p) for p in proxies),
+        proxies=tuple(str(proxies_dir / f"{method}.json") for method in preset.methods),
         whole=preset.whole,
         whole_per_class=preset.whole_per_class,
         space=preset.space,
         archs=preset.archs,
         sample=preset.sample,
         seeds=preset.seeds,
-        train=TrainConfig(epochs=preset.epochs, device=device),
+        train=train,
         data_root=str(root),
         results_dir=str(results_dir),
         **(search_options or {}),
     )
+    data = load_dataset(preset.dataset, root)
+    select_archs(spaces.load(cfg.space, data.image_size), cfg.archs, cfg.sample, cfg.sample_seed)
+    if fresh:
+        # the proxies live inside the experiment, so the experiment goes before they are
+        # rebuilt (a fresh search after the build would delete them with it)
+        remove_experiment(exp_dir)
+    build_proxies(preset, data, proxies_dir, root, device, progress)
     if progress is not None:
         progress("searching")
     run_search(cfg, search_progress)

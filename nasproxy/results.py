@@ -17,15 +17,22 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
+import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from nasproxy.errors import NasproxyError
-from nasproxy.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from nasproxy.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+)
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
 
@@ -35,6 +42,28 @@ MANIFEST = "manifest.json"
 TRIALS_PARQUET = "trials.parquet"
 TRIALS_CSV = "trials.csv"
 WHOLE = "whole"  # the train_set name of the whole training split
+# An experiment name is one folder name under the results directory: never absolute,
+# never a path, never "." or ".." (it cannot start with a dot).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# What nasproxy itself writes at the top of an experiment directory: the store, Ray
+# Tune's run folders, the proxies of `nasproxy run`, and the report's tables and plots.
+OWN_ENTRIES = frozenset(
+    {
+        UNITS_DIR,
+        MANIFEST,
+        TRIALS_PARQUET,
+        TRIALS_CSV,
+        "ray",
+        "proxies",
+        "table1.md",
+        "table1.csv",
+        "table1.tex",
+        "table1_seeds.csv",
+        "proxy_vs_whole.png",
+        "correlation.png",
+        "acc_vs_time.png",
+    }
+)
 
 # The columns of trials.parquet / trials.csv, in order, with their dtypes.
 COLUMNS: dict[str, str] = {
@@ -212,6 +241,95 @@ def read_manifest(exp_dir: Path) -> dict[str, Any] | None:
     if not isinstance(manifest, dict):
         raise NasproxyError(f"{path} is not a JSON object")
     return manifest
+
+
+def check_name(name: str, what: str = "experiment name") -> str:
+    """``name`` if it is a plain folder name (``NAME_PATTERN``), else a one-line error."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise NasproxyError(
+            f"bad {what} {name!r}: use letters, digits, '.', '_' and '-' "
+            "(a folder name inside the results directory, not a path)"
+        )
+    return name
+
+
+def experiment_dir(results_dir: str | Path, name: str) -> Path:
+    """``results_dir/name``, after checking the name and that the folder can be written."""
+    check_name(name)
+    check_output_dir(results_dir, "results directory")
+    exp_dir = Path(results_dir) / name
+    if exp_dir.is_symlink() or (exp_dir.exists() and not exp_dir.is_dir()):
+        raise NasproxyError(f"{exp_dir} is not a folder; choose another experiment name")
+    return exp_dir
+
+
+def foreign_entries(exp_dir: Path) -> list[str]:
+    """What in ``exp_dir`` nasproxy did not write; empty for a folder that is its experiment.
+
+    An experiment holds nothing but ``OWN_ENTRIES`` (unit files in their layout, proxy
+    files in ``proxies/``) and the hidden temporaries of interrupted atomic writes, and
+    unless it is empty, a nasproxy manifest, unit file or proxy file proves it is one.
+    """
+    exp_dir = Path(exp_dir)
+    if exp_dir.is_symlink() or not exp_dir.is_dir():
+        return [exp_dir.name]
+    entries = list(exp_dir.iterdir())
+    foreign = sorted(p.name for p in entries if p.name not in OWN_ENTRIES and not _temporary(p))
+    units, proxies = exp_dir / UNITS_DIR, exp_dir / "proxies"
+    layouts = [  # (folder, depth of its files), e.g. units/<train_set>/s<seed>/<arch>.json
+        (units, 3),
+        (proxies, 1),
+    ]
+    for folder, depth in layouts:
+        foreign += sorted(
+            str(p.relative_to(exp_dir))
+            for p in folder.rglob("*")
+            if (p.is_file() or p.is_symlink())
+            and (
+                p.is_symlink()
+                or len(p.relative_to(folder).parts) != depth
+                or not (p.suffix == ".json" or _temporary(p))
+            )
+        )
+    if foreign or not entries:
+        return foreign
+    proven = (
+        _is_json(exp_dir / MANIFEST, lambda m: {"protocol", "train_sets"} <= set(m))
+        or any(read_unit(p) is not None for p in units.glob("*/s*/*.json"))
+        or any(
+            _is_json(p, lambda m: str(m.get("format", "")).startswith("nasproxy-proxy/"))
+            for p in proxies.glob("*.json")
+        )
+    )
+    return [] if proven else [f"no nasproxy {MANIFEST}, unit or proxy file"]
+
+
+def remove_experiment(exp_dir: Path) -> None:
+    """Delete an experiment (``--fresh``), refusing any folder it cannot prove is one."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.exists() and not exp_dir.is_symlink():
+        return
+    foreign = foreign_entries(exp_dir)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise NasproxyError(
+            f"{exp_dir} is not only a nasproxy experiment ({', '.join(foreign[:3])}{more}); "
+            "refusing to delete it"
+        )
+    shutil.rmtree(exp_dir)
+
+
+def _temporary(path: Path) -> bool:
+    """A temporary of ``nasproxy.io``'s atomic writes (``.NAME.XXXX.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def _is_json(path: Path, test: Callable[[dict[str, Any]], bool]) -> bool:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and test(obj)
 
 
 def git_commit(where: Path | None = None) -> str:

@@ -14,7 +14,9 @@ trained once per (dataset fingerprint, backbone, training settings, seed) and st
 
 The directory is written under a temporary name and renamed into place, so a reader sees
 all of it or none of it. The hash is the sha256 of the key and of both data files; it is
-checked on every load and recorded in every proxy file built from the artifact.
+checked on every load and recorded in every proxy file built from the artifact. A damaged
+artifact (unreadable, or not matching its hash) is discarded and trained again, with a
+one-line warning.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import math
 import shutil
 import tempfile
 import time
+import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,8 +40,8 @@ import torch
 from torch import nn
 
 from nasproxy.data import Dataset
-from nasproxy.errors import NasproxyError
-from nasproxy.io import atomic_write_bytes, atomic_write_json
+from nasproxy.errors import CacheWarning, NasproxyError
+from nasproxy.io import atomic_write_bytes, atomic_write_json, check_output_dir
 from nasproxy.spaces import Arch
 from nasproxy.train import (
     EVAL_BATCH,
@@ -50,12 +54,25 @@ from nasproxy.train import (
 )
 
 FORMAT = "nasproxy-scoring/1"
-DEFAULT_BACKBONE = "w128-d3-relu-instancenorm-avgpooling"
+# The ConvNet family of the space at width 128 and depth 4, so that 32x32 images end in
+# 2x2 x 128 = 512-d features: a 5,130-parameter head for 10 classes, whose Hessian, factor
+# and S (CIFAR-10) fit in about 1.4 GB, where the 2,048-d features of the depth-3 net need
+# 16x the Hessian and are refused by the influence method's memory guard.
+DEFAULT_BACKBONE = "w128-d4-relu-instancenorm-avgpooling"
 RESNET18 = "resnet18"
 # Long enough for the backbone to fit its training split, so that forgetting statistics
 # and herding features describe a trained network; half the search protocol's 100 epochs.
 DEFAULT_EPOCHS = 50
 FILES = ("model.pt", "arrays.npz")
+ARRAYS = (
+    "features",
+    "probs",
+    "labels",
+    "head_weight",
+    "head_bias",
+    "forgetting_events",
+    "ever_learned",
+)
 
 Progress = Callable[[str], None]
 
@@ -207,10 +224,17 @@ def scoring_run(
 ) -> ScoringArtifact:
     """The cached artifact for (``data``, ``cfg``); trains and stores it on first use."""
     path = artifact_dir(cache_dir, data, cfg)
-    if (path / "meta.json").is_file():
-        if progress is not None:
-            progress(f"reusing the scoring run in {path}")
-        return load_artifact(path, data)
+    if path.exists():
+        try:
+            artifact = load_artifact(path, data)
+        except NasproxyError as exc:  # damaged: its key is in its name, so retrain it
+            warnings.warn(f"{exc}; training it again", CacheWarning, stacklevel=2)
+            _discard(path)
+        else:
+            if progress is not None:
+                progress(f"reusing the scoring run in {path}")
+            return artifact
+    check_output_dir(path.parent, "scoring cache folder")  # before training, not after
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=_mkdir(path.parent)))
     try:
         _train_into(tmp, data, cfg, device, progress)
@@ -229,6 +253,8 @@ def load_artifact(path: str | Path, data: Dataset) -> ScoringArtifact:
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("key"), dict):
+            raise ValueError("meta.json is not a scoring record")
         digest = _artifact_hash(meta["key"], path)
     except (OSError, ValueError, KeyError) as exc:
         raise NasproxyError(f"scoring cache {path} is unreadable ({exc}); delete it") from None
@@ -240,11 +266,24 @@ def load_artifact(path: str | Path, data: Dataset) -> ScoringArtifact:
             f"scoring cache {path} was built on dataset fingerprint {key.get('fingerprint')}, "
             f"this dataset is {data.fingerprint}"
         )
-    with np.load(path / "arrays.npz", allow_pickle=False) as z:
-        arrays = {name: z[name] for name in z.files}
+    try:
+        with np.load(path / "arrays.npz", allow_pickle=False) as z:
+            arrays = {name: z[name] for name in ARRAYS}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise NasproxyError(f"scoring cache {path} is unreadable ({exc}); delete it") from None
     if not np.array_equal(arrays["labels"], data.y_train.numpy()):
         raise NasproxyError(f"scoring cache {path} has labels that differ from the dataset's")
     return ScoringArtifact(path=path, key=key, hash=digest, meta=meta, **arrays)
+
+
+def _discard(path: Path) -> None:
+    """Remove a damaged artifact: renamed out of the way first, so no reader sees half of it."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".damaged", dir=path.parent))
+    try:
+        path.rename(trash / path.name)
+    except FileNotFoundError:  # another process discarded it first
+        pass
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _train_into(

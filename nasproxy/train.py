@@ -76,10 +76,23 @@ class TrainRecord:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else the CPU."""
+    """``auto`` -> the first CUDA device when there is one, else the CPU.
+
+    A device this machine does not have is a user mistake (one line), not a traceback.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise NasproxyError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise NasproxyError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and (
+        not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()
+    ):
+        raise NasproxyError(f"device {device!r} is not available on this machine")
+    return dev
 
 
 def device_name(device: torch.device) -> str:

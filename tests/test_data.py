@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from nasproxy.data import Dataset, load_dataset, stratified_split
-from nasproxy.errors import NasproxyError
+from nasproxy.errors import CacheWarning, NasproxyError
 
 
 def write_tree(root: Path, classes=("cat", "dog"), per_class=6, size=8, mode="RGB") -> Path:
@@ -146,3 +147,48 @@ def test_real_cifar10_shapes_and_split(cifar: Dataset) -> None:
     assert cifar.x_train.shape == (45000, 3, 32, 32)
     assert np.bincount(cifar.y_val.numpy()).tolist() == [500] * 10
     assert np.bincount(cifar.y_test.numpy()).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte", "not a zip", "wrong shapes"])
+def test_corrupt_decode_cache_is_rebuilt_with_a_warning(tmp_path: Path, damage: str) -> None:
+    tree = write_tree(tmp_path / "mini")
+    cache_root = tmp_path / "cache"
+    first = load_dataset(f"imagefolder:{tree}", data_root=cache_root)
+    (cached,) = (cache_root / "decoded").glob("*.npz")
+    blob = cached.read_bytes()
+    if damage == "truncated":
+        cached.write_bytes(blob[: len(blob) // 2])
+    elif damage == "flipped byte":  # inside x_train's pixels: only the zip's CRC-32 sees it
+        with np.load(cached) as z:
+            pixels = z["x_train"].tobytes()
+        at = blob.index(pixels) + len(pixels) // 2
+        cached.write_bytes(blob[:at] + bytes([blob[at] ^ 0xFF]) + blob[at + 1 :])
+    elif damage == "not a zip":
+        cached.write_text("hello")
+    else:
+        buffer = io.BytesIO()
+        np.savez(buffer, classes=np.array(["a"]), x_train=np.zeros((2, 3)), y_train=np.zeros(2))
+        cached.write_bytes(buffer.getvalue())
+    with pytest.warns(CacheWarning, match="decode cache .* is damaged"):
+        again = load_dataset(f"imagefolder:{tree}", data_root=cache_root)
+    # rebuilt from the images: the same pixels and fingerprint, and a sound cache again
+    assert again.fingerprint == first.fingerprint
+    assert np.array_equal(again.x_train.numpy(), first.x_train.numpy())
+    assert cached.read_bytes() == blob
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        load_dataset(f"imagefolder:{tree}", data_root=cache_root)
+
+
+def test_decode_cache_under_a_file_is_refused_before_decoding(tmp_path: Path, monkeypatch) -> None:
+    import nasproxy.data as data_module
+
+    tree = write_tree(tmp_path / "mini")
+    (tmp_path / "root").write_text("not a folder")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before checking where the cache goes")
+
+    monkeypatch.setattr(data_module, "_decode", no_decoding)
+    with pytest.raises(NasproxyError, match="is a file, not a folder"):
+        load_dataset(f"imagefolder:{tree}", data_root=tmp_path / "root")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
-from nasproxy.cli import DEFAULT_BUILD_BACKBONE, main
+from nasproxy.cli import main
 from nasproxy.errors import NasproxyError
 from nasproxy.proxies import registry
 from nasproxy.proxies.base import ProxyOptions, top_per_class
@@ -29,7 +29,7 @@ from nasproxy.proxies.entropy import entropy_per_class, sampling_weights, softma
 from nasproxy.proxies.grand import grand_scores
 from nasproxy.proxies.head import RefitHead, check_memory, head_cache
 from nasproxy.proxies.kcenter import k_center_greedy, k_center_per_class
-from nasproxy.scoring import ScoringConfig, build_backbone, scoring_run
+from nasproxy.scoring import DEFAULT_BACKBONE, ScoringConfig, build_backbone, scoring_run
 
 TINY = ScoringConfig(backbone="w8-d3-relu-instancenorm-avgpooling", epochs=2, seed=0)
 K = 5
@@ -447,17 +447,17 @@ def test_cache_of_another_scoring_run_is_not_used(digits, tmp_path):
 
 def test_cli_default_backbone_fits_influence_on_cifar10(monkeypatch):
     features = {}
-    for backbone in (DEFAULT_BUILD_BACKBONE, "w128-d3-relu-instancenorm-avgpooling"):
+    for backbone in (DEFAULT_BACKBONE, "w128-d3-relu-instancenorm-avgpooling"):
         model = _backbone(backbone)
         with torch.no_grad():
             features[backbone] = model.embed(torch.zeros(1, 3, 32, 32)).shape[1]
-    assert features[DEFAULT_BUILD_BACKBONE] == 512
+    assert features[DEFAULT_BACKBONE] == 512
     # on an 8 GiB host, CIFAR-10's 45,000-image train split: the default passes the memory
     # guard with S, the depth-3 net (2,048-d) is refused
     pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 8 * 2**30 // 4096}
     monkeypatch.setattr("os.sysconf", lambda name: pages[name])
     cpu = torch.device("cpu")
-    check_memory(10 * (features[DEFAULT_BUILD_BACKBONE] + 1), 45_000, cpu, with_influence=True)
+    check_memory(10 * (features[DEFAULT_BACKBONE] + 1), 45_000, cpu, with_influence=True)
     with pytest.raises(NasproxyError, match="needs about"):
         check_memory(10 * (features["w128-d3-relu-instancenorm-avgpooling"] + 1), 45_000, cpu, True)
 
@@ -524,3 +524,10 @@ def test_run_builds_every_registered_method(digits, cache, tmp_path, plugin):
         assert len(load_proxy(path, digits)) == K * digits.num_classes
     with pytest.raises(NasproxyError, match="unknown method.*nope.*choose from influence"):
         build_proxies(replace(preset, methods=("nope",)), digits, tmp_path, cache)
+
+
+def test_cli_help_names_the_library_default_backbone(capsys: pytest.CaptureFixture) -> None:
+    """build-proxy's help states the scoring network the library actually defaults to."""
+    with pytest.raises(SystemExit):
+        main(["build-proxy", "--help"])
+    assert DEFAULT_BACKBONE in "".join(capsys.readouterr().out.split())  # wrapped at hyphens

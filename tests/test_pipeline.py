@@ -93,3 +93,36 @@ def test_run_smoke_end_to_end(tmp_path: Path, cache_root: Path, capsys) -> None:
     for method in PRESETS["smoke"].methods:
         assert (exp / "proxies" / f"{method}.json").is_file()
     assert len(pd.read_parquet(exp / "trials.parquet")) == before
+
+
+def test_run_with_a_path_as_name_touches_nothing_outside_the_results_dir(
+    tmp_path: Path, cache_root: Path, capsys
+) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "manifest.json").write_text('{"protocol": {}, "train_sets": {}}')
+    (victim / "notes.txt").write_text("precious")
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in (str(victim), "../victim"):
+        argv = ["run", "--preset", "smoke", "--name", name, "--fresh"]
+        argv += ["--results-dir", str(results), "--data-root", str(cache_root)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "bad experiment name" in err[0]
+        assert sorted(p.name for p in victim.iterdir()) == ["manifest.json", "notes.txt"]
+        assert list(results.iterdir()) == []
+
+
+def test_run_fresh_refuses_a_folder_that_is_not_only_its_experiment(
+    tmp_path: Path, cache_root: Path, capsys
+) -> None:
+    exp = tmp_path / "results" / "mine"
+    exp.mkdir(parents=True)
+    (exp / "manifest.json").write_text('{"protocol": {}, "train_sets": {}}')
+    (exp / "thesis.tex").write_text("precious")
+    argv = ["run", "--preset", "smoke", "--name", "mine", "--fresh"]
+    argv += ["--results-dir", str(tmp_path / "results"), "--data-root", str(cache_root)]
+    assert main(argv) == 2
+    assert "thesis.tex" in capsys.readouterr().err
+    assert sorted(p.name for p in exp.iterdir()) == ["manifest.json", "thesis.tex"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -431,3 +432,21 @@ def test_report_with_nine_methods(tmp_path: Path) -> None:
     assert (width, height) == (round(4.2 * 3 * 120), round(3.8 * 3 * 120))
     corr_width, _ = _png_size(exp / "correlation.png")
     assert corr_width == round((1.3 * 10 + 2) * 120)  # one slot per train set
+
+
+def test_report_of_a_path_outside_the_results_dir_writes_nothing(partial, tmp_path) -> None:
+    from nasproxy.cli import main
+
+    exp = tmp_path / "elsewhere"
+    shutil.copytree(partial[0], exp)
+    for written in exp.glob("table1*"):
+        written.unlink()
+    before = sorted(p.name for p in exp.iterdir())
+    results_dir = tmp_path / "results"
+    for name in (str(exp), f"../{exp.name}"):
+        assert main(["report", name, "--results-dir", str(results_dir), "--n-boot", "5"]) == 2
+        assert sorted(p.name for p in exp.iterdir()) == before
+    # the same experiment inside the results directory is reported
+    shutil.copytree(exp, results_dir / "exp")
+    assert main(["report", "exp", "--results-dir", str(results_dir), "--n-boot", "5"]) == 0
+    assert (results_dir / "exp" / "table1.md").is_file()

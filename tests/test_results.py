@@ -142,3 +142,61 @@ def test_manifest_round_trip_turns_non_finite_floats_into_null(tmp_path):
 def test_read_trials_without_a_table_is_a_clear_error(tmp_path):
     with pytest.raises(NasproxyError, match="nasproxy search"):
         results.read_trials(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["/abs/path", "../up", "a/b", "..", ".", "", ".hidden", "a\nb"])
+def test_experiment_names_that_are_paths_are_refused(tmp_path, name):
+    with pytest.raises(NasproxyError, match="bad experiment name"):
+        results.experiment_dir(tmp_path, name)
+
+
+def test_results_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NasproxyError, match="is a file, not a folder"):
+        results.experiment_dir(tmp_path / "file", "exp")
+    with pytest.raises(NasproxyError, match="is a file, not a folder"):
+        results.experiment_dir(tmp_path / "file" / "below", "exp")
+
+
+def _experiment(exp_dir):
+    results.write_manifest(exp_dir, {"protocol": {}, "train_sets": {}, "fingerprint": "f"})
+    for row in _all_rows():
+        results.write_unit(exp_dir, row)
+    results.consolidate(exp_dir)
+    (exp_dir / "proxies").mkdir()
+    (exp_dir / "proxies" / "random.json").write_text('{"format": "nasproxy-proxy/1"}')
+    (exp_dir / "table1.md").write_text("| table |\n")
+    (exp_dir / "ray" / "run-001").mkdir(parents=True)
+
+
+def test_remove_experiment_deletes_only_what_nasproxy_wrote(tmp_path):
+    ours = tmp_path / "ours"
+    _experiment(ours)
+    (ours / "units" / "random" / "s0" / ".x.json.123.tmp").write_text("torn")
+    results.remove_experiment(ours)
+    assert not ours.exists()
+
+    foreign_cases = {
+        "notes.txt": lambda d: (d / "notes.txt").write_text("precious"),
+        "units/random/notes.txt": lambda d: (d / "units" / "random" / "notes.txt").write_text("x"),
+        "proxies/data.npy": lambda d: (d / "proxies" / "data.npy").write_bytes(b"x"),
+        "no nasproxy": lambda d: [
+            (d / "manifest.json").write_text("{}"),
+            *(p.unlink() for p in d.rglob("*.json") if "units" in p.parts or "proxies" in p.parts),
+        ],
+    }
+    for i, (what, spoil) in enumerate(foreign_cases.items()):
+        exp = tmp_path / f"exp{i}"
+        _experiment(exp)
+        spoil(exp)
+        before = sorted(p for p in exp.rglob("*"))
+        with pytest.raises(NasproxyError, match=f"{what}.*refusing to delete"):
+            results.remove_experiment(exp)
+        assert sorted(p for p in exp.rglob("*")) == before
+    (tmp_path / "empty").mkdir()
+    results.remove_experiment(tmp_path / "empty")  # nothing to lose
+    assert not (tmp_path / "empty").exists()
+    (tmp_path / "link").symlink_to(tmp_path / "exp0")
+    with pytest.raises(NasproxyError, match="refusing to delete"):
+        results.remove_experiment(tmp_path / "link")
+    assert (tmp_path / "exp0" / "notes.txt").exists()

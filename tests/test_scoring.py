@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from torchvision.models.resnet import BasicBlock
 
 import nasproxy.scoring as scoring
 from nasproxy.data import load_dataset
-from nasproxy.errors import NasproxyError
+from nasproxy.errors import CacheWarning, NasproxyError
 from nasproxy.models_resnet import CifarResNet18
 from nasproxy.proxies.base import top_per_class
 from nasproxy.proxies.forgetting import forgetting_scores
@@ -202,3 +203,38 @@ def test_cifar_resnet18_shape():
         torch.testing.assert_close(model(x), model.classifier(feats))
     # about 11.2 M parameters, as for He et al.'s ResNet-18 on CIFAR
     assert 11.1e6 < sum(p.numel() for p in model.parameters()) < 11.3e6
+
+
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("arrays.npz", "truncated"),
+        ("model.pt", "flipped"),
+        ("meta.json", "garbage"),
+        ("meta.json", "gone"),
+    ],
+)
+def test_damaged_scoring_cache_is_retrained_with_a_warning(run, digits, tmp_path, name, damage):
+    artifact, _, _ = run
+    cache = tmp_path / "cache"
+    path = scoring.artifact_dir(cache, digits, TINY)
+    path.parent.mkdir(parents=True)
+    shutil.copytree(artifact.path, path)
+    target = path / name
+    if damage == "truncated":
+        target.write_bytes(target.read_bytes()[:100])
+    elif damage == "flipped":
+        blob = bytearray(target.read_bytes())
+        blob[len(blob) // 2] ^= 0xFF
+        target.write_bytes(bytes(blob))
+    elif damage == "garbage":
+        target.write_text("[1, 2")
+    else:
+        target.unlink()
+    with pytest.warns(CacheWarning, match="training it again"):
+        again = scoring_run(digits, TINY, cache, device="cpu")
+    # retrained from the seed: the same network, features and forgetting counts
+    assert again.path == path and again.hash == artifact.hash
+    np.testing.assert_array_equal(again.features, artifact.features)
+    np.testing.assert_array_equal(again.forgetting_events, artifact.forgetting_events)
+    assert sorted(p.name for p in cache.joinpath("scoring").iterdir()) == [path.name]

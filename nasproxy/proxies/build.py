@@ -193,13 +193,13 @@ def proxy_indices(record: dict[str, Any], data: Dataset, source: str) -> np.ndar
             isinstance(i, int) and not isinstance(i, bool) for i in members
         ):
             raise NasproxyError(f"{source}: indices of class {name!r} are not integers")
-        idx = np.asarray(members, dtype=np.int64)
-        outside = idx[(idx < 0) | (idx >= len(labels))]
-        if outside.size:
+        outside = [i for i in members if not 0 <= i < len(labels)]  # before int64 can overflow
+        if outside:
             raise NasproxyError(
-                f"{source}: index {int(outside[0])} of class {name!r} is outside the train "
+                f"{source}: index {outside[0]} of class {name!r} is outside the train "
                 f"split (0..{len(labels) - 1})"
             )
+        idx = np.asarray(members, dtype=np.int64)
         wrong = idx[labels[idx] != data.classes.index(name)]
         if wrong.size:
             raise NasproxyError(

@@ -1,0 +1,235 @@
+"""The command line: one-line errors for bad inputs, exit codes, interrupts, progress."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+import nasproxy.proxies.build as build_module
+import nasproxy.search as search_module
+from nasproxy import results
+from nasproxy.cli import main
+from nasproxy.search import Progress
+from nasproxy.spaces import Arch
+from nasproxy.train import TrainRecord
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_SPACE = """name: tiny2
+options:
+  width: [8]
+  depth: [1]
+  act: [relu, sigmoid]
+  norm: [none]
+  pool: [maxpooling]
+"""
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nasproxy: error: "), err
+    return err[0]
+
+
+def _proxy_file(path: Path, digits, indices: dict) -> Path:
+    record = {
+        "format": "nasproxy-proxy/1",
+        "method": "random",
+        "fingerprint": digits.fingerprint,
+        "indices": indices,
+        "n_images": sum(len(v) for v in indices.values()),
+    }
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_bad_outputs_and_inputs_are_one_line_errors_not_tracebacks(
+    tmp_path, digits, cache_root, capsys, monkeypatch
+):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    space = tmp_path / "tiny2.yaml"
+    space.write_text(TINY_SPACE)
+    huge = _proxy_file(tmp_path / "huge.json", digits, {"0": [10**30]})
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("the work started before its output location was checked")
+
+    monkeypatch.setattr(build_module, "scoring_run", no_compute)
+    monkeypatch.setattr(search_module, "_run_pending", no_compute)
+    data = ["--dataset", "digits", "--data-root", str(cache_root)]
+    search = ["search", *data, "--space", str(space), "--epochs", "1"]
+    cases = {
+        "build-proxy --out under a file": (
+            ["build-proxy", "--method", "random", *data, "--out", str(a_file / "p.json")],
+            "is a file, not a folder",
+        ),
+        "build-proxy --out a folder": (
+            ["build-proxy", "--method", "random", *data, "--out", str(tmp_path)],
+            "is a folder, not a file",
+        ),
+        "search --results-dir a file": (
+            [*search, "--whole", "--name", "x", "--results-dir", str(a_file)],
+            "is a file, not a folder",
+        ),
+        "search index too large for an integer": (
+            [*search, "--proxy", str(huge), "--name", "x", "--results-dir", str(tmp_path)],
+            "outside the train split",
+        ),
+        "train on a device that does not exist": (
+            ["train", "--arch", "w8-d1-relu-none-none", *data, "--device", "cuda:99"],
+            "not available",
+        ),
+        "train on a device that is no device": (
+            ["train", "--arch", "w8-d1-relu-none-none", *data, "--device", "gpu0"],
+            "unknown device",
+        ),
+        "a validation split that leaves a class no training image": (
+            ["train", "--arch", "w8-d1-relu-none-none", *data, "--val-fraction", "0.999"],
+            "no training image",
+        ),
+        "run --results-dir a file": (
+            [
+                "run",
+                "--preset",
+                "smoke",
+                "--data-root",
+                str(cache_root),
+                "--results-dir",
+                str(a_file),
+            ],
+            "is a file, not a folder",
+        ),
+    }
+    for what, (argv, message) in cases.items():
+        assert main(argv) == 2, what
+        assert message in _one_line_error(capsys), what
+    assert a_file.read_text() == "x" and not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as usage:  # argparse's usage error
+        main(["space", "convnet720", "--num-classes", "0"])
+    assert usage.value.code == 2 and "positive integer" in capsys.readouterr().err
+
+
+def _unit(train_set: str, arch: str, status: str) -> dict:
+    reason = "" if status == "ok" else status
+    record = TrainRecord(arch, status, reason, seed=0, epochs=1, n_train=10)
+    return results.make_row(Arch.from_id(arch), train_set, "", record)
+
+
+@pytest.mark.parametrize(
+    "statuses, code", [(("ok", "ok"), 0), (("ok", "diverged"), 0), (("ok", "failed"), 3)]
+)
+def test_search_exit_code_says_whether_units_failed(
+    tmp_path, digits, capsys, monkeypatch, statuses, code
+):
+    """The sweep's own outcome (stubbed here) decides the exit code; the table is the truth."""
+    archs = ["w8-d1-relu-none-none", "w8-d1-sigmoid-none-none"]
+
+    def finished_sweep(cfg, progress=None):
+        exp_dir = Path(cfg.results_dir) / cfg.name
+        for arch, status in zip(archs, statuses, strict=True):
+            results.write_unit(exp_dir, _unit("whole", arch, status))
+        results.consolidate(exp_dir)
+        return exp_dir
+
+    monkeypatch.setattr(search_module, "run_search", finished_sweep)
+    argv = ["search", "--dataset", "digits", "--whole", "--name", "e", "--results-dir"]
+    assert main([*argv, str(tmp_path)]) == code
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "e")  # the experiment is printed either way
+    if code:
+        assert err.count("\n") == 1 and "1 of 2 work units failed" in err
+    else:
+        assert err == ""
+
+
+def test_interrupt_exits_130_with_one_line_and_the_store_resumes(tmp_path, cache_root):
+    space = tmp_path / "tiny2.yaml"
+    space.write_text(TINY_SPACE)
+    command = [
+        sys.executable, "-m", "nasproxy.cli", "search", "--dataset", "digits",
+        "--data-root", str(cache_root), "--space", str(space), "--whole", "--seeds", "3",
+        "--epochs", "2", "--trial-size", "1", "--name", "cut", "--results-dir", str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    units = tmp_path / "cut" / "units"
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: everything it starts is found below
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not list(units.glob("*/s*/*.json")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no unit finished in time"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        _reap_group(proc.pid)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 130, lines
+    assert lines[-1] == "nasproxy: interrupted" and "Traceback" not in err.decode()
+    done = len(list(units.glob("*/s*/*.json")))
+    assert 1 <= done < 6
+    # the store resumes: the same command finishes the rest and exits 0
+    rest = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    assert rest.returncode == 0, rest.stderr.decode()[-2000:]
+    table = results.read_trials(tmp_path / "cut")
+    assert len(table) == 6 and not table.duplicated(["arch", "seed"]).any()
+
+
+def _reap_group(pgid: int) -> None:
+    """Give the interrupted driver's process group 20 s to end, then kill what is left."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(pgid, signal.SIGKILL)
+    pytest.fail("processes of the interrupted run were still running 20 s later")
+
+
+def _event(done: int, status: str | None, message: str = "") -> Progress:
+    row = None if status is None else _unit("whole", "w8-d1-relu-none-none", status)
+    if row is not None:
+        row["val_acc"] = 0.5
+    return Progress(done, 4, 0, 0, 1.0, 3.0, row, message)
+
+
+def test_search_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise(capsys):
+    from nasproxy.cli import SearchProgress
+
+    terminal = io.StringIO()
+    console = Console(file=terminal, force_terminal=True, width=80, color_system=None)
+    with SearchProgress(console) as progress:
+        progress(_event(0, None, "4 work units to run [/tmp]"))
+        progress(_event(1, "ok"))
+        progress(_event(2, "diverged"))
+    shown = terminal.getvalue()
+    assert "nasproxy search: 4 work units to run [/tmp]" in shown  # verbatim, not markup
+    assert "2/4" in shown and "━" in shown  # rich's bar and its count
+    assert "diverged" in shown  # a unit that did not train well stays on screen
+    assert capsys.readouterr().err == ""
+
+    plain = Console(file=io.StringIO(), force_terminal=False)
+    with SearchProgress(plain) as progress:
+        progress(_event(0, None, "4 work units to run"))
+        progress(_event(1, "ok"))
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "nasproxy search: 4 work units to run"
+    assert err[1].startswith("[1/4] ok       w8-d1-relu-none-none whole s0 val 0.500")
+    assert np.all(["\x1b" not in line for line in err])
