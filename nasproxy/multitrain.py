@@ -48,6 +48,8 @@ from nasproxy.train import (
     EVAL_BATCH,
     TrainConfig,
     TrainRecord,
+    batch_bounds,
+    crop_flip,
     device_name,
     init_model,
     normalize,
@@ -248,27 +250,6 @@ def plan_stacks(units: Sequence[tuple[str, int, TrainConfig]], max_models: int) 
         for members in groups.values()
         for start in range(0, len(members), max_models)
     ]
-
-
-def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """(start, stop) of each batch of an epoch, as :func:`nasproxy.train.batches` cuts it."""
-    stops = list(range(batch_size, n, batch_size)) + [n]
-    starts = [0] + stops[:-1]
-    return [(a, b) for a, b in zip(starts, stops, strict=True) if b - a >= 2 or n == 1]
-
-
-def crop_flip(
-    x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor
-) -> torch.Tensor:
-    """:func:`nasproxy.train.augment_batch` with its random draws given: crop each image at
-    offset (dy, dx) of its zero-padded copy, then mirror those where ``flip`` is set."""
-    n, c, h, w = x.shape
-    p = CROP_PADDING
-    padded = F.pad(x, (p, p, p, p))
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    out = padded.gather(2, rows.expand(n, c, h, w + 2 * p)).gather(3, cols.expand(n, c, h, w))
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:

@@ -27,9 +27,7 @@ from nasproxy.multitrain import (
     FastOptions,
     StackedConvNet,
     accuracies,
-    batch_bounds,
     cosine_lr,
-    crop_flip,
     fallback_reason,
     fit_many,
     plan_stacks,
@@ -38,7 +36,16 @@ from nasproxy.multitrain import (
     train_many,
 )
 from nasproxy.spaces import ACTIVATIONS, NORMS, POOLINGS, Arch
-from nasproxy.train import TrainConfig, augment_batch, batches, fit, init_model, train
+from nasproxy.train import (
+    TrainConfig,
+    augment_batch,
+    batch_bounds,
+    batches,
+    crop_flip,
+    fit,
+    init_model,
+    train,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -156,24 +163,31 @@ def test_cosine_lr_matches_torch_scheduler() -> None:
 
 
 @pytest.mark.parametrize("n,bs", [(300, 128), (257, 128), (129, 128), (64, 32), (1, 4), (5, 8)])
-def test_batch_bounds_cut_as_batches_does(n: int, bs: int) -> None:
-    gen = torch.Generator().manual_seed(0)
+def test_batches_cut_consecutive_slices_of_one_permutation(n: int, bs: int) -> None:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    got = [perm[a:b] for a, b in batch_bounds(n, bs)]
-    want = list(batches(n, bs, gen, CPU))
+    got = list(batches(n, bs, torch.Generator().manual_seed(0), CPU))
+    want = [perm[i : i + bs] for i in range(0, n, bs)]  # every slice of bs, then the rest
+    want = [b for b in want if len(b) >= 2 or n == 1]  # a lone trailing example is dropped
     assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert [b - a for a, b in batch_bounds(n, bs)] == [len(w) for w in want]
 
 
-def test_crop_flip_with_the_same_draws_is_augment_batch() -> None:
+def test_crop_flip_is_a_padded_crop_then_a_mirror() -> None:
+    """Brute force per image in numpy; and the stack's draws are augment_batch's draws."""
     x = torch.randn(7, 3, 10, 10)
-    want = augment_batch(x, torch.Generator().manual_seed(5))
     gen = torch.Generator().manual_seed(5)
     dy, dx = torch.empty(7, dtype=torch.long), torch.empty(7, dtype=torch.long)
     u = torch.empty(7)
     torch.randint(0, 9, (7,), generator=gen, out=dy)  # the draws as the stack makes them
     torch.randint(0, 9, (7,), generator=gen, out=dx)
     torch.rand((7,), generator=gen, out=u)
-    assert torch.equal(crop_flip(x, dy, dx, u < 0.5), want)
+    got = crop_flip(x, dy, dx, u < 0.5)
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (4, 4), (4, 4)))
+    for i in range(7):
+        crop = padded[i, :, dy[i] : dy[i] + 10, dx[i] : dx[i] + 10]
+        want = crop[:, :, ::-1] if u[i] < 0.5 else crop
+        assert np.array_equal(got[i].numpy(), want)
+    assert torch.equal(got, augment_batch(x, torch.Generator().manual_seed(5)))
 
 
 def _sets(data: Dataset, m: int, size: int, seed: int = 0) -> list[np.ndarray]:
