@@ -32,7 +32,8 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -54,6 +55,7 @@ from nasproxy.train import (
     init_model,
     normalize,
     resolve_device,
+    train,
 )
 
 RNG_MODES = ("exact", "shared")
@@ -78,6 +80,11 @@ class FastOptions:
     def effective(self, device: torch.device) -> FastOptions:
         """The options as they apply on ``device``: CUDA graphs need a CUDA device."""
         return replace(self, cuda_graphs=self.cuda_graphs and device.type == "cuda")
+
+    def describe(self) -> str:
+        """A compact record of the options, e.g. ``rng=exact,bf16=0,...``, for result rows."""
+        flags = [f"{f.name}={int(getattr(self, f.name))}" for f in fields(self) if f.name != "rng"]
+        return ",".join([f"rng={self.rng}", *flags])
 
 
 # --- the stacked network ---------------------------------------------------------------
@@ -239,17 +246,56 @@ def supports(
 def plan_stacks(units: Sequence[tuple[str, int, TrainConfig]], max_models: int) -> list[list[int]]:
     """Group work units ``(arch id, training-set size, config)`` into stacks of at most
     ``max_models`` that :func:`train_many` accepts, keeping the units' order within a group.
+
+    A group of n compatible units becomes ceil(n / max_models) consecutive stacks whose
+    sizes differ by at most one (10 units, at most 8 a stack: 5 + 5, not 8 + 2).
     """
     if max_models < 1:
         raise NasproxyError(f"max models per stack must be at least 1, got {max_models}")
     groups: dict[tuple[str, int, TrainConfig], list[int]] = {}
     for i, (arch_id, n, cfg) in enumerate(units):
         groups.setdefault((arch_id, n, replace(cfg, seed=0)), []).append(i)
-    return [
-        members[start : start + max_models]
-        for members in groups.values()
-        for start in range(0, len(members), max_models)
-    ]
+    stacks = []
+    for members in groups.values():
+        count = math.ceil(len(members) / max_models)
+        bounds = [round(j * len(members) / count) for j in range(count + 1)]
+        stacks += [members[a:b] for a, b in pairwise(bounds)]
+    return stacks
+
+
+def stack_memory_bytes(
+    arch: Arch, data: Dataset, m: int, n_images: int, batch_size: int, bf16: bool = False
+) -> int:
+    """An upper estimate of the device memory one stack of ``m`` models trains in.
+
+    Per model: parameters, gradients and momenta (3 x 4 bytes a parameter), and the
+    activations a training step keeps for backward, counted as 4 tensors of a block's
+    conv output (conv, norm, activation, pooling input) at ``batch_size`` in 4 bytes
+    (2 with bf16 autocast), doubled for the gradients alive during backward. Per stack,
+    once: the training set's images as floats and the augmentation's padded copy.
+    """
+    params = arch.param_count(data.in_channels, data.num_classes, data.image_size)
+    size, per_sample = data.image_size, 0
+    for _ in range(arch.depth):
+        per_sample += 4 * arch.width * size * size
+        if arch.pool != "none":
+            size //= 2
+    act_bytes = 2 if bf16 else 4
+    per_model = 12 * params + 2 * batch_size * per_sample * act_bytes
+    image = data.in_channels * data.image_size**2
+    padded = data.in_channels * (data.image_size + 2 * CROP_PADDING) ** 2
+    per_stack = 4 * (n_images * image + 2 * m * batch_size * padded)
+    return m * per_model + per_stack
+
+
+def largest_stack(
+    arch: Arch, data: Dataset, n_images: int, batch_size: int, budget: int, bf16: bool = False
+) -> int:
+    """The most models :func:`stack_memory_bytes` fits into ``budget`` bytes (at least 1)."""
+    one = stack_memory_bytes(arch, data, 1, n_images, batch_size, bf16)
+    two = stack_memory_bytes(arch, data, 2, n_images, batch_size, bf16)
+    per_model = two - one  # the estimate is affine in m
+    return max(1, 1 + (budget - one) // per_model) if budget >= one else 1
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -561,30 +607,60 @@ def train_many(
     :class:`TrainRecord` each, in order, as :func:`nasproxy.train.train` would give.
 
     The pairs must pass :func:`fallback_reason` (else NasproxyError). A record's ``wall_s``
-    is its share (1/M) of the stack's time. A stack that runs out of memory is retried as
-    two halves, down to single models, which then fail as ``train`` fails.
+    is its share (1/M) of its stack's time, ``stack_size`` the M it trained in, and
+    ``trainer`` the stacked path's options. A stack that fails (out of memory, or any
+    error of the stacked path) is retried as two halves; a half of one model trains with
+    the plain :func:`nasproxy.train.train`. The failure that sent a run down is kept in
+    its record's ``fallback``.
     """
     arch = Arch.from_id(arch) if isinstance(arch, str) else arch
     options = options or FastOptions()
     reason = fallback_reason(arch, data, index_sets, cfgs)
     if reason is not None:
         raise NasproxyError(f"cannot train these runs in lockstep: {reason}")
-    out_of_memory = ""
+    return _train_or_split(arch, data, list(index_sets), list(cfgs), options, "")
+
+
+def _train_or_split(
+    arch: Arch,
+    data: Dataset,
+    index_sets: list[np.ndarray | None],
+    cfgs: list[TrainConfig],
+    options: FastOptions,
+    fallback: str,
+) -> list[TrainRecord]:
+    """One stack, else its halves (recursively), else the plain trainer for one run."""
     try:
-        return _train_stack(arch, data, index_sets, cfgs, options)
-    except torch.OutOfMemoryError as exc:
-        out_of_memory = str(exc).splitlines()[0]
+        records = _train_stack(arch, data, index_sets, cfgs, options)
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        kind = "out of memory" if isinstance(exc, torch.OutOfMemoryError) else "error"
+        detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        fallback = f"stack of {len(cfgs)} failed ({kind}: {detail[:200]})"
+    else:
+        for record in records:
+            record.fallback = fallback
+        return records
     # retried outside the handler, so the failed attempt's tensors are freed first
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    if len(cfgs) == 1:
-        record = _blank_record(arch, data, index_sets[0], cfgs[0])
-        record.status, record.reason = "failed", f"out of memory: {out_of_memory}"
-        return [record]
+    if len(cfgs) == 1:  # a planned stack of one
+        return [_train_plain(arch, data, index_sets[0], cfgs[0], fallback)]
+    records = []
     half = len(cfgs) // 2
-    return train_many(arch, data, index_sets[:half], cfgs[:half], options) + train_many(
-        arch, data, index_sets[half:], cfgs[half:], options
-    )
+    for a, b in ((0, half), (half, len(cfgs))):
+        if b - a == 1:
+            records.append(_train_plain(arch, data, index_sets[a], cfgs[a], fallback))
+        else:
+            records += _train_or_split(arch, data, index_sets[a:b], cfgs[a:b], options, fallback)
+    return records
+
+
+def _train_plain(
+    arch: Arch, data: Dataset, indices: np.ndarray | None, cfg: TrainConfig, fallback: str
+) -> TrainRecord:
+    record = train(arch, data, indices, cfg)
+    record.fallback = fallback
+    return record
 
 
 def _blank_record(
@@ -611,32 +687,27 @@ def _train_stack(
     cfgs: Sequence[TrainConfig],
     options: FastOptions,
 ) -> list[TrainRecord]:
-    records = [_blank_record(arch, data, s, cfg) for s, cfg in zip(index_sets, cfgs, strict=True)]
+    """One stacked run; raises what the stacked path raises (the caller falls back)."""
     device = resolve_device(cfgs[0].device)
+    trainer = f"stacked({options.effective(device).describe()})"
+    records = [_blank_record(arch, data, s, cfg) for s, cfg in zip(index_sets, cfgs, strict=True)]
     start = time.perf_counter()
-    try:
-        singles = [init_model(arch, data, cfg.seed, device) for cfg in cfgs]
-        model = StackedConvNet.from_models(singles, data.image_size)
-        del singles
-        histories, seen = fit_many(model, data, index_sets, cfgs, options)
-        val = accuracies(model, data, data.x_val, data.y_val, options)
-        test = accuracies(model, data, data.x_test, data.y_test, options)
-        for i, record in enumerate(records):
-            record.history, record.images_seen = histories[i], seen[i]
-            record.train_loss = histories[i][-1]["train_loss"]
-            if not math.isfinite(record.train_loss):
-                record.status = "diverged"
-                record.reason = f"non-finite training loss in epoch {len(histories[i])}"
-            else:
-                record.val_acc, record.test_acc = val[i], test[i]
-    except torch.OutOfMemoryError:
-        raise
-    except RuntimeError as exc:
-        for record in records:
-            record.status = "failed"
-            record.reason = f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+    singles = [init_model(arch, data, cfg.seed, device) for cfg in cfgs]
+    model = StackedConvNet.from_models(singles, data.image_size)
+    del singles
+    histories, seen = fit_many(model, data, index_sets, cfgs, options)
+    val = accuracies(model, data, data.x_val, data.y_val, options)
+    test = accuracies(model, data, data.x_test, data.y_test, options)
     wall = (time.perf_counter() - start) / len(records)
-    for record in records:
+    for i, record in enumerate(records):
+        record.history, record.images_seen = histories[i], seen[i]
+        record.train_loss = histories[i][-1]["train_loss"]
+        if not math.isfinite(record.train_loss):
+            record.status = "diverged"
+            record.reason = f"non-finite training loss in epoch {len(histories[i])}"
+        else:
+            record.val_acc, record.test_acc = val[i], test[i]
+        record.stack_size, record.trainer = len(records), trainer
         record.wall_s = wall
         record.images_per_s = record.images_seen / wall if wall > 0 else 0.0
     return records

@@ -70,6 +70,9 @@ class TrainRecord:
     params: int = 0
     macs: int = 0
     device: str = ""
+    stack_size: int = 1  # models trained together with this one (nasproxy.multitrain)
+    trainer: str = "plain"  # "plain", or "stacked(<options>)"
+    fallback: str = ""  # why a stacked run fell back to a smaller stack or the plain trainer
 
     def to_dict(self) -> dict:
         return asdict(self)

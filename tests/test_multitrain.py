@@ -30,8 +30,10 @@ from nasproxy.multitrain import (
     cosine_lr,
     fallback_reason,
     fit_many,
+    largest_stack,
     plan_stacks,
     sgd_step_,
+    stack_memory_bytes,
     supports,
     train_many,
 )
@@ -341,25 +343,55 @@ def test_plan_stacks_partitions_into_compatible_groups() -> None:
         assert len(g) <= 3 and g == sorted(g)
         keys = {(units[i][0], units[i][1], replace(units[i][2], seed=0)) for i in g}
         assert len(keys) == 1
-    assert [0, 1, 5] in groups and [6] in groups
+    assert [0, 1] in groups and [5, 6] in groups  # 4 compatible units, at most 3: 2 + 2
+    sizes = [len(g) for g in plan_stacks(units[:2] * 5, max_models=4)]
+    assert sorted(sizes) == [3, 3, 4]  # 10 units, at most 4 a stack: as even as possible
 
 
-def test_out_of_memory_splits_the_stack(digits: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_largest_stack_is_the_most_that_fits_the_budget(digits: Dataset) -> None:
+    for arch_id in ("w8-d1-relu-none-none", "w32-d3-relu-batchnorm-maxpooling"):
+        arch = Arch.from_id(arch_id)
+        one = stack_memory_bytes(arch, digits, 1, 1000, 128)
+        for budget in (one // 2, one, 3 * one + 5, 50 * one):
+            m = largest_stack(arch, digits, 1000, 128, budget)
+            assert m >= 1
+            if budget >= one:  # brute force over m
+                assert stack_memory_bytes(arch, digits, m, 1000, 128) <= budget
+                assert stack_memory_bytes(arch, digits, m + 1, 1000, 128) > budget
+        # bf16 halves the activations, so at least as many fit
+        assert largest_stack(arch, digits, 1000, 128, 50 * one, bf16=True) >= largest_stack(
+            arch, digits, 1000, 128, 50 * one
+        )
+
+
+@pytest.mark.parametrize(
+    "error", [torch.OutOfMemoryError("CUDA out of memory (simulated)"), RuntimeError("boom")]
+)
+def test_a_failing_stack_splits_down_to_the_plain_trainer(
+    digits: Dataset, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
     real = multitrain._train_stack
     sizes: list[int] = []
 
-    def tight_memory(arch, data, index_sets, cfgs, options):
+    def failing(arch, data, index_sets, cfgs, options):
         sizes.append(len(cfgs))
-        if len(cfgs) > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        if len(cfgs) > 2:
+            raise error
         return real(arch, data, index_sets, cfgs, options)
 
-    monkeypatch.setattr(multitrain, "_train_stack", tight_memory)
-    sets = _sets(digits, 3, 32, seed=5)
-    cfgs = [TrainConfig(epochs=1, batch_size=32, seed=s) for s in (0, 1, 2)]
-    records = train_many("w8-d1-relu-none-none", digits, sets, cfgs)
-    assert sizes == [3, 1, 2, 1, 1]
-    assert [r.seed for r in records] == [0, 1, 2] and all(r.status == "ok" for r in records)
+    monkeypatch.setattr(multitrain, "_train_stack", failing)
+    sets = _sets(digits, 5, 32, seed=5)
+    cfgs = [TrainConfig(epochs=1, batch_size=32, seed=s) for s in range(5)]
+    arch = "w8-d1-relu-none-none"
+    records = train_many(arch, digits, sets, cfgs)
+    assert sizes == [5, 2, 3, 2]  # 5 -> 2 + 3; the 3 -> 1 (plain) + 2 (a stack again)
+    assert [r.seed for r in records] == list(range(5))
+    assert [r.stack_size for r in records] == [2, 2, 1, 2, 2]
+    assert [r.trainer.startswith("stacked") for r in records] == [True, True, False, True, True]
+    assert all(str(error) in r.fallback and "stack of" in r.fallback for r in records)
+    plain = train(arch, digits, sets[2], cfgs[2])  # the one that went down to train()
+    assert (records[2].val_acc, records[2].history) == (plain.val_acc, plain.history)
+    assert records[2].trainer == "plain" and records[2].status == "ok"
 
 
 def test_bench_tiny_writes_its_json(tmp_path: Path) -> None:
