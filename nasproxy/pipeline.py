@@ -18,7 +18,13 @@ from nasproxy.proxies import METHODS
 from nasproxy.proxies.build import build_proxy, read_proxy, write_proxy
 from nasproxy.report import ReportResult, make_report
 from nasproxy.scoring import ScoringConfig
-from nasproxy.search import ProgressFn, SearchConfig, remove_experiment, run_search
+from nasproxy.search import (
+    FastChoice,
+    ProgressFn,
+    SearchConfig,
+    remove_experiment,
+    run_search,
+)
 from nasproxy.train import TrainConfig
 
 Message = Callable[[str], None]
@@ -113,6 +119,9 @@ def run_pipeline(
         sample=preset.sample,
         seeds=preset.seeds,
         train=TrainConfig(epochs=preset.epochs, device=device),
+        fuse=preset.fuse,
+        max_stack=preset.max_stack,
+        fast=FastChoice(preset.rng, preset.bf16, preset.channels_last, preset.cuda_graphs),
         data_root=str(root),
         results_dir=str(results_dir),
         **(search_options or {}),

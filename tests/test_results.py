@@ -142,3 +142,21 @@ def test_manifest_round_trip_turns_non_finite_floats_into_null(tmp_path):
 def test_read_trials_without_a_table_is_a_clear_error(tmp_path):
     with pytest.raises(NasproxyError, match="nasproxy search"):
         results.read_trials(tmp_path)
+
+
+def test_unit_files_written_before_the_stack_columns_still_count(tmp_path):
+    """A unit file from before the trainer columns existed is a plain, unstacked unit."""
+    row = _all_rows()[0]
+    path = results.write_unit(tmp_path, row)
+    payload = json.loads(path.read_text())
+    for column in results.LATER_COLUMNS:
+        del payload["row"][column]
+    path.write_text(json.dumps(payload))
+    back = results.read_unit(path)
+    assert back is not None
+    assert (back["stack_size"], back["trainer"], back["fallback"]) == (1, "plain", "")
+    table = results.consolidate(tmp_path)
+    assert list(table.columns) == list(results.COLUMNS) and table["stack_size"].tolist() == [1]
+    del payload["row"]["val_acc"]  # an older row is still refused when a real column lacks
+    path.write_text(json.dumps(payload))
+    assert results.read_unit(path) is None

@@ -55,25 +55,44 @@ and ``runs`` each run's provenance (commit, cluster, trial size, units trained).
 
 from nasproxy.search.config import (
     DEFAULT_GPU_SHARE,
+    DEFAULT_MAX_STACK,
     DEFAULT_TRIAL_SIZE,
+    FAST_DEFAULTS,
+    FUSE_MODES,
+    FastChoice,
     Progress,
     ProgressFn,
     SearchConfig,
     TrainSet,
 )
 from nasproxy.search.experiment import protocol, remove_experiment
-from nasproxy.search.plan import Chunk, plan_chunks, select_archs, stratified_sample
+from nasproxy.search.plan import (
+    Chunk,
+    Stack,
+    plan_chunks,
+    plan_stacks,
+    plan_trials,
+    select_archs,
+    stratified_sample,
+)
 from nasproxy.search.sweep import resolve_train_sets, run_search
 
 __all__ = [
     "DEFAULT_GPU_SHARE",
+    "DEFAULT_MAX_STACK",
     "DEFAULT_TRIAL_SIZE",
+    "FAST_DEFAULTS",
+    "FUSE_MODES",
     "Chunk",
+    "FastChoice",
     "Progress",
     "ProgressFn",
     "SearchConfig",
     "TrainSet",
+    "Stack",
     "plan_chunks",
+    "plan_stacks",
+    "plan_trials",
     "protocol",
     "remove_experiment",
     "resolve_train_sets",

@@ -4,20 +4,56 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
+from nasproxy.multitrain import RNG_MODES, FastOptions
 from nasproxy.train import TrainConfig
 
 DEFAULT_TRIAL_SIZE = 16
 DEFAULT_GPU_SHARE = 0.25  # trials per GPU = 4 when the cluster has GPUs and none is asked for
+FUSE_MODES = ("auto", "on", "off")
+# Most units one stack trains at once, before the memory bound of the trial's GPU share.
+# The sweep's natural stacks are smaller (one architecture: proxies x seeds).
+DEFAULT_MAX_STACK = 64
+# The stacked path's options when not given, per device type. The CUDA values are
+# PROVISIONAL: chosen without a GPU measurement. CUDA graphs replay the same kernels (no
+# change beyond rounding) and remove launch overhead; bf16 and channels-last change the
+# arithmetic and stay off until a measurement shows accuracies within seed noise.
+FAST_DEFAULTS: dict[str, FastOptions] = {
+    "cuda": FastOptions(rng="exact", bf16=False, channels_last=False, cuda_graphs=True),
+    "cpu": FastOptions(rng="exact", bf16=False, channels_last=False, cuda_graphs=False),
+}
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class FastChoice:
+    """The stacked path's options as asked for; None leaves one to the device's default."""
+
+    rng: str | None = None  # "exact" (each unit's own random streams) or "shared"
+    bf16: bool | None = None
+    channels_last: bool | None = None
+    cuda_graphs: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.rng is not None and self.rng not in RNG_MODES:
+            raise NasproxyError(
+                f"unknown rng mode {self.rng!r}; choose from {', '.join(RNG_MODES)}"
+            )
+
+    def resolve(self, device_type: str) -> FastOptions:
+        """The options a trial on ``device_type`` ("cuda", "cpu", ...) trains with."""
+        base = FAST_DEFAULTS.get(device_type, FAST_DEFAULTS["cpu"])
+        asked = {k: v for k, v in asdict(self).items() if v is not None}
+        return replace(base, **asked).effective(torch.device(device_type))
 
 
 @dataclass(frozen=True)
@@ -48,6 +84,11 @@ class SearchConfig:
     max_failures: int = 2  # Tune retries of a trial whose worker crashed
     reuse_actors: bool = True  # run the next trial in a finished trial's worker (no restart)
     fresh: bool = False  # delete this experiment's directory first
+    # train the units of one architecture and training-set size together, as one stacked
+    # network (nasproxy.multitrain): "auto" = when the trials have a GPU
+    fuse: str = "auto"
+    max_stack: int | None = None  # most units a stack; None: DEFAULT_MAX_STACK
+    fast: FastChoice = FastChoice()  # the stacked path's options
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.fullmatch(self.name):
@@ -70,6 +111,10 @@ class SearchConfig:
             raise NasproxyError(f"max failures must be >= 0, got {self.max_failures}")
         if self.sample is not None and self.sample < 1:
             raise NasproxyError(f"sample size must be at least 1, got {self.sample}")
+        if self.fuse not in FUSE_MODES:
+            raise NasproxyError(f"--fuse must be one of {', '.join(FUSE_MODES)}, got {self.fuse!r}")
+        if self.max_stack is not None and self.max_stack < 1:
+            raise NasproxyError(f"max stack must be at least 1, got {self.max_stack}")
 
     @property
     def exp_dir(self) -> Path:

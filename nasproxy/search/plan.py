@@ -1,28 +1,48 @@
 """The pure planner of a sweep (no Ray): which architectures, and how pending work units
-are grouped into the chunks that Tune trials run."""
+become stacks (units trained together as one network) and the chunks Tune trials run.
+
+units -> stacks: units of one architecture whose training sets have the same size share
+a batch schedule (the sweep's training settings are common to all units but the seed), so
+``nasproxy.multitrain.train_many`` can train them in lockstep: on a proxy sweep, every
+proxy x every seed of an architecture. A stack holds at most ``max_stack`` units; the
+trial may cut it further to fit its GPU share (``nasproxy.search.trial``). Without fusing
+every unit is its own stack. Only pending units are planned, so a stack whose members are
+partly stored trains just the missing ones.
+
+stacks -> chunks: a chunk is the work of one Tune trial, a list of stacks of about
+``trial_size`` units (at least one stack), balanced by estimated cost."""
 
 from __future__ import annotations
 
 import fnmatch
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from nasproxy import multitrain
 from nasproxy.errors import NasproxyError
 from nasproxy.results import UnitKey
 from nasproxy.spaces import FIELDS, Arch, Space
+from nasproxy.train import TrainConfig
+
+Stack = tuple[UnitKey, ...]  # units of one architecture and training-set size
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """The work of one Tune trial: units of one training set, as (arch id, seed)."""
+    """The work of one Tune trial: stacks, each trained as one (fused) or unit by unit."""
 
     id: str
-    train_set: str
-    units: tuple[tuple[str, int], ...]
+    stacks: tuple[Stack, ...]
+
+    @property
+    def units(self) -> tuple[UnitKey, ...]:
+        """Every unit of the chunk, stack by stack."""
+        return tuple(key for stack in self.stacks for key in stack)
 
 
 # --- architecture selection ------------------------------------------------------------
@@ -117,32 +137,71 @@ def stratified_sample(archs: Sequence[Arch], n: int, seed: int) -> list[Arch]:
     return [a for a, t in zip(archs, taken, strict=True) if t]
 
 
-# --- chunks --------------------------------------------------------------------------
+# --- stacks and chunks ------------------------------------------------------------------
+
+
+def plan_stacks(
+    pending: Sequence[UnitKey], n_images: Mapping[str, int], max_stack: int
+) -> list[Stack]:
+    """Group pending units into stacks: one architecture and training-set size each, at
+    most ``max_stack`` units, as even in size as possible; in the order of ``pending``.
+
+    Grouping is :func:`nasproxy.multitrain.plan_stacks`'s: every unit of a sweep has the
+    same training settings but the seed, so the architecture and the size decide.
+    """
+    units = [(arch, n_images[ts], TrainConfig(seed=seed)) for ts, seed, arch in pending]
+    return [tuple(pending[i] for i in group) for group in multitrain.plan_stacks(units, max_stack)]
 
 
 def plan_chunks(
-    pending: Sequence[UnitKey],
+    stacks: Sequence[Stack],
     trial_size: int,
     slots: int,
     cost: Callable[[UnitKey], float],
 ) -> list[Chunk]:
-    """Group pending units into trials: per training set, balanced, costliest first.
+    """Group stacks into trials: per pool of training sets, balanced, costliest first.
 
-    A set of n units gets ceil(n / s) chunks of at most s = min(trial_size, ceil(n / slots))
-    units each; its units, sorted by ``cost``, are dealt out round-robin so chunks carry
-    similar work. Chunks are returned costliest first.
+    Stacks over the same training sets form a pool. A pool of n units starts with
+    ceil(n / s) chunks, s = min(trial_size, ceil(n / slots)) (so a small pool is spread
+    over all slots). Its stacks, costliest (summed ``cost``) first, each go to the chunk
+    with the fewest units (then the least cost) if that stays within s units, else to a new
+    chunk; so a chunk is one stack or at most s units. With one unit a stack (no fusing)
+    that deals the units out round-robin into ceil(n / s) chunks of at most s units.
+    Chunks are returned costliest first.
     """
-    by_set: dict[str, list[UnitKey]] = {}
-    for key in pending:
-        by_set.setdefault(key[0], []).append(key)
+    pools: dict[tuple[str, ...], list[Stack]] = {}
+    for stack in stacks:
+        names = tuple(dict.fromkeys(key[0] for key in stack))
+        pools.setdefault(names, []).append(stack)
     chunks: list[tuple[float, Chunk]] = []
-    for name, keys in by_set.items():
-        size = max(1, min(trial_size, math.ceil(len(keys) / max(slots, 1))))
-        n_chunks = math.ceil(len(keys) / size)
-        ordered = sorted(keys, key=lambda k: (-cost(k), k))
-        for j in range(n_chunks):
-            mine = ordered[j::n_chunks]
-            chunk = Chunk(f"{name}-{j:04d}", name, tuple((arch, seed) for _, seed, arch in mine))
-            chunks.append((sum(cost(k) for k in mine), chunk))
+    for names, members in pools.items():
+        n_units = sum(len(stack) for stack in members)
+        size = max(1, min(trial_size, math.ceil(n_units / max(slots, 1))))
+        weight = {stack: sum(cost(k) for k in stack) for stack in members}
+        bins: list[list[Any]] = [[0, 0.0, []] for _ in range(math.ceil(n_units / size))]
+        for stack in sorted(members, key=lambda st: (-weight[st], st)):
+            j = min(range(len(bins)), key=lambda i: (bins[i][0], bins[i][1], i))
+            if bins[j][0] and bins[j][0] + len(stack) > size:
+                bins.append([0, 0.0, []])
+                j = len(bins) - 1
+            bins[j][0] += len(stack)
+            bins[j][1] += weight[stack]
+            bins[j][2].append(stack)
+        for j, (_, total, mine) in enumerate(b for b in bins if b[2]):
+            chunks.append((total, Chunk(f"{'+'.join(names)}-{j:04d}", tuple(mine))))
     chunks.sort(key=lambda pair: (-pair[0], pair[1].id))
     return [chunk for _, chunk in chunks]
+
+
+def plan_trials(
+    pending: Sequence[UnitKey],
+    n_images: Mapping[str, int],
+    fuse: bool,
+    max_stack: int,
+    trial_size: int,
+    slots: int,
+    cost: Callable[[UnitKey], float],
+) -> list[Chunk]:
+    """Pending units -> stacks (one unit each without ``fuse``) -> the chunks of trials."""
+    stacks = plan_stacks(pending, n_images, max_stack if fuse else 1)
+    return plan_chunks(stacks, trial_size, slots, cost)

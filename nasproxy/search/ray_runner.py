@@ -9,20 +9,15 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from nasproxy import results
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.search.config import SearchConfig
-from nasproxy.search.experiment import RAY_DIR, utc_now
+from nasproxy.search.experiment import RAY_DIR
 from nasproxy.search.plan import Chunk
-from nasproxy.spaces import Arch
-from nasproxy.train import TrainConfig, TrainRecord, train
+from nasproxy.search.trial import TrialPlan, run_chunk
 
 # Ray and Tune defaults that only add noise or work for this use (set unless the user did).
 RAY_QUIET_ENV = {
@@ -35,68 +30,17 @@ RAY_QUIET_ENV = {
 # --- the trial ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
-class TrialPlan:
-    """Everything a trial needs besides the dataset; shipped once through the object store."""
-
-    exp_dir: str
-    chunks: dict[str, Chunk]
-    indices: dict[str, np.ndarray | None]
-    hashes: dict[str, str]
-    train: TrainConfig
-    threads: int
-    run: int
-
-
-def _train_unit(
-    plan: TrialPlan, data: Dataset, train_set: str, arch_id: str, seed: int, device: str
-) -> dict[str, Any]:
-    """Train one unit and store it; any error becomes a ``failed`` row, not a dead trial."""
-    arch = Arch.from_id(arch_id)
-    cfg = replace(plan.train, seed=seed, device=device)
-    indices = plan.indices[train_set]
-    try:
-        record = train(arch, data, indices, cfg)
-    except Exception as exc:  # one unit's error must not take its chunk down
-        n_train = len(data.y_train) if indices is None else len(indices)
-        first_line = (str(exc).splitlines() or [""])[0]
-        record = TrainRecord(
-            arch=arch_id,
-            status="failed",
-            reason=f"{exc.__class__.__name__}: {first_line}",
-            seed=seed,
-            epochs=cfg.epochs,
-            n_train=n_train,
-            device=device,
-        )
-    row = results.make_row(arch, train_set, plan.hashes[train_set], record)
-    extra = {
-        "history": record.history,
-        "params": record.params,
-        "macs": record.macs,
-        "images_per_s": record.images_per_s,
-        "run": plan.run,
-        "finished": utc_now(),
-    }
-    results.write_unit(Path(plan.exp_dir), row, extra)
-    return row
-
-
 def _trainable(config: dict[str, Any], data: Dataset, plan: TrialPlan) -> None:
-    """A Tune trial: train the units of one chunk, reporting each; skip units stored already."""
+    """A Tune trial: train one chunk's missing units, reporting every unit's row."""
     import ray
     import torch
     from ray import tune
 
     torch.set_num_threads(plan.threads)
     device = "cuda" if ray.get_gpu_ids() else "cpu"
-    chunk = plan.chunks[config["chunk"]]
-    for arch_id, seed in chunk.units:
-        key = (chunk.train_set, seed, arch_id)
-        row = results.read_unit(results.unit_path(Path(plan.exp_dir), key))
-        if row is None or row["status"] == "failed":
-            row = _train_unit(plan, data, chunk.train_set, arch_id, seed, device)
-        tune.report({"row": json.dumps(row)})
+    run_chunk(
+        plan, data, config["chunk"], device, lambda row: tune.report({"row": json.dumps(row)})
+    )
 
 
 def _chunk_name(trial: Any) -> str:

@@ -18,6 +18,7 @@ from nasproxy.proxies.random import random_per_class
 from nasproxy.results import WHOLE, UnitKey
 from nasproxy.search.config import (
     DEFAULT_GPU_SHARE,
+    DEFAULT_MAX_STACK,
     NAME_PATTERN,
     Progress,
     ProgressFn,
@@ -32,8 +33,9 @@ from nasproxy.search.experiment import (
     remove_experiment,
     utc_now,
 )
-from nasproxy.search.plan import plan_chunks, select_archs
-from nasproxy.search.ray_runner import TrialPlan, fit, ray_session, slots
+from nasproxy.search.plan import plan_trials, select_archs
+from nasproxy.search.ray_runner import fit, ray_session, slots
+from nasproxy.search.trial import TrialPlan
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
 
@@ -281,11 +283,20 @@ def _run_pending(
         if gpus is None:
             gpus = DEFAULT_GPU_SHARE if cluster["gpus"] > 0 else 0.0
         n_slots = slots(cfg.cpus_per_trial, gpus)
-        chunks = plan_chunks(pending, cfg.trial_size, n_slots, cost)
+        fuse = cfg.fuse == "on" or (cfg.fuse == "auto" and gpus > 0)
+        max_stack = cfg.max_stack or DEFAULT_MAX_STACK
+        n_images = {ts.name: ts.n_images for ts in train_sets}
+        chunks = plan_trials(pending, n_images, fuse, max_stack, cfg.trial_size, n_slots, cost)
+        stacks = [stack for c in chunks for stack in c.stacks]
+        how = (
+            f"as {len(stacks)} stacks of up to {max(map(len, stacks))} (fused)"
+            if fuse
+            else "one at a time (not fused)"
+        )
         sweep.emit(
             message=(
-                f"{len(pending)} work units to run ({sweep.n_done} of {sweep.total} done) in "
-                f"{len(chunks)} trials of up to {max(len(c.units) for c in chunks)} units; "
+                f"{len(pending)} work units to run ({sweep.n_done} of {sweep.total} done) {how}, "
+                f"in {len(chunks)} trials of up to {max(len(c.units) for c in chunks)} units; "
                 f"{n_slots} at a time ({cfg.cpus_per_trial:g} CPU, {gpus:g} GPU each) on "
                 f"{cluster['description']}"
             )
@@ -298,13 +309,16 @@ def _run_pending(
             train=cfg.train,
             threads=max(1, int(cfg.cpus_per_trial)),
             run=next_run_number(sweep.exp_dir),
+            fuse=fuse,
+            fast=cfg.fast,
+            gpu_share=gpus,
         )
         resources = {"cpu": cfg.cpus_per_trial, "gpu": gpus}
         errors = fit(cfg, data, plan, resources, chunks, sweep.record, f"run-{plan.run:03d}")
         missing = [k for k in pending if k not in sweep.done]
         if errors and missing and len(errors) < len(chunks):
             # isolate the crashing unit(s): the rest of an errored chunk gets its own trials
-            solo = plan_chunks(missing, 1, n_slots, cost)
+            solo = plan_trials(missing, n_images, fuse, 1, 1, n_slots, cost)
             sweep.emit(message=f"{len(errors)} trials crashed; retrying {len(missing)} units alone")
             plan = replace(plan, chunks={c.id: c for c in solo})
             name = f"run-{plan.run:03d}-isolated"
@@ -318,6 +332,9 @@ def _run_pending(
             "run": plan.run,
             "trial_size": cfg.trial_size,
             "trials": len(chunks),
+            "fuse": fuse,
+            "max_stack": max_stack,
+            "stacks": len(stacks),
             "cpus_per_trial": cfg.cpus_per_trial,
             "gpus_per_trial": gpus,
             "slots": n_slots,
