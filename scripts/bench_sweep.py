@@ -146,8 +146,8 @@ def sweep_flops(table: pd.DataFrame, data: Dataset) -> float:
 def compare(plain: pd.DataFrame, fused: pd.DataFrame, n_val: int) -> dict[str, Any]:
     """Per-unit accuracy differences, beside the plain path's seed-to-seed std."""
     key = ["train_set", "seed", "arch"]
-    both = plain.set_index(key)[["val_acc"]].join(
-        fused.set_index(key)[["val_acc"]], rsuffix="_fused", how="inner"
+    both = plain[[*key, "val_acc"]].merge(
+        fused[[*key, "val_acc"]], on=key, how="inner", suffixes=("", "_fused")
     )
     diff = (both["val_acc"] - both["val_acc_fused"]).abs()
     seed_std = plain.groupby(["train_set", "arch"])["val_acc"].std(ddof=1)
