@@ -92,10 +92,14 @@ class _FakeData:
     in_channels, num_classes, image_size = 3, 5, 8
 
 
-def _step_both(arch: Arch, m: int = 3, steps: int = 3, b: int = 6, size: int = 8) -> tuple:
-    """Separate ConvNets with torch's SGD vs one stack with sgd_step_, on fixed batches."""
+def _step_both(
+    arch: Arch, m: int = 3, steps: int = 3, b: int = 6, size: int = 8, acts: tuple = ()
+) -> tuple:
+    """Separate ConvNets with torch's SGD vs one stack with sgd_step_, on fixed batches
+    (model i with activation ``acts[i]`` when given)."""
     torch.manual_seed(0)
-    singles = [build_model(arch, 3, 5, size) for _ in range(m)]
+    archs = [replace(arch, act=act) for act in acts] if acts else [arch] * m
+    singles = [build_model(a, 3, 5, size) for a in archs]
     stack = StackedConvNet.from_models(singles, size)
     xs = torch.randn(steps, m, b, 3, size, size)
     ys = torch.randint(0, 5, (steps, m, b))
@@ -136,6 +140,28 @@ def test_stacked_steps_equal_separate_steps(arch: Arch, float64: None) -> None:
     for i, single in enumerate(singles):
         single.eval()
         torch.testing.assert_close(logits[i], single(x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "acts", [("relu", "relu", "sigmoid", "leakyrelu"), ("sigmoid", "relu", "sigmoid", "relu")]
+)
+@pytest.mark.parametrize("norm", ["batchnorm", "layernorm", "groupnorm"])
+def test_a_stack_may_mix_activations(norm: str, acts: tuple, float64: None) -> None:
+    """One shape, an activation a model (runs of one or several models): still separate
+    models' SGD steps, in train and eval mode."""
+    arch = Arch(8, 2, "relu", norm, "maxpooling")
+    singles, stack = _step_both(arch, m=len(acts), acts=acts)
+    assert [a.act for a in stack.archs] == list(acts)
+    for single, back in zip(singles, stack.to_models(), strict=True):
+        assert back.arch == single.arch and _max_state_diff(single, back) < 1e-12
+    x = torch.randn(4, 3, 8, 8)
+    stack.eval()
+    logits = stack(x.repeat(1, len(acts), 1, 1))
+    for i, single in enumerate(singles):
+        single.eval()
+        torch.testing.assert_close(logits[i], single(x), rtol=0, atol=1e-12)
+    with pytest.raises(NasproxyError, match="width, depth, norm and pooling"):
+        StackedConvNet.from_models([singles[0], build_model(replace(arch, width=16), 3, 5, 8)], 8)
 
 
 def test_sgd_step_matches_torch_sgd_with_float_and_tensor_lr(float64: None) -> None:
@@ -247,6 +273,26 @@ def test_train_many_records_match_train_in_float32(digits: Dataset) -> None:
         assert rec.train_loss == pytest.approx(plain.train_loss, rel=1e-4)
 
 
+def test_train_many_with_mixed_activations_is_train_per_run(digits: Dataset, float64: None) -> None:
+    """Records in the caller's order (the stack is grouped by activation inside)."""
+    ids = [
+        "w8-d1-sigmoid-instancenorm-avgpooling",
+        "w8-d1-relu-instancenorm-avgpooling",
+        "w8-d1-sigmoid-instancenorm-avgpooling",
+        "w8-d1-leakyrelu-instancenorm-avgpooling",
+    ]
+    sets = _sets(digits, 4, 48, seed=7)
+    cfgs = [TrainConfig(epochs=1, batch_size=16, seed=s) for s in (3, 4, 5, 6)]
+    records = train_many(ids, digits, sets, cfgs)
+    for arch_id, s, cfg, rec in zip(ids, sets, cfgs, records, strict=True):
+        plain = train(arch_id, digits, s, cfg)
+        assert (rec.arch, rec.seed, rec.stack_size) == (arch_id, cfg.seed, 4)
+        assert rec.val_acc == plain.val_acc and rec.test_acc == plain.test_acc
+        assert rec.train_loss == pytest.approx(plain.train_loss, rel=1e-10)
+    why = fallback_reason([ids[0], "w8-d1-relu-none-avgpooling"], digits, sets[:2], cfgs[:2])
+    assert why is not None and "more than the activation" in why
+
+
 def test_lr_from_a_device_tensor_as_cuda_graphs_read_it(digits: Dataset, float64: None) -> None:
     """The graph-ready step (schedule read from a tensor, inputs from fixed buffers) trains
     as fit() does; only the capture itself needs CUDA."""
@@ -344,6 +390,8 @@ def test_plan_stacks_partitions_into_compatible_groups() -> None:
         keys = {(units[i][0], units[i][1], replace(units[i][2], seed=0)) for i in g}
         assert len(keys) == 1
     assert [0, 1] in groups and [5, 6] in groups  # 4 compatible units, at most 3: 2 + 2
+    mixed = [("w32-d1-relu-none-none", 1000, a), ("w32-d1-sigmoid-none-none", 1000, b)]
+    assert plan_stacks(mixed, max_models=3) == [[0, 1]]  # activations may differ
     sizes = [len(g) for g in plan_stacks(units[:2] * 5, max_models=4)]
     assert sorted(sizes) == [3, 3, 4]  # 10 units, at most 4 a stack: as even as possible
 

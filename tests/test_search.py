@@ -218,9 +218,10 @@ def test_hard_kill_then_resume_runs_every_unit_exactly_once(cluster, inputs, tmp
     trained = [e.row for e in events if e.row is not None]
     assert len(trained) == 18 - len(before)
     whole = table["train_set"] == "whole"
-    assert (table.loc[whole, "stack_size"] == 1).all()
-    if fuse == "on":  # 2 proxies x 1 seed an architecture; 1 where a stack was half stored
-        assert set(table.loc[~whole, "stack_size"]) <= {1, 2} and 2 in set(table["stack_size"])
+    if fuse == "on":  # a shape has 3 activations: stacks of 2 proxies x 3, whole: 3 (or
+        # fewer, where a stack was partly stored)
+        assert table.loc[~whole, "stack_size"].max() <= 6 and table["stack_size"].max() > 1
+        assert table.loc[whole, "stack_size"].max() <= 3
         assert table["trainer"].str.startswith("stacked").all()
     else:
         assert (table["stack_size"] == 1).all() and (table["trainer"] == "plain").all()
@@ -408,17 +409,22 @@ def test_chunks_cover_each_unit_once_within_one_training_set():
     assert [len(c.units) for c in few] == [2, 2, 2]
 
 
+def _shape(arch_id: str) -> tuple:
+    a = spaces.Arch.from_id(arch_id)
+    return (a.width, a.depth, a.norm, a.pool)
+
+
 def _brute_force_groups(pending, sizes):
-    """Units that may share a stack: one architecture, one training-set size."""
-    groups: dict[tuple[str, int], set] = {}
+    """Units that may share a stack: one shape (all but the activation), one set size."""
+    groups: dict[tuple, set] = {}
     for key in pending:
-        groups.setdefault((key[2], sizes[key[0]]), set()).add(key)
+        groups.setdefault((_shape(key[2]), sizes[key[0]]), set()).add(key)
     return groups
 
 
 @pytest.mark.parametrize("max_stack", [1, 2, 3, 5, 64])
 def test_stacks_partition_pending_units_into_compatible_groups(max_stack):
-    archs = [a.id for a in spaces.load("convnet720")[:7]]
+    archs = [a.id for a in spaces.load("convnet720")[:7]]  # 3 activations of some shapes
     sizes = {"influence": 1000, "random": 1000, "herding": 1000, "small": 500, "whole": 45000}
     all_keys = [(ts, seed, a) for ts in sizes for seed in (0, 1, 2) for a in archs]
     rng = np.random.default_rng(max_stack)
@@ -431,7 +437,7 @@ def test_stacks_partition_pending_units_into_compatible_groups(max_stack):
     groups = _brute_force_groups(pending, sizes)
     for stack in stacks:
         assert 1 <= len(stack) <= max_stack
-        assert len({(k[2], sizes[k[0]]) for k in stack}) == 1  # lockstep-compatible
+        assert len({(_shape(k[2]), sizes[k[0]]) for k in stack}) == 1  # lockstep-compatible
     for members in groups.values():  # as few stacks as the bound allows, even in size
         mine = [st for st in stacks if st[0] in members]
         assert len(mine) == math.ceil(len(members) / max_stack)
@@ -522,6 +528,24 @@ def _sweep_in_process(cfg: SearchConfig, data, fuse: bool, max_stack: int = 64) 
     return cfg.exp_dir
 
 
+# every norm, every pooling, both activations; one shape with both (a stack of 8)
+F64_SLICE = (
+    "w8-d1-*-none-none",
+    "w8-d1-relu-batchnorm-maxpooling",
+    "w8-d1-sigmoid-layernorm-avgpooling",
+    "w8-d1-relu-instancenorm-none",
+    "w8-d1-sigmoid-groupnorm-maxpooling",
+)
+
+
+def _stack_sizes(table, units_per_arch: int):
+    """The stack each row should have trained in: every unit of its shape (no bound hit)."""
+    archs = table.index.get_level_values("arch")
+    shapes = [_shape(a) for a in archs]
+    per_shape = Counter(_shape(a) for a in archs.unique())
+    return np.array([per_shape[s] * units_per_arch for s in shapes])
+
+
 def _accuracy_table(exp_dir: Path):
     return results.read_trials(exp_dir).set_index(["train_set", "seed", "arch"]).sort_index()
 
@@ -539,7 +563,7 @@ def test_fused_and_plain_sweeps_agree_exactly_in_float64(inputs, digits, norm_po
         for fuse in (False, True):
             cfg = _config(
                 inputs, tmp_path, f"f64-{fuse}", space=norm_pool_space, whole=False,
-                seeds=(0, 1), sample=6, trial_size=8,
+                seeds=(0, 1), archs=F64_SLICE, trial_size=8,
             )  # fmt: skip
             tables[fuse] = _accuracy_table(_sweep_in_process(cfg, digits, fuse))
     finally:
@@ -552,7 +576,9 @@ def test_fused_and_plain_sweeps_agree_exactly_in_float64(inputs, digits, norm_po
     assert plain.index.equals(fused.index)
     assert (plain["status"] == "ok").all() and (fused["status"] == "ok").all()
     assert (plain["stack_size"] == 1).all() and (plain["trainer"] == "plain").all()
-    assert (fused["stack_size"] == 4).all() and fused["trainer"].str.startswith("stacked").all()
+    assert (fused["stack_size"] == _stack_sizes(fused, 2 * 2)).all()
+    assert fused["stack_size"].max() == 8  # one shape stacks both activations
+    assert fused["trainer"].str.startswith("stacked").all()
     assert (fused["fallback"] == "").all()
     for column in ("val_acc", "test_acc"):
         assert np.abs(plain[column] - fused[column]).max() <= 1e-9
@@ -583,7 +609,8 @@ def test_fused_and_plain_sweeps_agree_in_float32_through_ray(
         spaces.POOLINGS
     )
     assert len({a.act for a in archs}) == 2
-    assert (fused["stack_size"] == 4).all() and (plain["stack_size"] == 1).all()
+    assert (fused["stack_size"] == _stack_sizes(fused, 2 * 2)).all()
+    assert (plain["stack_size"] == 1).all()
     assert np.abs(plain["val_acc"] - fused["val_acc"]).max() <= 3 / len(digits.y_val)
     assert np.abs(plain["test_acc"] - fused["test_acc"]).max() <= 3 / len(digits.y_test)
 
@@ -591,8 +618,9 @@ def test_fused_and_plain_sweeps_agree_in_float32_through_ray(
 def test_an_injected_stack_failure_is_split_down_and_recorded(
     inputs, digits, monkeypatch, tmp_path
 ):
-    """One architecture's stacks fail (as out of memory would): they split in halves down
-    to the plain trainer, the rows say why, and the others train as stacks."""
+    """Every stack holding one architecture fails (as out of memory would): it splits in
+    halves down to the plain trainer for that architecture, the rows say why, and the
+    other shape trains as one stack."""
     import torch
 
     from nasproxy import multitrain
@@ -601,23 +629,33 @@ def test_an_injected_stack_failure_is_split_down_and_recorded(
     real = multitrain._train_stack
     attempts: list[int] = []
 
-    def failing(arch, data, index_sets, cfgs, options):
-        if arch.id == victim:
+    def failing(archs, data, index_sets, cfgs, options):
+        if victim in [a.id for a in archs]:
             attempts.append(len(cfgs))
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real(arch, data, index_sets, cfgs, options)
+        return real(archs, data, index_sets, cfgs, options)
 
     monkeypatch.setattr(multitrain, "_train_stack", failing)
     cfg = _config(inputs, tmp_path, "injected", whole=False, seeds=(0, 1))
     table = _accuracy_table(_sweep_in_process(cfg, digits, fuse=True))
-    assert attempts == [4, 2, 2]  # 4 -> 2 + 2 -> plain, plain, plain, plain
+    # the batchnorm shape: 3 activations x 2 proxies x 2 seeds = 12, the victim's 4 first
+    # (sigmoid sorts first): 12 -> 6 -> 3 -> (1 plain) + 2 -> (1 plain) + (1 plain); the
+    # 3 -> (1 plain) + 2 more: every stack still holding the victim fails
+    assert attempts[0] == 12 and all(n >= 2 for n in attempts)
     assert len(table) == 6 * 2 * 2 and (table["status"] == "ok").all()
-    hit = table.index.get_level_values("arch") == victim
+    archs = table.index.get_level_values("arch")
+    hit = archs == victim
     assert (table.loc[hit, "trainer"] == "plain").all() and (
         table.loc[hit, "stack_size"] == 1
     ).all()
     assert table.loc[hit, "fallback"].str.contains("out of memory: CUDA out of memory").all()
-    assert (table.loc[~hit, "stack_size"] == 4).all() and (table.loc[~hit, "fallback"] == "").all()
+    same_shape = np.array([_shape(a) == _shape(victim) for a in archs]) & ~hit
+    assert (table.loc[same_shape, "stack_size"] < 12).all()  # sent down with the victim
+    assert table.loc[same_shape, "fallback"].str.contains("out of memory").all()
+    other = ~(same_shape | hit)
+    assert (table.loc[other, "stack_size"] == 12).all() and (
+        table.loc[other, "fallback"] == ""
+    ).all()
     # the fallen-back units are what train() gives on their own
     indices = resolve_train_sets(cfg.proxies, False, digits)[1].indices
     again = train(victim, digits, indices, TrainConfig(epochs=1, seed=1, device="cpu"))

@@ -101,12 +101,12 @@ def _train_fused(
     plan: TrialPlan, data: Dataset, keys: Sequence[UnitKey], device: str
 ) -> list[TrainRecord]:
     """One stack through train_many; an error it does not handle fails all its units."""
-    arch = Arch.from_id(keys[0][2])
+    archs = [arch_id for _, _, arch_id in keys]  # one shape; activations may differ
     cfgs = [replace(plan.train, seed=seed, device=device) for _, seed, _ in keys]
     sets = [plan.indices[train_set] for train_set, _, _ in keys]
     options = plan.fast.resolve(torch.device(device).type)
     try:
-        return train_many(arch, data, sets, cfgs, options)
+        return train_many(archs, data, sets, cfgs, options)
     except Exception as exc:  # one stack's error must not take its chunk down
         return [_failed(plan, data, key, device, exc) for key in keys]
 
