@@ -3,12 +3,16 @@
 The same stratified slice of the space is swept twice per workload, in one run on one
 device, through ``nasproxy.search.run_search`` on one local Ray (started once, its start
 timed apart): ``--fuse off`` (every unit trained alone by ``train``) and ``--fuse on``
-(the units of an architecture stacked into one ``train_many`` network).
+(the units of a shape stacked into one ``train_many`` network).
 
-  proxy  every sampled architecture on P random proxy sets of ``--proxy-size`` images
-         (class-balanced, like the real proxies) x S seeds: stacks of P x S
-  whole  every sampled architecture on a class-balanced slice of the train split
-         (``--whole-slice`` images; the search's --whole-per-class) x S seeds: stacks of S
+  proxy  every architecture of the slice on P random proxy sets of ``--proxy-size``
+         images (class-balanced, like the real proxies) x S seeds
+  whole  every architecture of the slice on a class-balanced slice of the train split
+         (``--whole-slice`` images; the search's --whole-per-class) x S seeds
+
+The slice is a stratified sample of ``--archs`` architectures, each with all three
+activations (``--activations all``, the default), as in the full space, where the fused
+sweep stacks the activations of a shape: stacks of 3 x P x S (proxy) and 3 x S (whole).
 
 Recorded per workload and path: the sweep's wall time (run_search from call to return),
 the summed training seconds of its rows, achieved TFLOP/s (6 x MACs per training image,
@@ -20,7 +24,7 @@ path's seed-to-seed std of val accuracy, the stack sizes and any fallbacks.
 ratios only, since its absolute times say nothing about any other machine.
 
 Usage:  python scripts/bench_sweep.py --tiny
-        python scripts/bench_sweep.py --dataset imagefolder:PATH --archs 24 --epochs 5
+        python scripts/bench_sweep.py --dataset imagefolder:PATH --archs 8 --epochs 5
 """
 
 from __future__ import annotations
@@ -36,24 +40,25 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from nasproxy import results
+from nasproxy import results, spaces
 from nasproxy.data import Dataset, load_dataset
 from nasproxy.io import atomic_write_json
 from nasproxy.proxies.random import random_per_class
-from nasproxy.search import FastChoice, SearchConfig, run_search
-from nasproxy.spaces import Arch
+from nasproxy.search import FastChoice, SearchConfig, run_search, select_archs
+from nasproxy.spaces import ACTIVATIONS, Arch
 from nasproxy.train import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-TINY = {  # defaults of a CPU smoke run
+TINY = {  # defaults of a CPU smoke run: 2 shapes x 3 activations
     "dataset": "digits",
-    "archs": 4,
+    "archs": 2,
     "pattern": ["w32-d1-*"],
     "proxies": 2,
     "proxy_size": 50,
@@ -71,7 +76,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset", default=None, help="default: the shared CIFAR-10 copy, else digits")
     p.add_argument("--data-root", default=None)
     p.add_argument("--space", default="convnet720")
-    p.add_argument("--archs", type=int, default=24, help="a stratified sample of N archs")
+    p.add_argument("--archs", type=int, default=8, help="a stratified sample of N archs")
+    p.add_argument(
+        "--activations",
+        choices=("all", "sampled"),
+        default="all",
+        help="all: each sampled architecture with every activation (default)",
+    )
     p.add_argument("--pattern", action="append", default=None, help="restrict to id globs")
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--proxies", type=int, default=4, help="proxy sets (proxy workload)")
@@ -101,6 +112,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.dataset is None:
         args.dataset = f"imagefolder:{SHARED_CIFAR}" if SHARED_CIFAR.exists() else "digits"
     return args
+
+
+def arch_slice(args: argparse.Namespace, data: Dataset) -> list[str]:
+    """The sampled architecture ids, with every activation of their shapes if asked."""
+    space = spaces.load(args.space, image_size=data.image_size)
+    archs = select_archs(space, args.pattern or (), args.archs, args.sample_seed)
+    if args.activations == "all":
+        wanted = {replace(a, act=act).id for a in archs for act in ACTIVATIONS}
+        return [a.id for a in space if a.id in wanted]
+    return [a.id for a in archs]
 
 
 def write_proxies(data: Dataset, count: int, size: int, where: Path) -> list[str]:
@@ -161,7 +182,12 @@ def compare(plain: pd.DataFrame, fused: pd.DataFrame, n_val: int) -> dict[str, A
 
 
 def run_workload(
-    args: argparse.Namespace, workload: str, data: Dataset, proxies: list[str], work: Path
+    args: argparse.Namespace,
+    workload: str,
+    data: Dataset,
+    archs: list[str],
+    proxies: list[str],
+    work: Path,
 ) -> dict[str, Any]:
     whole = workload == "whole"
     train = TrainConfig(
@@ -179,9 +205,7 @@ def run_workload(
             whole=whole,
             whole_per_class=args.whole_slice // data.num_classes if whole else None,
             space=args.space,
-            archs=tuple(args.pattern or ()),
-            sample=args.archs,
-            sample_seed=args.sample_seed,
+            archs=tuple(archs),  # exact ids
             seeds=tuple(range(args.seeds)),
             train=train,
             results_dir=str(work),
@@ -236,13 +260,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="nasproxy-bench-sweep-"))
     try:
         proxies = write_proxies(data, args.proxies, args.proxy_size, work)
+        archs = arch_slice(args, data)
         start = time.perf_counter()
         ray.init(address="local", include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR)  # fmt: skip
         ray_init_s = time.perf_counter() - start
         try:
             workloads = {
-                name: run_workload(args, name, data, proxies, work)
+                name: run_workload(args, name, data, archs, proxies, work)
                 for name in args.workloads.split(",")
             }
         finally:
@@ -261,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "git_commit": results.git_commit(REPO),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "dataset": args.dataset,
+        "archs": archs,
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "note", "data_root")},
         "ray_init_s": None if args.ratios_only else ray_init_s,
         "ratios_only": args.ratios_only,

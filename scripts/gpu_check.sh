@@ -34,7 +34,7 @@ if [ -n "${GPU_CHECK_TINY:-}" ]; then
 else
   DATASET="imagefolder:${NASPROXY_DATA:-../shared/data/cifar10-jpeg.tar.gz}"
   TRAIN_ARGS=(--dataset "$DATASET" --archs 16 --epochs 5 --whole-slice 5000 --eval-size 1000)
-  SWEEP_ARGS=(--dataset "$DATASET" --archs 16 --epochs 5 --proxies 4 --proxy-size 1000
+  SWEEP_ARGS=(--dataset "$DATASET" --archs 8 --epochs 5 --proxies 4 --proxy-size 1000
               --seeds 2 --whole-slice 5000 --whole-epochs 2)
   SUFFIX=cuda
   SLACK=1

@@ -3,9 +3,10 @@
 How trials map to work
 ----------------------
 A *work unit* is one (architecture, training set, seed): one trained model and one row of
-the results table. Units of one architecture whose training sets have the same size can
-train in lockstep as one *stack* (``nasproxy.multitrain.train_many``): all proxies x all
-seeds of an architecture, or the whole split's seeds. With ``fuse`` (by default when the
+the results table. Units of one shape (width, depth, norm, pooling; the activation may
+differ) whose training sets have the same size can train in lockstep as one *stack*
+(``nasproxy.multitrain.train_many``): the activations x proxies x seeds of a shape, or the
+activations x seeds on the whole split. With ``fuse`` (by default when the
 trials have a GPU, where one small net at a time is launch-bound) a stack trains as one
 network; without it every unit is its own stack, trained by ``train.train()``.
 

@@ -20,7 +20,7 @@ DEFAULT_TRIAL_SIZE = 16
 DEFAULT_GPU_SHARE = 0.25  # trials per GPU = 4 when the cluster has GPUs and none is asked for
 FUSE_MODES = ("auto", "on", "off")
 # Most units one stack trains at once, before the memory bound of the trial's GPU share.
-# The sweep's natural stacks are smaller (one architecture: proxies x seeds).
+# The sweep's natural stacks are smaller (one shape: activations x proxies x seeds).
 DEFAULT_MAX_STACK = 64
 # The stacked path's options when not given, per device type. The CUDA values are
 # PROVISIONAL: chosen without a GPU measurement. CUDA graphs replay the same kernels (no
@@ -84,7 +84,7 @@ class SearchConfig:
     max_failures: int = 2  # Tune retries of a trial whose worker crashed
     reuse_actors: bool = True  # run the next trial in a finished trial's worker (no restart)
     fresh: bool = False  # delete this experiment's directory first
-    # train the units of one architecture and training-set size together, as one stacked
+    # train the units of one shape and training-set size together, as one stacked
     # network (nasproxy.multitrain): "auto" = when the trials have a GPU
     fuse: str = "auto"
     max_stack: int | None = None  # most units a stack; None: DEFAULT_MAX_STACK

@@ -1,10 +1,11 @@
 """The pure planner of a sweep (no Ray): which architectures, and how pending work units
 become stacks (units trained together as one network) and the chunks Tune trials run.
 
-units -> stacks: units of one architecture whose training sets have the same size share
-a batch schedule (the sweep's training settings are common to all units but the seed), so
-``nasproxy.multitrain.train_many`` can train them in lockstep: on a proxy sweep, every
-proxy x every seed of an architecture. A stack holds at most ``max_stack`` units; the
+units -> stacks: units of one shape (width, depth, norm, pooling: the activation may
+differ, as the stacked network applies one a model) whose training sets have the same size
+share a batch schedule (the sweep's training settings are common to all units but the
+seed), so ``nasproxy.multitrain.train_many`` can train them in lockstep: on a proxy sweep,
+every activation x proxy x seed of a shape. A stack holds at most ``max_stack`` units; the
 trial may cut it further to fit its GPU share (``nasproxy.search.trial``). Without fusing
 every unit is its own stack. Only pending units are planned, so a stack whose members are
 partly stored trains just the missing ones.
@@ -29,7 +30,7 @@ from nasproxy.results import UnitKey
 from nasproxy.spaces import FIELDS, Arch, Space
 from nasproxy.train import TrainConfig
 
-Stack = tuple[UnitKey, ...]  # units of one architecture and training-set size
+Stack = tuple[UnitKey, ...]  # units of one shape and training-set size
 
 
 @dataclass(frozen=True)
@@ -143,11 +144,11 @@ def stratified_sample(archs: Sequence[Arch], n: int, seed: int) -> list[Arch]:
 def plan_stacks(
     pending: Sequence[UnitKey], n_images: Mapping[str, int], max_stack: int
 ) -> list[Stack]:
-    """Group pending units into stacks: one architecture and training-set size each, at
+    """Group pending units into stacks: one shape and training-set size each, at
     most ``max_stack`` units, as even in size as possible; in the order of ``pending``.
 
     Grouping is :func:`nasproxy.multitrain.plan_stacks`'s: every unit of a sweep has the
-    same training settings but the seed, so the architecture and the size decide.
+    same training settings but the seed, so the shape and the size decide.
     """
     units = [(arch, n_images[ts], TrainConfig(seed=seed)) for ts, seed, arch in pending]
     return [tuple(pending[i] for i in group) for group in multitrain.plan_stacks(units, max_stack)]
