@@ -660,3 +660,59 @@ def test_an_injected_stack_failure_is_split_down_and_recorded(
     indices = resolve_train_sets(cfg.proxies, False, digits)[1].indices
     again = train(victim, digits, indices, TrainConfig(epochs=1, seed=1, device="cpu"))
     assert table.loc[("herding", 1, victim), "val_acc"] == again.val_acc
+
+
+def test_fast_options_take_the_device_defaults_and_the_cli_flags(monkeypatch, inputs, tmp_path):
+    from nasproxy import cli, search
+    from nasproxy.search import FAST_DEFAULTS, FastChoice
+
+    assert FastChoice().resolve("cpu") == FAST_DEFAULTS["cpu"]
+    cuda = FastChoice(bf16=True).resolve("cuda")
+    assert cuda.bf16 and cuda.cuda_graphs == FAST_DEFAULTS["cuda"].cuda_graphs
+    assert not FastChoice(cuda_graphs=True).resolve("cpu").cuda_graphs  # graphs need CUDA
+    with pytest.raises(NasproxyError, match="rng mode"):
+        FastChoice(rng="bogus")
+    with pytest.raises(NasproxyError, match="--fuse"):
+        SearchConfig(name="x", whole=True, fuse="maybe")
+    with pytest.raises(NasproxyError, match="max stack"):
+        SearchConfig(name="x", whole=True, max_stack=0)
+
+    seen = []
+    monkeypatch.setattr(search, "run_search", lambda cfg, progress=None: seen.append(cfg))
+    args = ["search", "--whole", "--name", "flags", "--results-dir", str(tmp_path)]
+    assert cli.main([*args, "--fuse", "on", "--max-stack", "8", "--rng", "shared",
+                     "--bf16", "--no-cuda-graphs"]) == 0  # fmt: skip
+    assert cli.main(args) == 0
+    on, default = seen
+    assert (on.fuse, on.max_stack) == ("on", 8)
+    assert on.fast == FastChoice(rng="shared", bf16=True, channels_last=None, cuda_graphs=False)
+    assert (default.fuse, default.max_stack, default.fast) == ("auto", None, FastChoice())
+
+
+def test_a_gpu_trial_cuts_a_stack_to_its_memory_share(digits, monkeypatch):
+    """The memory bound: pieces as even as possible, none above what the estimate fits
+    into MEMORY_FRACTION of the trial's share of the GPU (brute force over sizes)."""
+    import types
+
+    import torch
+
+    from nasproxy.multitrain import stack_memory_bytes
+    from nasproxy.search import trial
+
+    arch = spaces.Arch.from_id("w128-d3-relu-batchnorm-maxpooling")
+    one = stack_memory_bytes(arch, digits, 1, 100, 128)
+    per_model = stack_memory_bytes(arch, digits, 2, 100, 128) - one
+    total = int((one + 2.5 * per_model) / (0.5 * trial.MEMORY_FRACTION))  # 3 fit in a half
+    props = types.SimpleNamespace(total_memory=total)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    keys = [("p", seed, arch.id) for seed in range(8)]
+    plan = trial.TrialPlan(
+        exp_dir="unused", chunks={}, indices={"p": np.arange(100)}, hashes={"p": ""},
+        train=TrainConfig(epochs=1), threads=1, run=1, fuse=True, gpu_share=0.5,
+    )  # fmt: skip
+    pieces = trial._fit_memory(plan, digits, keys, "cuda")
+    budget = int(total * 0.5 * trial.MEMORY_FRACTION)
+    fits = max(m for m in range(1, 9) if stack_memory_bytes(arch, digits, m, 100, 128) <= budget)
+    assert fits == 3 and [len(p) for p in pieces] == [3, 2, 3]
+    assert [k for p in pieces for k in p] == keys
+    assert trial._fit_memory(plan, digits, keys, "cpu") == [keys]  # no bound off the GPU
