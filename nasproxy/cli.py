@@ -139,7 +139,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from nasproxy.results import experiment_dir
-    from nasproxy.search import SearchConfig, run_search
+    from nasproxy.search import FastChoice, SearchConfig, run_search
     from nasproxy.train import TrainConfig
 
     parts = [p.strip() for p in args.seeds.split(",") if p.strip()]
@@ -170,6 +170,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         max_failures=args.max_failures,
         reuse_actors=not args.no_reuse_actors,
         fresh=args.fresh,
+        fuse=args.fuse,
+        max_stack=args.max_stack,
+        fast=FastChoice(
+            rng=args.rng,
+            bf16=args.bf16,
+            channels_last=args.channels_last,
+            cuda_graphs=args.cuda_graphs,
+        ),
     )
     experiment_dir(args.results_dir, args.name)  # name and folder, before any work
     with SearchProgress() as progress:
@@ -451,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a fresh worker for every trial (default: reuse finished ones)",
     )
     p.add_argument("--fresh", action="store_true", help="delete this experiment and start over")
+    _add_fuse_flags(p)
     p.set_defaults(handler=cmd_search)
 
     p = sub.add_parser("report", help="Table 1 (md, csv, tex) and plots from a finished search")
@@ -486,6 +495,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="delete this experiment and start over")
     p.set_defaults(handler=cmd_run)
     return parser
+
+
+def _add_fuse_flags(p: argparse.ArgumentParser) -> None:
+    """The search's stacked-training flags (README.md: Search)."""
+    p.add_argument(
+        "--fuse",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="train the units of one architecture and training-set size together as one "
+        "stacked network (auto: when the trials have a GPU)",
+    )
+    p.add_argument(
+        "--max-stack",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N units a stack (default 64; a GPU trial also caps it by its memory)",
+    )
+    p.add_argument(
+        "--rng",
+        choices=("exact", "shared"),
+        default=None,
+        help="stacked random streams: exact (each unit's own, as unfused; default) or shared",
+    )
+    for flag, what in (
+        ("--bf16", "bfloat16 autocast in stacks (default off)"),
+        ("--channels-last", "NHWC activations in stacks (default off)"),
+        ("--cuda-graphs", "replay each stacked step as a CUDA graph (default on CUDA)"),
+    ):
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=what)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

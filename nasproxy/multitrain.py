@@ -1,4 +1,4 @@
-"""Several ConvNets of one architecture trained in lockstep as one stacked network.
+"""Several ConvNets of one shape trained in lockstep as one stacked network.
 
 A sweep trains every architecture on several training sets (the proxies) and seeds. For a
 small ConvNet one SGD step costs GPU kernel launches rather than arithmetic, so training M
@@ -9,6 +9,9 @@ become one network whose every layer holds M blocks of channels:
 * batch norm and instance norm are per channel already; group norm uses ``4 * M`` groups,
   which never straddle two blocks; layer norm normalises each sample over one block;
 * the M linear heads are one batched matrix product;
+* the activation may differ from model to model (architectures of one width, depth, norm
+  and pooling: one *shape*): each contiguous run of models with one activation applies it
+  to its channels (``train_many`` orders a stack by activation, so at most 3 runs);
 * each model has its own loss (mean cross-entropy over its own batch); their sum is
   back-propagated, and since no parameter feeds two losses every gradient is the one a
   separate run would compute. SGD is elementwise, so it is unaffected by the stacking.
@@ -20,7 +23,7 @@ M equal chunks of its first dimension.
 With ``rng="exact"`` each model draws its batch order and augmentation from its own
 generator, seeded and consumed exactly as :func:`nasproxy.train.fit` does for its seed,
 and starts from :func:`nasproxy.train.init_model`'s weights for that seed; so model m of
-the stack follows ``train(arch, data, index_sets[m], cfgs[m])`` up to floating-point
+the stack follows ``train(archs[m], data, index_sets[m], cfgs[m])`` up to floating-point
 reassociation in the kernels. ``rng="shared"`` draws for the whole stack from one
 generator instead (3 draws a step whatever M is): the same distribution, another stream.
 """
@@ -32,7 +35,8 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -42,16 +46,19 @@ from torch import nn
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.models import ConvNet, build_model, make_activation, make_pooling
-from nasproxy.spaces import GROUPNORM_GROUPS, Arch
+from nasproxy.spaces import ACTIVATIONS, GROUPNORM_GROUPS, Arch
 from nasproxy.train import (
     CROP_PADDING,
     EVAL_BATCH,
     TrainConfig,
     TrainRecord,
+    batch_bounds,
+    crop_flip,
     device_name,
     init_model,
     normalize,
     resolve_device,
+    train,
 )
 
 RNG_MODES = ("exact", "shared")
@@ -76,6 +83,11 @@ class FastOptions:
     def effective(self, device: torch.device) -> FastOptions:
         """The options as they apply on ``device``: CUDA graphs need a CUDA device."""
         return replace(self, cuda_graphs=self.cuda_graphs and device.type == "cuda")
+
+    def describe(self) -> str:
+        """A compact record of the options, e.g. ``rng=exact,bf16=0,...``, for result rows."""
+        flags = [f"{f.name}={int(getattr(self, f.name))}" for f in fields(self) if f.name != "rng"]
+        return ",".join([f"rng={self.rng}", *flags])
 
 
 # --- the stacked network ---------------------------------------------------------------
@@ -108,18 +120,60 @@ def _stacked_norm(kind: str, m: int, channels: int, size: int) -> nn.Module | No
     return None
 
 
-class StackedConvNet(nn.Module):
-    """M ConvNets of one architecture as one network: ``(B, M*C_in, H, W) -> (M, B, K)``.
+def shape_of(arch: Arch) -> tuple[int, int, str, str]:
+    """What ConvNets must share to stack: width, depth, norm and pooling (not activation)."""
+    return (arch.width, arch.depth, arch.norm, arch.pool)
 
-    ``features`` has the same layer sequence as :class:`nasproxy.models.ConvNet`'s (less the
-    final flatten), so the two state dicts share their keys; build it with
-    :meth:`from_models` and read the M models back with :meth:`to_models`.
+
+class StackedActivation(nn.Module):
+    """Model m's activation on its block of ``channels`` channels, for stacks that mix
+    activations: one call per contiguous run of models with the same activation."""
+
+    def __init__(self, acts: Sequence[str], channels: int):
+        super().__init__()
+        self.runs: list[tuple[int, int]] = []
+        modules = []
+        for i, act in enumerate(acts):
+            if i and act == acts[i - 1]:
+                self.runs[-1] = (self.runs[-1][0], (i + 1) * channels)
+                continue
+            self.runs.append((i * channels, (i + 1) * channels))
+            module = make_activation(act)
+            if hasattr(module, "inplace"):
+                module.inplace = False  # it sees a slice of its input
+            modules.append(module)
+        self.acts = nn.ModuleList(modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [act(x[:, a:b]) for (a, b), act in zip(self.runs, self.acts, strict=True)]
+        return torch.cat(parts, 1)
+
+
+class StackedConvNet(nn.Module):
+    """M ConvNets of one shape as one network: ``(B, M*C_in, H, W) -> (M, B, K)``.
+
+    ``acts`` gives each model's activation (default: all ``arch.act``). ``features`` has the
+    same layer sequence as :class:`nasproxy.models.ConvNet`'s (less the final flatten), so
+    the two state dicts share their keys; build it with :meth:`from_models` and read the M
+    models back with :meth:`to_models`.
     """
 
-    def __init__(self, arch: Arch, m: int, in_channels: int, num_classes: int, image_size: int):
+    def __init__(
+        self,
+        arch: Arch,
+        m: int,
+        in_channels: int,
+        num_classes: int,
+        image_size: int,
+        acts: Sequence[str] | None = None,
+    ):
         super().__init__()
         if m < 1:
             raise NasproxyError(f"a stack needs at least one model, got {m}")
+        acts = list(acts) if acts is not None else [arch.act] * m
+        if len(acts) != m:
+            raise NasproxyError(f"a stack of {m} models needs {m} activations, got {len(acts)}")
+        self.archs = [replace(arch, act=act) for act in acts]  # validates each activation
         arch.check_input(image_size)
         self.arch, self.m = arch, m
         self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, image_size
@@ -128,7 +182,12 @@ class StackedConvNet(nn.Module):
         for _ in range(arch.depth):
             layers.append(nn.Conv2d(m * channels, m * arch.width, 3, padding=1, groups=m))
             channels = arch.width
-            for module in (_stacked_norm(arch.norm, m, channels, size), make_activation(arch.act)):
+            activation = (
+                make_activation(acts[0])
+                if len(set(acts)) == 1
+                else StackedActivation(acts, channels)
+            )
+            for module in (_stacked_norm(arch.norm, m, channels, size), activation):
                 if module is not None:
                     layers.append(module)
             pool = make_pooling(arch.pool)
@@ -148,16 +207,19 @@ class StackedConvNet(nn.Module):
 
     @classmethod
     def from_models(cls, models: Sequence[ConvNet], image_size: int) -> StackedConvNet:
-        """Stack ConvNets of one architecture built for ``image_size`` inputs (weights,
-        biases and norm running statistics)."""
+        """Stack ConvNets of one shape built for ``image_size`` inputs (weights, biases and
+        norm running statistics)."""
         if not models:
             raise NasproxyError("a stack needs at least one model")
         first = models[0]
-        if any(model.arch != first.arch for model in models):
-            raise NasproxyError("only ConvNets of one architecture can be stacked")
+        if any(shape_of(model.arch) != shape_of(first.arch) for model in models):
+            raise NasproxyError(
+                "only ConvNets of one width, depth, norm and pooling can be stacked"
+            )
         conv = first.features[0]
         classes = first.classifier.out_features
-        stacked = cls(first.arch, len(models), conv.in_channels, classes, image_size)
+        acts = [model.arch.act for model in models]
+        stacked = cls(first.arch, len(models), conv.in_channels, classes, image_size, acts)
         stacked.to(device=conv.weight.device, dtype=conv.weight.dtype)
         states = [model.state_dict() for model in models]
         merged: dict[str, torch.Tensor] = {}
@@ -178,7 +240,7 @@ class StackedConvNet(nn.Module):
         state = self.state_dict()
         models = []
         for i in range(self.m):
-            model = build_model(self.arch, self.in_channels, self.num_classes, self.image_size)
+            model = build_model(self.archs[i], self.in_channels, self.num_classes, self.image_size)
             model.to(device=device, dtype=dtype)
             own: dict[str, torch.Tensor] = {}
             for key in model.state_dict():
@@ -201,8 +263,21 @@ def model_chunk(tensor: torch.Tensor, m: int, i: int) -> torch.Tensor:
 # --- the lockstep trainer --------------------------------------------------------------
 
 
+ArchSpec = Arch | str | Sequence[Arch | str]  # one architecture for all runs, or one each
+
+
+def as_archs(arch: ArchSpec, m: int) -> list[Arch]:
+    """``m`` architectures from one (repeated) or a sequence of ``m``."""
+    if isinstance(arch, Arch | str):
+        return [Arch.from_id(arch) if isinstance(arch, str) else arch] * m
+    archs = [Arch.from_id(a) if isinstance(a, str) else a for a in arch]
+    if len(archs) != m:
+        raise NasproxyError(f"{m} runs but {len(archs)} architectures")
+    return archs
+
+
 def fallback_reason(
-    arch: Arch | str,
+    arch: ArchSpec,
     data: Dataset,
     index_sets: Sequence[np.ndarray | None],
     cfgs: Sequence[TrainConfig],
@@ -210,12 +285,15 @@ def fallback_reason(
     """Why these runs cannot share one stacked network, or None when they can.
 
     Lockstep needs one batch schedule: the same settings (all but the seed) and training
-    sets of one size, so every model takes the same number of steps of the same batch size.
+    sets of one size, so every model takes the same number of steps of the same batch size;
+    and one shape (``arch`` may give one architecture a run; they may differ in activation).
     """
     if len(index_sets) != len(cfgs):
         raise NasproxyError(f"{len(index_sets)} training sets but {len(cfgs)} configs")
     if not cfgs:
         raise NasproxyError("nothing to train: no training sets given")
+    if len({shape_of(a) for a in as_archs(arch, len(cfgs))}) > 1:
+        return "the architectures differ in more than the activation"
     if len({replace(cfg, seed=0) for cfg in cfgs}) > 1:
         return "the runs' training settings differ in more than the seed"
     sizes = sorted({len(data.y_train) if s is None else len(s) for s in index_sets})
@@ -225,7 +303,7 @@ def fallback_reason(
 
 
 def supports(
-    arch: Arch | str,
+    arch: ArchSpec,
     data: Dataset,
     index_sets: Sequence[np.ndarray | None],
     cfgs: Sequence[TrainConfig],
@@ -236,39 +314,59 @@ def supports(
 
 def plan_stacks(units: Sequence[tuple[str, int, TrainConfig]], max_models: int) -> list[list[int]]:
     """Group work units ``(arch id, training-set size, config)`` into stacks of at most
-    ``max_models`` that :func:`train_many` accepts, keeping the units' order within a group.
+    ``max_models`` that :func:`train_many` accepts (one shape, one size, one config but the
+    seed), keeping the units' order within a group.
+
+    A group of n compatible units becomes ceil(n / max_models) consecutive stacks whose
+    sizes differ by at most one (10 units, at most 8 a stack: 5 + 5, not 8 + 2).
     """
     if max_models < 1:
         raise NasproxyError(f"max models per stack must be at least 1, got {max_models}")
-    groups: dict[tuple[str, int, TrainConfig], list[int]] = {}
+    groups: dict[tuple[tuple[int, int, str, str], int, TrainConfig], list[int]] = {}
     for i, (arch_id, n, cfg) in enumerate(units):
-        groups.setdefault((arch_id, n, replace(cfg, seed=0)), []).append(i)
-    return [
-        members[start : start + max_models]
-        for members in groups.values()
-        for start in range(0, len(members), max_models)
-    ]
+        key = (shape_of(Arch.from_id(arch_id)), n, replace(cfg, seed=0))
+        groups.setdefault(key, []).append(i)
+    stacks = []
+    for members in groups.values():
+        count = math.ceil(len(members) / max_models)
+        bounds = [round(j * len(members) / count) for j in range(count + 1)]
+        stacks += [members[a:b] for a, b in pairwise(bounds)]
+    return stacks
 
 
-def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """(start, stop) of each batch of an epoch, as :func:`nasproxy.train.batches` cuts it."""
-    stops = list(range(batch_size, n, batch_size)) + [n]
-    starts = [0] + stops[:-1]
-    return [(a, b) for a, b in zip(starts, stops, strict=True) if b - a >= 2 or n == 1]
+def stack_memory_bytes(
+    arch: Arch, data: Dataset, m: int, n_images: int, batch_size: int, bf16: bool = False
+) -> int:
+    """An upper estimate of the device memory one stack of ``m`` models trains in.
+
+    Per model: parameters, gradients and momenta (3 x 4 bytes a parameter), and the
+    activations a training step keeps for backward, counted as 4 tensors of a block's
+    conv output (conv, norm, activation, pooling input) at ``batch_size`` in 4 bytes
+    (2 with bf16 autocast), doubled for the gradients alive during backward. Per stack,
+    once: the training set's images as floats and the augmentation's padded copy.
+    """
+    params = arch.param_count(data.in_channels, data.num_classes, data.image_size)
+    size, per_sample = data.image_size, 0
+    for _ in range(arch.depth):
+        per_sample += 4 * arch.width * size * size
+        if arch.pool != "none":
+            size //= 2
+    act_bytes = 2 if bf16 else 4
+    per_model = 12 * params + 2 * batch_size * per_sample * act_bytes
+    image = data.in_channels * data.image_size**2
+    padded = data.in_channels * (data.image_size + 2 * CROP_PADDING) ** 2
+    per_stack = 4 * (n_images * image + 2 * m * batch_size * padded)
+    return m * per_model + per_stack
 
 
-def crop_flip(
-    x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor
-) -> torch.Tensor:
-    """:func:`nasproxy.train.augment_batch` with its random draws given: crop each image at
-    offset (dy, dx) of its zero-padded copy, then mirror those where ``flip`` is set."""
-    n, c, h, w = x.shape
-    p = CROP_PADDING
-    padded = F.pad(x, (p, p, p, p))
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    out = padded.gather(2, rows.expand(n, c, h, w + 2 * p)).gather(3, cols.expand(n, c, h, w))
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
+def largest_stack(
+    arch: Arch, data: Dataset, n_images: int, batch_size: int, budget: int, bf16: bool = False
+) -> int:
+    """The most models :func:`stack_memory_bytes` fits into ``budget`` bytes (at least 1)."""
+    one = stack_memory_bytes(arch, data, 1, n_images, batch_size, bf16)
+    two = stack_memory_bytes(arch, data, 2, n_images, batch_size, bf16)
+    per_model = two - one  # the estimate is affine in m
+    return max(1, 1 + (budget - one) // per_model) if budget >= one else 1
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -528,7 +626,7 @@ def fit_many(
     """
     if len(index_sets) != model.m:
         raise NasproxyError(f"a stack of {model.m} models needs {model.m} training sets")
-    reason = fallback_reason(model.arch, data, index_sets, cfgs)
+    reason = fallback_reason(model.archs, data, index_sets, cfgs)
     if reason is not None:
         raise NasproxyError(f"cannot train these runs in lockstep: {reason}")
     return _Lockstep(model, data, index_sets, cfgs, options or FastOptions()).fit()
@@ -570,40 +668,85 @@ def accuracies(
 
 
 def train_many(
-    arch: Arch | str,
+    arch: ArchSpec,
     data: Dataset,
     index_sets: Sequence[np.ndarray | None],
     cfgs: Sequence[TrainConfig],
     options: FastOptions | None = None,
 ) -> list[TrainRecord]:
-    """Train ``arch`` once per (training set, config) pair, all in one stack; one
+    """Train once per (architecture, training set, config), all in one stack; one
     :class:`TrainRecord` each, in order, as :func:`nasproxy.train.train` would give.
 
-    The pairs must pass :func:`fallback_reason` (else NasproxyError). A record's ``wall_s``
-    is its share (1/M) of the stack's time. A stack that runs out of memory is retried as
-    two halves, down to single models, which then fail as ``train`` fails.
+    ``arch`` is one architecture for every run or one a run (of one shape). The runs must
+    pass :func:`fallback_reason` (else NasproxyError). A record's ``wall_s`` is its share
+    (1/M) of its stack's time, ``stack_size`` the M it trained in, and ``trainer`` the
+    stacked path's options. A stack that fails (out of memory, or any error of the stacked
+    path) is retried as two halves; a half of one model trains with the plain
+    :func:`nasproxy.train.train`. The failure that sent a run down is kept in its record's
+    ``fallback``.
     """
-    arch = Arch.from_id(arch) if isinstance(arch, str) else arch
+    archs = as_archs(arch, len(cfgs))
     options = options or FastOptions()
-    reason = fallback_reason(arch, data, index_sets, cfgs)
+    reason = fallback_reason(archs, data, index_sets, cfgs)
     if reason is not None:
         raise NasproxyError(f"cannot train these runs in lockstep: {reason}")
-    out_of_memory = ""
+    # grouped by activation, so that each activation is one contiguous run of the stack
+    order = sorted(range(len(cfgs)), key=lambda i: ACTIVATIONS.index(archs[i].act))
+    records = _train_or_split(
+        [archs[i] for i in order],
+        data,
+        [index_sets[i] for i in order],
+        [cfgs[i] for i in order],
+        options,
+        "",
+    )
+    back = [0] * len(order)
+    for position, i in enumerate(order):
+        back[i] = position
+    return [records[j] for j in back]
+
+
+def _train_or_split(
+    archs: list[Arch],
+    data: Dataset,
+    index_sets: list[np.ndarray | None],
+    cfgs: list[TrainConfig],
+    options: FastOptions,
+    fallback: str,
+) -> list[TrainRecord]:
+    """One stack, else its halves (recursively), else the plain trainer for one run."""
     try:
-        return _train_stack(arch, data, index_sets, cfgs, options)
-    except torch.OutOfMemoryError as exc:
-        out_of_memory = str(exc).splitlines()[0]
+        records = _train_stack(archs, data, index_sets, cfgs, options)
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        kind = "out of memory" if isinstance(exc, torch.OutOfMemoryError) else "error"
+        detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        fallback = f"stack of {len(cfgs)} failed ({kind}: {detail[:200]})"
+    else:
+        for record in records:
+            record.fallback = fallback
+        return records
     # retried outside the handler, so the failed attempt's tensors are freed first
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    if len(cfgs) == 1:
-        record = _blank_record(arch, data, index_sets[0], cfgs[0])
-        record.status, record.reason = "failed", f"out of memory: {out_of_memory}"
-        return [record]
+    if len(cfgs) == 1:  # a planned stack of one
+        return [_train_plain(archs[0], data, index_sets[0], cfgs[0], fallback)]
+    records = []
     half = len(cfgs) // 2
-    return train_many(arch, data, index_sets[:half], cfgs[:half], options) + train_many(
-        arch, data, index_sets[half:], cfgs[half:], options
-    )
+    for a, b in ((0, half), (half, len(cfgs))):
+        if b - a == 1:
+            records.append(_train_plain(archs[a], data, index_sets[a], cfgs[a], fallback))
+        else:
+            part = _train_or_split(archs[a:b], data, index_sets[a:b], cfgs[a:b], options, fallback)
+            records += part
+    return records
+
+
+def _train_plain(
+    arch: Arch, data: Dataset, indices: np.ndarray | None, cfg: TrainConfig, fallback: str
+) -> TrainRecord:
+    record = train(arch, data, indices, cfg)
+    record.fallback = fallback
+    return record
 
 
 def _blank_record(
@@ -624,38 +767,35 @@ def _blank_record(
 
 
 def _train_stack(
-    arch: Arch,
+    archs: Sequence[Arch],
     data: Dataset,
     index_sets: Sequence[np.ndarray | None],
     cfgs: Sequence[TrainConfig],
     options: FastOptions,
 ) -> list[TrainRecord]:
-    records = [_blank_record(arch, data, s, cfg) for s, cfg in zip(index_sets, cfgs, strict=True)]
+    """One stacked run; raises what the stacked path raises (the caller falls back)."""
     device = resolve_device(cfgs[0].device)
+    trainer = f"stacked({options.effective(device).describe()})"
+    records = [
+        _blank_record(a, data, s, cfg) for a, s, cfg in zip(archs, index_sets, cfgs, strict=True)
+    ]
     start = time.perf_counter()
-    try:
-        singles = [init_model(arch, data, cfg.seed, device) for cfg in cfgs]
-        model = StackedConvNet.from_models(singles, data.image_size)
-        del singles
-        histories, seen = fit_many(model, data, index_sets, cfgs, options)
-        val = accuracies(model, data, data.x_val, data.y_val, options)
-        test = accuracies(model, data, data.x_test, data.y_test, options)
-        for i, record in enumerate(records):
-            record.history, record.images_seen = histories[i], seen[i]
-            record.train_loss = histories[i][-1]["train_loss"]
-            if not math.isfinite(record.train_loss):
-                record.status = "diverged"
-                record.reason = f"non-finite training loss in epoch {len(histories[i])}"
-            else:
-                record.val_acc, record.test_acc = val[i], test[i]
-    except torch.OutOfMemoryError:
-        raise
-    except RuntimeError as exc:
-        for record in records:
-            record.status = "failed"
-            record.reason = f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+    singles = [init_model(a, data, cfg.seed, device) for a, cfg in zip(archs, cfgs, strict=True)]
+    model = StackedConvNet.from_models(singles, data.image_size)
+    del singles
+    histories, seen = fit_many(model, data, index_sets, cfgs, options)
+    val = accuracies(model, data, data.x_val, data.y_val, options)
+    test = accuracies(model, data, data.x_test, data.y_test, options)
     wall = (time.perf_counter() - start) / len(records)
-    for record in records:
+    for i, record in enumerate(records):
+        record.history, record.images_seen = histories[i], seen[i]
+        record.train_loss = histories[i][-1]["train_loss"]
+        if not math.isfinite(record.train_loss):
+            record.status = "diverged"
+            record.reason = f"non-finite training loss in epoch {len(histories[i])}"
+        else:
+            record.val_acc, record.test_acc = val[i], test[i]
+        record.stack_size, record.trainer = len(records), trainer
         record.wall_s = wall
         record.images_per_s = record.images_seen / wall if wall > 0 else 0.0
     return records

@@ -20,7 +20,7 @@ from nasproxy.proxies.registry import method_names
 from nasproxy.report import ReportResult, make_report
 from nasproxy.results import experiment_dir, remove_experiment
 from nasproxy.scoring import ScoringConfig
-from nasproxy.search import ProgressFn, SearchConfig, run_search, select_archs
+from nasproxy.search import FastChoice, ProgressFn, SearchConfig, run_search, select_archs
 from nasproxy.train import TrainConfig, resolve_device
 
 Message = Callable[[str], None]
@@ -113,6 +113,9 @@ def run_pipeline(
         sample=preset.sample,
         seeds=preset.seeds,
         train=train,
+        fuse=preset.fuse,
+        max_stack=preset.max_stack,
+        fast=FastChoice(preset.rng, preset.bf16, preset.channels_last, preset.cuda_graphs),
         data_root=str(root),
         results_dir=str(results_dir),
         **(search_options or {}),

@@ -42,6 +42,13 @@ class Preset:
     whole: bool = True  # also train every architecture on the whole train split
     whole_per_class: int | None = None  # a class-balanced subset as the reference; None = all
     top_k: int = 10  # Table 1's "top-k by proxy"
+    # the sweep's stacked training (as nasproxy search's flags; None: the device's default)
+    fuse: str = "auto"
+    max_stack: int | None = None
+    rng: str | None = None
+    bf16: bool | None = None
+    channels_last: bool | None = None
+    cuda_graphs: bool | None = None
 
 
 PRESETS: dict[str, Preset] = {

@@ -86,7 +86,13 @@ COLUMNS: dict[str, str] = {
     "images_seen": "int64",
     "n_train": "int64",
     "device": "string",
+    "stack_size": "int64",
+    "trainer": "string",
+    "fallback": "string",
 }
+# Columns added after the first unit files were written, and their value in those files
+# (all such units trained one at a time with the plain trainer).
+LATER_COLUMNS: dict[str, Any] = {"stack_size": 1, "trainer": "plain", "fallback": ""}
 STATUSES = ("ok", "diverged", "failed")
 
 UnitKey = tuple[str, int, str]  # (train_set, seed, arch id)
@@ -114,6 +120,9 @@ def make_row(arch: Arch, train_set: str, proxy_hash: str, record: TrainRecord) -
         "images_seen": int(record.images_seen),
         "n_train": int(record.n_train),
         "device": record.device,
+        "stack_size": int(record.stack_size),
+        "trainer": record.trainer,
+        "fallback": record.fallback,
     }
 
 
@@ -151,7 +160,10 @@ def read_unit(path: Path) -> dict[str, Any] | None:
     if not isinstance(payload, dict) or payload.get("format") != UNIT_FORMAT:
         return None
     row = payload.get("row")
-    if not isinstance(row, dict) or set(row) != set(COLUMNS):
+    if not isinstance(row, dict):
+        return None
+    row = {**LATER_COLUMNS, **row}
+    if set(row) != set(COLUMNS):
         return None
     try:
         key = row_key(row)

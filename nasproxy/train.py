@@ -70,6 +70,9 @@ class TrainRecord:
     params: int = 0
     macs: int = 0
     device: str = ""
+    stack_size: int = 1  # models trained together with this one (nasproxy.multitrain)
+    trainer: str = "plain"  # "plain", or "stacked(<options>)"
+    fallback: str = ""  # why a stacked run fell back to a smaller stack or the plain trainer
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,29 +112,47 @@ def normalize(x: torch.Tensor, data: Dataset) -> torch.Tensor:
     return (x.float() / 255.0 - mean) / std
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, for a whole batch at once."""
+def crop_flip(
+    x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor
+) -> torch.Tensor:
+    """Crop each image at offset (dy, dx) of its copy zero-padded by ``CROP_PADDING``, then
+    mirror those where ``flip`` is set: the augmentation with its random draws given."""
     n, c, h, w = x.shape
     p = CROP_PADDING
     padded = F.pad(x, (p, p, p, p))
-    dy = torch.randint(0, 2 * p + 1, (n,), device=x.device, generator=generator)
-    dx = torch.randint(0, 2 * p + 1, (n,), device=x.device, generator=generator)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     out = padded.gather(2, rows.expand(n, c, h, w + 2 * p)).gather(3, cols.expand(n, c, h, w))
-    flip = torch.rand(n, device=x.device, generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
-    """Shuffled index batches; a trailing batch of one (which batch norm cannot take) is dropped."""
-    perm = torch.randperm(n, device=device, generator=generator)
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, for a whole batch at once.
+
+    The draws, in this order from ``generator``: row offsets, column offsets (each uniform
+    in [0, 2 * CROP_PADDING]), then uniforms in [0, 1) of which those below 0.5 mirror.
+    """
+    n = len(x)
+    span = 2 * CROP_PADDING + 1
+    dy = torch.randint(0, span, (n,), device=x.device, generator=generator)
+    dx = torch.randint(0, span, (n,), device=x.device, generator=generator)
+    flip = torch.rand(n, device=x.device, generator=generator) < 0.5
+    return crop_flip(x, dy, dx, flip)
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of each batch of an epoch of ``n`` examples; a trailing batch of one
+    (which batch norm cannot take) is dropped."""
     stops = list(range(batch_size, n, batch_size)) + [n]
-    start = 0
-    for stop in stops:
-        if stop - start >= 2 or n == 1:
-            yield perm[start:stop]
-        start = stop
+    starts = [0] + stops[:-1]
+    return [(a, b) for a, b in zip(starts, stops, strict=True) if b - a >= 2 or n == 1]
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
+    """Shuffled index batches, cut by :func:`batch_bounds`."""
+    perm = torch.randperm(n, device=device, generator=generator)
+    for start, stop in batch_bounds(n, batch_size):
+        yield perm[start:stop]
 
 
 def fit(

@@ -17,6 +17,7 @@ from rich.console import Console
 
 import nasproxy.proxies.build as build_module
 import nasproxy.search as search_module
+import nasproxy.search.sweep as sweep_module
 from nasproxy import results
 from nasproxy.cli import main
 from nasproxy.search import Progress
@@ -65,7 +66,7 @@ def test_bad_outputs_and_inputs_are_one_line_errors_not_tracebacks(
         raise AssertionError("the work started before its output location was checked")
 
     monkeypatch.setattr(build_module, "scoring_run", no_compute)
-    monkeypatch.setattr(search_module, "_run_pending", no_compute)
+    monkeypatch.setattr(sweep_module, "_run_pending", no_compute)
     data = ["--dataset", "digits", "--data-root", str(cache_root)]
     search = ["search", *data, "--space", str(space), "--epochs", "1"]
     cases = {

@@ -27,18 +27,27 @@ from nasproxy.multitrain import (
     FastOptions,
     StackedConvNet,
     accuracies,
-    batch_bounds,
     cosine_lr,
-    crop_flip,
     fallback_reason,
     fit_many,
+    largest_stack,
     plan_stacks,
     sgd_step_,
+    stack_memory_bytes,
     supports,
     train_many,
 )
 from nasproxy.spaces import ACTIVATIONS, NORMS, POOLINGS, Arch
-from nasproxy.train import TrainConfig, augment_batch, batches, fit, init_model, train
+from nasproxy.train import (
+    TrainConfig,
+    augment_batch,
+    batch_bounds,
+    batches,
+    crop_flip,
+    fit,
+    init_model,
+    train,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -83,10 +92,14 @@ class _FakeData:
     in_channels, num_classes, image_size = 3, 5, 8
 
 
-def _step_both(arch: Arch, m: int = 3, steps: int = 3, b: int = 6, size: int = 8) -> tuple:
-    """Separate ConvNets with torch's SGD vs one stack with sgd_step_, on fixed batches."""
+def _step_both(
+    arch: Arch, m: int = 3, steps: int = 3, b: int = 6, size: int = 8, acts: tuple = ()
+) -> tuple:
+    """Separate ConvNets with torch's SGD vs one stack with sgd_step_, on fixed batches
+    (model i with activation ``acts[i]`` when given)."""
     torch.manual_seed(0)
-    singles = [build_model(arch, 3, 5, size) for _ in range(m)]
+    archs = [replace(arch, act=act) for act in acts] if acts else [arch] * m
+    singles = [build_model(a, 3, 5, size) for a in archs]
     stack = StackedConvNet.from_models(singles, size)
     xs = torch.randn(steps, m, b, 3, size, size)
     ys = torch.randint(0, 5, (steps, m, b))
@@ -129,6 +142,28 @@ def test_stacked_steps_equal_separate_steps(arch: Arch, float64: None) -> None:
         torch.testing.assert_close(logits[i], single(x), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "acts", [("relu", "relu", "sigmoid", "leakyrelu"), ("sigmoid", "relu", "sigmoid", "relu")]
+)
+@pytest.mark.parametrize("norm", ["batchnorm", "layernorm", "groupnorm"])
+def test_a_stack_may_mix_activations(norm: str, acts: tuple, float64: None) -> None:
+    """One shape, an activation a model (runs of one or several models): still separate
+    models' SGD steps, in train and eval mode."""
+    arch = Arch(8, 2, "relu", norm, "maxpooling")
+    singles, stack = _step_both(arch, m=len(acts), acts=acts)
+    assert [a.act for a in stack.archs] == list(acts)
+    for single, back in zip(singles, stack.to_models(), strict=True):
+        assert back.arch == single.arch and _max_state_diff(single, back) < 1e-12
+    x = torch.randn(4, 3, 8, 8)
+    stack.eval()
+    logits = stack(x.repeat(1, len(acts), 1, 1))
+    for i, single in enumerate(singles):
+        single.eval()
+        torch.testing.assert_close(logits[i], single(x), rtol=0, atol=1e-12)
+    with pytest.raises(NasproxyError, match="width, depth, norm and pooling"):
+        StackedConvNet.from_models([singles[0], build_model(replace(arch, width=16), 3, 5, 8)], 8)
+
+
 def test_sgd_step_matches_torch_sgd_with_float_and_tensor_lr(float64: None) -> None:
     torch.manual_seed(1)
     ref = [torch.randn(4, 3, requires_grad=True), torch.randn(5, requires_grad=True)]
@@ -156,24 +191,31 @@ def test_cosine_lr_matches_torch_scheduler() -> None:
 
 
 @pytest.mark.parametrize("n,bs", [(300, 128), (257, 128), (129, 128), (64, 32), (1, 4), (5, 8)])
-def test_batch_bounds_cut_as_batches_does(n: int, bs: int) -> None:
-    gen = torch.Generator().manual_seed(0)
+def test_batches_cut_consecutive_slices_of_one_permutation(n: int, bs: int) -> None:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    got = [perm[a:b] for a, b in batch_bounds(n, bs)]
-    want = list(batches(n, bs, gen, CPU))
+    got = list(batches(n, bs, torch.Generator().manual_seed(0), CPU))
+    want = [perm[i : i + bs] for i in range(0, n, bs)]  # every slice of bs, then the rest
+    want = [b for b in want if len(b) >= 2 or n == 1]  # a lone trailing example is dropped
     assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert [b - a for a, b in batch_bounds(n, bs)] == [len(w) for w in want]
 
 
-def test_crop_flip_with_the_same_draws_is_augment_batch() -> None:
+def test_crop_flip_is_a_padded_crop_then_a_mirror() -> None:
+    """Brute force per image in numpy; and the stack's draws are augment_batch's draws."""
     x = torch.randn(7, 3, 10, 10)
-    want = augment_batch(x, torch.Generator().manual_seed(5))
     gen = torch.Generator().manual_seed(5)
     dy, dx = torch.empty(7, dtype=torch.long), torch.empty(7, dtype=torch.long)
     u = torch.empty(7)
     torch.randint(0, 9, (7,), generator=gen, out=dy)  # the draws as the stack makes them
     torch.randint(0, 9, (7,), generator=gen, out=dx)
     torch.rand((7,), generator=gen, out=u)
-    assert torch.equal(crop_flip(x, dy, dx, u < 0.5), want)
+    got = crop_flip(x, dy, dx, u < 0.5)
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (4, 4), (4, 4)))
+    for i in range(7):
+        crop = padded[i, :, dy[i] : dy[i] + 10, dx[i] : dx[i] + 10]
+        want = crop[:, :, ::-1] if u[i] < 0.5 else crop
+        assert np.array_equal(got[i].numpy(), want)
+    assert torch.equal(got, augment_batch(x, torch.Generator().manual_seed(5)))
 
 
 def _sets(data: Dataset, m: int, size: int, seed: int = 0) -> list[np.ndarray]:
@@ -229,6 +271,26 @@ def test_train_many_records_match_train_in_float32(digits: Dataset) -> None:
         assert abs(rec.val_acc - plain.val_acc) <= 1.5 / len(digits.y_val)
         assert abs(rec.test_acc - plain.test_acc) <= 1.5 / len(digits.y_test)
         assert rec.train_loss == pytest.approx(plain.train_loss, rel=1e-4)
+
+
+def test_train_many_with_mixed_activations_is_train_per_run(digits: Dataset, float64: None) -> None:
+    """Records in the caller's order (the stack is grouped by activation inside)."""
+    ids = [
+        "w8-d1-sigmoid-instancenorm-avgpooling",
+        "w8-d1-relu-instancenorm-avgpooling",
+        "w8-d1-sigmoid-instancenorm-avgpooling",
+        "w8-d1-leakyrelu-instancenorm-avgpooling",
+    ]
+    sets = _sets(digits, 4, 48, seed=7)
+    cfgs = [TrainConfig(epochs=1, batch_size=16, seed=s) for s in (3, 4, 5, 6)]
+    records = train_many(ids, digits, sets, cfgs)
+    for arch_id, s, cfg, rec in zip(ids, sets, cfgs, records, strict=True):
+        plain = train(arch_id, digits, s, cfg)
+        assert (rec.arch, rec.seed, rec.stack_size) == (arch_id, cfg.seed, 4)
+        assert rec.val_acc == plain.val_acc and rec.test_acc == plain.test_acc
+        assert rec.train_loss == pytest.approx(plain.train_loss, rel=1e-10)
+    why = fallback_reason([ids[0], "w8-d1-relu-none-avgpooling"], digits, sets[:2], cfgs[:2])
+    assert why is not None and "more than the activation" in why
 
 
 def test_lr_from_a_device_tensor_as_cuda_graphs_read_it(digits: Dataset, float64: None) -> None:
@@ -327,25 +389,57 @@ def test_plan_stacks_partitions_into_compatible_groups() -> None:
         assert len(g) <= 3 and g == sorted(g)
         keys = {(units[i][0], units[i][1], replace(units[i][2], seed=0)) for i in g}
         assert len(keys) == 1
-    assert [0, 1, 5] in groups and [6] in groups
+    assert [0, 1] in groups and [5, 6] in groups  # 4 compatible units, at most 3: 2 + 2
+    mixed = [("w32-d1-relu-none-none", 1000, a), ("w32-d1-sigmoid-none-none", 1000, b)]
+    assert plan_stacks(mixed, max_models=3) == [[0, 1]]  # activations may differ
+    sizes = [len(g) for g in plan_stacks(units[:2] * 5, max_models=4)]
+    assert sorted(sizes) == [3, 3, 4]  # 10 units, at most 4 a stack: as even as possible
 
 
-def test_out_of_memory_splits_the_stack(digits: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_largest_stack_is_the_most_that_fits_the_budget(digits: Dataset) -> None:
+    for arch_id in ("w8-d1-relu-none-none", "w32-d3-relu-batchnorm-maxpooling"):
+        arch = Arch.from_id(arch_id)
+        one = stack_memory_bytes(arch, digits, 1, 1000, 128)
+        for budget in (one // 2, one, 3 * one + 5, 50 * one):
+            m = largest_stack(arch, digits, 1000, 128, budget)
+            assert m >= 1
+            if budget >= one:  # brute force over m
+                assert stack_memory_bytes(arch, digits, m, 1000, 128) <= budget
+                assert stack_memory_bytes(arch, digits, m + 1, 1000, 128) > budget
+        # bf16 halves the activations, so at least as many fit
+        assert largest_stack(arch, digits, 1000, 128, 50 * one, bf16=True) >= largest_stack(
+            arch, digits, 1000, 128, 50 * one
+        )
+
+
+@pytest.mark.parametrize(
+    "error", [torch.OutOfMemoryError("CUDA out of memory (simulated)"), RuntimeError("boom")]
+)
+def test_a_failing_stack_splits_down_to_the_plain_trainer(
+    digits: Dataset, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
     real = multitrain._train_stack
     sizes: list[int] = []
 
-    def tight_memory(arch, data, index_sets, cfgs, options):
+    def failing(arch, data, index_sets, cfgs, options):
         sizes.append(len(cfgs))
-        if len(cfgs) > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        if len(cfgs) > 2:
+            raise error
         return real(arch, data, index_sets, cfgs, options)
 
-    monkeypatch.setattr(multitrain, "_train_stack", tight_memory)
-    sets = _sets(digits, 3, 32, seed=5)
-    cfgs = [TrainConfig(epochs=1, batch_size=32, seed=s) for s in (0, 1, 2)]
-    records = train_many("w8-d1-relu-none-none", digits, sets, cfgs)
-    assert sizes == [3, 1, 2, 1, 1]
-    assert [r.seed for r in records] == [0, 1, 2] and all(r.status == "ok" for r in records)
+    monkeypatch.setattr(multitrain, "_train_stack", failing)
+    sets = _sets(digits, 5, 32, seed=5)
+    cfgs = [TrainConfig(epochs=1, batch_size=32, seed=s) for s in range(5)]
+    arch = "w8-d1-relu-none-none"
+    records = train_many(arch, digits, sets, cfgs)
+    assert sizes == [5, 2, 3, 2]  # 5 -> 2 + 3; the 3 -> 1 (plain) + 2 (a stack again)
+    assert [r.seed for r in records] == list(range(5))
+    assert [r.stack_size for r in records] == [2, 2, 1, 2, 2]
+    assert [r.trainer.startswith("stacked") for r in records] == [True, True, False, True, True]
+    assert all(str(error) in r.fallback and "stack of" in r.fallback for r in records)
+    plain = train(arch, digits, sets[2], cfgs[2])  # the one that went down to train()
+    assert (records[2].val_acc, records[2].history) == (plain.val_acc, plain.history)
+    assert records[2].trainer == "plain" and records[2].status == "ok"
 
 
 def test_bench_tiny_writes_its_json(tmp_path: Path) -> None:

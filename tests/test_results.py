@@ -200,3 +200,21 @@ def test_remove_experiment_deletes_only_what_nasproxy_wrote(tmp_path):
     with pytest.raises(NasproxyError, match="refusing to delete"):
         results.remove_experiment(tmp_path / "link")
     assert (tmp_path / "exp0" / "notes.txt").exists()
+
+
+def test_unit_files_written_before_the_stack_columns_still_count(tmp_path):
+    """A unit file from before the trainer columns existed is a plain, unstacked unit."""
+    row = _all_rows()[0]
+    path = results.write_unit(tmp_path, row)
+    payload = json.loads(path.read_text())
+    for column in results.LATER_COLUMNS:
+        del payload["row"][column]
+    path.write_text(json.dumps(payload))
+    back = results.read_unit(path)
+    assert back is not None
+    assert (back["stack_size"], back["trainer"], back["fallback"]) == (1, "plain", "")
+    table = results.consolidate(tmp_path)
+    assert list(table.columns) == list(results.COLUMNS) and table["stack_size"].tolist() == [1]
+    del payload["row"]["val_acc"]  # an older row is still refused when a real column lacks
+    path.write_text(json.dumps(payload))
+    assert results.read_unit(path) is None

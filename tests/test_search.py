@@ -25,6 +25,8 @@ from nasproxy.errors import NasproxyError
 from nasproxy.search import (
     SearchConfig,
     plan_chunks,
+    plan_stacks,
+    plan_trials,
     resolve_train_sets,
     run_search,
     select_archs,
@@ -182,15 +184,18 @@ def test_sweep_trains_every_unit_once_with_sane_rows(cluster, inputs, digits, tm
     assert results.read_manifest(exp_dir)["protocol"]["epochs"] == 1
 
 
-def test_hard_kill_then_resume_runs_every_unit_exactly_once(cluster, inputs, tmp_path):
-    name = "killed"
+@pytest.mark.parametrize("fuse", ["off", pytest.param("on", marks=pytest.mark.slow)])
+def test_hard_kill_then_resume_runs_every_unit_exactly_once(cluster, inputs, tmp_path, fuse):
+    """kill -9 of the driver mid-sweep (fused: mid-stack, the proxies of an architecture
+    training as one stack of 2), then resume: no unit lost, none trained twice."""
+    name = f"killed-{fuse}"
     exp_dir = tmp_path / name
     command = [
         sys.executable, "-m", "nasproxy.cli", "search",
         "--dataset", "digits", "--space", inputs["space"],
         "--proxy", str(inputs["proxies"][0]), "--proxy", str(inputs["proxies"][1]), "--whole",
         "--epochs", "1", "--name", name, "--results-dir", str(tmp_path),
-        "--trial-size", "2", "--address", cluster,
+        "--trial-size", "2", "--address", cluster, "--fuse", fuse,
     ]  # fmt: skip
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
@@ -204,19 +209,27 @@ def test_hard_kill_then_resume_runs_every_unit_exactly_once(cluster, inputs, tmp
     before = _units(exp_dir)
 
     events = []
-    run_search(_config(inputs, tmp_path, name, trial_size=2), progress=events.append)
+    run_search(_config(inputs, tmp_path, name, trial_size=2, fuse=fuse), progress=events.append)
     after = _units(exp_dir)
     table = results.read_trials(exp_dir)
     assert len(table) == 18 and not table.duplicated(["arch", "train_set", "seed"]).any()
-    assert len(after) == 18
+    assert len(after) == 18 and (table["status"] == "ok").all()
     assert all(after[p] == text for p, text in before.items())  # finished units not re-run
     trained = [e.row for e in events if e.row is not None]
     assert len(trained) == 18 - len(before)
+    whole = table["train_set"] == "whole"
+    if fuse == "on":  # a shape has 3 activations: stacks of 2 proxies x 3, whole: 3 (or
+        # fewer, where a stack was partly stored)
+        assert table.loc[~whole, "stack_size"].max() <= 6 and table["stack_size"].max() > 1
+        assert table.loc[whole, "stack_size"].max() <= 3
+        assert table["trainer"].str.startswith("stacked").all()
+    else:
+        assert (table["stack_size"] == 1).all() and (table["trainer"] == "plain").all()
 
     # a third run has nothing to do: no trial, no file touched
     events = []
     runs_before = sorted((exp_dir / "ray").iterdir())
-    run_search(_config(inputs, tmp_path, name), progress=events.append)
+    run_search(_config(inputs, tmp_path, name, fuse=fuse), progress=events.append)
     assert [e.row for e in events if e.row is not None] == []
     assert _units(exp_dir) == after and sorted((exp_dir / "ray").iterdir()) == runs_before
 
@@ -224,7 +237,7 @@ def test_hard_kill_then_resume_runs_every_unit_exactly_once(cluster, inputs, tmp
     victim = sorted(after)[5]
     victim.write_text(after[victim][: len(after[victim]) // 3])
     events = []
-    run_search(_config(inputs, tmp_path, name), progress=events.append)
+    run_search(_config(inputs, tmp_path, name, fuse=fuse), progress=events.append)
     rows = [e.row for e in events if e.row is not None]
     assert len(rows) == 1 and results.unit_path(exp_dir, results.row_key(rows[0])) == victim
     assert len(results.read_trials(exp_dir)) == 18
@@ -382,15 +395,72 @@ def test_chunks_cover_each_unit_once_within_one_training_set():
     archs = spaces.load("convnet720")[:40]
     pending = [(ts, seed, a.id) for ts in ("p", "whole") for seed in (0, 1) for a in archs]
     cost = {a.id: a.macs(3, 10, 32) for a in archs}
-    chunks = plan_chunks(pending, trial_size=16, slots=4, cost=lambda k: cost[k[2]])
-    flat = [(c.train_set, seed, arch) for c in chunks for arch, seed in c.units]
-    assert sorted(flat) == sorted(pending)
-    assert all(1 <= len(c.units) <= 16 for c in chunks)
+    sizes = {"p": 1000, "whole": 45000}
+    chunks = plan_trials(
+        pending, sizes, False, 64, trial_size=16, slots=4, cost=lambda k: cost[k[2]]
+    )
+    assert sorted(k for c in chunks for k in c.units) == sorted(pending)
+    assert all(len(stack) == 1 for c in chunks for stack in c.stacks)  # not fused
+    assert all(1 <= len(c.units) <= 16 and len({k[0] for k in c.units}) == 1 for c in chunks)
     assert len({c.id for c in chunks}) == len(chunks)
     assert len(chunks) == 2 * math.ceil(80 / 16)
     # few units: spread over every slot rather than one big chunk
-    few = plan_chunks(pending[:6], trial_size=16, slots=4, cost=lambda k: cost[k[2]])
+    few = plan_trials(pending[:6], sizes, False, 64, 16, 4, lambda k: cost[k[2]])
     assert [len(c.units) for c in few] == [2, 2, 2]
+
+
+def _shape(arch_id: str) -> tuple:
+    a = spaces.Arch.from_id(arch_id)
+    return (a.width, a.depth, a.norm, a.pool)
+
+
+def _brute_force_groups(pending, sizes):
+    """Units that may share a stack: one shape (all but the activation), one set size."""
+    groups: dict[tuple, set] = {}
+    for key in pending:
+        groups.setdefault((_shape(key[2]), sizes[key[0]]), set()).add(key)
+    return groups
+
+
+@pytest.mark.parametrize("max_stack", [1, 2, 3, 5, 64])
+def test_stacks_partition_pending_units_into_compatible_groups(max_stack):
+    archs = [a.id for a in spaces.load("convnet720")[:7]]  # 3 activations of some shapes
+    sizes = {"influence": 1000, "random": 1000, "herding": 1000, "small": 500, "whole": 45000}
+    all_keys = [(ts, seed, a) for ts in sizes for seed in (0, 1, 2) for a in archs]
+    rng = np.random.default_rng(max_stack)
+    stored = {k for k in all_keys if rng.random() < 0.3}  # partly stored stacks
+    pending = [k for k in all_keys if k not in stored]
+    stacks = plan_stacks(pending, sizes, max_stack)
+    flat = [k for stack in stacks for k in stack]
+    assert sorted(flat) == sorted(pending) and len(flat) == len(set(flat))  # each once
+    assert not stored & set(flat)  # a stored unit never trains again
+    groups = _brute_force_groups(pending, sizes)
+    for stack in stacks:
+        assert 1 <= len(stack) <= max_stack
+        assert len({(_shape(k[2]), sizes[k[0]]) for k in stack}) == 1  # lockstep-compatible
+    for members in groups.values():  # as few stacks as the bound allows, even in size
+        mine = [st for st in stacks if st[0] in members]
+        assert len(mine) == math.ceil(len(members) / max_stack)
+        assert max(map(len, mine)) - min(map(len, mine)) <= 1
+    # the proxies of 1,000 images stack together, the 500-image one and whole apart
+    if max_stack >= 9:
+        assert any({k[0] for k in st} == {"influence", "random", "herding"} for st in stacks)
+    # chunks: every stack whole in exactly one chunk, about trial_size units each
+    cost = dict.fromkeys(archs, 1.0)
+    chunks = plan_chunks(stacks, 8, 3, lambda k: cost[k[2]] * sizes[k[0]])
+    assert sorted(st for c in chunks for st in c.stacks) == sorted(stacks)
+    assert all(len(c.stacks) == 1 or len(c.units) <= 8 for c in chunks)
+
+
+def test_a_partly_stored_stack_schedules_only_its_missing_units():
+    arch = "w32-d1-relu-none-none"
+    sizes = {"a": 1000, "b": 1000, "whole": 45000}
+    all_keys = [(ts, seed, arch) for ts in sizes for seed in (0, 1)]
+    stored = {("a", 0, arch), ("b", 1, arch), ("whole", 0, arch)}
+    pending = [k for k in all_keys if k not in stored]
+    chunks = plan_trials(pending, sizes, True, 64, 16, 1, lambda k: 1.0)
+    stacks = sorted(st for c in chunks for st in c.stacks)
+    assert stacks == [(("a", 1, arch), ("b", 0, arch)), (("whole", 1, arch),)]
 
 
 def test_whole_subset_is_class_balanced_and_seeded(digits):
@@ -406,3 +476,243 @@ def test_whole_subset_is_class_balanced_and_seeded(digits):
     assert resolve_train_sets((), True, digits)[0].indices is None
     with pytest.raises(NasproxyError, match="exceeds class"):
         resolve_train_sets((), True, digits, whole_per_class=10_000)
+
+
+# --- the fused sweep ---------------------------------------------------------------------
+
+# every norm x pooling type, two activations: 30 one-block ConvNets of width 8
+EVERY_NORM_AND_POOL = """name: every-norm-pool
+options:
+  width: [8]
+  depth: [1]
+  act: [relu, sigmoid]
+  norm: [none, batchnorm, layernorm, instancenorm, groupnorm]
+  pool: [none, maxpooling, avgpooling]
+"""
+
+
+@pytest.fixture(scope="module")
+def norm_pool_space(inputs):
+    path = inputs["root"] / "every-norm-pool.yaml"
+    path.write_text(EVERY_NORM_AND_POOL)
+    return str(path)
+
+
+def _sweep_in_process(cfg: SearchConfig, data, fuse: bool, max_stack: int = 64) -> Path:
+    """The sweep's planner and trial code, run here instead of in Ray workers (so that the
+    default dtype set by a test applies); returns the experiment directory."""
+    import torch
+
+    from nasproxy.search.trial import TrialPlan, run_chunk
+
+    space = spaces.load(cfg.space, image_size=data.image_size)
+    archs = select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)
+    sets = resolve_train_sets(cfg.proxies, cfg.whole, data)
+    pending = [(ts.name, seed, a.id) for ts in sets for seed in cfg.seeds for a in archs]
+    n_images = {ts.name: ts.n_images for ts in sets}
+    chunks = plan_trials(pending, n_images, fuse, max_stack, cfg.trial_size, 2, lambda k: 1.0)
+    plan = TrialPlan(
+        exp_dir=str(cfg.exp_dir),
+        chunks={c.id: c for c in chunks},
+        indices={ts.name: ts.indices for ts in sets},
+        hashes={ts.name: ts.proxy_hash for ts in sets},
+        train=cfg.train,
+        threads=1,
+        run=1,
+        fuse=fuse,
+    )
+    torch.set_num_threads(1)
+    for chunk in chunks:
+        run_chunk(plan, data, chunk.id, "cpu", lambda row: None)
+    results.consolidate(cfg.exp_dir)
+    return cfg.exp_dir
+
+
+# every norm, every pooling, both activations; one shape with both (a stack of 8)
+F64_SLICE = (
+    "w8-d1-*-none-none",
+    "w8-d1-relu-batchnorm-maxpooling",
+    "w8-d1-sigmoid-layernorm-avgpooling",
+    "w8-d1-relu-instancenorm-none",
+    "w8-d1-sigmoid-groupnorm-maxpooling",
+)
+
+
+def _stack_sizes(table, units_per_arch: int):
+    """The stack each row should have trained in: every unit of its shape (no bound hit)."""
+    archs = table.index.get_level_values("arch")
+    shapes = [_shape(a) for a in archs]
+    per_shape = Counter(_shape(a) for a in archs.unique())
+    return np.array([per_shape[s] * units_per_arch for s in shapes])
+
+
+def _accuracy_table(exp_dir: Path):
+    return results.read_trials(exp_dir).set_index(["train_set", "seed", "arch"]).sort_index()
+
+
+def test_fused_and_plain_sweeps_agree_exactly_in_float64(inputs, digits, norm_pool_space, tmp_path):
+    """Every norm and pooling type (a stratified sample of 6 covers them), two activations,
+    2 proxies x 2 seeds: the stacked sweep
+    (stacks of 4) gives the plain sweep's table, accuracies to 1e-9 (float64, exact rng)."""
+    import torch
+
+    old = torch.get_default_dtype()  # models and normalize() follow it: float64 below
+    torch.set_default_dtype(torch.float64)
+    try:
+        tables = {}
+        for fuse in (False, True):
+            cfg = _config(
+                inputs, tmp_path, f"f64-{fuse}", space=norm_pool_space, whole=False,
+                seeds=(0, 1), archs=F64_SLICE, trial_size=8,
+            )  # fmt: skip
+            tables[fuse] = _accuracy_table(_sweep_in_process(cfg, digits, fuse))
+    finally:
+        torch.set_default_dtype(old)
+    plain, fused = tables[False], tables[True]
+    assert len(plain) == len(fused) == 6 * 2 * 2
+    archs = [spaces.Arch.from_id(a) for a in plain.index.get_level_values("arch").unique()]
+    assert {a.norm for a in archs} == set(spaces.NORMS)
+    assert {a.pool for a in archs} == set(spaces.POOLINGS) and len({a.act for a in archs}) == 2
+    assert plain.index.equals(fused.index)
+    assert (plain["status"] == "ok").all() and (fused["status"] == "ok").all()
+    assert (plain["stack_size"] == 1).all() and (plain["trainer"] == "plain").all()
+    assert (fused["stack_size"] == _stack_sizes(fused, 2 * 2)).all()
+    assert fused["stack_size"].max() == 8  # one shape stacks both activations
+    assert fused["trainer"].str.startswith("stacked").all()
+    assert (fused["fallback"] == "").all()
+    for column in ("val_acc", "test_acc"):
+        assert np.abs(plain[column] - fused[column]).max() <= 1e-9
+    assert np.allclose(plain["train_loss"], fused["train_loss"], rtol=1e-9, atol=0)
+    assert (plain["images_seen"] == fused["images_seen"]).all()
+
+
+@pytest.mark.slow
+def test_fused_and_plain_sweeps_agree_in_float32_through_ray(
+    cluster, inputs, digits, norm_pool_space, tmp_path
+):
+    """run_search itself, Ray included: --fuse on vs off on a stratified slice that covers
+    every norm and pooling type and both activations; float32 rounding may move a
+    borderline example, so accuracies agree within a few validation images."""
+    tables = {}
+    for fuse in ("off", "on"):
+        cfg = _config(
+            inputs, tmp_path, f"f32-{fuse}", space=norm_pool_space, whole=False, seeds=(0, 1),
+            sample=6, fuse=fuse, trial_size=8,
+        )  # fmt: skip
+        tables[fuse] = _accuracy_table(run_search(cfg))
+        manifest = results.read_manifest(cfg.exp_dir)
+        assert manifest["runs"][-1]["fuse"] is (fuse == "on")
+    plain, fused = tables["off"], tables["on"]
+    assert len(plain) == len(fused) == 6 * 2 * 2 and plain.index.equals(fused.index)
+    archs = [spaces.Arch.from_id(a) for a in plain.index.get_level_values("arch").unique()]
+    assert {a.norm for a in archs} == set(spaces.NORMS) and {a.pool for a in archs} == set(
+        spaces.POOLINGS
+    )
+    assert len({a.act for a in archs}) == 2
+    assert (fused["stack_size"] == _stack_sizes(fused, 2 * 2)).all()
+    assert (plain["stack_size"] == 1).all()
+    assert np.abs(plain["val_acc"] - fused["val_acc"]).max() <= 3 / len(digits.y_val)
+    assert np.abs(plain["test_acc"] - fused["test_acc"]).max() <= 3 / len(digits.y_test)
+
+
+def test_an_injected_stack_failure_is_split_down_and_recorded(
+    inputs, digits, monkeypatch, tmp_path
+):
+    """Every stack holding one architecture fails (as out of memory would): it splits in
+    halves down to the plain trainer for that architecture, the rows say why, and the
+    other shape trains as one stack."""
+    import torch
+
+    from nasproxy import multitrain
+
+    victim = "w8-d1-sigmoid-batchnorm-maxpooling"
+    real = multitrain._train_stack
+    attempts: list[int] = []
+
+    def failing(archs, data, index_sets, cfgs, options):
+        if victim in [a.id for a in archs]:
+            attempts.append(len(cfgs))
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(archs, data, index_sets, cfgs, options)
+
+    monkeypatch.setattr(multitrain, "_train_stack", failing)
+    cfg = _config(inputs, tmp_path, "injected", whole=False, seeds=(0, 1))
+    table = _accuracy_table(_sweep_in_process(cfg, digits, fuse=True))
+    # the batchnorm shape: 3 activations x 2 proxies x 2 seeds = 12, the victim's 4 first
+    # (sigmoid sorts first): 12 -> 6 -> 3 -> (1 plain) + 2 -> (1 plain) + (1 plain); the
+    # 3 -> (1 plain) + 2 more: every stack still holding the victim fails
+    assert attempts[0] == 12 and all(n >= 2 for n in attempts)
+    assert len(table) == 6 * 2 * 2 and (table["status"] == "ok").all()
+    archs = table.index.get_level_values("arch")
+    hit = archs == victim
+    assert (table.loc[hit, "trainer"] == "plain").all() and (
+        table.loc[hit, "stack_size"] == 1
+    ).all()
+    assert table.loc[hit, "fallback"].str.contains("out of memory: CUDA out of memory").all()
+    same_shape = np.array([_shape(a) == _shape(victim) for a in archs]) & ~hit
+    assert (table.loc[same_shape, "stack_size"] < 12).all()  # sent down with the victim
+    assert table.loc[same_shape, "fallback"].str.contains("out of memory").all()
+    other = ~(same_shape | hit)
+    assert (table.loc[other, "stack_size"] == 12).all() and (
+        table.loc[other, "fallback"] == ""
+    ).all()
+    # the fallen-back units are what train() gives on their own
+    indices = resolve_train_sets(cfg.proxies, False, digits)[1].indices
+    again = train(victim, digits, indices, TrainConfig(epochs=1, seed=1, device="cpu"))
+    assert table.loc[("herding", 1, victim), "val_acc"] == again.val_acc
+
+
+def test_fast_options_take_the_device_defaults_and_the_cli_flags(monkeypatch, inputs, tmp_path):
+    from nasproxy import cli, search
+    from nasproxy.search import FAST_DEFAULTS, FastChoice
+
+    assert FastChoice().resolve("cpu") == FAST_DEFAULTS["cpu"]
+    cuda = FastChoice(bf16=True).resolve("cuda")
+    assert cuda.bf16 and cuda.cuda_graphs == FAST_DEFAULTS["cuda"].cuda_graphs
+    assert not FastChoice(cuda_graphs=True).resolve("cpu").cuda_graphs  # graphs need CUDA
+    with pytest.raises(NasproxyError, match="rng mode"):
+        FastChoice(rng="bogus")
+    with pytest.raises(NasproxyError, match="--fuse"):
+        SearchConfig(name="x", whole=True, fuse="maybe")
+    with pytest.raises(NasproxyError, match="max stack"):
+        SearchConfig(name="x", whole=True, max_stack=0)
+
+    seen = []
+    monkeypatch.setattr(search, "run_search", lambda cfg, progress=None: seen.append(cfg))
+    args = ["search", "--whole", "--name", "flags", "--results-dir", str(tmp_path)]
+    assert cli.main([*args, "--fuse", "on", "--max-stack", "8", "--rng", "shared",
+                     "--bf16", "--no-cuda-graphs"]) == 0  # fmt: skip
+    assert cli.main(args) == 0
+    on, default = seen
+    assert (on.fuse, on.max_stack) == ("on", 8)
+    assert on.fast == FastChoice(rng="shared", bf16=True, channels_last=None, cuda_graphs=False)
+    assert (default.fuse, default.max_stack, default.fast) == ("auto", None, FastChoice())
+
+
+def test_a_gpu_trial_cuts_a_stack_to_its_memory_share(digits, monkeypatch):
+    """The memory bound: pieces as even as possible, none above what the estimate fits
+    into MEMORY_FRACTION of the trial's share of the GPU (brute force over sizes)."""
+    import types
+
+    import torch
+
+    from nasproxy.multitrain import stack_memory_bytes
+    from nasproxy.search import trial
+
+    arch = spaces.Arch.from_id("w128-d3-relu-batchnorm-maxpooling")
+    one = stack_memory_bytes(arch, digits, 1, 100, 128)
+    per_model = stack_memory_bytes(arch, digits, 2, 100, 128) - one
+    total = int((one + 2.5 * per_model) / (0.5 * trial.MEMORY_FRACTION))  # 3 fit in a half
+    props = types.SimpleNamespace(total_memory=total)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    keys = [("p", seed, arch.id) for seed in range(8)]
+    plan = trial.TrialPlan(
+        exp_dir="unused", chunks={}, indices={"p": np.arange(100)}, hashes={"p": ""},
+        train=TrainConfig(epochs=1), threads=1, run=1, fuse=True, gpu_share=0.5,
+    )  # fmt: skip
+    pieces = trial._fit_memory(plan, digits, keys, "cuda")
+    budget = int(total * 0.5 * trial.MEMORY_FRACTION)
+    fits = max(m for m in range(1, 9) if stack_memory_bytes(arch, digits, m, 100, 128) <= budget)
+    assert fits == 3 and [len(p) for p in pieces] == [3, 2, 3]
+    assert [k for p in pieces for k in p] == keys
+    assert trial._fit_memory(plan, digits, keys, "cpu") == [keys]  # no bound off the GPU

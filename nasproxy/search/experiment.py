@@ -1,0 +1,152 @@
+"""The experiment directory on top of ``nasproxy.results``: its protocol and manifest,
+the refusal of a changed protocol, removal (--fresh) and run numbering."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nasproxy import __version__, results
+from nasproxy.data import Dataset
+from nasproxy.errors import NasproxyError
+from nasproxy.search.config import SearchConfig, TrainSet
+from nasproxy.spaces import Arch, Space
+
+RAY_DIR = "ray"
+
+
+def protocol(cfg: SearchConfig) -> dict[str, Any]:
+    """What makes two runs comparable: the training settings, seeds and data split."""
+    settings = asdict(cfg.train)
+    settings.pop("seed")
+    settings.pop("device")
+    return {
+        **settings,
+        "seeds": list(cfg.seeds),
+        "whole_per_class": cfg.whole_per_class,
+        "val_fraction": cfg.val_fraction,
+        "split_seed": cfg.split_seed,
+    }
+
+
+# --- the experiment directory and its manifest -------------------------------------------
+
+
+def remove_experiment(exp_dir: Path) -> None:
+    """Delete an experiment directory (--fresh), refusing anything that is not one."""
+    if not exp_dir.exists():
+        return
+    looks_like_one = (exp_dir / results.MANIFEST).exists() or (exp_dir / results.UNITS_DIR).is_dir()
+    if not exp_dir.is_dir() or (not looks_like_one and any(exp_dir.iterdir())):
+        raise NasproxyError(f"{exp_dir} is not a nasproxy experiment; refusing to delete it")
+    shutil.rmtree(exp_dir)
+
+
+def check_existing(exp_dir: Path) -> dict[str, Any] | None:
+    previous = results.read_manifest(exp_dir)
+    if previous is None and (exp_dir / results.UNITS_DIR).is_dir():
+        raise NasproxyError(f"{exp_dir} holds results but no manifest.json; use --fresh")
+    return previous
+
+
+def build_manifest(
+    cfg: SearchConfig,
+    data: Dataset,
+    space: Space,
+    archs: Sequence[Arch],
+    train_sets: Sequence[TrainSet],
+    previous: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The manifest of this run; refuses a protocol that differs from an existing one."""
+    manifest: dict[str, Any] = {
+        "dataset": data.spec,
+        "dataset_name": _dataset_name(data.spec),
+        "fingerprint": data.fingerprint,
+        "space": space.name,
+        "space_size": len(space),
+        "archs": [a.id for a in archs],
+        "protocol": protocol(cfg),
+        "train_sets": {ts.name: ts.manifest_entry(data) for ts in train_sets},
+        "hardware": "",
+        "nasproxy_version": __version__,
+        "git_commit": results.git_commit(),
+        "wall_s": {},
+        "sweep_wall_s": 0.0,
+        "runs": [],
+        "created": utc_now(),
+    }
+    if previous is None:
+        return manifest
+    _refuse_different(cfg.name, previous, manifest)
+    union = set(previous.get("archs", [])) | set(manifest["archs"])
+    manifest["archs"] = [a for a in space.ids if a in union]
+    for key in ("hardware", "wall_s", "sweep_wall_s", "runs", "created"):
+        manifest[key] = previous.get(key, manifest[key])
+    return manifest
+
+
+def _refuse_different(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """One-line error naming the first difference between two protocols."""
+
+    def sets(m: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            k: {"proxy_hash": v.get("proxy_hash"), "n_images": v.get("n_images")}
+            for k, v in m.get("train_sets", {}).items()
+        }
+
+    checks = [  # the fingerprint, not the spec: the same images may move to another path
+        ("dataset fingerprint", old.get("fingerprint"), new["fingerprint"]),
+        ("space", old.get("space"), new["space"]),
+        ("space size", old.get("space_size"), new["space_size"]),
+    ]
+    old_protocol, new_protocol = old.get("protocol", {}), new["protocol"]
+    for key in sorted(set(old_protocol) | set(new_protocol)):
+        checks.append((key, old_protocol.get(key), new_protocol.get(key)))
+    old_sets, new_sets = sets(old), sets(new)
+    checks.append(("training sets", sorted(old_sets), sorted(new_sets)))
+    for ts in sorted(set(old_sets) & set(new_sets)):
+        checks.append((f"training set {ts!r}", old_sets[ts], new_sets[ts]))
+    for what, before, now in checks:
+        if before != now:
+            raise NasproxyError(
+                f"experiment {name!r} was run with {what} {before}, this run asks for {now}; "
+                "use another --name, or --fresh to start over"
+            )
+
+
+def finish_manifest(exp_dir: Path, run_info: dict[str, Any]) -> None:
+    """Add this run's provenance, the wall times and the hardware seen to the manifest."""
+    manifest = results.read_manifest(exp_dir) or {}
+    table = results.read_trials(exp_dir)
+    manifest["runs"] = [*manifest.get("runs", []), run_info]
+    manifest["sweep_wall_s"] = sum(r.get("wall_s", 0.0) for r in manifest["runs"])
+    manifest["wall_s"] = {
+        name: float(table.loc[table["train_set"] == name, "wall_s"].sum())
+        for name in manifest.get("train_sets", {})
+    }
+    devices = sorted({str(d) for d in table["device"].dropna() if str(d)})
+    clusters = sorted({r["cluster"] for r in manifest["runs"] if "cluster" in r})
+    if devices or clusters:
+        manifest["hardware"] = f"{', '.join(devices) or 'none yet'} ({'; '.join(clusters)})"
+    manifest["updated"] = utc_now()
+    results.write_manifest(exp_dir, manifest)
+
+
+def next_run_number(exp_dir: Path) -> int:
+    runs = (exp_dir / RAY_DIR).glob("run-*")
+    numbers = [int(p.name[4:7]) for p in runs if p.name[4:7].isdigit()]
+    return max(numbers, default=0) + 1
+
+
+def _dataset_name(spec: str) -> str:
+    if spec.startswith("imagefolder:"):
+        return Path(spec.split(":", 1)[1].rstrip("/")).name.removesuffix(".tar.gz")
+    return spec
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,208 @@
+"""The pure planner of a sweep (no Ray): which architectures, and how pending work units
+become stacks (units trained together as one network) and the chunks Tune trials run.
+
+units -> stacks: units of one shape (width, depth, norm, pooling: the activation may
+differ, as the stacked network applies one a model) whose training sets have the same size
+share a batch schedule (the sweep's training settings are common to all units but the
+seed), so ``nasproxy.multitrain.train_many`` can train them in lockstep: on a proxy sweep,
+every activation x proxy x seed of a shape. A stack holds at most ``max_stack`` units; the
+trial may cut it further to fit its GPU share (``nasproxy.search.trial``). Without fusing
+every unit is its own stack. Only pending units are planned, so a stack whose members are
+partly stored trains just the missing ones.
+
+stacks -> chunks: a chunk is the work of one Tune trial, a list of stacks of about
+``trial_size`` units (at least one stack), balanced by estimated cost."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nasproxy import multitrain
+from nasproxy.errors import NasproxyError
+from nasproxy.results import UnitKey
+from nasproxy.spaces import FIELDS, Arch, Space
+from nasproxy.train import TrainConfig
+
+Stack = tuple[UnitKey, ...]  # units of one shape and training-set size
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The work of one Tune trial: stacks, each trained as one (fused) or unit by unit."""
+
+    id: str
+    stacks: tuple[Stack, ...]
+
+    @property
+    def units(self) -> tuple[UnitKey, ...]:
+        """Every unit of the chunk, stack by stack."""
+        return tuple(key for stack in self.stacks for key in stack)
+
+
+# --- architecture selection ------------------------------------------------------------
+
+
+def select_archs(
+    space: Space,
+    patterns: Sequence[str] = (),
+    sample: int | None = None,
+    sample_seed: int = 0,
+) -> list[Arch]:
+    """The architectures matching any pattern (all when none), then an optional sample.
+
+    A pattern is a shell glob on ids (``w32-*-relu-*``) or, with a ``re:`` prefix, a Python
+    regular expression; both must match the whole id. A pattern matching nothing is refused.
+    """
+    archs = list(space)
+    if patterns:
+        keep = np.zeros(len(archs), dtype=bool)
+        for pattern in patterns:
+            match = _matcher(pattern)
+            hits = np.array([match(a.id) for a in archs], dtype=bool)
+            if not hits.any():
+                raise NasproxyError(f"--archs {pattern!r} matches no architecture of {space.name}")
+            keep |= hits
+        archs = [a for a, k in zip(archs, keep, strict=True) if k]
+    if sample is not None:
+        archs = stratified_sample(archs, sample, sample_seed)
+    return archs
+
+
+def _matcher(pattern: str) -> Callable[[str], bool]:
+    if pattern.startswith("re:"):
+        try:
+            regex = re.compile(pattern[3:])
+        except re.error as exc:
+            raise NasproxyError(f"--archs {pattern!r}: bad regular expression ({exc})") from None
+        return lambda s: regex.fullmatch(s) is not None
+    return lambda s: fnmatch.fnmatchcase(s, pattern)
+
+
+def stratified_sample(archs: Sequence[Arch], n: int, seed: int) -> list[Arch]:
+    """``n`` distinct architectures whose field values are spread as evenly as possible.
+
+    Aim: each value of a field with k options appears floor(n/k) or ceil(n/k) times, for
+    every field at once. Construction: (1) greedy picks, each an architecture not yet taken
+    whose values have the lowest total count so far, ties broken by a seeded random order
+    (on a full Cartesian space the combination of every field's least-used values is almost
+    always free, so this alone keeps each field within one); (2) then swaps of a taken and a
+    free architecture while one lowers the sum over fields of squared value counts (which is
+    smallest when counts are equal). On convnet720 this balances every field to within one
+    for every n; on a filtered set it is a best effort. Returned in the input order.
+    """
+    if n >= len(archs):
+        return list(archs)
+    rng = np.random.default_rng(seed)
+    codes = np.empty((len(archs), len(FIELDS)), dtype=np.int64)
+    counts = []
+    for j, name in enumerate(FIELDS):
+        values = sorted({getattr(a, name) for a in archs})
+        code = {v: i for i, v in enumerate(values)}
+        codes[:, j] = [code[getattr(a, name)] for a in archs]
+        counts.append(np.zeros(len(values), dtype=np.int64))
+    tiebreak = rng.permutation(len(archs))
+    taken = np.zeros(len(archs), dtype=bool)
+
+    def move(out: int | None, into: int) -> None:
+        taken[into] = True
+        for j in range(len(FIELDS)):
+            counts[j][codes[into, j]] += 1
+            if out is not None:
+                counts[j][codes[out, j]] -= 1
+        if out is not None:
+            taken[out] = False
+
+    for _ in range(n):
+        score = sum(counts[j][codes[:, j]] for j in range(len(FIELDS))).astype(np.float64)
+        score[taken] = np.inf
+        move(None, int(np.lexsort((tiebreak, score))[0]))
+    while True:
+        held, free = np.flatnonzero(taken), np.flatnonzero(~taken)
+        # change of sum(count^2)/2 when held[a] is swapped for free[b]
+        delta = np.zeros((len(held), len(free)))
+        for j in range(len(FIELDS)):
+            ch, cf = codes[held, j], codes[free, j]
+            gain = counts[j][cf][None, :] - counts[j][ch][:, None] + 1
+            delta += (ch[:, None] != cf[None, :]) * gain
+        a, b = np.unravel_index(int(np.argmin(delta)), delta.shape)
+        if delta[a, b] >= 0:
+            break
+        move(int(held[a]), int(free[b]))
+    return [a for a, t in zip(archs, taken, strict=True) if t]
+
+
+# --- stacks and chunks ------------------------------------------------------------------
+
+
+def plan_stacks(
+    pending: Sequence[UnitKey], n_images: Mapping[str, int], max_stack: int
+) -> list[Stack]:
+    """Group pending units into stacks: one shape and training-set size each, at
+    most ``max_stack`` units, as even in size as possible; in the order of ``pending``.
+
+    Grouping is :func:`nasproxy.multitrain.plan_stacks`'s: every unit of a sweep has the
+    same training settings but the seed, so the shape and the size decide.
+    """
+    units = [(arch, n_images[ts], TrainConfig(seed=seed)) for ts, seed, arch in pending]
+    return [tuple(pending[i] for i in group) for group in multitrain.plan_stacks(units, max_stack)]
+
+
+def plan_chunks(
+    stacks: Sequence[Stack],
+    trial_size: int,
+    slots: int,
+    cost: Callable[[UnitKey], float],
+) -> list[Chunk]:
+    """Group stacks into trials: per pool of training sets, balanced, costliest first.
+
+    Stacks over the same training sets form a pool. A pool of n units starts with
+    ceil(n / s) chunks, s = min(trial_size, ceil(n / slots)) (so a small pool is spread
+    over all slots). Its stacks, costliest (summed ``cost``) first, each go to the chunk
+    with the fewest units (then the least cost) if that stays within s units, else to a new
+    chunk; so a chunk is one stack or at most s units. With one unit a stack (no fusing)
+    that deals the units out round-robin into ceil(n / s) chunks of at most s units.
+    Chunks are returned costliest first.
+    """
+    pools: dict[tuple[str, ...], list[Stack]] = {}
+    for stack in stacks:
+        names = tuple(dict.fromkeys(key[0] for key in stack))
+        pools.setdefault(names, []).append(stack)
+    chunks: list[tuple[float, Chunk]] = []
+    for names, members in pools.items():
+        n_units = sum(len(stack) for stack in members)
+        size = max(1, min(trial_size, math.ceil(n_units / max(slots, 1))))
+        weight = {stack: sum(cost(k) for k in stack) for stack in members}
+        bins: list[list[Any]] = [[0, 0.0, []] for _ in range(math.ceil(n_units / size))]
+        for stack in sorted(members, key=lambda st: (-weight[st], st)):
+            j = min(range(len(bins)), key=lambda i: (bins[i][0], bins[i][1], i))
+            if bins[j][0] and bins[j][0] + len(stack) > size:
+                bins.append([0, 0.0, []])
+                j = len(bins) - 1
+            bins[j][0] += len(stack)
+            bins[j][1] += weight[stack]
+            bins[j][2].append(stack)
+        for j, (_, total, mine) in enumerate(b for b in bins if b[2]):
+            chunks.append((total, Chunk(f"{'+'.join(names)}-{j:04d}", tuple(mine))))
+    chunks.sort(key=lambda pair: (-pair[0], pair[1].id))
+    return [chunk for _, chunk in chunks]
+
+
+def plan_trials(
+    pending: Sequence[UnitKey],
+    n_images: Mapping[str, int],
+    fuse: bool,
+    max_stack: int,
+    trial_size: int,
+    slots: int,
+    cost: Callable[[UnitKey], float],
+) -> list[Chunk]:
+    """Pending units -> stacks (one unit each without ``fuse``) -> the chunks of trials."""
+    stacks = plan_stacks(pending, n_images, max_stack if fuse else 1)
+    return plan_chunks(stacks, trial_size, slots, cost)

@@ -1,0 +1,202 @@
+"""The sweep on Ray: the session, the Tune trainable that trains a chunk, the driver's
+collector of finished units, and one Tune experiment over a list of chunks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nasproxy.data import Dataset
+from nasproxy.errors import NasproxyError
+from nasproxy.search.config import SearchConfig
+from nasproxy.search.experiment import RAY_DIR
+from nasproxy.search.plan import Chunk
+from nasproxy.search.trial import TrialPlan, run_chunk
+
+# Ray and Tune defaults that only add noise or work for this use (set unless the user did).
+RAY_QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard logger per trial
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+
+# --- the trial ---------------------------------------------------------------------------
+
+
+def _trainable(config: dict[str, Any], data: Dataset, plan: TrialPlan) -> None:
+    """A Tune trial: train one chunk's missing units, reporting every unit's row."""
+    import ray
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(plan.threads)
+    device = "cuda" if ray.get_gpu_ids() else "cpu"
+    run_chunk(
+        plan, data, config["chunk"], device, lambda row: tune.report({"row": json.dumps(row)})
+    )
+
+
+def _chunk_name(trial: Any) -> str:
+    return str(trial.config["chunk"])
+
+
+# --- the driver --------------------------------------------------------------------------
+
+
+RecordFn = Callable[[dict[str, Any]], None]
+
+
+class _Collector:
+    """Driver side: hands each finished unit to ``record`` and keeps the trials' errors."""
+
+    def __init__(self, record: RecordFn):
+        self.record = record
+        self.errors: dict[str, str] = {}
+
+    def on_result(self, result: Mapping[str, Any]) -> None:
+        if "row" in result:
+            self.record(json.loads(result["row"]))
+
+    def on_error(self, chunk_id: str, error: str) -> None:
+        self.errors[chunk_id] = error
+
+
+def _tune_callback(collector: _Collector) -> Any:
+    """A ``tune.Callback`` forwarding results and errors to ``collector``."""
+    from ray import tune
+
+    class _Forward(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            collector.on_result(result)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            text = trial.get_error() or "the trial's worker died"
+            lines = [line for line in str(text).splitlines() if line.strip()]
+            collector.on_error(_chunk_name(trial), lines[-1] if lines else "unknown error")
+
+        def __reduce__(self):  # Tune pickles its run config; the live collector stays out
+            return (tune.Callback, ())
+
+    return _Forward()
+
+
+def fit(
+    cfg: SearchConfig,
+    data: Dataset,
+    plan: TrialPlan,
+    resources: dict[str, float],
+    chunks: Sequence[Chunk],
+    record: RecordFn,
+    name: str,
+) -> dict[str, str]:
+    """One Tune experiment over ``chunks``, each finished unit passed to ``record``;
+    returns the errors of trials that gave up."""
+    from ray import tune
+
+    collector = _Collector(record)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, data=data, plan=plan), resources
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"chunk": tune.grid_search([c.id for c in chunks])},
+        tune_config=tune.TuneConfig(
+            trial_name_creator=_chunk_name,
+            trial_dirname_creator=_chunk_name,
+            reuse_actors=cfg.reuse_actors,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(Path(plan.exp_dir) / RAY_DIR),
+            verbose=0,
+            callbacks=[_tune_callback(collector)],
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+        ),
+    )
+    with _quiet_logger("ray.tune"):  # no per-trial metrics files to read back: expected
+        tuner.fit()
+    return collector.errors
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
+    """Join ``address``, reuse a Ray this process already runs, or start a local one."""
+    for key, value in RAY_QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            else:  # "local": never attach to some other cluster running on this machine
+                ray.init(
+                    address="local",
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR,
+                )
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            raise NasproxyError(
+                f"cannot start or join {where} ({detail}); check the address and that both "
+                "sides run the same Ray version; a cluster with token authentication needs "
+                "RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+            ) from None
+        started = True
+    try:
+        yield _cluster()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _cluster() -> dict[str, Any]:
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = sum(n["Resources"].get("CPU", 0.0) for n in nodes)
+    gpus = sum(n["Resources"].get("GPU", 0.0) for n in nodes)
+    description = f"{len(nodes)} node{'s' * (len(nodes) != 1)}, {cpus:g} CPUs, {gpus:g} GPUs"
+    return {"nodes": nodes, "cpus": cpus, "gpus": gpus, "description": description}
+
+
+def slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials the cluster runs at once; refuse a trial no node can hold."""
+    import ray
+
+    slots = 0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        res = node["Resources"]
+        fit = math.floor(res.get("CPU", 0.0) / cpus_per_trial + 1e-9)
+        if gpus_per_trial > 0:
+            fit = min(fit, math.floor(res.get("GPU", 0.0) / gpus_per_trial + 1e-9))
+        slots += fit
+    if slots == 0:
+        raise NasproxyError(
+            f"no node of the Ray cluster has {cpus_per_trial:g} CPUs and {gpus_per_trial:g} GPUs "
+            "free for a trial; lower --cpus-per-trial / --gpus-per-trial"
+        )
+    return slots
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

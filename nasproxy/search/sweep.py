@@ -1,0 +1,358 @@
+"""``run_search``: resolve the training sets, find the pending units, drive the runner."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from nasproxy import __version__, results, spaces
+from nasproxy.data import Dataset, load_dataset
+from nasproxy.errors import NasproxyError
+from nasproxy.proxies.base import check_budget
+from nasproxy.proxies.build import parse_proxy, proxy_indices
+from nasproxy.proxies.random import random_per_class
+from nasproxy.results import WHOLE, UnitKey
+from nasproxy.search.config import (
+    DEFAULT_GPU_SHARE,
+    DEFAULT_MAX_STACK,
+    NAME_PATTERN,
+    Progress,
+    ProgressFn,
+    SearchConfig,
+    TrainSet,
+)
+from nasproxy.search.experiment import (
+    build_manifest,
+    check_existing,
+    finish_manifest,
+    next_run_number,
+    remove_experiment,
+    utc_now,
+)
+from nasproxy.search.plan import plan_trials, select_archs
+from nasproxy.search.ray_runner import fit, ray_session, slots
+from nasproxy.search.trial import TrialPlan
+from nasproxy.spaces import Arch
+from nasproxy.train import TrainRecord
+
+HASH_CHARS = 12
+CONSOLIDATE_EVERY_S = 30.0
+
+# --- training sets -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ProxyFile:
+    path: Path
+    name: str | None  # given explicitly as NAME=PATH
+    payload: dict[str, Any]
+    digest: str
+
+
+def _parse_proxy_arg(arg: str) -> tuple[str | None, Path]:
+    """``NAME=PATH`` or ``PATH``."""
+    name, sep, rest = arg.partition("=")
+    if sep and NAME_PATTERN.fullmatch(name) and not Path(arg).exists():
+        return name, Path(rest)
+    return None, Path(arg)
+
+
+def _read_proxy(arg: str) -> _ProxyFile:
+    """Read and parse a proxy file, checking its format; no dataset needed yet."""
+    name, path = _parse_proxy_arg(arg)
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise NasproxyError(f"cannot read proxy file {path} ({exc.strerror or exc})") from None
+    payload = parse_proxy(blob, path)
+    for key in ("method", "fingerprint", "indices"):
+        if key not in payload:
+            raise NasproxyError(f"proxy file {path} lacks {key!r}")
+    digest = hashlib.sha256(blob).hexdigest()[:HASH_CHARS]
+    return _ProxyFile(path, name, payload, digest)
+
+
+def _train_set_names(proxies: Sequence[_ProxyFile], whole: bool) -> list[str]:
+    """Each proxy's name: given, else its method; methods used twice go by file stem."""
+    methods = [str(p.payload["method"]) for p in proxies]
+    names = []
+    for proxy, method in zip(proxies, methods, strict=True):
+        if proxy.name is not None:
+            names.append(proxy.name)
+        elif methods.count(method) > 1:
+            names.append(proxy.path.stem)
+        else:
+            names.append(method)
+    taken = {WHOLE: "--whole"} if whole else {}
+    for proxy, name in zip(proxies, names, strict=True):
+        if not NAME_PATTERN.fullmatch(name):
+            raise NasproxyError(
+                f"proxy file {proxy.path}: {name!r} is not usable as a training-set name; "
+                "name it with --proxy NAME=PATH"
+            )
+        if name in taken:
+            raise NasproxyError(
+                f"two training sets would be named {name!r} ({taken[name]} and {proxy.path}); "
+                "name them with --proxy NAME=PATH"
+            )
+        taken[name] = str(proxy.path)
+    return names
+
+
+def resolve_train_sets(
+    proxy_args: Sequence[str],
+    whole: bool,
+    data: Dataset,
+    whole_per_class: int | None = None,
+    whole_seed: int = 0,
+) -> list[TrainSet]:
+    """The sweep's training sets, in order: each proxy file, then the whole split.
+
+    With ``whole_per_class`` the "whole" reference is a seeded class-balanced subset.
+    """
+    proxies = [_read_proxy(arg) for arg in proxy_args]
+    seen: dict[str, Path] = {}
+    for proxy in proxies:
+        if proxy.digest in seen:
+            raise NasproxyError(f"proxy files {seen[proxy.digest]} and {proxy.path} are identical")
+        seen[proxy.digest] = proxy.path
+    names = _train_set_names(proxies, whole)
+    sets = []
+    for proxy, name in zip(proxies, names, strict=True):
+        indices = proxy_indices(proxy.payload, data, f"proxy file {proxy.path}")
+        epsilon = proxy.payload.get("epsilon")
+        sets.append(
+            TrainSet(
+                name=name,
+                indices=indices,
+                n_images=int(indices.size),
+                proxy_path=str(proxy.path.resolve()),
+                proxy_hash=proxy.digest,
+                epsilon=float(epsilon) if epsilon is not None else None,
+            )
+        )
+    if whole and whole_per_class is None:
+        sets.append(TrainSet(WHOLE, None, len(data.y_train)))
+    elif whole:
+        check_budget(data, whole_per_class)
+        subset = random_per_class(data.y_train.numpy(), whole_per_class, whole_seed)
+        sets.append(TrainSet(WHOLE, subset, int(subset.size)))
+    return sets
+
+
+class _Sweep:
+    """The state of one run of the driver: what is done, counts, progress, consolidation."""
+
+    def __init__(
+        self,
+        exp_dir: Path,
+        done: dict[UnitKey, dict[str, Any]],
+        total: int,
+        progress: ProgressFn | None,
+        train_set_order: Sequence[str],
+        arch_order: Sequence[str],
+    ):
+        self.exp_dir = exp_dir
+        self.done = done
+        self.total = total
+        self.progress = progress
+        self.train_set_order = list(train_set_order)
+        self.arch_order = list(arch_order)
+        self.start = time.perf_counter()
+        self.done_at_start = len(done)
+        self.trained = 0
+        self.last_consolidated = self.start
+
+    def record(self, row: dict[str, Any]) -> None:
+        key = results.row_key(row)
+        if key in self.done:
+            return  # a retried trial re-reports the units it found stored
+        if results.read_unit(results.unit_path(self.exp_dir, key)) is None:
+            results.write_unit(self.exp_dir, row)  # the trial ran where DIR is not shared
+        self.done[key] = row
+        self.trained += 1
+        self.emit(row=row)
+        if time.perf_counter() - self.last_consolidated > CONSOLIDATE_EVERY_S:
+            self.consolidate()
+
+    def consolidate(self) -> None:
+        results.consolidate(self.exp_dir, self.train_set_order, self.arch_order)
+        self.last_consolidated = time.perf_counter()
+
+    def emit(self, row: dict[str, Any] | None = None, message: str = "") -> None:
+        if self.progress is None:
+            return
+        elapsed = time.perf_counter() - self.start
+        remaining = self.total - self.n_done
+        eta = elapsed / self.trained * remaining if self.trained else None
+        statuses = [r["status"] for r in self.done.values()]
+        self.progress(
+            Progress(
+                done=self.n_done,
+                total=self.total,
+                failed=statuses.count("failed"),
+                diverged=statuses.count("diverged"),
+                elapsed_s=elapsed,
+                eta_s=eta,
+                row=row,
+                message=message,
+            )
+        )
+
+    @property
+    def n_done(self) -> int:
+        return len(self.done)
+
+
+def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
+    """Run (or resume) the sweep ``cfg``; returns the experiment directory.
+
+    Everything a user can get wrong (space, proxy files, dataset, protocol of an existing
+    experiment, resources) is checked before any training starts.
+    """
+    spaces.resolve_path(cfg.space)
+    for arg in cfg.proxies:  # a missing or unreadable file fails before the dataset loads
+        _read_proxy(arg)
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.val_fraction, cfg.split_seed)
+    space = spaces.load(cfg.space, image_size=data.image_size)
+    archs = select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)
+    train_sets = resolve_train_sets(
+        cfg.proxies, cfg.whole, data, cfg.whole_per_class, cfg.split_seed
+    )
+
+    exp_dir = cfg.exp_dir
+    if cfg.fresh:
+        remove_experiment(exp_dir)
+    previous = check_existing(exp_dir)
+    manifest = build_manifest(cfg, data, space, archs, train_sets, previous)
+    results.write_manifest(exp_dir, manifest)
+    results.remove_stale_temporaries(exp_dir)
+
+    all_keys = [(ts.name, seed, a.id) for ts in train_sets for seed in cfg.seeds for a in archs]
+    stored = results.read_units(exp_dir)
+    # failed units (out of memory, crashed worker: often transient) run again; ok and
+    # diverged ones are final
+    done = {k: stored[k] for k in all_keys if k in stored and stored[k]["status"] != "failed"}
+    pending = [k for k in all_keys if k not in done]
+    sweep = _Sweep(
+        exp_dir, done, len(all_keys), progress, manifest["train_sets"], manifest["archs"]
+    )
+
+    started, t0 = utc_now(), time.perf_counter()
+    run_info: dict[str, Any] = {"started": started, "units_pending": len(pending)}
+    try:
+        if pending:
+            run_info.update(_run_pending(cfg, data, archs, train_sets, pending, sweep))
+        else:
+            sweep.emit(message=f"all {len(all_keys)} work units are done; nothing to run")
+    finally:
+        sweep.consolidate()
+        run_info["wall_s"] = time.perf_counter() - t0
+        run_info["units_trained"] = sweep.trained
+        finish_manifest(exp_dir, run_info)
+    missing = [k for k in pending if k not in sweep.done]
+    if missing:
+        raise NasproxyError(
+            f"the sweep stopped with {len(missing)} of {len(all_keys)} work units unfinished; "
+            "run the same command again to continue"
+        )
+    return exp_dir
+
+
+def _run_pending(
+    cfg: SearchConfig,
+    data: Dataset,
+    archs: Sequence[Arch],
+    train_sets: Sequence[TrainSet],
+    pending: Sequence[UnitKey],
+    sweep: _Sweep,
+) -> dict[str, Any]:
+    """Start or join Ray, run the pending units as Tune trials; returns run provenance."""
+    by_name = {ts.name: ts for ts in train_sets}
+    macs = {a.id: a.macs(data.in_channels, data.num_classes, data.image_size) for a in archs}
+
+    def cost(key: UnitKey) -> float:
+        return float(macs[key[2]]) * by_name[key[0]].n_images
+
+    with ray_session(cfg.address) as cluster:
+        gpus = cfg.gpus_per_trial
+        if gpus is None:
+            gpus = DEFAULT_GPU_SHARE if cluster["gpus"] > 0 else 0.0
+        n_slots = slots(cfg.cpus_per_trial, gpus)
+        fuse = cfg.fuse == "on" or (cfg.fuse == "auto" and gpus > 0)
+        max_stack = cfg.max_stack or DEFAULT_MAX_STACK
+        n_images = {ts.name: ts.n_images for ts in train_sets}
+        chunks = plan_trials(pending, n_images, fuse, max_stack, cfg.trial_size, n_slots, cost)
+        stacks = [stack for c in chunks for stack in c.stacks]
+        how = (
+            f"as {len(stacks)} stacks of up to {max(map(len, stacks))} (fused)"
+            if fuse
+            else "one at a time (not fused)"
+        )
+        sweep.emit(
+            message=(
+                f"{len(pending)} work units to run ({sweep.n_done} of {sweep.total} done) {how}, "
+                f"in {len(chunks)} trials of up to {max(len(c.units) for c in chunks)} units; "
+                f"{n_slots} at a time ({cfg.cpus_per_trial:g} CPU, {gpus:g} GPU each) on "
+                f"{cluster['description']}"
+            )
+        )
+        plan = TrialPlan(
+            exp_dir=str(sweep.exp_dir),
+            chunks={c.id: c for c in chunks},
+            indices={ts.name: ts.indices for ts in train_sets},
+            hashes={ts.name: ts.proxy_hash for ts in train_sets},
+            train=cfg.train,
+            threads=max(1, int(cfg.cpus_per_trial)),
+            run=next_run_number(sweep.exp_dir),
+            fuse=fuse,
+            fast=cfg.fast,
+            gpu_share=gpus,
+        )
+        resources = {"cpu": cfg.cpus_per_trial, "gpu": gpus}
+        errors = fit(cfg, data, plan, resources, chunks, sweep.record, f"run-{plan.run:03d}")
+        missing = [k for k in pending if k not in sweep.done]
+        if errors and missing and len(errors) < len(chunks):
+            # isolate the crashing unit(s): the rest of an errored chunk gets its own trials
+            solo = plan_trials(missing, n_images, fuse, 1, 1, n_slots, cost)
+            sweep.emit(message=f"{len(errors)} trials crashed; retrying {len(missing)} units alone")
+            plan = replace(plan, chunks={c.id: c for c in solo})
+            name = f"run-{plan.run:03d}-isolated"
+            errors.update(fit(cfg, data, plan, resources, solo, sweep.record, name))
+            missing = [k for k in pending if k not in sweep.done]
+        if errors:
+            reason = "; ".join(sorted(set(errors.values())))[:500]
+            for key in missing:
+                sweep.record(_crash_row(key, by_name[key[0]], cfg, reason))
+        return {
+            "run": plan.run,
+            "trial_size": cfg.trial_size,
+            "trials": len(chunks),
+            "fuse": fuse,
+            "max_stack": max_stack,
+            "stacks": len(stacks),
+            "cpus_per_trial": cfg.cpus_per_trial,
+            "gpus_per_trial": gpus,
+            "slots": n_slots,
+            "cluster": cluster["description"],
+            "crashed_trials": len(errors),
+            "git_commit": results.git_commit(),
+            "nasproxy_version": __version__,
+        }
+
+
+def _crash_row(key: UnitKey, train_set: TrainSet, cfg: SearchConfig, reason: str) -> dict:
+    train_set_name, seed, arch_id = key
+    record = TrainRecord(
+        arch=arch_id,
+        status="failed",
+        reason=f"worker crashed {cfg.max_failures + 1} times: {reason}",
+        seed=seed,
+        epochs=cfg.train.epochs,
+        n_train=train_set.n_images,
+    )
+    return results.make_row(Arch.from_id(arch_id), train_set_name, train_set.proxy_hash, record)

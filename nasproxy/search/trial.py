@@ -1,0 +1,155 @@
+"""The work of one trial, without Ray: train each planned stack's missing units and store
+every unit as its own file.
+
+A stack trains as one ``nasproxy.multitrain.train_many`` call when the sweep fuses
+(a stack that fails splits in halves down to the plain trainer, the reason kept on its
+rows), else unit by unit with ``nasproxy.train.train``. A unit already stored (ok or
+diverged) is reported, not trained again, so a retried trial and a resumed sweep train
+only what is missing.
+
+How large a stack may be: at most the sweep's ``max_stack`` (the planner's bound), and on
+a GPU at most what ``nasproxy.multitrain.largest_stack`` fits into ``MEMORY_FRACTION`` of
+the trial's share of the GPU's memory (``gpu_share`` x total). A stack beyond that is cut
+into even pieces before it trains; the out-of-memory fallback covers an optimistic
+estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nasproxy import results
+from nasproxy.data import Dataset
+from nasproxy.multitrain import largest_stack, train_many
+from nasproxy.results import UnitKey
+from nasproxy.search.config import FastChoice
+from nasproxy.search.experiment import utc_now
+from nasproxy.search.plan import Chunk
+from nasproxy.spaces import Arch
+from nasproxy.train import TrainConfig, TrainRecord, train
+
+MEMORY_FRACTION = 0.6  # of the trial's GPU share, for one stack (the rest: CUDA context, cache)
+
+ReportFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True, eq=False)
+class TrialPlan:
+    """Everything a trial needs besides the dataset; shipped once through the object store."""
+
+    exp_dir: str
+    chunks: dict[str, Chunk]
+    indices: dict[str, np.ndarray | None]
+    hashes: dict[str, str]
+    train: TrainConfig
+    threads: int
+    run: int
+    fuse: bool = False  # train each stack as one network (else unit by unit)
+    fast: FastChoice = FastChoice()  # the stacked path's options
+    gpu_share: float = 0.0  # the trial's GPU resource, for the memory bound of a stack
+
+
+def run_chunk(plan: TrialPlan, data: Dataset, chunk_id: str, device: str, report: ReportFn) -> None:
+    """Train the missing units of chunk ``chunk_id`` on ``device``; ``report`` every row
+    (stored ones too), as soon as its unit file is written."""
+    exp_dir = Path(plan.exp_dir)
+    for stack in plan.chunks[chunk_id].stacks:
+        missing = []
+        for key in stack:
+            row = results.read_unit(results.unit_path(exp_dir, key))
+            if row is None or row["status"] == "failed":
+                missing.append(key)
+            else:
+                report(row)
+        if not missing:
+            continue
+        if not plan.fuse:
+            for key in missing:
+                report(_store(plan, key, _train_plain(plan, data, key, device)))
+            continue
+        for piece in _fit_memory(plan, data, missing, device):
+            for key, record in zip(piece, _train_fused(plan, data, piece, device), strict=True):
+                report(_store(plan, key, record))
+
+
+def _fit_memory(
+    plan: TrialPlan, data: Dataset, keys: Sequence[UnitKey], device: str
+) -> list[list[UnitKey]]:
+    """The stack cut into even pieces that fit the trial's GPU memory (one piece off GPU)."""
+    if not device.startswith("cuda") or plan.gpu_share <= 0:
+        return [list(keys)]
+    total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    budget = int(total * min(plan.gpu_share, 1.0) * MEMORY_FRACTION)
+    indices = plan.indices[keys[0][0]]
+    n_images = len(data.y_train) if indices is None else len(indices)
+    bf16 = plan.fast.resolve("cuda").bf16
+    arch = Arch.from_id(keys[0][2])
+    cap = largest_stack(arch, data, n_images, plan.train.batch_size, budget, bf16)
+    count = math.ceil(len(keys) / cap)
+    bounds = [round(j * len(keys) / count) for j in range(count + 1)]
+    return [list(keys[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _train_fused(
+    plan: TrialPlan, data: Dataset, keys: Sequence[UnitKey], device: str
+) -> list[TrainRecord]:
+    """One stack through train_many; an error it does not handle fails all its units."""
+    archs = [arch_id for _, _, arch_id in keys]  # one shape; activations may differ
+    cfgs = [replace(plan.train, seed=seed, device=device) for _, seed, _ in keys]
+    sets = [plan.indices[train_set] for train_set, _, _ in keys]
+    options = plan.fast.resolve(torch.device(device).type)
+    try:
+        return train_many(archs, data, sets, cfgs, options)
+    except Exception as exc:  # one stack's error must not take its chunk down
+        return [_failed(plan, data, key, device, exc) for key in keys]
+
+
+def _train_plain(plan: TrialPlan, data: Dataset, key: UnitKey, device: str) -> TrainRecord:
+    """One unit with the plain trainer; any error becomes a ``failed`` record."""
+    train_set, seed, arch_id = key
+    try:
+        return train(
+            arch_id, data, plan.indices[train_set], replace(plan.train, seed=seed, device=device)
+        )
+    except Exception as exc:  # one unit's error must not take its chunk down
+        return _failed(plan, data, key, device, exc)
+
+
+def _failed(
+    plan: TrialPlan, data: Dataset, key: UnitKey, device: str, exc: Exception
+) -> TrainRecord:
+    train_set, seed, arch_id = key
+    indices = plan.indices[train_set]
+    first_line = (str(exc).splitlines() or [""])[0]
+    return TrainRecord(
+        arch=arch_id,
+        status="failed",
+        reason=f"{exc.__class__.__name__}: {first_line}",
+        seed=seed,
+        epochs=plan.train.epochs,
+        n_train=len(data.y_train) if indices is None else len(indices),
+        device=device,
+    )
+
+
+def _store(plan: TrialPlan, key: UnitKey, record: TrainRecord) -> dict[str, Any]:
+    """Write the unit file of ``key`` (atomic) and return its row."""
+    train_set, _, arch_id = key
+    row = results.make_row(Arch.from_id(arch_id), train_set, plan.hashes[train_set], record)
+    extra = {
+        "history": record.history,
+        "params": record.params,
+        "macs": record.macs,
+        "images_per_s": record.images_per_s,
+        "run": plan.run,
+        "finished": utc_now(),
+    }
+    results.write_unit(Path(plan.exp_dir), row, extra)
+    return row
