@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nasproxy.io import atomic_write_json
+from nasproxy.io import atomic_write_json, atomic_writer
 
 FORMAT = "nasproxy-cache/1"
 
@@ -66,17 +64,8 @@ class ArrayCache:
         """Store ``arrays`` as ``name``; a cache that cannot be written is only reported."""
         meta_path, data_path = self._paths(name)
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{data_path.name}.", suffix=".tmp", dir=self.folder)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    np.savez(fh, **arrays)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, data_path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_writer(data_path) as fh:
+                np.savez(fh, **arrays)
             meta = {
                 "key": self.key,
                 "sha256": _sha256(data_path),
