@@ -152,7 +152,7 @@ cat "$OUT/env.txt" >>"$LOG"
 # the unpacked JPEGs must decode to the images the proxies were built on
 if ! step decode "$(( $(left) < 150 ? $(left) : 150 ))" \
     "$PY" scripts/table1_units.py check-data --dataset "$DATASET" "$PROXY_DIR"/*.json; then
-  say "the dataset does not match the proxy files (see the decode step); no sweep ran"
+  say "the dataset could not be read or does not match the proxy files (see the decode step); no sweep ran"
   exit 1
 fi
 grep -h "fingerprint" "$LOG" | tail -1 >>"$OUT/env.txt"
