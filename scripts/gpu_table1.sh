@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Table 1 on a GPU in one call of a short window: the fused sweep of every architecture on
+# the committed proxies, then the whole-split reference on a stratified sample, stored so
+# that a later window resumes where this one stopped.
+#
+# On a GPU host, from the repository root, after staging Ray and the CIFAR-10 copy
+# (../shared/gpu/README.md: upload the .stage parts, unstage each):
+#
+#     source /tmp/stage/env.sh && OUT=/path/to/out bash scripts/gpu_table1.sh
+#
+# Rehearsal on any machine (CPU is fine), tiny sizes, a few minutes:
+#
+#     GPU_TABLE1_TINY=1 NASPROXY_DATA=/path/to/cifar10-jpeg OUT=/tmp/t1 bash scripts/gpu_table1.sh
+#
+# Steps, each under `timeout` within one budget (GPU_TABLE1_BUDGET seconds, default 500):
+#   decode  decode the dataset once and check its fingerprint against the proxy files
+#   bench   scripts/bench_sweep.py at small sizes, only when results/bench/ has no CUDA
+#           sweep benchmark yet
+#   proxies nasproxy search: every architecture (PROXY_ARCHS, default all 720) on the four
+#           proxies of results/table1-cifar10-cpu/proxies, EPOCHS epochs, fused
+#           -> experiment $EXP-proxies
+#   table1  nasproxy search: the four proxies and the whole training split on a stratified
+#           sample of WHOLE_SHAPES shapes (default 32) with all 3 activations of each (96
+#           architectures: a fused sweep stacks the activations of a shape, so complete
+#           shapes fuse on the whole split), EPOCHS epochs, fused
+#           -> experiment $EXP (the one `nasproxy report` reads)
+# The two are separate experiments because an experiment trains every one of its training
+# sets on every one of its architectures. Both live under RESULTS_DIR (default results), so
+# with their unit files committed a later window resumes them and trains only what is
+# missing. A step stopped at its limit gets SIGINT first (the sweep stops its trials and
+# writes its manifest), then SIGKILL; only its units in flight are lost.
+#
+# Under $OUT (one level): gpu_table1.log, env.txt, table1-units.tar.gz (both experiments'
+# manifests and unit files; rewritten every PACK_EVERY seconds while the sweeps run and at
+# the end, always by rename), sweep-<device>.json (when the benchmark ran). Unpack with
+#     python scripts/table1_units.py unpack table1-units.tar.gz --results-dir results
+# The log has a `rate` line for each training set every PACK_EVERY seconds: units and
+# images per second measured here, and what the rest would take at that rate.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+: "${OUT:?set OUT to the folder the results go to}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
+export NASPROXY_DATA_ROOT="${NASPROXY_DATA_ROOT:-/tmp/nasproxy-cache}"
+PY="${PYTHON:-python3}"
+LOG="$OUT/gpu_table1.log"
+ARCHIVE="$OUT/table1-units.tar.gz"
+PROXY_DIR=results/table1-cifar10-cpu/proxies
+METHODS=(random herding forgetting influence)
+DATASET="imagefolder:${NASPROXY_DATA:?set NASPROXY_DATA (source /tmp/stage/env.sh)}"
+
+if [ -n "${GPU_TABLE1_TINY:-}" ]; then
+  : "${GPU_TABLE1_BUDGET:=600}" "${EPOCHS:=1}" "${SEEDS:=1}" "${WHOLE_SHAPES:=1}"
+  : "${RESULTS_DIR:=${TMPDIR:-/tmp}/gpu-table1-tiny/results}" "${EXP:=table1-tiny}"
+  : "${PROXY_MAX_S:=200}" "${WHOLE_MIN_S:=200}" "${BENCH_S:=150}" "${PACK_EVERY:=30}"
+  : "${TRIAL_SIZE:=16}"
+  PROXY_ARCHS=(--archs 'w32-d1-*' --sample 2)
+  SHAPES_WITHIN=(--within 'w32-d1-*')
+  WHOLE_OPTS=(--whole-per-class 20)
+  BENCH_ARGS=(--tiny --workloads proxy)
+  SUFFIX=tiny
+else
+  : "${GPU_TABLE1_BUDGET:=500}" "${EPOCHS:=10}" "${SEEDS:=1}" "${WHOLE_SHAPES:=32}"
+  : "${RESULTS_DIR:=results}" "${EXP:=table1-cifar10-gpu}"
+  : "${PROXY_MAX_S:=150}" "${WHOLE_MIN_S:=180}" "${BENCH_S:=120}" "${PACK_EVERY:=30}"
+  : "${TRIAL_SIZE:=48}"  # a proxy stack is 12 units: 4 stacks a trial, fewer trial start-ups
+  read -r -a PROXY_ARCHS <<<"${PROXY_ARCHS:-}"  # default: all architectures of the space
+  SHAPES_WITHIN=()
+  WHOLE_OPTS=()
+  BENCH_ARGS=(--dataset "$DATASET" --archs 8 --epochs 3 --proxies 4 --proxy-size 1000
+              --seeds 2 --whole-slice 5000 --whole-epochs 1)
+  SUFFIX=cuda
+fi
+EXPERIMENTS=("$EXP-proxies" "$EXP")
+WHOLE_ARCHS=()
+while read -r glob; do WHOLE_ARCHS+=(--archs "$glob"); done < <(
+  "$PY" scripts/table1_units.py shapes "$WHOLE_SHAPES" "${SHAPES_WITHIN[@]}")
+WHOLE_ARCHS+=("${WHOLE_OPTS[@]}")
+TAIL_S=20  # kept for the last pack
+START=$SECONDS
+START_EPOCH=$(date +%s)
+PROXIES=()
+for m in "${METHODS[@]}"; do PROXIES+=(--proxy "$PROXY_DIR/$m.json"); done
+SEARCH=("$PY" -m nasproxy.cli search --dataset "$DATASET" "${PROXIES[@]}" --epochs "$EPOCHS"
+        --seeds "$SEEDS" --trial-size "$TRIAL_SIZE" --results-dir "$RESULTS_DIR")
+
+say() { echo "$(date -u +%T) $*" | tee -a "$LOG"; }
+left() { echo $((GPU_TABLE1_BUDGET - TAIL_S - (SECONDS - START))); }
+
+step() {  # step NAME SECONDS COMMAND...: run in its own session with a time limit
+  local name=$1 limit=$2
+  shift 2
+  if [ "$limit" -lt 10 ]; then say "== $name: skipped, a limit of ${limit}s"; return 1; fi
+  say "== $name (limit ${limit}s): $*"
+  local start=$SECONDS
+  # SIGINT to the command alone (a sweep then stops its trials and writes its manifest),
+  # SIGKILL 30 s later; then whatever the step's session still holds (Ray's processes)
+  setsid --wait timeout --foreground -s INT -k 30 "$limit" "$@" >>"$LOG" 2>&1 &
+  local sid=$!
+  wait "$sid"
+  local rc=$?
+  local left_behind
+  left_behind=$(pgrep -s "$sid" || true)
+  if [ -n "$left_behind" ]; then kill -9 $left_behind 2>/dev/null; fi
+  say "== $name: exit $rc after $((SECONDS - start))s"
+  return "$rc"
+}
+
+pack() {
+  "$PY" scripts/table1_units.py pack --results-dir "$RESULTS_DIR" --out "$ARCHIVE" \
+    "${EXPERIMENTS[@]}" >>"$LOG" 2>&1
+}
+
+monitor() {  # every PACK_EVERY seconds: refresh the archive, log the measured rates
+  local since=$1
+  trap 'kill "$nap" 2>/dev/null; exit 0' TERM  # never in the middle of a pack
+  while true; do
+    sleep "$PACK_EVERY" &
+    nap=$!
+    wait "$nap"
+    pack
+    "$PY" scripts/table1_units.py rates --results-dir "$RESULTS_DIR" --since "$since" \
+      "${EXPERIMENTS[@]}" 2>&1 | tee -a "$LOG"
+  done
+}
+
+sweep() {  # sweep NAME LIMIT SEARCH-ARGS...: one search with the monitor running beside it
+  local name=$1 limit=$2
+  shift 2
+  monitor "$(date +%s)" &
+  local mon=$!
+  step "$name" "$limit" "$@"
+  local rc=$?
+  kill "$mon" 2>/dev/null
+  wait "$mon" 2>/dev/null
+  return "$rc"
+}
+
+: >"$LOG"
+{
+  echo "date: $(date -u +%FT%TZ)"
+  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with changes, or no git)')"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null ||
+    echo "gpu: none (no nvidia-smi)"
+  "$PY" -c "import sys, torch, ray, PIL; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else ''); print('ray', ray.__version__, 'pillow', PIL.__version__)"
+  echo "dataset: $DATASET"
+  echo "settings: budget ${GPU_TABLE1_BUDGET}s, epochs $EPOCHS, seeds $SEEDS, trial size $TRIAL_SIZE, proxy archs '${PROXY_ARCHS[*]:-all}', whole archs '${WHOLE_ARCHS[*]}', results $RESULTS_DIR/{$EXP-proxies,$EXP}"
+} >"$OUT/env.txt" 2>&1
+cat "$OUT/env.txt" >>"$LOG"
+
+# the unpacked JPEGs must decode to the images the proxies were built on
+if ! step decode "$(( $(left) < 150 ? $(left) : 150 ))" \
+    "$PY" scripts/table1_units.py check-data --dataset "$DATASET" "$PROXY_DIR"/*.json; then
+  say "the dataset could not be read or does not match the proxy files (see the decode step); no sweep ran"
+  exit 1
+fi
+grep -h "fingerprint" "$LOG" | tail -1 >>"$OUT/env.txt"
+
+if "$PY" scripts/table1_units.py has-gpu-bench results/bench >>"$LOG" 2>&1; then
+  say "== bench: skipped, a CUDA sweep benchmark is committed"
+else
+  step bench "$(( $(left) < BENCH_S ? $(left) : BENCH_S ))" \
+    "$PY" scripts/bench_sweep.py "${BENCH_ARGS[@]}" --out "$OUT/sweep-$SUFFIX.json"
+fi
+
+proxy_limit=$(( $(left) - WHOLE_MIN_S ))
+proxy_limit=$(( proxy_limit < PROXY_MAX_S ? proxy_limit : PROXY_MAX_S ))
+sweep proxies "$proxy_limit" "${SEARCH[@]}" "${PROXY_ARCHS[@]}" --name "$EXP-proxies"
+sweep table1 "$(left)" "${SEARCH[@]}" --whole "${WHOLE_ARCHS[@]}" --name "$EXP"
+
+pack
+"$PY" scripts/table1_units.py rates --results-dir "$RESULTS_DIR" --since "$START_EPOCH" \
+  "${EXPERIMENTS[@]}" 2>&1 | sed 's/^rate /this call, overall: /' | tee -a "$LOG"
+say "done after $((SECONDS - START))s; under $OUT: $(cd "$OUT" && echo *)"
