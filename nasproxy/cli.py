@@ -144,6 +144,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         max_failures=args.max_failures,
         reuse_actors=not args.no_reuse_actors,
         fresh=args.fresh,
+        rebuild_manifest=args.rebuild_manifest,
     )
     exp_dir = run_search(cfg, progress=_print_search_progress)
     print(exp_dir)
@@ -330,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a fresh worker for every trial (default: reuse finished ones)",
     )
     p.add_argument("--fresh", action="store_true", help="delete this experiment and start over")
+    p.add_argument(
+        "--rebuild-manifest",
+        action="store_true",
+        help="write a damaged or missing manifest.json anew from this command (the one that "
+        "made the experiment), keeping and checking the stored unit files",
+    )
     p.set_defaults(handler=cmd_search)
 
     p = sub.add_parser("report", help="Table 1 (md, csv, tex) and plots from a finished search")

@@ -48,6 +48,7 @@ class SearchConfig:
     max_failures: int = 2  # Tune retries of a trial whose worker crashed
     reuse_actors: bool = True  # run the next trial in a finished trial's worker (no restart)
     fresh: bool = False  # delete this experiment's directory first
+    rebuild_manifest: bool = False  # write the manifest anew from this config + unit files
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.fullmatch(self.name):
@@ -70,6 +71,8 @@ class SearchConfig:
             raise NasproxyError(f"max failures must be >= 0, got {self.max_failures}")
         if self.sample is not None and self.sample < 1:
             raise NasproxyError(f"sample size must be at least 1, got {self.sample}")
+        if self.fresh and self.rebuild_manifest:
+            raise NasproxyError("--fresh deletes what --rebuild-manifest would keep: give one")
 
     @property
     def exp_dir(self) -> Path:
