@@ -94,18 +94,8 @@ def experiment_lock(exp_dir: Path) -> Iterator[None]:
             held.release()
 
 
-def holds(exp_dir: Path) -> bool:
-    """Whether this process holds ``exp_dir``'s lock."""
-    with _held_guard:
-        return Path(exp_dir) / LOCK_NAME in _held
-
-
 def _acquire(path: Path) -> _Lock:
     created_dir = not path.parent.exists()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NasproxyError(f"cannot create {path.parent} ({exc.strerror or exc})") from None
     token = os.urandom(8).hex()
     info = {
         "pid": os.getpid(),
@@ -115,14 +105,18 @@ def _acquire(path: Path) -> _Lock:
         "token": token,
     }
     tmp = path.with_name(f"{LOCK_NAME}.{token}.tmp")
-    tmp.write_text(json.dumps(info) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(info) + "\n")
+    except OSError as exc:
+        if created_dir:
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+        raise NasproxyError(f"cannot write the lock {path} ({exc.strerror or exc})") from None
     try:
         for _ in range(20):  # each pass either takes the lock, refuses, or clears a stale one
-            try:
-                os.link(tmp, path)
+            if _create(tmp, path):
                 return _Lock(path, token, created_dir)
-            except FileExistsError:
-                pass
             holder = _read(path)
             if holder is None and not path.exists():
                 continue  # released between the link and the read
@@ -132,12 +126,31 @@ def _acquire(path: Path) -> _Lock:
             time.sleep(0.05)
         raise NasproxyError(f"cannot take the lock {path}: other drivers keep taking it")
     except BaseException:
+        tmp.unlink(missing_ok=True)
         if created_dir:
             with contextlib.suppress(OSError):
                 path.parent.rmdir()
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _create(tmp: Path, path: Path) -> bool:
+    """Make ``tmp``'s content appear as ``path`` unless ``path`` exists; whether it did."""
+    try:
+        os.link(tmp, path)  # atomic, and the lock appears with its content
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links on this file system: exclusive create, then write
+        pass
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(tmp.read_bytes())
+    return True
 
 
 def _busy_message(path: Path, holder: dict[str, Any] | None) -> str:
