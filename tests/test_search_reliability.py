@@ -307,50 +307,44 @@ def test_unreachable_address_fails_in_seconds_and_creates_nothing(inputs, tmp_pa
 # --- a crashed worker, a damaged manifest ----------------------------------------------------
 
 
-def _trial_workers() -> list[int]:
-    """Tune trial actors of this process's Ray (its descendants), busy or idle."""
-    children: dict[int, list[int]] = {}
-    titles: dict[int, str] = {}
+def _trial_workers(session: int) -> list[int]:
+    """Tune's trial actors in the process session ``session`` (a driver's own Ray)."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[-1].split()[1])
-            titles[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace")
+            sid = int((entry / "stat").read_text().rsplit(")", 1)[-1].split()[3])
+            title = (entry / "cmdline").read_bytes()
         except (OSError, ValueError):
             continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    mine, queue = [], [os.getpid()]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            queue.append(child)
-            if titles.get(child, "").startswith("ray::ImplicitFunc"):
-                mine.append(child)
-    return mine
+        if sid == session and title.startswith(b"ray::ImplicitFunc"):
+            found.append(int(entry.name))
+    return found
 
 
-def test_a_worker_crash_tune_recovers_is_recorded_and_told_in_one_line(
-    cluster, inputs, tmp_path, marked
-):
+def test_a_worker_crash_tune_recovers_is_recorded_and_told_in_one_line(inputs, tmp_path, marked):
     name = "crash"
     exp_dir = tmp_path / name
     proc = marked(
-        _search_command(inputs, tmp_path, name, "--address", cluster),
-        stdout=subprocess.DEVNULL,
+        _search_command(inputs, tmp_path, name, "--archs", SMALL),
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    _wait(lambda: _units(exp_dir) and _trial_workers(), proc, "a running trial")
-    for pid in _trial_workers():
+    _wait(lambda: _units(exp_dir) and _trial_workers(proc.pid), proc, "a running trial")
+    for pid in _trial_workers(proc.pid):
         _kill(pid)
-    stderr = proc.communicate(timeout=300)[1].decode()
-    assert proc.returncode == 0, stderr
-    assert "Traceback" not in stderr, stderr
-    told = [line for line in stderr.splitlines() if "crashed (" in line]
-    assert told and all(line.startswith("nasproxy search: trial ") for line in told), stderr
+    out, err = (stream.decode() for stream in proc.communicate(timeout=300))
+    assert proc.returncode == 0, err
+    assert out == f"{exp_dir}\n"  # no Ray notice on stdout, only the result's location
+    assert "Traceback" not in err, err
+    told = [line for line in err.splitlines() if "crashed (" in line]
+    assert told and all(line.startswith("nasproxy search: trial ") for line in told), err
     run = results.read_manifest(exp_dir)["runs"][-1]
     assert len(run["recovered_crashes"]) == len(told)
     table = results.read_trials(exp_dir)
-    assert len(table) == 18 and (table["status"] == "ok").all()
+    assert len(table) == 9 and (table["status"] == "ok").all()
+    assert _none_left(marked) == {}
 
 
 def test_a_damaged_or_missing_manifest_is_rebuilt_from_the_unit_files(cluster, inputs, tmp_path):

@@ -232,7 +232,7 @@ def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C is ours (the stopper), not Tune's
     import ray
 
-    with SigintDeferral() as sigint:
+    with SigintDeferral() as sigint, _without_worker_death_notices():
         started = _start_ray(address)
         try:
             sigint.check()
@@ -240,6 +240,40 @@ def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
         finally:
             if started:
                 ray.shutdown()
+
+
+WORKER_DEATH_NOTICE = "A worker died or was killed"
+
+
+@contextlib.contextmanager
+def _without_worker_death_notices() -> Iterator[None]:
+    """Drop Ray's notice of a dead worker, which its driver prints on stdout: the trial's
+    crash is reported as one progress line instead (``fit``'s ``on_recover``, or a failed
+    row). Ray's other notices pass unchanged."""
+    try:
+        from ray._private import worker
+    except ImportError:
+        yield
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None:
+        yield
+        return
+
+    def filtered(data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        lines = [str(line) for line in data.get("lines", [])]
+        if data.get("pid") == "raylet" and lines:
+            kept = [line for line in lines if not line.startswith(WORKER_DEATH_NOTICE)]
+            if not kept:
+                return
+            data = {**data, "lines": kept}
+        original(data, *args, **kwargs)
+
+    worker.print_to_stdstream = filtered
+    try:
+        yield
+    finally:
+        worker.print_to_stdstream = original
 
 
 def _start_ray(address: str | None) -> bool:
