@@ -264,6 +264,8 @@ def test_ctrl_c_leaves_no_ray_process_and_a_store_that_resumes(
     assert proc.returncode == 130, stderr  # not a crash (-11), not an error (2)
     assert "Traceback" not in stderr
     assert _none_left(marked) == {}
+    if moment == "while trials run":
+        assert results.read_manifest(exp_dir)["runs"][-1]["interrupted"] is True
 
     before = _units(exp_dir)
     events = []

@@ -267,6 +267,9 @@ def _run_locked(
             run_info.update(_run_pending(cfg, data, archs, train_sets, pending, sweep))
         else:
             sweep.emit(message=f"all {len(all_keys)} work units are done; nothing to run")
+    except KeyboardInterrupt:
+        run_info["interrupted"] = True  # Ray is down by now; the same command resumes
+        raise
     finally:
         sweep.consolidate()
         run_info["wall_s"] = time.perf_counter() - t0
