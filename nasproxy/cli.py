@@ -138,7 +138,6 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from nasproxy.results import experiment_dir
     from nasproxy.search import FastChoice, SearchConfig, run_search
     from nasproxy.train import TrainConfig
 
@@ -178,8 +177,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             channels_last=args.channels_last,
             cuda_graphs=args.cuda_graphs,
         ),
+        rebuild_manifest=args.rebuild_manifest,
     )
-    experiment_dir(args.results_dir, args.name)  # name and folder, before any work
     with SearchProgress() as progress:
         exp_dir = run_search(cfg, progress=progress)
     print(exp_dir)
@@ -460,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fresh", action="store_true", help="delete this experiment and start over")
     _add_fuse_flags(p)
+    p.add_argument(
+        "--rebuild-manifest",
+        action="store_true",
+        help="write a damaged or missing manifest.json anew from this command (the one that "
+        "made the experiment), keeping and checking the stored unit files",
+    )
     p.set_defaults(handler=cmd_search)
 
     p = sub.add_parser("report", help="Table 1 (md, csv, tex) and plots from a finished search")

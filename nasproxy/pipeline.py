@@ -18,9 +18,17 @@ from nasproxy.presets import Preset
 from nasproxy.proxies.build import build_proxy, read_proxy, write_proxy
 from nasproxy.proxies.registry import method_names
 from nasproxy.report import ReportResult, make_report
-from nasproxy.results import experiment_dir, remove_experiment
+from nasproxy.results import experiment_dir
 from nasproxy.scoring import ScoringConfig
-from nasproxy.search import FastChoice, ProgressFn, SearchConfig, run_search, select_archs
+from nasproxy.search import (
+    FastChoice,
+    ProgressFn,
+    SearchConfig,
+    experiment_lock,
+    remove_experiment,
+    run_search,
+    select_archs,
+)
 from nasproxy.train import TrainConfig, resolve_device
 
 Message = Callable[[str], None]
@@ -122,14 +130,15 @@ def run_pipeline(
     )
     data = load_dataset(preset.dataset, root)
     select_archs(spaces.load(cfg.space, data.image_size), cfg.archs, cfg.sample, cfg.sample_seed)
-    if fresh:
-        # the proxies live inside the experiment, so the experiment goes before they are
-        # rebuilt (a fresh search after the build would delete them with it)
-        remove_experiment(exp_dir)
-    build_proxies(preset, data, proxies_dir, root, device, progress)
-    if progress is not None:
-        progress("searching")
-    run_search(cfg, search_progress)
+    with experiment_lock(exp_dir):  # no other driver builds, searches or deletes meanwhile
+        if fresh:
+            # the proxies live inside the experiment, so the experiment goes before they are
+            # rebuilt (a fresh search after the build would delete them with it)
+            remove_experiment(exp_dir)
+        build_proxies(preset, data, proxies_dir, root, device, progress)
+        if progress is not None:
+            progress("searching")
+        run_search(cfg, search_progress)
     if progress is not None:
         progress("reporting")
     return make_report(exp_dir, top_k=preset.top_k)

@@ -18,7 +18,6 @@ import io
 import json
 import math
 import re
-import shutil
 import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -45,6 +44,7 @@ WHOLE = "whole"  # the train_set name of the whole training split
 # An experiment name is one folder name under the results directory: never absolute,
 # never a path, never "." or ".." (it cannot start with a dot).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+LOCK = ".lock"  # the driver's lock file in an experiment (nasproxy.search.lock)
 # What nasproxy itself writes at the top of an experiment directory: the store, Ray
 # Tune's run folders, the proxies of `nasproxy run`, and the report's tables and plots.
 OWN_ENTRIES = frozenset(
@@ -285,7 +285,7 @@ def foreign_entries(exp_dir: Path) -> list[str]:
     exp_dir = Path(exp_dir)
     if exp_dir.is_symlink() or not exp_dir.is_dir():
         return [exp_dir.name]
-    entries = list(exp_dir.iterdir())
+    entries = [p for p in exp_dir.iterdir() if not _lock_file(p)]
     foreign = sorted(p.name for p in entries if p.name not in OWN_ENTRIES and not _temporary(p))
     units, proxies = exp_dir / UNITS_DIR, exp_dir / "proxies"
     layouts = [  # (folder, depth of its files), e.g. units/<train_set>/s<seed>/<arch>.json
@@ -316,19 +316,9 @@ def foreign_entries(exp_dir: Path) -> list[str]:
     return [] if proven else [f"no nasproxy {MANIFEST}, unit or proxy file"]
 
 
-def remove_experiment(exp_dir: Path) -> None:
-    """Delete an experiment (``--fresh``), refusing any folder it cannot prove is one."""
-    exp_dir = Path(exp_dir)
-    if not exp_dir.exists() and not exp_dir.is_symlink():
-        return
-    foreign = foreign_entries(exp_dir)
-    if foreign:
-        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-        raise NasproxyError(
-            f"{exp_dir} is not only a nasproxy experiment ({', '.join(foreign[:3])}{more}); "
-            "refusing to delete it"
-        )
-    shutil.rmtree(exp_dir)
+def _lock_file(path: Path) -> bool:
+    """The experiment's lock (``LOCK``) or its guard and temporaries (``LOCK.*``)."""
+    return path.name == LOCK or path.name.startswith(f"{LOCK}.")
 
 
 def _temporary(path: Path) -> bool:

@@ -10,6 +10,7 @@ import pytest
 
 from nasproxy import results
 from nasproxy.errors import NasproxyError
+from nasproxy.search.experiment import remove_experiment
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
 
@@ -173,7 +174,7 @@ def test_remove_experiment_deletes_only_what_nasproxy_wrote(tmp_path):
     ours = tmp_path / "ours"
     _experiment(ours)
     (ours / "units" / "random" / "s0" / ".x.json.123.tmp").write_text("torn")
-    results.remove_experiment(ours)
+    remove_experiment(ours)
     assert not ours.exists()
 
     foreign_cases = {
@@ -191,14 +192,14 @@ def test_remove_experiment_deletes_only_what_nasproxy_wrote(tmp_path):
         spoil(exp)
         before = sorted(p for p in exp.rglob("*"))
         with pytest.raises(NasproxyError, match=f"{what}.*refusing to delete"):
-            results.remove_experiment(exp)
+            remove_experiment(exp)
         assert sorted(p for p in exp.rglob("*")) == before
     (tmp_path / "empty").mkdir()
-    results.remove_experiment(tmp_path / "empty")  # nothing to lose
+    remove_experiment(tmp_path / "empty")  # nothing to lose
     assert not (tmp_path / "empty").exists()
     (tmp_path / "link").symlink_to(tmp_path / "exp0")
     with pytest.raises(NasproxyError, match="refusing to delete"):
-        results.remove_experiment(tmp_path / "link")
+        remove_experiment(tmp_path / "link")
     assert (tmp_path / "exp0" / "notes.txt").exists()
 
 

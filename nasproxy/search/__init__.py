@@ -57,9 +57,14 @@ trial each, so a single bad unit is isolated, and what still crashes is recorded
 stacked path) splits in halves down to the plain trainer, with the reason in each row's
 ``fallback``.
 
-A sweep's protocol (dataset fingerprint, space, epochs, seeds, training settings, training
-sets) is fixed in ``manifest.json`` when it starts; the same name with a different protocol is
-refused. The architecture selection may grow between runs (the manifest lists the union).
+A sweep's protocol (dataset fingerprint, space, epochs, seeds, training settings) is fixed in
+``manifest.json`` when it starts; the same name with a different protocol is refused. The
+architecture selection and the training sets may grow between runs (the manifest lists the
+union); every stored training set must be given again, unchanged (same proxy hash). A
+damaged or missing manifest is rebuilt from the command and the unit files
+(``rebuild_manifest``). One driver at a time holds an experiment (``lock``); Ctrl-C stops a
+sweep cleanly (``interrupt``); a cluster address is checked before anything is created
+(``address``).
 The manifest's ``wall_s`` gives, per training set, the summed training seconds of its units
 (the cost of searching on that set); ``sweep_wall_s`` the driver's wall time over all runs,
 and ``runs`` each run's provenance (commit, cluster, trial size, fusing, units trained).
@@ -80,6 +85,7 @@ from nasproxy.search.config import (
     TrainSet,
 )
 from nasproxy.search.experiment import protocol, remove_experiment
+from nasproxy.search.lock import experiment_lock
 from nasproxy.search.plan import (
     Chunk,
     Stack,
@@ -104,6 +110,7 @@ __all__ = [
     "SearchConfig",
     "TrainSet",
     "Stack",
+    "experiment_lock",
     "plan_chunks",
     "plan_stacks",
     "plan_trials",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nasproxy import results
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.multitrain import RNG_MODES, FastOptions
@@ -30,8 +30,6 @@ FAST_DEFAULTS: dict[str, FastOptions] = {
     "cuda": FastOptions(rng="exact", bf16=False, channels_last=False, cuda_graphs=True),
     "cpu": FastOptions(rng="exact", bf16=False, channels_last=False, cuda_graphs=False),
 }
-
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -89,12 +87,10 @@ class SearchConfig:
     fuse: str = "auto"
     max_stack: int | None = None  # most units a stack; None: DEFAULT_MAX_STACK
     fast: FastChoice = FastChoice()  # the stacked path's options
+    rebuild_manifest: bool = False  # write the manifest anew from this config + unit files
 
     def __post_init__(self) -> None:
-        if not NAME_PATTERN.fullmatch(self.name):
-            raise NasproxyError(
-                f"bad experiment name {self.name!r}: use letters, digits, '.', '_' and '-'"
-            )
+        results.check_name(self.name)
         if not self.proxies and not self.whole:
             raise NasproxyError("nothing to train on: give --proxy files and/or --whole")
         if self.whole_per_class is not None and (not self.whole or self.whole_per_class < 1):
@@ -115,6 +111,8 @@ class SearchConfig:
             raise NasproxyError(f"--fuse must be one of {', '.join(FUSE_MODES)}, got {self.fuse!r}")
         if self.max_stack is not None and self.max_stack < 1:
             raise NasproxyError(f"max stack must be at least 1, got {self.max_stack}")
+        if self.fresh and self.rebuild_manifest:
+            raise NasproxyError("--fresh deletes what --rebuild-manifest would keep: give one")
 
     @property
     def exp_dir(self) -> Path:

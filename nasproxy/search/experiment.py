@@ -1,8 +1,10 @@
 """The experiment directory on top of ``nasproxy.results``: its protocol and manifest,
-the refusal of a changed protocol, removal (--fresh) and run numbering."""
+the refusal of a changed protocol, growth by training set, a manifest rebuilt from the unit
+files, removal (--fresh) and run numbering."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -14,6 +16,7 @@ from nasproxy import __version__, results
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.search.config import SearchConfig, TrainSet
+from nasproxy.search.lock import LOCK_NAME, experiment_lock
 from nasproxy.spaces import Arch, Space
 
 RAY_DIR = "ray"
@@ -37,20 +40,86 @@ def protocol(cfg: SearchConfig) -> dict[str, Any]:
 
 
 def remove_experiment(exp_dir: Path) -> None:
-    """Delete an experiment directory (--fresh), refusing anything that is not one."""
-    if not exp_dir.exists():
+    """Delete an experiment (``--fresh``): never while another driver runs it (its lock is
+    held meanwhile), and never a folder that holds anything nasproxy did not write
+    (``results.foreign_entries``)."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.exists() and not exp_dir.is_symlink():
         return
-    looks_like_one = (exp_dir / results.MANIFEST).exists() or (exp_dir / results.UNITS_DIR).is_dir()
-    if not exp_dir.is_dir() or (not looks_like_one and any(exp_dir.iterdir())):
-        raise NasproxyError(f"{exp_dir} is not a nasproxy experiment; refusing to delete it")
-    shutil.rmtree(exp_dir)
+    foreign = results.foreign_entries(exp_dir)  # before the lock creates anything in it
+    if not foreign:
+        with experiment_lock(exp_dir):
+            foreign = results.foreign_entries(exp_dir)
+            if not foreign:
+                for entry in exp_dir.iterdir():
+                    if entry.name == LOCK_NAME:
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise NasproxyError(
+            f"{exp_dir} is not only a nasproxy experiment ({', '.join(foreign[:3])}{more}); "
+            "refusing to delete it"
+        )
+    with contextlib.suppress(OSError):  # left in place while this process's driver holds it
+        exp_dir.rmdir()
 
 
-def check_existing(exp_dir: Path) -> dict[str, Any] | None:
-    previous = results.read_manifest(exp_dir)
+def check_existing(exp_dir: Path, rebuild: bool = False) -> dict[str, Any] | None:
+    """The stored manifest, None for a new experiment (or one whose manifest is rebuilt)."""
+    hint = "rerun the command that made it with --rebuild-manifest, or use --fresh"
+    try:
+        previous = results.read_manifest(exp_dir)
+    except NasproxyError as exc:
+        if rebuild:
+            return None
+        raise NasproxyError(f"{exc}; {hint}") from None
+    if rebuild:
+        return None
     if previous is None and (exp_dir / results.UNITS_DIR).is_dir():
-        raise NasproxyError(f"{exp_dir} holds results but no manifest.json; use --fresh")
+        raise NasproxyError(f"{exp_dir} holds results but no manifest.json; {hint}")
     return previous
+
+
+def check_units_fit(exp_dir: Path, manifest: dict[str, Any], space: Space) -> None:
+    """Refuse to rebuild ``manifest`` over unit files it contradicts; adds their archs.
+
+    What a unit file records is checked: its training set (name, proxy hash, size), epochs,
+    seed and architecture. The rest of the protocol (learning rate, batch size, split) is
+    not in the unit files: the user vouches for it by giving the original command.
+    """
+    sets = manifest["train_sets"]
+    protocol_ = manifest["protocol"]
+    stored = results.read_units(exp_dir)
+    for key, row in sorted(stored.items()):
+        name, seed, arch = key
+        entry = sets.get(name)
+        problem = None
+        if entry is None:
+            problem = f"training set {name!r}, which this command lacks"
+        elif row["proxy_hash"] != (entry["proxy_hash"] or ""):
+            problem = f"proxy hash {row['proxy_hash']!r} for {name!r}, this command gives "
+            problem += repr(entry["proxy_hash"])
+        elif row["n_train"] != entry["n_images"]:
+            problem = f"{row['n_train']} images for {name!r}, this command gives "
+            problem += str(entry["n_images"])
+        elif row["epochs"] != protocol_["epochs"]:
+            problem = f"{row['epochs']} epochs, this command gives {protocol_['epochs']}"
+        elif seed not in protocol_["seeds"]:
+            problem = f"seed {seed}, not among this command's seeds {protocol_['seeds']}"
+        elif arch not in space.ids:
+            problem = f"architecture {arch}, not in space {space.name}"
+        if problem is not None:
+            raise NasproxyError(
+                f"cannot rebuild the manifest of {exp_dir}: unit {name}/s{seed}/{arch} has "
+                f"{problem}; give the command that made the experiment"
+            )
+    union = set(manifest["archs"]) | {key[2] for key in stored}
+    manifest["archs"] = [a for a in space.ids if a in union]
+    manifest["rebuilt"] = utc_now()
 
 
 def build_manifest(
@@ -107,7 +176,6 @@ def _refuse_different(name: str, old: Mapping[str, Any], new: Mapping[str, Any])
     for key in sorted(set(old_protocol) | set(new_protocol)):
         checks.append((key, old_protocol.get(key), new_protocol.get(key)))
     old_sets, new_sets = sets(old), sets(new)
-    checks.append(("training sets", sorted(old_sets), sorted(new_sets)))
     for ts in sorted(set(old_sets) & set(new_sets)):
         checks.append((f"training set {ts!r}", old_sets[ts], new_sets[ts]))
     for what, before, now in checks:
@@ -116,6 +184,13 @@ def _refuse_different(name: str, old: Mapping[str, Any], new: Mapping[str, Any])
                 f"experiment {name!r} was run with {what} {before}, this run asks for {now}; "
                 "use another --name, or --fresh to start over"
             )
+    lacking = sorted(set(old_sets) - set(new_sets))
+    if lacking:  # the training sets may grow, never shrink (every stored set is re-checked)
+        raise NasproxyError(
+            f"experiment {name!r} was run with training sets {sorted(old_sets)}, this run "
+            f"lacks {lacking}; give every stored one (new ones may be added), use another "
+            "--name, or --fresh to start over"
+        )
 
 
 def finish_manifest(exp_dir: Path, run_info: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.search.config import SearchConfig
 from nasproxy.search.experiment import RAY_DIR
+from nasproxy.search.interrupt import SigintDeferral, interrupted
 from nasproxy.search.plan import Chunk
 from nasproxy.search.trial import TrialPlan, run_chunk
 
@@ -24,6 +25,7 @@ RAY_QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard logger per trial
     "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",  # no raw traceback per crash: the callback reports it
 }
 
 
@@ -51,14 +53,16 @@ def _chunk_name(trial: Any) -> str:
 
 
 RecordFn = Callable[[dict[str, Any]], None]
+NoteFn = Callable[[str], None]
 
 
 class _Collector:
     """Driver side: hands each finished unit to ``record`` and keeps the trials' errors."""
 
-    def __init__(self, record: RecordFn):
+    def __init__(self, record: RecordFn, on_recover: NoteFn | None = None):
         self.record = record
         self.errors: dict[str, str] = {}
+        self.on_recover = on_recover
 
     def on_result(self, result: Mapping[str, Any]) -> None:
         if "row" in result:
@@ -77,14 +81,43 @@ def _tune_callback(collector: _Collector) -> Any:
             collector.on_result(result)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            text = trial.get_error() or "the trial's worker died"
-            lines = [line for line in str(text).splitlines() if line.strip()]
-            collector.on_error(_chunk_name(trial), lines[-1] if lines else "unknown error")
+            collector.on_error(_chunk_name(trial), _last_error_line(trial))
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            if collector.on_recover is not None:
+                collector.on_recover(
+                    f"trial {_chunk_name(trial)} crashed ({_last_error_line(trial)}); Tune "
+                    f"restarts it (failure {trial.num_failures}), its stored units are kept"
+                )
 
         def __reduce__(self):  # Tune pickles its run config; the live collector stays out
             return (tune.Callback, ())
 
     return _Forward()
+
+
+def _last_error_line(trial: Any) -> str:
+    text = trial.get_error() or "the trial's worker died"
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "unknown error"
+
+
+def _sigint_stopper() -> Any:
+    """A ``tune.Stopper`` that ends the experiment once a Ctrl-C is held (``interrupt``)."""
+    from ray import tune
+    from ray.tune.stopper import NoopStopper
+
+    class _StopOnSigint(tune.Stopper):
+        def __call__(self, trial_id, result):
+            return False
+
+        def stop_all(self):
+            return interrupted()
+
+        def __reduce__(self):  # Tune may pickle its run config; the flag stays out
+            return (NoopStopper, ())
+
+    return _StopOnSigint()
 
 
 def fit(
@@ -95,12 +128,14 @@ def fit(
     chunks: Sequence[Chunk],
     record: RecordFn,
     name: str,
+    on_recover: NoteFn | None = None,
 ) -> dict[str, str]:
-    """One Tune experiment over ``chunks``, each finished unit passed to ``record``;
-    returns the errors of trials that gave up."""
+    """One Tune experiment over ``chunks``, each finished unit passed to ``record`` and each
+    crash Tune recovers from to ``on_recover``; returns the errors of trials that gave up.
+    A Ctrl-C held by the session stops every trial, then raises KeyboardInterrupt."""
     from ray import tune
 
-    collector = _Collector(record)
+    collector = _Collector(record, on_recover)
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, data=data, plan=plan), resources
     )
@@ -118,18 +153,75 @@ def fit(
             verbose=0,
             callbacks=[_tune_callback(collector)],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            stop=_sigint_stopper(),
         ),
     )
     with _quiet_logger("ray.tune"):  # no per-trial metrics files to read back: expected
         tuner.fit()
+    if interrupted():
+        raise KeyboardInterrupt
     return collector.errors
 
 
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
-    """Join ``address``, reuse a Ray this process already runs, or start a local one."""
+    """Join ``address``, reuse a Ray this process already runs, or start a local one.
+
+    Ctrl-C is held from before ``ray.init`` to after ``ray.shutdown`` (``interrupt``): it
+    stops the sweep at the next safe point and comes out as KeyboardInterrupt, with a Ray
+    this session started always shut down.
+    """
     for key, value in RAY_QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C is ours (the stopper), not Tune's
+    import ray
+
+    with SigintDeferral() as sigint, _without_worker_death_notices():
+        started = _start_ray(address)
+        try:
+            sigint.check()
+            yield _cluster()
+        finally:
+            if started:
+                ray.shutdown()
+
+
+WORKER_DEATH_NOTICE = "A worker died or was killed"
+
+
+@contextlib.contextmanager
+def _without_worker_death_notices() -> Iterator[None]:
+    """Drop Ray's notice of a dead worker, which its driver prints on stdout: the trial's
+    crash is reported as one progress line instead (``fit``'s ``on_recover``, or a failed
+    row). Ray's other notices pass unchanged."""
+    try:
+        from ray._private import worker
+    except ImportError:
+        yield
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None:
+        yield
+        return
+
+    def filtered(data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        lines = [str(line) for line in data.get("lines", [])]
+        if data.get("pid") == "raylet" and lines:
+            kept = [line for line in lines if not line.startswith(WORKER_DEATH_NOTICE)]
+            if not kept:
+                return
+            data = {**data, "lines": kept}
+        original(data, *args, **kwargs)
+
+    worker.print_to_stdstream = filtered
+    try:
+        yield
+    finally:
+        worker.print_to_stdstream = original
+
+
+def _start_ray(address: str | None) -> bool:
+    """Start or join Ray unless this process runs one; returns whether it started one."""
     import ray
 
     started = False
@@ -145,6 +237,7 @@ def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
                     logging_level=logging.ERROR,
                 )
         except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+            ray.shutdown()  # whatever part of a local Ray had started
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
             raise NasproxyError(
@@ -153,11 +246,7 @@ def ray_session(address: str | None) -> Iterator[dict[str, Any]]:
                 "RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
             ) from None
         started = True
-    try:
-        yield _cluster()
-    finally:
-        if started:
-            ray.shutdown()
+    return started
 
 
 def _cluster() -> dict[str, Any]:

@@ -11,15 +11,15 @@ from typing import Any
 
 from nasproxy import __version__, results, spaces
 from nasproxy.data import Dataset, load_dataset
-from nasproxy.errors import NasproxyError
+from nasproxy.errors import IncompleteError, NasproxyError
 from nasproxy.proxies.base import check_budget
 from nasproxy.proxies.build import parse_proxy, proxy_indices
 from nasproxy.proxies.random import random_per_class
 from nasproxy.results import WHOLE, UnitKey
+from nasproxy.search.address import check_address
 from nasproxy.search.config import (
     DEFAULT_GPU_SHARE,
     DEFAULT_MAX_STACK,
-    NAME_PATTERN,
     Progress,
     ProgressFn,
     SearchConfig,
@@ -28,11 +28,13 @@ from nasproxy.search.config import (
 from nasproxy.search.experiment import (
     build_manifest,
     check_existing,
+    check_units_fit,
     finish_manifest,
     next_run_number,
     remove_experiment,
     utc_now,
 )
+from nasproxy.search.lock import experiment_lock
 from nasproxy.search.plan import plan_trials, select_archs
 from nasproxy.search.ray_runner import fit, ray_session, slots
 from nasproxy.search.trial import TrialPlan
@@ -56,7 +58,7 @@ class _ProxyFile:
 def _parse_proxy_arg(arg: str) -> tuple[str | None, Path]:
     """``NAME=PATH`` or ``PATH``."""
     name, sep, rest = arg.partition("=")
-    if sep and NAME_PATTERN.fullmatch(name) and not Path(arg).exists():
+    if sep and results.NAME_PATTERN.fullmatch(name) and not Path(arg).exists():
         return name, Path(rest)
     return None, Path(arg)
 
@@ -89,7 +91,7 @@ def _train_set_names(proxies: Sequence[_ProxyFile], whole: bool) -> list[str]:
             names.append(method)
     taken = {WHOLE: "--whole"} if whole else {}
     for proxy, name in zip(proxies, names, strict=True):
-        if not NAME_PATTERN.fullmatch(name):
+        if not results.NAME_PATTERN.fullmatch(name):
             raise NasproxyError(
                 f"proxy file {proxy.path}: {name!r} is not usable as a training-set name; "
                 "name it with --proxy NAME=PATH"
@@ -211,12 +213,15 @@ class _Sweep:
 def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
     """Run (or resume) the sweep ``cfg``; returns the experiment directory.
 
-    Everything a user can get wrong (space, proxy files, dataset, protocol of an existing
-    experiment, resources) is checked before any training starts.
+    Everything a user can get wrong (space, proxy files, cluster address, dataset, protocol
+    of an existing experiment, resources) is checked before any training starts, and the
+    experiment's lock is held from before anything in it is written or deleted.
     """
+    results.experiment_dir(cfg.results_dir, cfg.name)  # a plain name in a writable folder
     spaces.resolve_path(cfg.space)
     for arg in cfg.proxies:  # a missing or unreadable file fails before the dataset loads
         _read_proxy(arg)
+    check_address(cfg.address)
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.val_fraction, cfg.split_seed)
     space = spaces.load(cfg.space, image_size=data.image_size)
     archs = select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)
@@ -224,11 +229,26 @@ def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
         cfg.proxies, cfg.whole, data, cfg.whole_per_class, cfg.split_seed
     )
 
+    with experiment_lock(cfg.exp_dir):
+        return _run_locked(cfg, data, space, archs, train_sets, progress)
+
+
+def _run_locked(
+    cfg: SearchConfig,
+    data: Dataset,
+    space: spaces.Space,
+    archs: Sequence[Arch],
+    train_sets: Sequence[TrainSet],
+    progress: ProgressFn | None,
+) -> Path:
+    """The part of ``run_search`` that writes to the experiment (its lock held)."""
     exp_dir = cfg.exp_dir
     if cfg.fresh:
         remove_experiment(exp_dir)
-    previous = check_existing(exp_dir)
+    previous = check_existing(exp_dir, cfg.rebuild_manifest)
     manifest = build_manifest(cfg, data, space, archs, train_sets, previous)
+    if cfg.rebuild_manifest:
+        check_units_fit(exp_dir, manifest, space)
     results.write_manifest(exp_dir, manifest)
     results.remove_stale_temporaries(exp_dir)
 
@@ -249,6 +269,9 @@ def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
             run_info.update(_run_pending(cfg, data, archs, train_sets, pending, sweep))
         else:
             sweep.emit(message=f"all {len(all_keys)} work units are done; nothing to run")
+    except KeyboardInterrupt:
+        run_info["interrupted"] = True  # Ray is down by now; the same command resumes
+        raise
     finally:
         sweep.consolidate()
         run_info["wall_s"] = time.perf_counter() - t0
@@ -256,7 +279,7 @@ def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
         finish_manifest(exp_dir, run_info)
     missing = [k for k in pending if k not in sweep.done]
     if missing:
-        raise NasproxyError(
+        raise IncompleteError(
             f"the sweep stopped with {len(missing)} of {len(all_keys)} work units unfinished; "
             "run the same command again to continue"
         )
@@ -314,7 +337,14 @@ def _run_pending(
             gpu_share=gpus,
         )
         resources = {"cpu": cfg.cpus_per_trial, "gpu": gpus}
-        errors = fit(cfg, data, plan, resources, chunks, sweep.record, f"run-{plan.run:03d}")
+        recovered: list[str] = []
+
+        def on_recover(message: str) -> None:  # a worker crash Tune retries: say and keep it
+            recovered.append(message)
+            sweep.emit(message=message)
+
+        name = f"run-{plan.run:03d}"
+        errors = fit(cfg, data, plan, resources, chunks, sweep.record, name, on_recover)
         missing = [k for k in pending if k not in sweep.done]
         if errors and missing and len(errors) < len(chunks):
             # isolate the crashing unit(s): the rest of an errored chunk gets its own trials
@@ -322,7 +352,7 @@ def _run_pending(
             sweep.emit(message=f"{len(errors)} trials crashed; retrying {len(missing)} units alone")
             plan = replace(plan, chunks={c.id: c for c in solo})
             name = f"run-{plan.run:03d}-isolated"
-            errors.update(fit(cfg, data, plan, resources, solo, sweep.record, name))
+            errors.update(fit(cfg, data, plan, resources, solo, sweep.record, name, on_recover))
             missing = [k for k in pending if k not in sweep.done]
         if errors:
             reason = "; ".join(sorted(set(errors.values())))[:500]
@@ -340,6 +370,7 @@ def _run_pending(
             "slots": n_slots,
             "cluster": cluster["description"],
             "crashed_trials": len(errors),
+            "recovered_crashes": recovered,  # worker crashes Tune retried (units kept)
             "git_commit": results.git_commit(),
             "nasproxy_version": __version__,
         }

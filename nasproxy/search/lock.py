@@ -1,0 +1,233 @@
+"""One driver per experiment: the lock file ``DIR/EXP/.lock``.
+
+``search`` takes the lock before it trains, writes or deletes anything in the experiment and
+drops it at the end, on every path. The file holds who holds it (pid, host, start time, a
+random token) and is created whole and atomically: its content goes to a private temporary
+file first, which is then hard-linked to ``.lock``; the link fails when a lock exists, so two
+drivers can never both succeed, and nobody ever reads a half-written lock.
+
+A crashed driver cannot leave the lock stuck: the holder refreshes the file's mtime every
+``HEARTBEAT_S`` seconds, and a lock is stale when its holder ran on this host and its process
+is gone (or its pid now belongs to a younger process), or when its heartbeat is older than
+``STALE_S`` (a holder on another host, or an unreadable lock). A stale lock is removed under a
+second, short-lived guard file (``.lock.break``, also created exclusively), which serialises
+the drivers that found it stale, and only if it is still the very lock judged stale (same
+token), so a breaker never removes a lock that a third driver has just taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nasproxy import results
+from nasproxy.errors import NasproxyError
+
+LOCK_NAME = results.LOCK
+BREAK_NAME = ".lock.break"
+HEARTBEAT_S = 20.0
+STALE_S = 180.0  # a heartbeat this old means the holder is gone (or hung)
+BREAK_STALE_S = 30.0  # a guard this old was left by a breaker that died inside it
+
+# locks this process holds, by path: a nested take (--fresh, then the sweep) reuses them
+_held: dict[Path, _Lock] = {}
+_held_guard = threading.Lock()
+
+
+class _Lock:
+    def __init__(self, path: Path, token: str, created_dir: bool):
+        self.path = path
+        self.token = token
+        self.created_dir = created_dir
+        self.depth = 1
+        self.stop = threading.Event()
+        self.heartbeat = threading.Thread(target=self._beat, name="nasproxy-lock", daemon=True)
+        self.heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        self.stop.set()
+        self.heartbeat.join()
+        if (_read(self.path) or {}).get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+        if self.created_dir:  # the directory existed only for the lock: leave nothing
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()
+
+
+@contextlib.contextmanager
+def experiment_lock(exp_dir: Path) -> Iterator[None]:
+    """Hold ``exp_dir``'s lock for the block; refuse (one line) when a live driver holds it.
+
+    Re-entrant within a process. Creates ``exp_dir`` if needed, and removes it again on
+    release when it is left empty.
+    """
+    path = Path(exp_dir) / LOCK_NAME
+    with _held_guard:
+        held = _held.get(path)
+        if held is not None:
+            held.depth += 1
+    if held is None:
+        held = _acquire(path)
+        with _held_guard:
+            _held[path] = held
+    try:
+        yield
+    finally:
+        with _held_guard:
+            held.depth -= 1
+            last = held.depth == 0
+            if last:
+                del _held[path]
+        if last:
+            held.release()
+
+
+def _acquire(path: Path) -> _Lock:
+    created_dir = not path.parent.exists()
+    token = os.urandom(8).hex()
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "process_start": _process_start(os.getpid()),
+        "token": token,
+    }
+    tmp = path.with_name(f"{LOCK_NAME}.{token}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(info) + "\n")
+    except OSError as exc:
+        if created_dir:
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+        raise NasproxyError(f"cannot write the lock {path} ({exc.strerror or exc})") from None
+    try:
+        for _ in range(20):  # each pass either takes the lock, refuses, or clears a stale one
+            if _create(tmp, path):
+                return _Lock(path, token, created_dir)
+            holder = _read(path)
+            if holder is None and not path.exists():
+                continue  # released between the link and the read
+            if not _is_stale(path, holder):
+                raise NasproxyError(_busy_message(path, holder))
+            _break(path, holder)
+            time.sleep(0.05)
+        raise NasproxyError(f"cannot take the lock {path}: other drivers keep taking it")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        if created_dir:
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _create(tmp: Path, path: Path) -> bool:
+    """Make ``tmp``'s content appear as ``path`` unless ``path`` exists; whether it did."""
+    try:
+        os.link(tmp, path)  # atomic, and the lock appears with its content
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links on this file system: exclusive create, then write
+        pass
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(tmp.read_bytes())
+    return True
+
+
+def _busy_message(path: Path, holder: dict[str, Any] | None) -> str:
+    if holder is None:
+        who = "another driver (its lock file is unreadable)"
+    else:
+        who = (
+            f"another nasproxy search (pid {holder.get('pid')} on {holder.get('host')}, "
+            f"since {holder.get('started')})"
+        )
+    return (
+        f"experiment {path.parent.name!r} is in use by {who}; wait for it to finish, or, if "
+        f"it is no longer running, delete {path}"
+    )
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _is_stale(path: Path, holder: dict[str, Any] | None) -> bool:
+    if holder is not None and holder.get("host") == socket.gethostname():
+        pid = holder.get("pid")
+        if not isinstance(pid, int) or not _alive(pid):
+            return True
+        start = holder.get("process_start")
+        if start is not None and _process_start(pid) not in (None, start):
+            return True  # the pid was reused by another process
+    return _age(path) > STALE_S
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks after boot (Linux), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def _break(path: Path, stale: dict[str, Any] | None) -> None:
+    """Remove the stale lock ``stale`` unless it was replaced meanwhile."""
+    guard = path.with_name(BREAK_NAME)
+    try:
+        fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        if _age(guard) > BREAK_STALE_S:
+            guard.unlink(missing_ok=True)
+        return  # another driver is breaking it; try again
+    os.close(fd)
+    try:
+        current = _read(path)
+        same = (current or {}).get("token") == (stale or {}).get("token")
+        if same and _is_stale(path, current):
+            path.unlink(missing_ok=True)
+    finally:
+        guard.unlink(missing_ok=True)

@@ -1,0 +1,424 @@
+"""The sweep under faults: one driver per experiment, Ctrl-C, a dead cluster address, a
+crashed worker, a damaged manifest; and experiments that grow by training set.
+
+Every process a test starts leads a session of its own and carries a marker in its
+environment, so the processes it leaves behind (Ray's agents, raylets, workers, even when
+orphaned) are found, by session or by marker, and killed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nasproxy import results
+from nasproxy.errors import NasproxyError
+from nasproxy.report import make_report
+from nasproxy.search import run_search
+from nasproxy.search.address import check_address
+from nasproxy.search.lock import LOCK_NAME, STALE_S, experiment_lock
+from nasproxy.train import TrainConfig
+from tests.test_search import REPO, TINY_SPACE, _config, _proxy, _units
+
+MARK = "NASPROXY_TEST_PROCESS"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One small local Ray for the module (its workers are this process's descendants)."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+    )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, digits):
+    """The tiny space and two proxy files of tests/test_search.py (random, herding)."""
+    root = tmp_path_factory.mktemp("inputs")
+    space = root / "tiny6.yaml"
+    space.write_text(TINY_SPACE)
+    labels = digits.y_train.numpy()
+    proxies = []
+    for method, seed in (("random", 0), ("herding", 1)):
+        rng = np.random.default_rng(seed)
+        indices = {
+            name: sorted(int(i) for i in rng.choice(np.flatnonzero(labels == c), 10, False))
+            for c, name in enumerate(digits.classes)
+        }
+        path = root / f"{method}.json"
+        path.write_text(json.dumps(_proxy(method, digits.fingerprint, indices, epsilon=0.5)))
+        proxies.append(path)
+    return {"space": str(space), "proxies": proxies, "root": root}
+
+
+@pytest.fixture
+def marked():
+    """Start marked processes; afterwards kill whatever of them (and their children) is left."""
+    mark = uuid.uuid4().hex
+    started: list[subprocess.Popen] = []
+
+    def start(args: list[str], **kwargs) -> subprocess.Popen:
+        env = {**os.environ, MARK: mark, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+        proc = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True, **kwargs)
+        started.append(proc)
+        return proc
+
+    def left() -> dict[int, str]:
+        return _marked_processes(mark, {p.pid for p in started})
+
+    start.left = left  # type: ignore[attr-defined]
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for pid in left():
+        _kill(pid)
+
+
+def _marked_processes(mark: str, sessions: set[int]) -> dict[int, str]:
+    """pid -> command line of every live process in one of ``sessions`` or whose
+    environment holds ``mark``."""
+    found = {}
+    needle = f"{MARK}={mark}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            state, _, _, session = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[:4]
+            if state != "Z" and (
+                int(session) in sessions or needle in (entry / "environ").read_bytes()
+            ):
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found[int(entry.name)] = cmdline.strip()
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+SMALL = "w8-d1-*-batchnorm-*"  # three architectures: nine work units
+
+
+def _search_command(inputs, results_dir: Path, name: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "nasproxy.cli", "search",
+        "--dataset", "digits", "--space", inputs["space"],
+        "--proxy", str(inputs["proxies"][0]), "--proxy", str(inputs["proxies"][1]), "--whole",
+        "--epochs", "1", "--name", name, "--results-dir", str(results_dir),
+        "--trial-size", "2", *extra,
+    ]  # fmt: skip
+
+
+def _wait(condition, proc: subprocess.Popen, what: str, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the driver ended (rc {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout_s} s")
+        time.sleep(0.05)
+
+
+def _none_left(marked, grace_s: float = 20) -> dict[int, str]:
+    """The marked processes still alive after a grace period (Ray stops its own in seconds)."""
+    deadline = time.monotonic() + grace_s
+    while marked.left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return marked.left()
+
+
+# --- one driver per experiment -------------------------------------------------------------
+
+
+def test_second_driver_is_refused_and_its_fresh_deletes_nothing(cluster, inputs, tmp_path, marked):
+    name = "locked"
+    exp_dir = tmp_path / name
+    proc = marked(
+        _search_command(inputs, tmp_path, name, "--address", cluster, "--archs", SMALL),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _wait(lambda: _units(exp_dir), proc, "a finished unit")
+    host = socket.gethostname()
+    for fresh in (False, True):
+        before = _units(exp_dir)
+        with pytest.raises(NasproxyError, match=f"pid {proc.pid} on {host}, since ") as info:
+            run_search(_config(inputs, tmp_path, name, fresh=fresh, archs=(SMALL,)))
+        assert "\n" not in str(info.value)
+        after = _units(exp_dir)
+        assert all(after.get(p) == text for p, text in before.items())  # nothing deleted
+        assert (exp_dir / results.MANIFEST).is_file()
+
+    # the running driver crashes: its lock cannot keep the experiment from resuming
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert json.loads((exp_dir / LOCK_NAME).read_text())["pid"] == proc.pid
+    time.sleep(1.0)  # let Ray stop the dead driver's workers
+    exp = run_search(_config(inputs, tmp_path, name, trial_size=2, archs=(SMALL,)))
+    assert len(results.read_trials(exp)) == 9
+    assert not (exp_dir / LOCK_NAME).exists()
+    assert not any(p.name.startswith(LOCK_NAME) for p in exp_dir.iterdir())
+
+
+def test_racing_drivers_get_the_lock_exactly_once(tmp_path, marked):
+    """Eight processes take one experiment's lock at the same instant: one wins, and holds
+    it until the other seven have been refused."""
+    exp_dir, release = tmp_path / "race", tmp_path / "release"
+    start_at = time.time() + 8.0
+    script = (
+        "import os, time\n"
+        "from nasproxy.errors import NasproxyError\n"
+        "from nasproxy.search.lock import experiment_lock\n"
+        f"time.sleep(max(0.0, {start_at} - time.time()))\n"
+        "try:\n"
+        f"    with experiment_lock({str(exp_dir)!r}):\n"
+        "        print('got', flush=True)\n"
+        f"        while not os.path.exists({str(release)!r}):\n"
+        "            time.sleep(0.05)\n"
+        "except NasproxyError as exc:\n"
+        "    print('refused', exc, flush=True)\n"
+    )
+    procs = [
+        marked([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(8)
+    ]
+    deadline = time.monotonic() + 180
+    while sum(p.poll() is not None for p in procs) < 7 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    release.touch()
+    outputs = [p.communicate(timeout=60)[0].decode() for p in procs]
+    assert [o.split(" ")[0].strip() for o in outputs].count("got") == 1, outputs
+    winner = procs[[o.startswith("got") for o in outputs].index(True)].pid
+    refusals = [o for o in outputs if o.startswith("refused")]
+    assert len(refusals) == 7 and all(f"pid {winner} on" in o for o in refusals), outputs
+    assert not exp_dir.exists() or not any(exp_dir.iterdir())  # no lock or temporary left
+
+
+def test_a_stale_lock_from_another_host_expires_and_a_fresh_one_holds(tmp_path):
+    exp_dir = tmp_path / "other-host"
+    exp_dir.mkdir()
+    lock = exp_dir / LOCK_NAME
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "then", "token": "t"}))
+    with pytest.raises(NasproxyError, match="pid 1 on elsewhere, since then"):
+        with experiment_lock(exp_dir):
+            pass
+    old = time.time() - STALE_S - 5  # the other host stopped refreshing it
+    os.utime(lock, (old, old))
+    with experiment_lock(exp_dir):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with experiment_lock(exp_dir):  # re-entrant within a process
+            pass
+        assert lock.exists()
+    assert not lock.exists()
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("moment", ["while Ray starts", "while trials run"])
+def test_ctrl_c_leaves_no_ray_process_and_a_store_that_resumes(
+    cluster, inputs, tmp_path, marked, moment
+):
+    """SIGINT to the driver's process group, as a terminal's Ctrl-C sends it."""
+    name = "interrupted"
+    exp_dir = tmp_path / name
+    proc = marked(
+        _search_command(inputs, tmp_path, name, "--archs", SMALL),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    if moment == "while Ray starts":  # its node processes exist, ray.init has not returned
+        _wait(lambda: any("raylet" in c for c in marked.left().values()), proc, "a raylet")
+    else:
+        _wait(lambda: _units(exp_dir), proc, "a finished unit")
+    os.killpg(proc.pid, signal.SIGINT)
+    stderr = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 130, stderr  # not a crash (-11), not an error (2)
+    assert "Traceback" not in stderr
+    assert _none_left(marked) == {}
+    if moment == "while trials run":
+        assert results.read_manifest(exp_dir)["runs"][-1]["interrupted"] is True
+
+    before = _units(exp_dir)
+    events = []
+    cfg = _config(inputs, tmp_path, name, trial_size=2, archs=(SMALL,))
+    run_search(cfg, progress=events.append)
+    after = _units(exp_dir)
+    assert len(after) == 9 and all(after[p] == text for p, text in before.items())
+    assert len([e for e in events if e.row is not None]) == 9 - len(before)
+    assert len(results.read_trials(exp_dir)) == 9
+
+
+# --- an unreachable cluster ------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_address_fails_in_seconds_and_creates_nothing(inputs, tmp_path, marked):
+    address = f"127.0.0.1:{_closed_port()}"
+    proc = marked(
+        _search_command(inputs, tmp_path, "nowhere", "--address", address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = proc.communicate(timeout=90)  # it used to wait on ray.init for minutes
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"nasproxy search --address {address} still waits after 90 s")
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, lines
+    assert f"cannot reach the Ray cluster at {address}" in lines[0]
+    assert "RAY_AUTH_TOKEN" in lines[0]
+    assert not (tmp_path / "nowhere").exists() and out == b""
+    with pytest.raises(NasproxyError, match="not auto, local or host:port"):
+        check_address("127.0.0.1")
+
+
+# --- a crashed worker, a damaged manifest ----------------------------------------------------
+
+
+def _trial_workers(session: int) -> list[int]:
+    """Tune's trial actors in the process session ``session`` (a driver's own Ray)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            sid = int((entry / "stat").read_text().rsplit(")", 1)[-1].split()[3])
+            title = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if sid == session and title.startswith(b"ray::ImplicitFunc"):
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_worker_crash_tune_recovers_is_recorded_and_told_in_one_line(inputs, tmp_path, marked):
+    name = "crash"
+    exp_dir = tmp_path / name
+    proc = marked(
+        _search_command(inputs, tmp_path, name, "--archs", SMALL),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _wait(lambda: _units(exp_dir) and _trial_workers(proc.pid), proc, "a running trial")
+    for pid in _trial_workers(proc.pid):
+        _kill(pid)
+    out, err = (stream.decode() for stream in proc.communicate(timeout=300))
+    assert proc.returncode == 0, err
+    assert out == f"{exp_dir}\n"  # no Ray notice on stdout, only the result's location
+    assert "Traceback" not in err, err
+    told = [line for line in err.splitlines() if "crashed (" in line]
+    assert told and all(line.startswith("nasproxy search: trial ") for line in told), err
+    run = results.read_manifest(exp_dir)["runs"][-1]
+    assert len(run["recovered_crashes"]) == len(told)
+    table = results.read_trials(exp_dir)
+    assert len(table) == 9 and (table["status"] == "ok").all()
+    assert _none_left(marked) == {}
+
+
+def test_a_damaged_or_missing_manifest_is_rebuilt_from_the_unit_files(cluster, inputs, tmp_path):
+    cfg = _config(
+        inputs, tmp_path, "rebuild", proxies=(str(inputs["proxies"][0]),), archs=("w8-d1-relu-*",)
+    )
+    exp_dir = run_search(cfg)
+    original = results.read_manifest(exp_dir)
+    units = _units(exp_dir)
+    assert len(units) == 4
+
+    for damage in ("torn", "missing"):
+        manifest = exp_dir / results.MANIFEST
+        if damage == "torn":
+            manifest.write_text(manifest.read_text()[:40])
+        else:
+            manifest.unlink()
+        with pytest.raises(NasproxyError, match="--rebuild-manifest"):
+            run_search(cfg)
+        wrong = replace(cfg, rebuild_manifest=True, train=TrainConfig(epochs=2))
+        with pytest.raises(NasproxyError, match="has 1 epochs, this command gives 2"):
+            run_search(wrong)
+        lacking = replace(cfg, rebuild_manifest=True, whole=False)
+        with pytest.raises(NasproxyError, match="training set 'whole', which this command lacks"):
+            run_search(lacking)
+        events = []
+        run_search(replace(cfg, rebuild_manifest=True), progress=events.append)
+        assert [e.row for e in events if e.row is not None] == []  # nothing retrained
+        assert _units(exp_dir) == units
+        rebuilt = results.read_manifest(exp_dir)
+        for key in ("archs", "train_sets", "protocol", "fingerprint", "space", "wall_s"):
+            assert rebuilt[key] == original[key], key
+        assert rebuilt["rebuilt"]
+    run_search(cfg)  # and the rebuilt manifest is accepted like the original
+
+
+# --- growth by training set ------------------------------------------------------------------
+
+
+def test_adding_a_proxy_trains_only_its_units_and_keeps_every_stored_one(
+    cluster, inputs, digits, tmp_path
+):
+    random_proxy, herding_proxy = (str(p) for p in inputs["proxies"])
+    first = _config(inputs, tmp_path, "grow", proxies=(random_proxy,), seeds=(0, 1))
+    exp_dir = run_search(first)
+    stored = {p: p.read_bytes() for p in _units(exp_dir)}
+    assert len(stored) == 6 * 2 * 2  # archs x seeds x (random, whole)
+
+    events = []
+    grown = replace(first, proxies=(random_proxy, herding_proxy))
+    run_search(grown, progress=events.append)
+    trained = [e.row for e in events if e.row is not None]
+    assert len(trained) == 6 * 2 and {r["train_set"] for r in trained} == {"herding"}
+    assert all(p.read_bytes() == blob for p, blob in stored.items())  # byte-identical
+    manifest = results.read_manifest(exp_dir)
+    assert set(manifest["train_sets"]) == {"random", "herding", "whole"}
+    table = results.read_trials(exp_dir)
+    assert len(table) == 36 and not table.duplicated(["arch", "train_set", "seed"]).any()
+    report = make_report(exp_dir, top_k=3, n_boot=10)
+    assert set(report.table["train_set"]) == {"random", "herding", "whole"}
+
+    # a changed proxy under a stored name is refused; so is a run that drops a stored set
+    labels = digits.y_train.numpy()
+    changed = tmp_path / "changed.json"
+    indices = {
+        name: [int(i) for i in np.flatnonzero(labels == c)[:10]]
+        for c, name in enumerate(digits.classes)
+    }
+    changed.write_text(json.dumps(_proxy("random", digits.fingerprint, indices)))
+    with pytest.raises(NasproxyError, match="training set 'random'") as info:
+        run_search(replace(grown, proxies=(f"random={changed}", herding_proxy)))
+    assert "\n" not in str(info.value)
+    with pytest.raises(NasproxyError, match=r"lacks \['herding'\]"):
+        run_search(first)
+    assert all(p.read_bytes() == blob for p, blob in stored.items())
