@@ -679,6 +679,7 @@ def test_fast_options_take_the_device_defaults_and_the_cli_flags(monkeypatch, in
 
     seen = []
     monkeypatch.setattr(search, "run_search", lambda cfg, progress=None: seen.append(cfg))
+    monkeypatch.setattr(cli, "_refuse_failed_units", lambda exp_dir: None)  # no sweep ran
     args = ["search", "--whole", "--name", "flags", "--results-dir", str(tmp_path)]
     assert cli.main([*args, "--fuse", "on", "--max-stack", "8", "--rng", "shared",
                      "--bf16", "--no-cuda-graphs"]) == 0  # fmt: skip
