@@ -422,3 +422,14 @@ def test_adding_a_proxy_trains_only_its_units_and_keeps_every_stored_one(
     with pytest.raises(NasproxyError, match=r"lacks \['herding'\]"):
         run_search(first)
     assert all(p.read_bytes() == blob for p, blob in stored.items())
+
+
+def test_the_lock_is_reentrant_however_the_path_is_spelled(tmp_path, monkeypatch):
+    """``nasproxy run`` holds the lock under a relative results dir while its search takes it
+    again under the absolute one: the same driver, not a second one."""
+    monkeypatch.chdir(tmp_path)
+    with experiment_lock(Path("results") / "exp"):
+        with experiment_lock(tmp_path / "results" / "exp"):
+            assert (tmp_path / "results" / "exp" / LOCK_NAME).is_file()
+        assert (tmp_path / "results" / "exp" / LOCK_NAME).is_file()
+    assert not (tmp_path / "results" / "exp").exists()

@@ -74,7 +74,7 @@ def experiment_lock(exp_dir: Path) -> Iterator[None]:
     Re-entrant within a process. Creates ``exp_dir`` if needed, and removes it again on
     release when it is left empty.
     """
-    path = Path(exp_dir) / LOCK_NAME
+    path = Path(exp_dir).resolve() / LOCK_NAME  # one key however the caller spells it
     with _held_guard:
         held = _held.get(path)
         if held is not None:
