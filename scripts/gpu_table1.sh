@@ -16,10 +16,10 @@
 #   decode  decode the dataset once and check its fingerprint against the proxy files
 #   bench   scripts/bench_sweep.py at small sizes, only when results/bench/ has no CUDA
 #           sweep benchmark yet
-#   proxies nasproxy search: every architecture (PROXY_ARCHS, default all 720) on the four
-#           proxies of results/table1-cifar10-cpu/proxies, EPOCHS epochs, fused
+#   proxies nasproxy search: every architecture (PROXY_ARCHS, default all 720) on the five
+#           committed proxies (PROXY_FILES), EPOCHS epochs, fused
 #           -> experiment $EXP-proxies
-#   table1  nasproxy search: the four proxies and the whole training split on a stratified
+#   table1  nasproxy search: the five proxies and the whole training split on a stratified
 #           sample of WHOLE_SHAPES shapes (default 32) with all 3 activations of each (96
 #           architectures: a fused sweep stacks the activations of a shape, so complete
 #           shapes fuse on the whole split), EPOCHS epochs, fused
@@ -46,8 +46,10 @@ export NASPROXY_DATA_ROOT="${NASPROXY_DATA_ROOT:-/tmp/nasproxy-cache}"
 PY="${PYTHON:-python3}"
 LOG="$OUT/gpu_table1.log"
 ARCHIVE="$OUT/table1-units.tar.gz"
-PROXY_DIR=results/table1-cifar10-cpu/proxies
-METHODS=(random herding forgetting influence)
+# the four proxies of the CPU table, and the influence variant with the kept-mean objective
+# (the same scoring run: results/proxies-cifar10-jpeg/README.md)
+PROXY_FILES=(results/table1-cifar10-cpu/proxies/{random,herding,forgetting,influence}.json
+             results/proxies-cifar10-jpeg/influence-kept-mean.json)
 DATASET="imagefolder:${NASPROXY_DATA:?set NASPROXY_DATA (source /tmp/stage/env.sh)}"
 
 if [ -n "${GPU_TABLE1_TINY:-}" ]; then
@@ -81,7 +83,7 @@ TAIL_S=20  # kept for the last pack
 START=$SECONDS
 START_EPOCH=$(date +%s)
 PROXIES=()
-for m in "${METHODS[@]}"; do PROXIES+=(--proxy "$PROXY_DIR/$m.json"); done
+for f in "${PROXY_FILES[@]}"; do PROXIES+=(--proxy "$f"); done
 SEARCH=("$PY" -m nasproxy.cli search --dataset "$DATASET" "${PROXIES[@]}" --epochs "$EPOCHS"
         --seeds "$SEEDS" --trial-size "$TRIAL_SIZE" --results-dir "$RESULTS_DIR")
 
@@ -151,7 +153,7 @@ cat "$OUT/env.txt" >>"$LOG"
 
 # the unpacked JPEGs must decode to the images the proxies were built on
 if ! step decode "$(( $(left) < 150 ? $(left) : 150 ))" \
-    "$PY" scripts/table1_units.py check-data --dataset "$DATASET" "$PROXY_DIR"/*.json; then
+    "$PY" scripts/table1_units.py check-data --dataset "$DATASET" "${PROXY_FILES[@]}"; then
   say "the dataset could not be read or does not match the proxy files (see the decode step); no sweep ran"
   exit 1
 fi
