@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -536,9 +535,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nasproxy`` console script; returns the exit code (README.md)."""
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
-    # Ctrl-C raises KeyboardInterrupt in the driver instead of Tune's own handler ending the
-    # sweep as if it had finished; the unit files written so far are kept for resume.
-    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", CacheWarning)
