@@ -47,6 +47,11 @@ def proxy_matches(record: dict[str, Any], data: Dataset, preset: Preset, method:
     )
 
 
+def proxy_path(out_dir: Path, method: str) -> Path:
+    """Where ``build_proxies`` keeps the proxy file of ``method``."""
+    return out_dir / f"{method}.json"
+
+
 def build_proxies(
     preset: Preset,
     data: Dataset,
@@ -65,7 +70,7 @@ def build_proxies(
     scoring = ScoringConfig(backbone=preset.backbone, epochs=preset.backbone_epochs)
     paths = []
     for method in preset.methods:
-        path = out_dir / f"{method}.json"
+        path = proxy_path(out_dir, method)
         if path.is_file() and proxy_matches(read_proxy(path), data, preset, method):
             if progress is not None:
                 progress(f"proxy {method}: reusing {path}")
@@ -113,7 +118,7 @@ def run_pipeline(
     cfg = SearchConfig(  # the proxy files it names are built below
         name=name,
         dataset=preset.dataset,
-        proxies=tuple(str(proxies_dir / f"{method}.json") for method in preset.methods),
+        proxies=tuple(str(proxy_path(proxies_dir, m)) for m in preset.methods),
         whole=preset.whole,
         whole_per_class=preset.whole_per_class,
         space=preset.space,
