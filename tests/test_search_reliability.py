@@ -9,7 +9,6 @@ orphaned) are found, by session or by marker, and killed.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import socket
@@ -30,46 +29,15 @@ from nasproxy.search import run_search
 from nasproxy.search.address import check_address
 from nasproxy.search.lock import LOCK_NAME, STALE_S, experiment_lock
 from nasproxy.train import TrainConfig
-from tests.test_search import REPO, TINY_SPACE, _config, _proxy, _units
+from tests import test_search
+from tests.test_search import REPO, _config, _proxy, _units
 
 MARK = "NASPROXY_TEST_PROCESS"
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """One small local Ray for the module (its workers are this process's descendants)."""
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        num_gpus=0,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-    )
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory, digits):
-    """The tiny space and two proxy files of tests/test_search.py (random, herding)."""
-    root = tmp_path_factory.mktemp("inputs")
-    space = root / "tiny6.yaml"
-    space.write_text(TINY_SPACE)
-    labels = digits.y_train.numpy()
-    proxies = []
-    for method, seed in (("random", 0), ("herding", 1)):
-        rng = np.random.default_rng(seed)
-        indices = {
-            name: sorted(int(i) for i in rng.choice(np.flatnonzero(labels == c), 10, False))
-            for c, name in enumerate(digits.classes)
-        }
-        path = root / f"{method}.json"
-        path.write_text(json.dumps(_proxy(method, digits.fingerprint, indices, epsilon=0.5)))
-        proxies.append(path)
-    return {"space": str(space), "proxies": proxies, "root": root}
+# the tiny space, two proxy files and the one small local Ray of tests/test_search.py
+cluster = test_search.cluster
+inputs = test_search.inputs
 
 
 @pytest.fixture
