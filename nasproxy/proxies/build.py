@@ -29,7 +29,7 @@ import numpy as np
 
 from nasproxy import __version__
 from nasproxy.data import Dataset
-from nasproxy.errors import NasproxyError
+from nasproxy.errors import NasproxyError, first_line
 from nasproxy.io import atomic_write_json
 from nasproxy.proxies import registry
 from nasproxy.proxies.base import ProxyOptions, SelectionContext, check_budget
@@ -283,7 +283,7 @@ def run_method(method: Method, ctx: SelectionContext) -> np.ndarray:
         except NasproxyError as exc:
             raise NasproxyError(f"method {method.name!r}: {exc}") from None
         except Exception as exc:  # a user's selector may raise anything
-            reason = registry.one_line(exc)
+            reason = first_line(exc, with_type=True)
             raise NasproxyError(f"method {method.name!r} failed ({reason})") from None
     return check_selection(result, ctx.data, ctx.per_class, f"method {method.name!r}")
 
