@@ -35,7 +35,13 @@ from nasproxy.proxies import registry
 from nasproxy.proxies.base import ProxyOptions, SelectionContext, check_budget
 from nasproxy.proxies.head import RefitHead
 from nasproxy.proxies.registry import Method
-from nasproxy.proxies.solvers import EPSILON_SOLVERS, OBJECTIVES, SOLVERS, objective_value
+from nasproxy.proxies.solvers import (
+    EPSILON_SOLVERS,
+    OBJECTIVES,
+    SOLVERS,
+    objective_value,
+    require_solver,
+)
 from nasproxy.scoring import ScoringConfig, scoring_run
 
 FORMAT = "nasproxy-proxy/1"
@@ -249,6 +255,7 @@ def _check_request(
     """Refuse a bad request before any training starts."""
     if options.solver not in SOLVERS:
         raise NasproxyError(f"unknown solver {options.solver!r}; choose from {', '.join(SOLVERS)}")
+    require_solver(options.solver)  # a missing extra fails before the scoring run
     if options.objective not in OBJECTIVES:
         raise NasproxyError(
             f"unknown objective {options.objective!r}; choose from {', '.join(OBJECTIVES)}"
