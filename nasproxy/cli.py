@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="build every proxy, search, report: the whole experiment in one command",
-        description="Runs a preset (README.md lists them and their fields); override any "
+        description="Runs a preset (docs/search.md lists them and their fields); override any "
         "field with --set KEY=VALUE (lists comma-separated, 'none' for none).",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_fuse_flags(p: argparse.ArgumentParser) -> None:
-    """The search's stacked-training flags (README.md: Search)."""
+    """The search's stacked-training flags (docs/search.md, "Fused training")."""
     p.add_argument(
         "--fuse",
         choices=("auto", "on", "off"),
@@ -547,7 +547,7 @@ def _add_fuse_flags(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``nasproxy`` console script; returns the exit code (README.md)."""
+    """Entry point of the ``nasproxy`` console script; returns the exit code (docs/running.md)."""
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:

@@ -1,7 +1,9 @@
-"""The exception types for user mistakes and unfinished work, and the cache warning.
+"""The exception types for user mistakes and unfinished work, the cache warning, and
+``first_line``, an exception as one line.
 
-The CLI turns each error into a single line and exits with its ``exit_code`` (README.md,
-"Exit codes"), so a script can tell a mistake from work that ran but left units to retry.
+The CLI turns each error into a single line and exits with its ``exit_code``
+(docs/running.md, "Exit codes"), so a script can tell a mistake from work that ran but
+left units to retry.
 """
 
 

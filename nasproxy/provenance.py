@@ -2,7 +2,7 @@
 
 Every script under ``scripts/`` that writes a result puts ``provenance(device)`` into it,
 so a number in ``results/`` can be traced to the code, the hardware and the command that
-produced it (docs/results.md).
+produced it (results/README.md).
 """
 
 from __future__ import annotations
