@@ -307,10 +307,10 @@ def _seeds_notice(overrides: Sequence[str]) -> None:
     for item in overrides:
         key, _, value = item.partition("=")
         if key.strip() == "seeds" and "," not in value:
+            n = int(value)
             print(
-                f"nasproxy: notice: seeds={value.strip()} now means {value.strip()} seeds "
-                f"(0..{int(value) - 1}), as search --seeds does; write seeds={value.strip()}, "
-                "for that one seed",
+                f"nasproxy: notice: seeds={n} now means seeds 0..{n - 1} (a count, as search "
+                f"--seeds); write seeds={n}, for seed {n} alone",
                 file=sys.stderr,
             )
 

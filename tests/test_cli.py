@@ -274,7 +274,7 @@ def test_search_seeds_and_run_set_seeds_mean_the_same(
     assert len(notices) == ("," not in text)  # the changed meaning is said, once
 
 
-@pytest.mark.parametrize("bad", ["0", "", "a", "1,-2", "-1"])
+@pytest.mark.parametrize("bad", ["0", "", "a", "1,-2", "-1", "²"])
 def test_bad_seeds_are_one_line_errors_for_both_commands(tmp_path, capsys, bad):
     for argv in (
         ["search", "--whole", "--name", "e", f"--seeds={bad}"],
