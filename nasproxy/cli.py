@@ -17,7 +17,7 @@ from rich.progress import Progress as RichProgress
 
 from nasproxy.errors import CacheWarning, IncompleteError, NasproxyError
 from nasproxy.io import check_output_file
-from nasproxy.presets import PRESETS, Preset
+from nasproxy.presets import PRESETS, Preset, parse_seeds
 
 if TYPE_CHECKING:
     from nasproxy.search import Progress as SearchEvent
@@ -140,10 +140,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from nasproxy.search import FastChoice, SearchConfig, run_search
     from nasproxy.train import TrainConfig
 
-    parts = [p.strip() for p in args.seeds.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts) or args.seeds.strip() == "0":
-        raise NasproxyError(f"--seeds wants a count or a comma list, got {args.seeds!r}")
-    seeds = [int(p) for p in parts] if "," in args.seeds else list(range(int(parts[0])))
+    seeds = parse_seeds(args.seeds)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     cfg = SearchConfig(
         name=args.name,
@@ -155,7 +152,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         archs=tuple(args.archs),
         sample=args.sample,
         sample_seed=args.sample_seed,
-        seeds=tuple(seeds),
+        seeds=seeds,
         train=replace(train, augment=not args.no_augment),
         data_root=args.data_root,
         val_fraction=args.val_fraction,
@@ -286,6 +283,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nasproxy.report import format_summary
 
     preset = parse_overrides(PRESETS[args.preset], args.set)
+    _seeds_notice(args.set)
     with SearchProgress() as search_progress:
         result = run_pipeline(
             preset,
@@ -294,6 +292,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             data_root=args.data_root,
             device=args.device,
             fresh=args.fresh,
+            search_options={"address": args.address},
             progress=lambda line: print(f"nasproxy run: {line}", file=sys.stderr, flush=True),
             search_progress=search_progress,
         )
@@ -301,6 +300,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nThe report is in {result.paths['md']}")
     _refuse_failed_units(result.exp_dir)
     return 0
+
+
+def _seeds_notice(overrides: Sequence[str]) -> None:
+    """One line where ``--set seeds=N`` now means N seeds, as ``search --seeds N`` does."""
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "seeds" and "," not in value:
+            n = int(value)
+            print(
+                f"nasproxy: notice: seeds={n} now means seeds 0..{n - 1} (a count, as search "
+                f"--seeds); write seeds={n}, for seed {n} alone",
+                file=sys.stderr,
+            )
 
 
 def _positive_int(text: str) -> int:
@@ -476,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="build every proxy, search, report: the whole experiment in one command",
-        description="Runs a preset (README.md lists them and their fields); override any "
+        description="Runs a preset (docs/search.md lists them and their fields); override any "
         "field with --set KEY=VALUE (lists comma-separated, 'none' for none).",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
@@ -496,13 +508,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="download and cache folder (default $NASPROXY_DATA_ROOT or ~/.cache/nasproxy)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--address", default=None, help="search on a Ray cluster (auto or host:port); default local"
+    )
     p.add_argument("--fresh", action="store_true", help="delete this experiment and start over")
     p.set_defaults(handler=cmd_run)
     return parser
 
 
 def _add_fuse_flags(p: argparse.ArgumentParser) -> None:
-    """The search's stacked-training flags (README.md: Search)."""
+    """The search's stacked-training flags (docs/search.md, "Fused training")."""
     p.add_argument(
         "--fuse",
         choices=("auto", "on", "off"),
@@ -532,7 +547,7 @@ def _add_fuse_flags(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``nasproxy`` console script; returns the exit code (README.md)."""
+    """Entry point of the ``nasproxy`` console script; returns the exit code (docs/running.md)."""
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:

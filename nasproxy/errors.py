@@ -1,7 +1,9 @@
-"""The exception types for user mistakes and unfinished work, and the cache warning.
+"""The exception types for user mistakes and unfinished work, the cache warning, and
+``first_line``, an exception as one line.
 
-The CLI turns each error into a single line and exits with its ``exit_code`` (README.md,
-"Exit codes"), so a script can tell a mistake from work that ran but left units to retry.
+The CLI turns each error into a single line and exits with its ``exit_code``
+(docs/running.md, "Exit codes"), so a script can tell a mistake from work that ran but
+left units to retry.
 """
 
 
@@ -19,3 +21,16 @@ class IncompleteError(NasproxyError):
 
 class CacheWarning(UserWarning):
     """A damaged cache entry was found and is being rebuilt (the result is unaffected)."""
+
+
+def first_line(exc: BaseException, with_type: bool = False) -> str:
+    """An exception as one line: its message's first non-blank line, else its type's name.
+
+    With ``with_type``, ``Type: first line``. Reasons in result rows and error lines use it,
+    so an empty or multi-line message never breaks (or spreads over) one line.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    name = type(exc).__name__
+    if not lines:
+        return name
+    return f"{name}: {lines[0]}" if with_type else lines[0]

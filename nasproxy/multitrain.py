@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasproxy.data import Dataset
-from nasproxy.errors import NasproxyError
+from nasproxy.errors import NasproxyError, first_line
 from nasproxy.models import ConvNet, build_model, make_activation, make_pooling
 from nasproxy.spaces import ACTIVATIONS, GROUPNORM_GROUPS, Arch
 from nasproxy.train import (
@@ -719,8 +719,7 @@ def _train_or_split(
         records = _train_stack(archs, data, index_sets, cfgs, options)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         kind = "out of memory" if isinstance(exc, torch.OutOfMemoryError) else "error"
-        detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        fallback = f"stack of {len(cfgs)} failed ({kind}: {detail[:200]})"
+        fallback = f"stack of {len(cfgs)} failed ({kind}: {first_line(exc)[:200]})"
     else:
         for record in records:
             record.fallback = fallback

@@ -29,6 +29,7 @@ from nasproxy.search import (
     run_search,
     select_archs,
 )
+from nasproxy.search.address import check_address
 from nasproxy.train import TrainConfig, resolve_device
 
 Message = Callable[[str], None]
@@ -133,6 +134,7 @@ def run_pipeline(
         results_dir=str(results_dir),
         **(search_options or {}),
     )
+    check_address(cfg.address)  # a cluster that does not answer fails before the proxies
     data = load_dataset(preset.dataset, root)
     select_archs(spaces.load(cfg.space, data.image_size), cfg.archs, cfg.sample, cfg.sample_seed)
     with experiment_lock(exp_dir):  # no other driver builds, searches or deletes meanwhile

@@ -3,7 +3,7 @@
 An experiment is a ``Preset`` (a small frozen dataclass): the dataset, the proxy methods
 and budget, the scoring backbone, the slice of the space and the training protocol. Any
 field can be overridden with ``key=value`` strings (``epochs=3``, ``seeds=0,1``,
-``sample=none``).
+``sample=none``); ``seeds`` reads as ``search --seeds`` does (a count, or a comma list).
 """
 
 from __future__ import annotations
@@ -92,6 +92,20 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """Training seeds as ``search --seeds`` and ``run --set seeds=`` both take them.
+
+    A count N means seeds 0..N-1; a comma list names them (``0,3,7``; one seed: ``5,``).
+    """
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdecimal() for p in parts) or ("," not in text and not int(text)):
+        raise NasproxyError(
+            f"seeds: want a count N (seeds 0..N-1) or a comma list (0,3,7; one seed: 5,), "
+            f"got {text!r}"
+        )
+    return tuple(int(p) for p in parts) if "," in text else tuple(range(int(parts[0])))
+
+
 def parse_overrides(preset: Preset, overrides: Sequence[str]) -> Preset:
     """Apply ``key=value`` strings to a preset, converting each value to its field's type."""
     fields = {f.name: f for f in dataclasses.fields(Preset)}
@@ -104,7 +118,8 @@ def parse_overrides(preset: Preset, overrides: Sequence[str]) -> Preset:
             raise NasproxyError(
                 f"bad override {item!r}: use key=value with a key among {', '.join(fields)}"
             )
-        changes[key] = _convert(key, raw.strip(), hints[key])
+        value = raw.strip()
+        changes[key] = parse_seeds(value) if key == "seeds" else _convert(key, value, hints[key])
     return dataclasses.replace(preset, **changes)
 
 

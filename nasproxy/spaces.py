@@ -1,6 +1,7 @@
 """Search spaces: YAML option lists expanded into an ordered, indexable set of architectures.
 
-A space file (``search_spaces/NAME.yaml``) lists the options of each field of the ConvNet
+A space file (``search_spaces/NAME.yaml``, installed with the package as
+``nasproxy.search_spaces``) lists the options of each field of the ConvNet
 family; the space is their Cartesian product in a fixed order, so an index and an id
 (``w128-d3-relu-instancenorm-avgpooling``) name the same architecture on every machine.
 """
@@ -10,13 +11,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from nasproxy.errors import NasproxyError
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_PACKAGE = "nasproxy.search_spaces"  # the top-level search_spaces/ folder, as package data
 FIELDS = ("width", "depth", "act", "norm", "pool")
 ACTIVATIONS = ("sigmoid", "relu", "leakyrelu")
 NORMS = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
@@ -146,9 +148,14 @@ class Space(Sequence[Arch]):
         return self._archs[self.index(arch_id)]
 
 
+def spaces_dir() -> Path:
+    """The folder of the shipped space files, wherever the package is installed."""
+    return Path(str(resources.files(SPACES_PACKAGE)))
+
+
 def available() -> list[str]:
     """Names of the spaces shipped in ``search_spaces/``."""
-    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in spaces_dir().glob("*.yaml"))
 
 
 def resolve_path(name_or_path: str | Path) -> Path:
@@ -158,7 +165,7 @@ def resolve_path(name_or_path: str | Path) -> Path:
         if not path.is_file():
             raise NasproxyError(f"space file {path} does not exist")
         return path
-    candidate = SPACES_DIR / f"{name_or_path}.yaml"
+    candidate = spaces_dir() / f"{name_or_path}.yaml"
     if not candidate.is_file():
         raise NasproxyError(
             f"unknown space {str(name_or_path)!r}; available: {', '.join(available()) or 'none'}"

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasproxy.data import Dataset
-from nasproxy.errors import NasproxyError
+from nasproxy.errors import NasproxyError, first_line
 from nasproxy.models import build_model
 from nasproxy.spaces import Arch
 
@@ -267,12 +267,9 @@ def train(
             record.val_acc = accuracy(model, data, data.x_val, data.y_val)
             record.test_acc = accuracy(model, data, data.x_test, data.y_test)
     except torch.OutOfMemoryError as exc:
-        record.status, record.reason = "failed", f"out of memory: {str(exc).splitlines()[0]}"
+        record.status, record.reason = "failed", f"out of memory: {first_line(exc)}"
     except RuntimeError as exc:
-        record.status, record.reason = (
-            "failed",
-            f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}",
-        )
+        record.status, record.reason = "failed", first_line(exc, with_type=True)
     record.wall_s = time.perf_counter() - start
     record.images_per_s = record.images_seen / record.wall_s if record.wall_s > 0 else 0.0
     return record

@@ -25,12 +25,8 @@ Usage:  python scripts/bench_influence.py                      # CPU
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
 import resource
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +36,7 @@ import numpy as np
 import torch
 
 from nasproxy.io import atomic_write_json
+from nasproxy.provenance import provenance
 from nasproxy.proxies.influence import head_hessian, parameter_influence, refit_head
 from nasproxy.proxies.solvers import objective_value, select_kept
 
@@ -54,26 +51,6 @@ def _synthetic(n: int, d: int, c: int, seed: int) -> tuple[np.ndarray, np.ndarra
     centres = rng.standard_normal((c, d)) * 0.5
     features = np.maximum(centres[labels] + rng.standard_normal((n, d)), 0.0)
     return features.astype(np.float32), labels.astype(np.int64)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 def _sync(device: torch.device) -> None:
@@ -152,16 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         for _ in range(5)
     ]
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model()
     record: dict[str, Any] = {
         "benchmark": "influence step: refit, Hessian, S, greedy selection",
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "device": str(device),
-        "device_name": device_name,
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
+        **provenance(device, argv),
         "torch_threads": torch.get_num_threads(),
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
@@ -192,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     path = atomic_write_json(args.out / f"influence-{tag}.json", record)
 
     print(f"{n:,} examples x {d} features, {c} classes: {c * (d + 1):,} parameters ({source})")
-    print(f"device: {device} ({device_name}), torch threads {torch.get_num_threads()}")
+    print(f"device: {device} ({record['device_name']}), torch threads {torch.get_num_threads()}")
     print(f"{'step':<10} {'seconds':>9}")
     for name, value in timings.items():
         print(f"{name:<10} {value:>9.1f}")

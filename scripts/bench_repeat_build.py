@@ -21,10 +21,8 @@ Usage:  python scripts/bench_repeat_build.py [--n 50000 --dim 512] [--device cud
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -34,9 +32,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_influence import _cpu_model, _git_commit, _sync, _synthetic  # noqa: E402
+from bench_influence import _sync, _synthetic  # noqa: E402
 
 from nasproxy.io import atomic_write_json  # noqa: E402
+from nasproxy.provenance import provenance  # noqa: E402
 from nasproxy.proxies.head import RefitHead, head_cache  # noqa: E402
 from nasproxy.proxies.random import random_per_class  # noqa: E402
 from nasproxy.scoring import ScoringArtifact  # noqa: E402
@@ -106,14 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p = args.classes * (args.dim + 1)
     record = {
         "benchmark": "repeat build on one scoring run: cold against warm disk cache",
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else _cpu_model(),
-        "cpu_count": os.cpu_count(),
+        **provenance(device, argv),
         "torch_threads": torch.get_num_threads(),
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),

@@ -27,14 +27,10 @@ import argparse
 import json
 import logging
 import os
-import platform
-import shlex
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +38,7 @@ import numpy as np
 from nasproxy import results
 from nasproxy.data import load_dataset
 from nasproxy.io import atomic_write_json
+from nasproxy.provenance import provenance
 from nasproxy.search import DEFAULT_TRIAL_SIZE, SearchConfig, run_search
 from nasproxy.train import TrainConfig
 
@@ -114,19 +111,12 @@ def main() -> None:
     baseline = sweeps[0]["orchestration_share"]
     record = {
         "what": "Ray Tune orchestration share of a sweep of short trials (CPU)",
-        "device": _cpu_name(),
+        **provenance("cpu"),
         "machine_note": (
             f"{os.cpu_count()} cores shared with other jobs while measured; absolute seconds "
             "are noisy, the comparison between variants run back to back is the point"
         ),
-        "command": shlex.join([sys.executable.replace(str(REPO) + "/", ""), *sys.argv]),
-        "git_commit": results.git_commit(REPO),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "ray": ray.__version__,
-        },  # fmt: skip
+        "ray_version": ray.__version__,
         "sweep": {
             "dataset": "digits",
             "archs": f"{args.archs} sampled from convnet720 {SMALL_ARCHS}",
@@ -258,16 +248,6 @@ def _transport(ray) -> dict:
         "worker_get_from_object_store_s": [round(s, 3) for s in store],
         "worker_load_npz_cache_s": [round(s, 3) for s in npz],
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"cpu: {platform.processor() or 'unknown'} ({os.cpu_count()} cores)"
 
 
 if __name__ == "__main__":

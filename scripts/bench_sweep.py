@@ -30,12 +30,10 @@ Usage:  python scripts/bench_sweep.py --tiny
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -49,6 +47,7 @@ import pandas as pd
 from nasproxy import results, spaces
 from nasproxy.data import Dataset, load_dataset
 from nasproxy.io import atomic_write_json
+from nasproxy.provenance import provenance
 from nasproxy.proxies.random import random_per_class
 from nasproxy.search import FastChoice, SearchConfig, run_search, select_archs
 from nasproxy.spaces import ACTIVATIONS, Arch
@@ -277,14 +276,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     devices = sorted({d for w in workloads.values() for d in w["plain"]["devices"]})
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     result = {
-        "device": ", ".join(devices),
-        "device_type": device_type,
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "command": " ".join(["python", *sys.argv]),
-        "git_commit": results.git_commit(REPO),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **provenance(device_type, argv),
+        "device": ", ".join(devices),  # what the trials ran on (a cluster may mix)
+        "ray_version": ray.__version__,
         "dataset": args.dataset,
         "archs": archs,
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "note", "data_root")},

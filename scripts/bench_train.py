@@ -23,9 +23,7 @@ Usage (GPU):  python scripts/bench_train.py --dataset imagefolder:PATH/cifar10-j
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,8 +37,9 @@ from nasproxy import spaces
 from nasproxy.data import Dataset, load_dataset
 from nasproxy.io import atomic_write_json
 from nasproxy.multitrain import FastOptions, train_many
+from nasproxy.provenance import provenance
 from nasproxy.spaces import Arch
-from nasproxy.train import TrainConfig, TrainRecord, device_name, resolve_device, train
+from nasproxy.train import TrainConfig, TrainRecord, resolve_device, train
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -154,16 +153,6 @@ def subsample_eval(data: Dataset, size: int, seed: int) -> Dataset:
         x_test=data.x_test[test],
         y_test=data.y_test[test],
     )
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def timed(device: torch.device, fn: Callable[[], list[TrainRecord]]) -> tuple[float, list]:
@@ -286,7 +275,10 @@ def make_runs(
 
 
 def print_table(result: dict) -> None:
-    print(f"device: {result['device']}   torch {result['torch']}   options {result['options']}")
+    print(
+        f"device: {result['device_name']}   torch {result['versions']['torch']}   "
+        f"options {result['options']}"
+    )
     head = (
         f"{'workload':<8} {'models':>6} {'path':<5} {'time s':>9} {'img/s':>10} "
         f"{'TFLOP/s':>8} {'ratio':>6} {'d val acc':>10}"
@@ -370,13 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     result = {
         "benchmark": "plain trainer vs stacked multi-model trainer",
-        "device": device_name(device),
-        "device_type": device.type,
-        "torch": torch.__version__,
+        **provenance(device, argv),
         "threads": torch.get_num_threads(),
-        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-        "git_commit": git_commit(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "dataset": args.dataset,
         "n_train": len(data.y_train),
         "n_val_evaluated": len(data.y_val),

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from nasproxy.io import atomic_write_text
+from nasproxy.provenance import provenance
 
 # (performance %, Spearman top-10), Yang et al. 2023, Table 1; "influence" is "Ours"
 PAPER_TABLE1 = {
@@ -71,6 +72,8 @@ def main() -> None:
             f"[{row.spearman_all_lo:.2f}, {row.spearman_all_hi:.2f}] |"
         )
     lines += ["", "Protocol of the measurement:", ""] + [f"    {h}" for h in header] + [""]
+    made = provenance()
+    lines += [f"Written by `{made['command']}` at commit {made['git_commit']}, {made['date']}.", ""]
     out = atomic_write_text(args.experiment / "paper_comparison.md", "\n".join(lines))
     print(out)
 

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,12 +16,14 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+import nasproxy.pipeline as pipeline_module
 import nasproxy.proxies.build as build_module
 import nasproxy.search as search_module
 import nasproxy.search.sweep as sweep_module
 from nasproxy import results
 from nasproxy.cli import main
-from nasproxy.search import Progress
+from nasproxy.errors import NasproxyError
+from nasproxy.search import Progress, SearchConfig
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
 
@@ -234,3 +237,76 @@ def test_search_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise(capsys
     assert err[0] == "nasproxy search: 4 work units to run"
     assert err[1].startswith("[1/4] ok       w8-d1-relu-none-none whole s0 val 0.500")
     assert np.all(["\x1b" not in line for line in err])
+
+
+class _Stop(NasproxyError):
+    """Ends a stubbed command once it has shown what it would run."""
+
+
+def _search_config_of(argv: list[str], monkeypatch) -> SearchConfig:
+    """The SearchConfig that ``nasproxy search|run ARGV`` hands to ``run_search`` (stubbed)."""
+    seen: list[SearchConfig] = []
+
+    def capture(cfg, progress=None):
+        seen.append(cfg)
+        raise _Stop("stopped before training")
+
+    monkeypatch.setattr(search_module, "run_search", capture)  # as `search` calls it
+    monkeypatch.setattr(pipeline_module, "run_search", capture)  # as `run` calls it
+    monkeypatch.setattr(pipeline_module, "build_proxies", lambda *a, **k: [])
+    assert main(argv) == 2
+    assert len(seen) == 1
+    return seen[0]
+
+
+@pytest.mark.parametrize("text, seeds", [("3", (0, 1, 2)), ("3,", (3,)), ("0,4", (0, 4))])
+def test_search_seeds_and_run_set_seeds_mean_the_same(
+    tmp_path, cache_root, monkeypatch, capsys, text, seeds
+):
+    """`search --seeds 3` and `run --set seeds=3` both mean seeds 0, 1, 2 (a count)."""
+    common = ["--results-dir", str(tmp_path), "--data-root", str(cache_root)]
+    search = ["search", "--dataset", "digits", "--whole", "--name", "e", "--seeds", text]
+    run = ["run", "--preset", "smoke", "--set", f"seeds={text}"]
+    assert _search_config_of([*search, *common], monkeypatch).seeds == seeds
+    capsys.readouterr()
+    assert _search_config_of([*run, *common], monkeypatch).seeds == seeds
+    notices = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
+    assert len(notices) == ("," not in text)  # the changed meaning is said, once
+
+
+@pytest.mark.parametrize("bad", ["0", "", "a", "1,-2", "-1", "²"])
+def test_bad_seeds_are_one_line_errors_for_both_commands(tmp_path, capsys, bad):
+    for argv in (
+        ["search", "--whole", "--name", "e", f"--seeds={bad}"],
+        ["run", "--preset", "smoke", "--set", f"seeds={bad}"],
+    ):
+        assert main([*argv, "--results-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "seeds" in err, err
+
+
+def test_run_address_reaches_the_search_and_is_checked_before_the_proxies(
+    tmp_path, cache_root, monkeypatch, capsys
+):
+    """`run --address` is the search's cluster; one that does not answer stops it first."""
+    common = ["--results-dir", str(tmp_path), "--data-root", str(cache_root)]
+    with socket.socket() as server:  # something answers TCP here
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        cfg = _search_config_of(
+            ["run", "--preset", "smoke", "--address", address, *common], monkeypatch
+        )
+    assert cfg.address == address
+    assert _search_config_of(["run", "--preset", "smoke", *common], monkeypatch).address is None
+    capsys.readouterr()
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("proxies built for a cluster that does not answer")
+
+    monkeypatch.setattr(pipeline_module, "build_proxies", no_build)
+    argv = ["run", "--preset", "smoke", "--address", address, *common]  # closed now
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach the Ray cluster" in err
+    assert not (tmp_path / "smoke").exists()

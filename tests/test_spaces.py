@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -102,3 +107,46 @@ def test_bad_space_input_gives_clear_errors(tmp_path) -> None:
         spaces.load(bad)
     with pytest.raises(NasproxyError, match="not in space"):
         spaces.load("convnet720").index("w48-d1-relu-none-none")
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_a_built_wheel_loads_the_shipped_space_from_another_folder(tmp_path: Path) -> None:
+    """A wheel carries search_spaces/: installed outside the checkout, convnet720 loads."""
+    import setuptools
+
+    if int(setuptools.__version__.split(".")[0]) < 68:
+        pytest.skip("building the wheel offline needs setuptools>=68 (.ci/run builds one)")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, REPO],
+        check=True,
+        cwd=tmp_path,
+    )
+    wheel = next(wheels.glob("nasproxy-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", site, wheel], check=True)
+    script = (
+        "import sys, nasproxy; from nasproxy.cli import main; "
+        "print(nasproxy.__file__, file=sys.stderr); sys.exit(main(['space', 'convnet720']))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert Path(run.stderr.strip()).is_relative_to(site)  # the wheel's copy, not the checkout
+    expected = spaces.load(REPO / "search_spaces" / "convnet720.yaml")
+    assert run.stdout.split() == expected.ids and len(expected) == 720
+
+
+def test_the_shipped_spaces_are_the_repository_files() -> None:
+    """The lookup by name reads the top-level search_spaces/ folder's files."""
+    assert "convnet720" in spaces.available()
+    shipped = spaces.resolve_path("convnet720")
+    assert shipped.read_bytes() == (REPO / "search_spaces" / "convnet720.yaml").read_bytes()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import nasproxy.train as train_module
 from nasproxy.data import Dataset
 from nasproxy.train import TrainConfig, augment_batch, batches, train
 
@@ -64,3 +65,28 @@ def test_record_reports_sizes(digits: Dataset, device: str) -> None:
     )
     assert rec.n_train == 64 and rec.device == "cpu"
     assert rec.params > 0 and rec.macs > 0 and rec.wall_s > 0
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (RuntimeError(""), "RuntimeError"),
+        (RuntimeError("\n  \nboom\nat step 3"), "RuntimeError: boom"),
+        (torch.OutOfMemoryError(""), "out of memory: OutOfMemoryError"),
+        (
+            torch.OutOfMemoryError("CUDA out of memory.\nTried to allocate"),
+            "out of memory: CUDA out of memory.",
+        ),
+    ],
+)
+def test_a_failed_run_is_a_one_line_reason_even_for_an_empty_message(
+    digits: Dataset, monkeypatch, error: Exception, reason: str
+) -> None:
+    """An error with an empty or multi-line message is a failed record, not an IndexError."""
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(train_module, "fit", fail)
+    rec = train("w32-d1-relu-none-none", digits, np.arange(64), TrainConfig(epochs=1))
+    assert rec.status == "failed" and rec.reason == reason

@@ -29,13 +29,19 @@ import numpy as np
 
 from nasproxy import __version__
 from nasproxy.data import Dataset
-from nasproxy.errors import NasproxyError
+from nasproxy.errors import NasproxyError, first_line
 from nasproxy.io import atomic_write_json
 from nasproxy.proxies import registry
 from nasproxy.proxies.base import ProxyOptions, SelectionContext, check_budget
 from nasproxy.proxies.head import RefitHead
 from nasproxy.proxies.registry import Method
-from nasproxy.proxies.solvers import EPSILON_SOLVERS, OBJECTIVES, SOLVERS, objective_value
+from nasproxy.proxies.solvers import (
+    EPSILON_SOLVERS,
+    OBJECTIVES,
+    SOLVERS,
+    objective_value,
+    require_solver,
+)
 from nasproxy.scoring import ScoringConfig, scoring_run
 
 FORMAT = "nasproxy-proxy/1"
@@ -249,6 +255,7 @@ def _check_request(
     """Refuse a bad request before any training starts."""
     if options.solver not in SOLVERS:
         raise NasproxyError(f"unknown solver {options.solver!r}; choose from {', '.join(SOLVERS)}")
+    require_solver(options.solver)  # a missing extra fails before the scoring run
     if options.objective not in OBJECTIVES:
         raise NasproxyError(
             f"unknown objective {options.objective!r}; choose from {', '.join(OBJECTIVES)}"
@@ -283,7 +290,7 @@ def run_method(method: Method, ctx: SelectionContext) -> np.ndarray:
         except NasproxyError as exc:
             raise NasproxyError(f"method {method.name!r}: {exc}") from None
         except Exception as exc:  # a user's selector may raise anything
-            reason = registry.one_line(exc)
+            reason = first_line(exc, with_type=True)
             raise NasproxyError(f"method {method.name!r} failed ({reason})") from None
     return check_selection(result, ctx.data, ctx.per_class, f"method {method.name!r}")
 

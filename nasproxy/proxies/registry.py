@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from nasproxy.errors import NasproxyError
+from nasproxy.errors import NasproxyError, first_line
 from nasproxy.proxies.base import Select
 
 ENTRY_POINT_GROUP = "nasproxy.methods"
@@ -69,7 +69,7 @@ def resolve(spec: str) -> Method:
             func = ep.load()
         except Exception as exc:  # a broken plug-in must not end in a traceback
             raise NasproxyError(
-                f"method {spec!r}: cannot load {ep.value}{dist} ({one_line(exc)})"
+                f"method {spec!r}: cannot load {ep.value}{dist} ({first_line(exc, with_type=True)})"
             ) from None
         return Method(spec, f"{ep.value}{dist}", _callable(func, spec), False)
     if ":" in spec:
@@ -93,7 +93,7 @@ def _import(target: str, spec: str) -> Select:
         raise
     except Exception as exc:  # the user's module may raise anything while importing
         raise NasproxyError(
-            f"method {spec!r}: cannot import {module_name} ({one_line(exc)})"
+            f"method {spec!r}: cannot import {module_name} ({first_line(exc, with_type=True)})"
         ) from None
     func = getattr(module, attr, None)
     if func is None:
@@ -122,9 +122,3 @@ def _callable(func: object, spec: str) -> Select:
     if not callable(func):
         raise NasproxyError(f"method {spec!r} is not a function")
     return func  # type: ignore[return-value]
-
-
-def one_line(exc: BaseException) -> str:
-    """``Type: first line of the message``: an exception of user code, in one line."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -34,10 +34,12 @@ dimensions (Johnson-Lindenstrauss); objective values are always reported in the 
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 import warnings
 from collections.abc import Mapping
+from types import ModuleType
 
 import numpy as np
 
@@ -46,6 +48,8 @@ from nasproxy.errors import NasproxyError
 OBJECTIVES = ("removed-sum", "kept-mean")
 SOLVERS = ("greedy", "relax", "exact", "exact-l1", "exact-linf")
 EPSILON_SOLVERS = ("greedy", "exact")
+# the solvers whose library comes with the ``solvers`` extra: pip install "nasproxy[solvers]"
+SOLVER_LIBRARIES = {"relax": "cvxpy", "exact-l1": "pulp", "exact-linf": "pulp"}
 
 # Limits that keep a call from silently running for hours or exhausting memory.
 _MAX_COMBINATIONS = 2_000_000
@@ -53,6 +57,23 @@ _MAX_RELAX_ENTRIES = 5_000_000
 _MAX_MILP_ENTRIES = 200_000
 # Entries of one block of subset sums materialised by the enumerations.
 _BLOCK_ENTRIES = 4_000_000
+
+
+def require_solver(solver: str) -> ModuleType | None:
+    """The library ``solver`` needs (None for none), or one line naming the extra to install.
+
+    Imported on use only: cvxpy is slow to import, and a GPU host may lack both.
+    """
+    name = SOLVER_LIBRARIES.get(solver)
+    if name is None:
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise NasproxyError(
+            f"solver {solver!r} needs {name}, which is not installed; install the solvers "
+            'extra: pip install "nasproxy[solvers]"'
+        ) from None
 
 
 def _check_s(s: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
@@ -215,7 +236,7 @@ def _relax(
     w: np.ndarray, labels: np.ndarray, counts: dict[int, int], target: np.ndarray
 ) -> np.ndarray:
     """Solve the convex relaxation min ||W^T v - t||^2, v in [0,1]^n, class sums fixed."""
-    import cvxpy as cp  # slow to import; only this solver needs it
+    cp = require_solver("relax")
 
     n, dim = w.shape
     if n * dim > _MAX_RELAX_ENTRIES:
@@ -303,7 +324,7 @@ def _exact_milp(
     Binary x_i (kept), class sums fixed, deviations bounded by t_p (L1: minimise sum_p t_p)
     or by one t (L-inf: minimise t). Coefficients are scaled to max |S| = 1 first.
     """
-    import pulp  # only this solver needs it (and a GPU host may lack it)
+    pulp = require_solver(f"exact-{norm}")
 
     n, dim = s.shape
     if n * dim > _MAX_MILP_ENTRIES:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 
-from nasproxy.errors import NasproxyError
+from nasproxy.errors import NasproxyError, first_line
 
 CONNECT_TIMEOUT_S = 5.0
 AUTH_HINT = (
@@ -59,9 +59,8 @@ def _auto_address() -> str | None:
     try:
         resolved = canonicalize_bootstrap_address("auto")
     except (ConnectionError, ValueError) as exc:
-        detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         raise NasproxyError(
-            f"--address auto found no Ray cluster ({detail}); start one with `ray start "
+            f"--address auto found no Ray cluster ({first_line(exc)}); start one with `ray start "
             "--head`, or give host:port"
         ) from None
     if not resolved:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nasproxy.data import Dataset
-from nasproxy.errors import NasproxyError
+from nasproxy.errors import NasproxyError, first_line
 from nasproxy.search.config import SearchConfig
 from nasproxy.search.experiment import RAY_DIR
 from nasproxy.search.interrupt import SigintDeferral, interrupted
@@ -239,10 +239,9 @@ def _start_ray(address: str | None) -> bool:
         except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
             ray.shutdown()  # whatever part of a local Ray had started
             where = f"the Ray cluster at {address}" if address else "a local Ray"
-            detail = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
             raise NasproxyError(
-                f"cannot start or join {where} ({detail}); check the address and that both "
-                "sides run the same Ray version; a cluster with token authentication needs "
+                f"cannot start or join {where} ({first_line(exc)}); check the address and that "
+                "both sides run the same Ray version; a cluster with token authentication needs "
                 "RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
             ) from None
         started = True

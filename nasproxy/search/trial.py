@@ -27,6 +27,7 @@ import torch
 
 from nasproxy import results
 from nasproxy.data import Dataset
+from nasproxy.errors import first_line
 from nasproxy.multitrain import largest_stack, train_many
 from nasproxy.results import UnitKey
 from nasproxy.search.config import FastChoice
@@ -127,11 +128,10 @@ def _failed(
 ) -> TrainRecord:
     train_set, seed, arch_id = key
     indices = plan.indices[train_set]
-    first_line = (str(exc).splitlines() or [""])[0]
     return TrainRecord(
         arch=arch_id,
         status="failed",
-        reason=f"{exc.__class__.__name__}: {first_line}",
+        reason=first_line(exc, with_type=True),
         seed=seed,
         epochs=plan.train.epochs,
         n_train=len(data.y_train) if indices is None else len(indices),
