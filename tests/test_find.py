@@ -300,3 +300,19 @@ def test_the_search_outcome_matches_a_recomputation_from_trials_csv(
         assert ("estimated" in line) != exhaustive
     assert len(printed) == 2
     assert "## Search outcome" in (exp_dir / "table1.md").read_text()
+
+
+def test_a_rebuilt_manifest_recovers_each_sets_architectures_from_the_units(
+    inputs, monkeypatch, tmp_path
+):
+    run, calls = stub_runner()
+    monkeypatch.setattr(sweep_module, "_run_pending", run)
+    cfg = _config(inputs, tmp_path, "rebuilt", whole_archs=("w8-d1-sigmoid-*",), whole_top=1)
+    exp_dir = run_search(cfg)
+    original = results.read_manifest(exp_dir)
+    (exp_dir / results.MANIFEST).unlink()
+    run_search(replace(cfg, rebuild_manifest=True))
+    assert len(calls) == 2  # nothing trained again
+    rebuilt = results.read_manifest(exp_dir)
+    for key in ("archs", "train_sets", "whole_top"):
+        assert rebuilt[key] == original[key], key
