@@ -27,8 +27,9 @@ from nasproxy.train import TrainRecord
 from tests import test_search
 from tests.test_search import REPO, _config, _proxy, _units
 
-# the tiny space and two proxy files of tests/test_search.py
+# the tiny space, two proxy files and the one small local Ray of tests/test_search.py
 inputs = test_search.inputs
+cluster = test_search.cluster
 
 LEVELS = (0.25, 0.5, 0.75)  # few values, so that ties at the cut are common
 
@@ -316,3 +317,22 @@ def test_a_rebuilt_manifest_recovers_each_sets_architectures_from_the_units(
     rebuilt = results.read_manifest(exp_dir)
     for key in ("archs", "train_sets", "whole_top"):
         assert rebuilt[key] == original[key], key
+
+
+def test_both_stages_train_through_ray(cluster, inputs, tmp_path):
+    """The real trainer on a Ray cluster: the proxies, then each proxy's top 1."""
+    events = []
+    cfg = _config(inputs, tmp_path, "real", whole_top=1, address=cluster, trial_size=6)
+    exp_dir = run_search(cfg, progress=events.append)
+    table = results.read_trials(exp_dir)
+    manifest = results.read_manifest(exp_dir)
+    lists = manifest["whole_top"]["shortlists"]
+    whole = sorted(table.loc[table["train_set"] == "whole", "arch"])
+    assert whole == sorted(set(lists["random"]) | set(lists["herding"]))
+    for name in ("random", "herding"):  # the list is the best proxy score (ties: smaller id)
+        rows = table[table["train_set"] == name].sort_values(["val_acc", "arch"])
+        best = rows[rows["val_acc"] == rows["val_acc"].max()]["arch"].min()
+        assert lists[name] == [best]
+    assert (table["status"] == "ok").all() and len(table) == 12 + len(whole)
+    assert any("confirming each proxy's top 1" in e.message for e in events)
+    assert [r["units_trained"] for r in manifest["runs"]] == [12 + len(whole)]
