@@ -152,6 +152,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         archs=tuple(args.archs),
         sample=args.sample,
         sample_seed=args.sample_seed,
+        whole_archs=tuple(args.whole_archs),
+        whole_sample=args.whole_sample,
+        whole_top=args.whole_top,
+        whole_by=args.by,
         seeds=seeds,
         train=replace(train, augment=not args.no_augment),
         data_root=args.data_root,
@@ -178,6 +182,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     with SearchProgress() as progress:
         exp_dir = run_search(cfg, progress=progress)
     print(exp_dir)
+    if cfg.whole_top:
+        from nasproxy.report import outcome_lines
+
+        for line in outcome_lines(exp_dir):
+            print(line)
     _refuse_failed_units(exp_dir)
     return 0
 
@@ -446,6 +455,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sample", type=int, default=None, help="a stratified sample of N archs")
     p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument(
+        "--whole-archs",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="the whole split's own architectures, as --archs (default: the proxies')",
+    )
+    p.add_argument(
+        "--whole-sample",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a stratified sample of N of the whole split's architectures, as --sample",
+    )
+    p.add_argument(
+        "--whole-top",
+        type=int,
+        default=None,
+        metavar="K",
+        help="after the proxy units, train the K best by mean proxy validation accuracy on "
+        "the whole split too (a tie at the cut goes to the smaller id)",
+    )
+    p.add_argument(
+        "--by",
+        default="all",
+        metavar="PROXY",
+        help="with --whole-top: the proxy (training-set name) whose top K are confirmed, or "
+        "all (default): the union of every proxy's top K",
+    )
     p.add_argument(
         "--trial-size",
         type=int,

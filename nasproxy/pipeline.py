@@ -125,6 +125,10 @@ def run_pipeline(
         space=preset.space,
         archs=preset.archs,
         sample=preset.sample,
+        whole_archs=preset.whole_archs,
+        whole_sample=preset.whole_sample,
+        whole_top=preset.whole_top,
+        whole_by=preset.whole_by,
         seeds=preset.seeds,
         train=train,
         fuse=preset.fuse,
@@ -136,7 +140,14 @@ def run_pipeline(
     )
     check_address(cfg.address)  # a cluster that does not answer fails before the proxies
     data = load_dataset(preset.dataset, root)
-    select_archs(spaces.load(cfg.space, data.image_size), cfg.archs, cfg.sample, cfg.sample_seed)
+    space = spaces.load(cfg.space, data.image_size)
+    select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)
+    select_archs(space, cfg.whole_archs, cfg.whole_sample, cfg.sample_seed)
+    if cfg.whole_by not in ("all", *preset.methods):
+        raise NasproxyError(
+            f"whole_by {cfg.whole_by!r} is not a method of this experiment; choose from "
+            f"{', '.join(['all', *preset.methods])}"
+        )
     with experiment_lock(exp_dir):  # no other driver builds, searches or deletes meanwhile
         if fresh:
             # the proxies live inside the experiment, so the experiment goes before they are

@@ -41,6 +41,12 @@ class Preset:
     seeds: tuple[int, ...] = (0,)  # training seeds of the sweep
     whole: bool = True  # also train every architecture on the whole train split
     whole_per_class: int | None = None  # a class-balanced subset as the reference; None = all
+    # the whole split's own architectures (as nasproxy search's --whole-archs,
+    # --whole-sample), and the top K of the proxies confirmed on it (--whole-top, --by)
+    whole_archs: tuple[str, ...] = ()
+    whole_sample: int | None = None
+    whole_top: int | None = None
+    whole_by: str = "all"
     top_k: int = 10  # Table 1's "top-k by proxy"
     # the sweep's stacked training (as nasproxy search's flags; None: the device's default)
     fuse: str = "auto"
@@ -71,6 +77,20 @@ PRESETS: dict[str, Preset] = {
         sample=8,
         epochs=4,
         seeds=(0, 1),
+        top_k=3,
+    ),
+    # the search itself, a few minutes on a laptop CPU: 24 width-32 nets with pooling on two
+    # proxies, then each proxy's top 3 trained on the whole split to pick the architecture
+    "find": Preset(
+        methods=("influence", "random"),
+        per_class=20,
+        backbone=SMALL_BACKBONE,
+        backbone_epochs=8,
+        archs=POOLED_W32,
+        sample=24,
+        epochs=4,
+        seeds=(0, 1),
+        whole_top=3,
         top_k=3,
     ),
     # Table 1 on CIFAR-10 within an hour of a 2-core CPU: 8 of the 120 width-32 nets with

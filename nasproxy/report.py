@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nasproxy import __version__, metrics, plots
+from nasproxy import __version__, metrics, plots, shortlist
 from nasproxy.errors import NasproxyError
 from nasproxy.io import atomic_write_bytes, atomic_write_text
 
@@ -94,6 +94,7 @@ class ReportResult:
     notes: list[str]  # coverage and caveats, one line each
     top_k: int
     paths: dict[str, Path] = field(default_factory=dict)  # kind -> file written
+    outcome: pd.DataFrame | None = None  # the search outcome (OUTCOME_COLUMNS), if any
 
 
 # ---------------------------------------------------------------- reading
@@ -354,7 +355,11 @@ def compute_table(
     means: dict[str, np.ndarray] = {WHOLE: ref_val}
     for name in [*proxies, WHOLE]:
         rows = rows_of(name)
-        cov = _coverage(rows, archs, seeds)
+        # each training set against its own architectures (a set the manifest lacks: all)
+        mine = (
+            shortlist.train_set_archs(manifest, name) if name in manifest["train_sets"] else archs
+        )
+        cov = _coverage(rows, mine, seeds)
         notes.append(_coverage_line(name, cov))
         n_images, nbytes, eps = _storage(manifest, name, rows)
         if name == WHOLE:
@@ -607,6 +612,134 @@ def _text_table(headers: list[str], cells: list[list[str]]) -> str:
     return "\n".join(line.rstrip() for line in out)
 
 
+# ---------------------------------------------------------------- search outcome
+
+# search_outcome.csv's columns: per proxy, its shortlist confirmed on the whole split.
+OUTCOME_COLUMNS = (
+    "train_set",
+    "k",
+    "confirmed",
+    "pick",
+    "pick_val",
+    "pick_test",
+    "pick_test_std",
+    "pick_seeds",
+    "rank",
+    "n_confirmed",
+    "best_arch",
+    "regret",
+    "proxy_s",
+    "confirm_s",
+    "exhaustive_s",
+    "exhaustive_estimated",
+    "cost_ratio",
+)
+
+
+def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -> pd.DataFrame:
+    """Per proxy: its top K (``nasproxy.shortlist``; K of ``--whole-top``, else ``top_k``)
+    confirmed on the whole split, the pick and its cost (empty: no proxy, or no "ok"
+    whole-split unit).
+
+    pick: the best of the proxy's confirmed shortlist by mean whole-split validation
+    accuracy; pick_test/_std: its whole-split test accuracy, mean and sample std over its
+    whole-split seeds; rank: its place by mean test accuracy among every confirmed
+    architecture (1 = best; n_confirmed of them); regret: the best mean whole-split test
+    accuracy among the proxy's architectures minus the pick's, only when every one of them
+    has a whole-split result. Cost in training seconds (wall_s of the units, every
+    status): the proxy's sweep, its shortlist's whole-split units, and the whole split on
+    all the proxy's architectures x seeds: measured when all those units exist, else
+    estimated from the per-image rate (wall_s / images_seen) of the confirmed units.
+    """
+    k = int((manifest.get("whole_top") or {}).get("k") or top_k)
+    seeds = list(manifest["protocol"]["seeds"])
+    proxies = {
+        n: shortlist.train_set_archs(manifest, n) for n in manifest["train_sets"] if n != WHOLE
+    }
+    whole = trials[trials["train_set"] == WHOLE]
+    ok = whole[whole["status"] == "ok"]
+    if not proxies or ok.empty:
+        return pd.DataFrame(columns=list(OUTCOME_COLUMNS))
+    val = shortlist.scores(trials, WHOLE)
+    test = ok.groupby("arch")["test_acc"]
+    test_mean, test_std, test_n = test.mean(), test.std(ddof=1), test.count()
+    lists = shortlist.shortlists(trials, proxies, k)
+    every = [a for a in shortlist.confirmed(lists) if a in val.index]
+    rows = []
+    for name, archs in proxies.items():
+        confirmed = [a for a in lists[name] if a in val.index]
+        pick = shortlist.top_k(val[confirmed], 1)
+        row: dict[str, Any] = {"train_set": name, "k": k, "confirmed": len(confirmed)}
+        row["n_confirmed"] = len(every)
+        if pick:
+            a = pick[0]
+            row.update(pick=a, pick_val=val[a], pick_test=test_mean[a])
+            row.update(pick_test_std=test_std[a], pick_seeds=int(test_n[a]))
+            row["rank"] = 1 + int((test_mean[every] > test_mean[a]).sum())
+        if pick and set(archs) <= set(test_mean.index):
+            best = test_mean[archs]
+            row["best_arch"] = shortlist.top_k(best, 1)[0]
+            row["regret"] = float(best.max() - test_mean[pick[0]])
+        units = whole[whole["arch"].isin(confirmed)]
+        row["proxy_s"] = float(trials.loc[trials["train_set"] == name, "wall_s"].sum())
+        row["confirm_s"] = float(units["wall_s"].sum())
+        mine = whole[whole["arch"].isin(archs) & whole["seed"].isin(seeds)]
+        if len(set(zip(mine["arch"], mine["seed"], strict=True))) == len(archs) * len(seeds):
+            row["exhaustive_s"], row["exhaustive_estimated"] = float(mine["wall_s"].sum()), False
+        elif "images_seen" in whole.columns and units["images_seen"].sum() > 0:
+            rate = row["confirm_s"] / float(units["images_seen"].sum())
+            per_unit = float(whole["images_seen"].mean())
+            row["exhaustive_s"] = rate * per_unit * len(archs) * len(seeds)
+            row["exhaustive_estimated"] = True
+        if "exhaustive_s" in row and row["exhaustive_s"] > 0:
+            row["cost_ratio"] = (row["proxy_s"] + row["confirm_s"]) / row["exhaustive_s"]
+        rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=list(OUTCOME_COLUMNS))
+
+
+def _outcome_line(r: dict[str, Any]) -> str:
+    """One row of the search outcome as one line of text."""
+    if not isinstance(r["pick"], str):
+        return f"{r['train_set']}: none of its top {r['k']} has a whole-split result yet"
+    regret = "" if not math.isfinite(r["regret"]) else f", regret {_pct(r['regret'])} pp"
+    cost = "cost n/a"
+    if math.isfinite(r["cost_ratio"]):
+        how = "estimated" if r["exhaustive_estimated"] else "measured"
+        cost = (
+            f"cost {_duration(r['proxy_s'] + r['confirm_s'])} (proxy {_duration(r['proxy_s'])}"
+            f" + confirmation {_duration(r['confirm_s'])}) vs {_duration(r['exhaustive_s'])}"
+            f" for the exhaustive whole split ({how}): {r['cost_ratio']:.2f}x"
+        )
+    return (
+        f"{r['train_set']} picks {r['pick']}: whole-split test"
+        f" {_pct(r['pick_test'], r['pick_test_std'])}% over {r['pick_seeds']:.0f} seed(s), rank"
+        f" {r['rank']:.0f} of {r['n_confirmed']:.0f} confirmed{regret}"
+        f" ({r['confirmed']:.0f} of its top {r['k']:.0f} confirmed); {cost}"
+    )
+
+
+def _outcome_markdown(outcome: pd.DataFrame) -> str:
+    lines = ["", "## Search outcome", ""]
+    lines += [f"- {_md_escape(_outcome_line(r))}" for r in outcome.to_dict("records")]
+    lines += [
+        "",
+        "Each proxy's top K by mean proxy validation accuracy (a tie at the cut goes to the"
+        " smaller architecture id) trained on the whole split; its pick is the best of them by"
+        " mean whole-split validation accuracy, reported with its whole-split test accuracy"
+        " (mean ± sample std over seeds). Rank: by mean test accuracy among every confirmed"
+        " architecture. Regret: against the best of the proxy's architectures, only when all"
+        " of them have a whole-split result. Cost: summed training time of the units.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def outcome_lines(exp_dir: Path, top_k: int = 10) -> list[str]:
+    """The search outcome of experiment ``exp_dir`` as lines for the terminal."""
+    exp_dir = Path(exp_dir)
+    outcome = search_outcome(_read_trials(exp_dir), _read_manifest(exp_dir), top_k)
+    return [f"search outcome: {_outcome_line(r)}" for r in outcome.to_dict("records")]
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -628,9 +761,13 @@ def make_report(exp_dir: Path, top_k: int = 10, n_boot: int = 1000, seed: int = 
     t1 = compute_table(trials, manifest, top_k, n_boot, seed)
     table, per_seed, notes, means = t1.table, t1.per_seed, t1.notes, t1.val_means
     protocol = _protocol(exp_dir, manifest, top_k, n_boot, seed)
+    outcome = search_outcome(trials, manifest, top_k)
+    markdown = _markdown(table, protocol, notes, top_k)
+    if not outcome.empty:
+        markdown += _outcome_markdown(outcome)
 
     paths = {
-        "md": atomic_write_text(exp_dir / "table1.md", _markdown(table, protocol, notes, top_k)),
+        "md": atomic_write_text(exp_dir / "table1.md", markdown),
         "csv": atomic_write_text(
             exp_dir / "table1.csv", _csv(table, protocol, notes, "Table 1 (nasproxy)")
         ),
@@ -640,6 +777,11 @@ def make_report(exp_dir: Path, top_k: int = 10, n_boot: int = 1000, seed: int = 
         ),
         "tex": atomic_write_text(exp_dir / "table1.tex", _latex(table, protocol, notes, top_k)),
     }
+    if not outcome.empty:
+        paths["outcome_csv"] = atomic_write_text(
+            exp_dir / "search_outcome.csv",
+            _csv(outcome, protocol, notes, "Search outcome (nasproxy)"),
+        )
     panels = []
     for name in table.loc[table["role"] == "proxy", "train_set"]:
         pv = means[name]
@@ -654,7 +796,7 @@ def make_report(exp_dir: Path, top_k: int = 10, n_boot: int = 1000, seed: int = 
     }
     for kind, (fname, png) in figures.items():
         paths[kind] = atomic_write_bytes(exp_dir / fname, png)
-    return ReportResult(exp_dir, table, per_seed, protocol, notes, top_k, paths)
+    return ReportResult(exp_dir, table, per_seed, protocol, notes, top_k, paths, outcome)
 
 
 def format_summary(result: ReportResult) -> str:
@@ -672,7 +814,21 @@ def format_summary(result: ReportResult) -> str:
         "",
         *result.notes,
     ]
+    if result.outcome is not None and not result.outcome.empty:
+        lines += [
+            "",
+            *(f"search outcome: {_outcome_line(r)}" for r in result.outcome.to_dict("records")),
+        ]
     return "\n".join(lines)
 
 
-__all__ = ["ReportResult", "Table1", "compute_table", "format_summary", "make_report"]
+__all__ = [
+    "OUTCOME_COLUMNS",
+    "ReportResult",
+    "Table1",
+    "compute_table",
+    "format_summary",
+    "make_report",
+    "outcome_lines",
+    "search_outcome",
+]

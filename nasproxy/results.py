@@ -62,6 +62,7 @@ OWN_ENTRIES = frozenset(
         "proxy_vs_whole.png",
         "correlation.png",
         "acc_vs_time.png",
+        "search_outcome.csv",
     }
 )
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Table 1 on a GPU in one call of a short window: the fused sweep of every architecture on
-# the committed proxies, then the whole-split reference on a stratified sample, stored so
-# that a later window resumes where this one stopped.
+# Table 1 on a GPU in one call of a short window: one experiment that sweeps every
+# architecture on the committed proxies and the whole training split on a stratified sample
+# plus each proxy's top 10, stored so that a later window resumes where this one stopped.
 #
 # On a GPU host, from the repository root, after staging Ray and the CIFAR-10 copy
 # (../shared/gpu/README.md: upload the .stage parts, unstage each):
@@ -16,22 +16,22 @@
 #   decode  decode the dataset once and check its fingerprint against the proxy files
 #   bench   scripts/bench_sweep.py at small sizes, only when results/bench/ has no CUDA
 #           sweep benchmark yet
-#   proxies nasproxy search: every architecture (PROXY_ARCHS, default all 720) on the five
-#           committed proxies (PROXY_FILES), EPOCHS epochs, fused
-#           -> experiment $EXP-proxies
-#   table1  nasproxy search: the five proxies and the whole training split on a stratified
+#   table1  nasproxy search, one experiment -> $EXP (the one `nasproxy report` reads):
+#           stage 1: every architecture (PROXY_ARCHS, default all 720) on the five
+#           committed proxies (PROXY_FILES), and the whole training split on a stratified
 #           sample of WHOLE_SHAPES shapes (default 32) with all 3 activations of each (96
-#           architectures: a fused sweep stacks the activations of a shape, so complete
-#           shapes fuse on the whole split), EPOCHS epochs, fused
-#           -> experiment $EXP (the one `nasproxy report` reads)
-# The two are separate experiments because an experiment trains every one of its training
-# sets on every one of its architectures. Both live under RESULTS_DIR (default results), so
-# with their unit files committed a later window resumes them and trains only what is
-# missing. A step stopped at its limit gets SIGINT first (the sweep stops its trials and
-# writes its manifest), then SIGKILL; only its units in flight are lost.
+#           architectures: complete shapes fuse on the whole split, --whole-archs);
+#           stage 2 (--whole-top WHOLE_TOP, default 10): each proxy's top 10 by proxy
+#           validation accuracy also on the whole split, so that the top-10 metrics of
+#           every proxy have the whole-set accuracy of all ten; EPOCHS epochs, fused
+# The experiment lives under RESULTS_DIR (default results), so with its unit files
+# committed a later window resumes it and trains only what is missing (stage 2 starts once
+# stage 1 is complete, in whichever window that is). A step stopped at its limit gets
+# SIGINT first (the sweep stops its trials and writes its manifest), then SIGKILL; only its
+# units in flight are lost.
 #
-# Under $OUT (one level): gpu_table1.log, env.txt, table1-units.tar.gz (both experiments'
-# manifests and unit files; rewritten every PACK_EVERY seconds while the sweeps run and at
+# Under $OUT (one level): gpu_table1.log, env.txt, table1-units.tar.gz (the experiment's
+# manifest and unit files; rewritten every PACK_EVERY seconds while the sweeps run and at
 # the end, always by rename), sweep-<device>.json (when the benchmark ran). Unpack with
 #     python scripts/table1_units.py unpack table1-units.tar.gz --results-dir results
 # The log has a `rate` line for each training set every PACK_EVERY seconds: units and
@@ -55,7 +55,7 @@ DATASET="imagefolder:${NASPROXY_DATA:?set NASPROXY_DATA (source /tmp/stage/env.s
 if [ -n "${GPU_TABLE1_TINY:-}" ]; then
   : "${GPU_TABLE1_BUDGET:=600}" "${EPOCHS:=1}" "${SEEDS:=1}" "${WHOLE_SHAPES:=1}"
   : "${RESULTS_DIR:=${TMPDIR:-/tmp}/gpu-table1-tiny/results}" "${EXP:=table1-tiny}"
-  : "${PROXY_MAX_S:=200}" "${WHOLE_MIN_S:=200}" "${BENCH_S:=150}" "${PACK_EVERY:=30}"
+  : "${WHOLE_TOP:=1}" "${BENCH_S:=150}" "${PACK_EVERY:=30}"
   : "${TRIAL_SIZE:=16}"
   PROXY_ARCHS=(--archs 'w32-d1-*' --sample 2)
   SHAPES_WITHIN=(--within 'w32-d1-*')
@@ -65,7 +65,7 @@ if [ -n "${GPU_TABLE1_TINY:-}" ]; then
 else
   : "${GPU_TABLE1_BUDGET:=500}" "${EPOCHS:=10}" "${SEEDS:=1}" "${WHOLE_SHAPES:=32}"
   : "${RESULTS_DIR:=results}" "${EXP:=table1-cifar10-gpu}"
-  : "${PROXY_MAX_S:=150}" "${WHOLE_MIN_S:=180}" "${BENCH_S:=120}" "${PACK_EVERY:=30}"
+  : "${WHOLE_TOP:=10}" "${BENCH_S:=120}" "${PACK_EVERY:=30}"
   : "${TRIAL_SIZE:=48}"  # a proxy stack is 12 units: 4 stacks a trial, fewer trial start-ups
   read -r -a PROXY_ARCHS <<<"${PROXY_ARCHS:-}"  # default: all architectures of the space
   SHAPES_WITHIN=()
@@ -74,9 +74,9 @@ else
               --seeds 2 --whole-slice 5000 --whole-epochs 1)
   SUFFIX=cuda
 fi
-EXPERIMENTS=("$EXP-proxies" "$EXP")
+EXPERIMENTS=("$EXP")
 WHOLE_ARCHS=()
-while read -r glob; do WHOLE_ARCHS+=(--archs "$glob"); done < <(
+while read -r glob; do WHOLE_ARCHS+=(--whole-archs "$glob"); done < <(
   "$PY" scripts/table1_units.py shapes "$WHOLE_SHAPES" "${SHAPES_WITHIN[@]}")
 WHOLE_ARCHS+=("${WHOLE_OPTS[@]}")
 TAIL_S=20  # kept for the last pack
@@ -147,7 +147,7 @@ sweep() {  # sweep NAME LIMIT SEARCH-ARGS...: one search with the monitor runnin
     echo "gpu: none (no nvidia-smi)"
   "$PY" -c "import sys, torch, ray, PIL; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else ''); print('ray', ray.__version__, 'pillow', PIL.__version__)"
   echo "dataset: $DATASET"
-  echo "settings: budget ${GPU_TABLE1_BUDGET}s, epochs $EPOCHS, seeds $SEEDS, trial size $TRIAL_SIZE, proxy archs '${PROXY_ARCHS[*]:-all}', whole archs '${WHOLE_ARCHS[*]}', results $RESULTS_DIR/{$EXP-proxies,$EXP}"
+  echo "settings: budget ${GPU_TABLE1_BUDGET}s, epochs $EPOCHS, seeds $SEEDS, trial size $TRIAL_SIZE, proxy archs '${PROXY_ARCHS[*]:-all}', whole archs '${WHOLE_ARCHS[*]}' and each proxy's top $WHOLE_TOP, results $RESULTS_DIR/$EXP"
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt" >>"$LOG"
 
@@ -166,10 +166,8 @@ else
     "$PY" scripts/bench_sweep.py "${BENCH_ARGS[@]}" --out "$OUT/sweep-$SUFFIX.json"
 fi
 
-proxy_limit=$(( $(left) - WHOLE_MIN_S ))
-proxy_limit=$(( proxy_limit < PROXY_MAX_S ? proxy_limit : PROXY_MAX_S ))
-sweep proxies "$proxy_limit" "${SEARCH[@]}" "${PROXY_ARCHS[@]}" --name "$EXP-proxies"
-sweep table1 "$(left)" "${SEARCH[@]}" --whole "${WHOLE_ARCHS[@]}" --name "$EXP"
+sweep table1 "$(left)" "${SEARCH[@]}" "${PROXY_ARCHS[@]}" --whole "${WHOLE_ARCHS[@]}" \
+  --whole-top "$WHOLE_TOP" --name "$EXP"
 
 pack
 "$PY" scripts/table1_units.py rates --results-dir "$RESULTS_DIR" --since "$START_EPOCH" \

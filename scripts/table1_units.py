@@ -148,7 +148,7 @@ def rates(results_dir: Path, experiments: Sequence[str], since: float, now: floa
         space_size = manifest.get("space_size", len(archs))
         totals = {"planned": 0, "stored": 0, "recent": 0, "images": 0, "full": 0}
         for ts, entry in manifest.get("train_sets", {}).items():
-            planned = len(archs) * len(seeds)
+            planned = len(entry.get("archs", archs)) * len(seeds)  # the set's own, if listed
             stored = recent = images = 0
             for unit in (exp_dir / results.UNITS_DIR / ts).glob("s*/*.json"):
                 row = results.read_unit(unit)

@@ -126,3 +126,30 @@ def test_run_fresh_refuses_a_folder_that_is_not_only_its_experiment(
     assert main(argv) == 2
     assert "thesis.tex" in capsys.readouterr().err
     assert sorted(p.name for p in exp.iterdir()) == ["manifest.json", "thesis.tex"]
+
+
+def test_the_find_fields_of_a_preset_reach_the_search(
+    tmp_path: Path, cache_root: Path, monkeypatch
+):
+    from nasproxy import pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "build_proxies", lambda *args, **kwargs: [])
+    monkeypatch.setattr(pipeline, "run_search", lambda cfg, progress=None: seen.append(cfg))
+    monkeypatch.setattr(pipeline, "make_report", lambda exp_dir, top_k: top_k)
+    preset = parse_overrides(
+        PRESETS["find"], ["whole_archs=w32-d1-*,w32-d2-*", "whole_sample=4", "whole_by=random"]
+    )
+    assert pipeline.run_pipeline(preset, "f", tmp_path, cache_root) == PRESETS["find"].top_k
+    (cfg,) = seen
+    assert cfg.whole_archs == ("w32-d1-*", "w32-d2-*") and cfg.whole_sample == 4
+    assert cfg.whole_top == PRESETS["find"].whole_top and cfg.whole_by == "random"
+    with pytest.raises(NasproxyError, match="whole_by 'herding' is not a method"):
+        pipeline.run_pipeline(
+            parse_overrides(preset, ["whole_by=herding"]), "f", tmp_path, cache_root
+        )
+    with pytest.raises(NasproxyError, match="matches no architecture"):
+        pipeline.run_pipeline(
+            parse_overrides(preset, ["whole_archs=w9-*"]), "f", tmp_path, cache_root
+        )
+    assert len(seen) == 1

@@ -57,6 +57,19 @@ trial each, so a single bad unit is isolated, and what still crashes is recorded
 stacked path) splits in halves down to the plain trainer, with the reason in each row's
 ``fallback``.
 
+Architectures per training set, and finding the architecture
+------------------------------------------------------------
+The proxies train ``archs`` (``--archs``/``--sample``); the whole split may train its own
+set (``--whole-archs``/``--whole-sample``, a stratified sample as ``--sample``) and, with
+``whole_top`` K (``--whole-top K [--by PROXY]``), a second stage: once every first-stage
+unit is stored, each proxy's top K by mean proxy validation accuracy (or one proxy's, with
+``whole_by``) trains on the whole split in the same run (``nasproxy.shortlist`` states the
+tie rule). The shortlist is recomputed from the stored units on every run, so a run
+stopped in or between the stages resumes where it stopped. The manifest lists each
+training set's architectures (``train_sets[NAME]["archs"]``, the union over runs: a set
+grows, never shrinks; an older manifest's one list stands for every set) and the last
+shortlists (``whole_top``).
+
 A sweep's protocol (dataset fingerprint, space, epochs, seeds, training settings) is fixed in
 ``manifest.json`` when it starts; the same name with a different protocol is refused. The
 architecture selection and the training sets may grow between runs (the manifest lists the

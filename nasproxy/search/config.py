@@ -69,6 +69,14 @@ class SearchConfig:
     archs: tuple[str, ...] = ()  # id patterns: globs, or regexes with a "re:" prefix
     sample: int | None = None  # a stratified sample of this many architectures
     sample_seed: int = 0
+    # the whole split's own architectures (None/() with whole_sample None: as the proxies,
+    # or with whole_top, none but the confirmed): id patterns, then a stratified sample
+    whole_archs: tuple[str, ...] = ()
+    whole_sample: int | None = None
+    # after the proxy units: train the K best by mean proxy validation accuracy on the
+    # whole split too, of the proxy named whole_by, or each proxy's K best ("all")
+    whole_top: int | None = None
+    whole_by: str = "all"
     seeds: tuple[int, ...] = (0,)  # training seeds; each (arch, train set) runs once per seed
     train: TrainConfig = TrainConfig()  # epochs, batch size, lr, ...; seed/device set per unit
     data_root: str | None = None
@@ -107,6 +115,14 @@ class SearchConfig:
             raise NasproxyError(f"max failures must be >= 0, got {self.max_failures}")
         if self.sample is not None and self.sample < 1:
             raise NasproxyError(f"sample size must be at least 1, got {self.sample}")
+        if (self.whole_archs or self.whole_sample is not None or self.whole_top) and not self.whole:
+            raise NasproxyError("--whole-archs, --whole-sample and --whole-top need --whole")
+        if self.whole_sample is not None and self.whole_sample < 1:
+            raise NasproxyError(f"whole sample size must be at least 1, got {self.whole_sample}")
+        if self.whole_top is not None and (self.whole_top < 1 or not self.proxies):
+            raise NasproxyError("--whole-top needs a positive K and at least one --proxy")
+        if self.whole_by != "all" and self.whole_top is None:
+            raise NasproxyError("--by chooses the proxy of --whole-top: give --whole-top K")
         if self.fuse not in FUSE_MODES:
             raise NasproxyError(f"--fuse must be one of {', '.join(FUSE_MODES)}, got {self.fuse!r}")
         if self.max_stack is not None and self.max_stack < 1:
@@ -148,10 +164,12 @@ class TrainSet:
     proxy_hash: str = ""
     epsilon: float | None = None
 
-    def manifest_entry(self, data: Dataset) -> dict[str, Any]:
-        """The manifest record: provenance and size (uint8 bytes of its images)."""
+    def manifest_entry(self, data: Dataset, archs: list[str]) -> dict[str, Any]:
+        """The manifest record: provenance, size (uint8 bytes of its images) and the ids
+        of the architectures it trains."""
         per_image = data.in_channels * data.image_size**2
         return {
+            "archs": archs,
             "proxy_path": self.proxy_path,
             "proxy_hash": self.proxy_hash,
             "n_images": self.n_images,

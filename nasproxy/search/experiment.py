@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nasproxy import __version__, results
+from nasproxy import __version__, results, shortlist
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.search.config import SearchConfig, TrainSet
@@ -119,6 +119,9 @@ def check_units_fit(exp_dir: Path, manifest: dict[str, Any], space: Space) -> No
             )
     union = set(manifest["archs"]) | {key[2] for key in stored}
     manifest["archs"] = [a for a in space.ids if a in union]
+    for name, entry in sets.items():
+        mine = set(entry["archs"]) | {key[2] for key in stored if key[0] == name}
+        entry["archs"] = [a for a in space.ids if a in mine]
     manifest["rebuilt"] = utc_now()
 
 
@@ -126,20 +129,28 @@ def build_manifest(
     cfg: SearchConfig,
     data: Dataset,
     space: Space,
-    archs: Sequence[Arch],
+    archs_by_set: Mapping[str, Sequence[Arch]],
     train_sets: Sequence[TrainSet],
     previous: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The manifest of this run; refuses a protocol that differs from an existing one."""
+    """The manifest of this run; refuses a protocol that differs from an existing one.
+
+    Each training set records its architectures (``archs``), the top level their union.
+    Against a stored manifest each set's list is the union with the stored one (a set's
+    architectures may grow between runs, never shrink); a manifest written before sets
+    had their own lists gave every set the top-level ``archs``.
+    """
+    ids = {name: [a.id for a in archs] for name, archs in archs_by_set.items()}
+    every = {a for names in ids.values() for a in names}
     manifest: dict[str, Any] = {
         "dataset": data.spec,
         "dataset_name": _dataset_name(data.spec),
         "fingerprint": data.fingerprint,
         "space": space.name,
         "space_size": len(space),
-        "archs": [a.id for a in archs],
+        "archs": [a for a in space.ids if a in every],
         "protocol": protocol(cfg),
-        "train_sets": {ts.name: ts.manifest_entry(data) for ts in train_sets},
+        "train_sets": {ts.name: ts.manifest_entry(data, ids[ts.name]) for ts in train_sets},
         "hardware": "",
         "nasproxy_version": __version__,
         "git_commit": results.git_commit(),
@@ -153,6 +164,12 @@ def build_manifest(
     _refuse_different(cfg.name, previous, manifest)
     union = set(previous.get("archs", [])) | set(manifest["archs"])
     manifest["archs"] = [a for a in space.ids if a in union]
+    for name, entry in manifest["train_sets"].items():
+        if name in previous.get("train_sets", {}):
+            mine = set(entry["archs"]) | set(shortlist.train_set_archs(previous, name))
+            entry["archs"] = [a for a in space.ids if a in mine]
+    if "whole_top" in previous:
+        manifest["whole_top"] = previous["whole_top"]
     for key in ("hardware", "wall_s", "sweep_wall_s", "runs", "created"):
         manifest[key] = previous.get(key, manifest[key])
     return manifest

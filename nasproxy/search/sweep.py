@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nasproxy import __version__, results, spaces
+from nasproxy import __version__, results, shortlist, spaces
 from nasproxy.data import Dataset, load_dataset
 from nasproxy.errors import IncompleteError, NasproxyError
 from nasproxy.proxies.base import check_budget
@@ -228,16 +228,36 @@ def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
     train_sets = resolve_train_sets(
         cfg.proxies, cfg.whole, data, cfg.whole_per_class, cfg.split_seed
     )
+    proxy_names = [ts.name for ts in train_sets if ts.name != WHOLE]
+    if cfg.whole_by != shortlist.ALL and cfg.whole_by not in proxy_names:
+        raise NasproxyError(
+            f"--by {cfg.whole_by!r} is not a training set of this sweep; choose from "
+            f"{', '.join([*proxy_names, shortlist.ALL])}"
+        )
+    archs_by_set = {name: archs for name in proxy_names}
+    if cfg.whole:
+        archs_by_set[WHOLE] = whole_archs(cfg, space, archs)
 
     with experiment_lock(cfg.exp_dir):
-        return _run_locked(cfg, data, space, archs, train_sets, progress)
+        return _run_locked(cfg, data, space, archs_by_set, train_sets, progress)
+
+
+def whole_archs(cfg: SearchConfig, space: spaces.Space, proxy_archs: Sequence[Arch]) -> list[Arch]:
+    """The whole split's own architectures before any confirmation: ``--whole-archs``
+    patterns (default: the proxies' ``--archs``) and an optional stratified
+    ``--whole-sample``; with neither, the proxies' set, or none when ``--whole-top`` is
+    to choose them."""
+    if cfg.whole_archs or cfg.whole_sample is not None:
+        patterns = cfg.whole_archs or cfg.archs
+        return select_archs(space, patterns, cfg.whole_sample, cfg.sample_seed)
+    return [] if cfg.whole_top else list(proxy_archs)
 
 
 def _run_locked(
     cfg: SearchConfig,
     data: Dataset,
     space: spaces.Space,
-    archs: Sequence[Arch],
+    archs_by_set: dict[str, Sequence[Arch]],
     train_sets: Sequence[TrainSet],
     progress: ProgressFn | None,
 ) -> Path:
@@ -246,13 +266,18 @@ def _run_locked(
     if cfg.fresh:
         remove_experiment(exp_dir)
     previous = check_existing(exp_dir, cfg.rebuild_manifest)
-    manifest = build_manifest(cfg, data, space, archs, train_sets, previous)
+    manifest = build_manifest(cfg, data, space, archs_by_set, train_sets, previous)
     if cfg.rebuild_manifest:
         check_units_fit(exp_dir, manifest, space)
     results.write_manifest(exp_dir, manifest)
     results.remove_stale_temporaries(exp_dir)
 
-    all_keys = [(ts.name, seed, a.id) for ts in train_sets for seed in cfg.seeds for a in archs]
+    all_keys = [
+        (ts.name, seed, a.id)
+        for ts in train_sets
+        for seed in cfg.seeds
+        for a in archs_by_set[ts.name]
+    ]
     stored = results.read_units(exp_dir)
     # failed units (out of memory, crashed worker: often transient) run again; ok and
     # diverged ones are final
@@ -266,9 +291,15 @@ def _run_locked(
     run_info: dict[str, Any] = {"started": started, "units_pending": len(pending)}
     try:
         if pending:
-            run_info.update(_run_pending(cfg, data, archs, train_sets, pending, sweep))
-        else:
+            run_info.update(_run_pending(cfg, data, train_sets, pending, sweep))
+        elif not cfg.whole_top:
             sweep.emit(message=f"all {len(all_keys)} work units are done; nothing to run")
+        if cfg.whole_top and not [k for k in pending if k not in sweep.done]:
+            confirm = _confirm_keys(cfg, exp_dir, space, stored, sweep, set(all_keys))
+            run_info["confirm_pending"] = len(confirm)
+            pending += confirm
+            if confirm:
+                run_info["confirm"] = _run_pending(cfg, data, train_sets, confirm, sweep)
     except KeyboardInterrupt:
         run_info["interrupted"] = True  # Ray is down by now; the same command resumes
         raise
@@ -280,23 +311,65 @@ def _run_locked(
     missing = [k for k in pending if k not in sweep.done]
     if missing:
         raise IncompleteError(
-            f"the sweep stopped with {len(missing)} of {len(all_keys)} work units unfinished; "
+            f"the sweep stopped with {len(missing)} of {sweep.total} work units unfinished; "
             "run the same command again to continue"
         )
     return exp_dir
 
 
+def _confirm_keys(
+    cfg: SearchConfig,
+    exp_dir: Path,
+    space: spaces.Space,
+    stored: dict[UnitKey, dict[str, Any]],
+    sweep: _Sweep,
+    planned: set[UnitKey],
+) -> list[UnitKey]:
+    """Stage 2 of ``--whole-top``: each proxy's shortlist from the stored proxy units
+    (``nasproxy.shortlist``), recorded in the manifest; returns the whole-split units of
+    the confirmed architectures that still have to run (adding them to the sweep)."""
+    manifest = results.read_manifest(exp_dir) or {}
+    sets = manifest["train_sets"]
+    proxies = {name: shortlist.train_set_archs(manifest, name) for name in sets if name != WHOLE}
+    table = results.to_frame({**stored, **sweep.done}.values())
+    lists = shortlist.shortlists(table, proxies, cfg.whole_top or 0)
+    picked = shortlist.confirmed(lists, cfg.whole_by)
+    have = set(shortlist.train_set_archs(manifest, WHOLE))
+    sets[WHOLE]["archs"] = [a for a in space.ids if a in have | set(picked)]
+    union = set(manifest["archs"]) | set(picked)
+    manifest["archs"] = [a for a in space.ids if a in union]
+    manifest["whole_top"] = {"k": cfg.whole_top, "by": cfg.whole_by, "shortlists": lists}
+    results.write_manifest(exp_dir, manifest)
+    sweep.arch_order = manifest["archs"]
+
+    keys = [(WHOLE, seed, a) for seed in cfg.seeds for a in picked]
+    fresh = [k for k in keys if k not in planned]  # the rest ran (or runs) in stage 1
+    for key in fresh:
+        if key in stored and stored[key]["status"] != "failed":
+            sweep.done[key] = stored[key]
+    todo = [k for k in fresh if k not in sweep.done]
+    sweep.total += len(fresh)
+    who = "each proxy's" if cfg.whole_by == shortlist.ALL else f"{cfg.whole_by}'s"
+    sweep.emit(
+        message=f"confirming {who} top {cfg.whole_top} on the whole split: {len(picked)} "
+        f"architectures, {len(todo)} work units to run"
+    )
+    return todo
+
+
 def _run_pending(
     cfg: SearchConfig,
     data: Dataset,
-    archs: Sequence[Arch],
     train_sets: Sequence[TrainSet],
     pending: Sequence[UnitKey],
     sweep: _Sweep,
 ) -> dict[str, Any]:
     """Start or join Ray, run the pending units as Tune trials; returns run provenance."""
     by_name = {ts.name: ts for ts in train_sets}
-    macs = {a.id: a.macs(data.in_channels, data.num_classes, data.image_size) for a in archs}
+    ids = {key[2] for key in pending}
+    macs = {
+        a: Arch.from_id(a).macs(data.in_channels, data.num_classes, data.image_size) for a in ids
+    }
 
     def cost(key: UnitKey) -> float:
         return float(macs[key[2]]) * by_name[key[0]].n_images
