@@ -16,7 +16,7 @@ from nasproxy import __version__, results
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.search.config import SearchConfig, TrainSet
-from nasproxy.search.lock import LOCK_NAME, experiment_lock
+from nasproxy.search.lock import BREAK_NAME, LOCK_NAME, ensure_held, experiment_lock
 from nasproxy.spaces import Arch, Space
 
 RAY_DIR = "ray"
@@ -52,8 +52,9 @@ def remove_experiment(exp_dir: Path) -> None:
             foreign = results.foreign_entries(exp_dir)
             if not foreign:
                 for entry in exp_dir.iterdir():
-                    if entry.name == LOCK_NAME:
+                    if entry.name in (LOCK_NAME, BREAK_NAME):
                         continue
+                    ensure_held(exp_dir)  # a driver that lost the lock deletes nothing
                     if entry.is_dir() and not entry.is_symlink():
                         shutil.rmtree(entry)
                     else:
@@ -208,6 +209,7 @@ def finish_manifest(exp_dir: Path, run_info: dict[str, Any]) -> None:
     if devices or clusters:
         manifest["hardware"] = f"{', '.join(devices) or 'none yet'} ({'; '.join(clusters)})"
     manifest["updated"] = utc_now()
+    ensure_held(exp_dir)
     results.write_manifest(exp_dir, manifest)
 
 

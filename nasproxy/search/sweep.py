@@ -34,7 +34,7 @@ from nasproxy.search.experiment import (
     remove_experiment,
     utc_now,
 )
-from nasproxy.search.lock import experiment_lock
+from nasproxy.search.lock import any_lost, ensure_held, experiment_lock, held_token, holds
 from nasproxy.search.plan import plan_trials, select_archs
 from nasproxy.search.ray_runner import fit, ray_session, slots
 from nasproxy.search.trial import TrialPlan
@@ -173,6 +173,8 @@ class _Sweep:
         key = results.row_key(row)
         if key in self.done:
             return  # a retried trial re-reports the units it found stored
+        if not holds(self.exp_dir):
+            return  # lost to another driver (Tune's stopper ends the run): write nothing
         if results.read_unit(results.unit_path(self.exp_dir, key)) is None:
             results.write_unit(self.exp_dir, row)  # the trial ran where DIR is not shared
         self.done[key] = row
@@ -182,6 +184,7 @@ class _Sweep:
             self.consolidate()
 
     def consolidate(self) -> None:
+        ensure_held(self.exp_dir)
         results.consolidate(self.exp_dir, self.train_set_order, self.arch_order)
         self.last_consolidated = time.perf_counter()
 
@@ -249,6 +252,7 @@ def _run_locked(
     manifest = build_manifest(cfg, data, space, archs, train_sets, previous)
     if cfg.rebuild_manifest:
         check_units_fit(exp_dir, manifest, space)
+    ensure_held(exp_dir)
     results.write_manifest(exp_dir, manifest)
     results.remove_stale_temporaries(exp_dir)
 
@@ -273,10 +277,12 @@ def _run_locked(
         run_info["interrupted"] = True  # Ray is down by now; the same command resumes
         raise
     finally:
-        sweep.consolidate()
-        run_info["wall_s"] = time.perf_counter() - t0
-        run_info["units_trained"] = sweep.trained
-        finish_manifest(exp_dir, run_info)
+        if not any_lost():  # else another driver owns the experiment now: write nothing
+            sweep.consolidate()
+            run_info["wall_s"] = time.perf_counter() - t0
+            run_info["units_trained"] = sweep.trained
+            finish_manifest(exp_dir, run_info)
+    ensure_held(exp_dir)
     missing = [k for k in pending if k not in sweep.done]
     if missing:
         raise IncompleteError(
@@ -335,6 +341,7 @@ def _run_pending(
             fuse=fuse,
             fast=cfg.fast,
             gpu_share=gpus,
+            lock_token=held_token(sweep.exp_dir),
         )
         resources = {"cpu": cfg.cpus_per_trial, "gpu": gpus}
         recovered: list[str] = []
