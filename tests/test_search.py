@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import math
@@ -22,6 +21,7 @@ import pytest
 
 from nasproxy import results, spaces
 from nasproxy.errors import NasproxyError
+from nasproxy.proxies.build import selection_hash
 from nasproxy.search import (
     SearchConfig,
     plan_chunks,
@@ -140,7 +140,7 @@ def test_sweep_trains_every_unit_once_with_sane_rows(cluster, inputs, digits, tm
     }
     assert (table["images_seen"] == table["n_train"]).all()  # one epoch, no batch dropped
     for path in inputs["proxies"]:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        digest = selection_hash(json.loads(path.read_text()))
         method = path.stem
         assert set(table.loc[table["train_set"] == method, "proxy_hash"]) == {digest}
         assert manifest["train_sets"][method]["proxy_hash"] == digest
@@ -342,7 +342,7 @@ def test_train_set_names_disambiguate_and_refuse_clashes(inputs, digits, tmp_pat
     (other / a.name).write_text(json.dumps(_proxy("influence", digits.fingerprint, indices)))
     with pytest.raises(NasproxyError, match="would be named"):
         resolve_train_sets([str(a), str(other / a.name)], False, digits)
-    with pytest.raises(NasproxyError, match="identical"):
+    with pytest.raises(NasproxyError, match="select the same images"):
         resolve_train_sets([str(a), str(a)], False, digits)
     c = tmp_path / "c.json"
     c.write_text(json.dumps(_proxy("whole", digits.fingerprint, half)))

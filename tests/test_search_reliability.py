@@ -8,6 +8,7 @@ orphaned) are found, by session or by marker, and killed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ import pytest
 
 from nasproxy import results
 from nasproxy.errors import NasproxyError
+from nasproxy.proxies.build import selection_hash
 from nasproxy.report import make_report
 from nasproxy.search import run_search
 from nasproxy.search.address import check_address
@@ -401,3 +403,65 @@ def test_the_lock_is_reentrant_however_the_path_is_spelled(tmp_path, monkeypatch
             assert (tmp_path / "results" / "exp" / LOCK_NAME).is_file()
         assert (tmp_path / "results" / "exp" / LOCK_NAME).is_file()
     assert not (tmp_path / "results" / "exp").exists()
+
+
+def test_a_proxy_rebuilt_or_rewritten_resumes_and_a_changed_one_names_the_field(
+    cluster, inputs, digits, tmp_path
+):
+    """The proxy hash covers what defines the selection, not when it was built or the JSON
+    layout; an experiment of an older nasproxy (whole-file hashes) still resumes."""
+    proxy = tmp_path / "random.json"
+    record = json.loads(inputs["proxies"][0].read_text())
+    proxy.write_text(json.dumps({**record, "created": "then", "timings": {"total_s": 1.0}}))
+    cfg = _config(inputs, tmp_path, "rehash", proxies=(str(proxy),), whole=False,
+                  archs=("w8-d1-relu-*",))  # fmt: skip
+    exp_dir = run_search(cfg)
+    units = _units(exp_dir)
+    assert len(units) == 2
+
+    # rebuilt by the same command (other time stamps), written with another layout
+    proxy.write_text(
+        json.dumps({**record, "created": "now", "timings": {"total_s": 2.0}}, indent=4)
+    )
+    events = []
+    run_search(cfg, progress=events.append)
+    assert not [e for e in events if e.row is not None] and _units(exp_dir) == units
+
+    # really changed: refused, naming what changed
+    changed = json.loads(json.dumps(record))
+    first_class = next(iter(changed["indices"]))
+    labels = digits.y_train.numpy()
+    members = set(changed["indices"][first_class])
+    spare = next(int(i) for i in np.flatnonzero(labels == 0) if int(i) not in members)
+    changed["indices"][first_class] = sorted([*list(members)[1:], spare])
+    proxy.write_text(json.dumps(changed))
+    with pytest.raises(NasproxyError, match=r"its proxy's indices changed") as info:
+        run_search(cfg)
+    assert "\n" not in str(info.value) and "'random'" in str(info.value)
+    changed = {**record, "params": {"solver": "other"}}
+    proxy.write_text(json.dumps(changed))
+    with pytest.raises(NasproxyError, match=r"its proxy's params changed"):
+        run_search(cfg)
+
+    # an experiment stored by an older nasproxy: proxy hash = the file's sha256[:12]
+    proxy.write_text(json.dumps(record))
+    old_hash = hashlib.sha256(proxy.read_bytes()).hexdigest()[:12]
+    manifest = results.read_manifest(exp_dir)
+    entry = manifest["train_sets"]["random"]
+    entry["proxy_hash"] = old_hash
+    del entry["selection"]
+    results.write_manifest(exp_dir, manifest)
+    for path in units:
+        unit = json.loads(path.read_text())
+        unit["row"]["proxy_hash"] = old_hash
+        path.write_text(json.dumps(unit))
+    events = []
+    run_search(cfg, progress=events.append)
+    assert not [e for e in events if e.row is not None]
+    entry = results.read_manifest(exp_dir)["train_sets"]["random"]
+    assert entry["proxy_hash"] == selection_hash(record) and entry["legacy_hashes"] == [old_hash]
+    run_search(cfg)  # and again, now under the new hash
+    (exp_dir / results.MANIFEST).unlink()
+    run_search(replace(cfg, rebuild_manifest=True))  # its old units fit a rebuilt manifest
+    entry = results.read_manifest(exp_dir)["train_sets"]["random"]
+    assert entry["legacy_hashes"] == [old_hash]

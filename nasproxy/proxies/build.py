@@ -145,6 +145,41 @@ def build_proxy(
     }
 
 
+# What a proxy record holds besides its selection: measurements of the head's fit (params)
+# and of the scoring run (backbone), which may differ between two identical builds.
+RUN_PARAMS = frozenset(
+    {"head_grad_norm", "head_iterations", "head_newton_steps", "head_loss", "objective_value"}
+)
+RUN_BACKBONE = frozenset({"device", "train_s", "train_acc_eval", "feature_dim"})
+SELECTION_FIELDS = ("fingerprint", "method", "per_class", "seed", "params", "backbone", "indices")
+
+
+def selection_fields(record: dict[str, Any]) -> dict[str, str]:
+    """A short digest of each field that defines a proxy's selection: the dataset, the
+    method and its parameters, the backbone's settings and the indices (not when or how
+    fast it was built, nor the JSON layout)."""
+    params = record.get("params")
+    if isinstance(params, dict):
+        params = {k: v for k, v in params.items() if k not in RUN_PARAMS}
+    backbone = record.get("backbone")
+    if isinstance(backbone, dict):
+        backbone = {k: v for k, v in backbone.items() if k not in RUN_BACKBONE}
+    values = {**{k: record.get(k) for k in SELECTION_FIELDS}, "params": params}
+    values["backbone"] = backbone
+    return {k: _digest(v) for k, v in values.items()}
+
+
+def selection_hash(record: dict[str, Any]) -> str:
+    """The hash of what defines a proxy's selection (``selection_fields``): the same for a
+    proxy rebuilt with the same command or rewritten with another layout."""
+    return _digest(selection_fields(record))
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def write_proxy(record: dict[str, Any], path: str | Path) -> Path:
     """Write a proxy record as indented JSON, atomically."""
     return atomic_write_json(path, record)

@@ -85,23 +85,30 @@ def check_existing(exp_dir: Path, rebuild: bool = False) -> dict[str, Any] | Non
     return previous
 
 
-def check_units_fit(exp_dir: Path, manifest: dict[str, Any], space: Space) -> None:
+def check_units_fit(
+    exp_dir: Path, manifest: dict[str, Any], space: Space, train_sets: Sequence[TrainSet] = ()
+) -> None:
     """Refuse to rebuild ``manifest`` over unit files it contradicts; adds their archs.
 
     What a unit file records is checked: its training set (name, proxy hash, size), epochs,
     seed and architecture. The rest of the protocol (learning rate, batch size, split) is
-    not in the unit files: the user vouches for it by giving the original command.
+    not in the unit files: the user vouches for it by giving the original command. A unit
+    whose proxy hash is its proxy file's digest (older nasproxy) matches, kept as legacy.
     """
     sets = manifest["train_sets"]
     protocol_ = manifest["protocol"]
+    file_hashes = {ts.name: ts.file_hash for ts in train_sets if ts.file_hash}
     stored = results.read_units(exp_dir)
     for key, row in sorted(stored.items()):
         name, seed, arch = key
         entry = sets.get(name)
+        if entry is not None and row["proxy_hash"] == file_hashes.get(name):
+            if row["proxy_hash"] not in _hashes(entry):
+                entry.setdefault("legacy_hashes", []).append(row["proxy_hash"])
         problem = None
         if entry is None:
             problem = f"training set {name!r}, which this command lacks"
-        elif row["proxy_hash"] != (entry["proxy_hash"] or ""):
+        elif row["proxy_hash"] not in _hashes(entry):
             problem = f"proxy hash {row['proxy_hash']!r} for {name!r}, this command gives "
             problem += repr(entry["proxy_hash"])
         elif row["n_train"] != entry["n_images"]:
@@ -121,6 +128,11 @@ def check_units_fit(exp_dir: Path, manifest: dict[str, Any], space: Space) -> No
     union = set(manifest["archs"]) | {key[2] for key in stored}
     manifest["archs"] = [a for a in space.ids if a in union]
     manifest["rebuilt"] = utc_now()
+
+
+def _hashes(entry: Mapping[str, Any]) -> set[str]:
+    """The proxy hashes a stored unit of a training set may carry (older ones too)."""
+    return {entry.get("proxy_hash") or "", *entry.get("legacy_hashes", [])}
 
 
 def build_manifest(
@@ -151,12 +163,45 @@ def build_manifest(
     }
     if previous is None:
         return manifest
+    _carry_hashes(previous, manifest, train_sets)
     _refuse_different(cfg.name, previous, manifest)
     union = set(previous.get("archs", [])) | set(manifest["archs"])
     manifest["archs"] = [a for a in space.ids if a in union]
     for key in ("hardware", "wall_s", "sweep_wall_s", "runs", "created"):
         manifest[key] = previous.get(key, manifest[key])
     return manifest
+
+
+def _carry_hashes(
+    previous: dict[str, Any], manifest: dict[str, Any], train_sets: Sequence[TrainSet]
+) -> None:
+    """Carry the older proxy hashes of each stored training set into ``manifest``.
+
+    Older nasproxy hashed a proxy file's bytes; a stored entry with that hash matches a file
+    with those very bytes and moves to the selection hash, the old one kept in
+    ``legacy_hashes`` (its stored units still carry it).
+    """
+    stored = previous.get("train_sets", {})
+    for ts in train_sets:
+        old = stored.get(ts.name)
+        if not isinstance(old, dict):
+            continue
+        legacy = list(old.get("legacy_hashes", []))
+        if ts.file_hash and old.get("proxy_hash") == ts.file_hash != ts.proxy_hash:
+            legacy.append(ts.file_hash)
+            old["proxy_hash"], old["selection"] = ts.proxy_hash, ts.selection
+        if legacy:
+            manifest["train_sets"][ts.name]["legacy_hashes"] = legacy
+
+
+def _changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """Which fields of a training set's proxy changed, as far as the manifest tells."""
+    before, now = old.get("selection"), new.get("selection")
+    if isinstance(before, dict) and isinstance(now, dict):
+        fields = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+        if fields:
+            return f"its proxy's {', '.join(fields)} changed"
+    return "its proxy file differs"
 
 
 def _refuse_different(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
@@ -178,6 +223,14 @@ def _refuse_different(name: str, old: Mapping[str, Any], new: Mapping[str, Any])
         checks.append((key, old_protocol.get(key), new_protocol.get(key)))
     old_sets, new_sets = sets(old), sets(new)
     for ts in sorted(set(old_sets) & set(new_sets)):
+        before, now = old["train_sets"][ts], new["train_sets"][ts]
+        if before.get("proxy_hash") != now.get("proxy_hash"):
+            raise NasproxyError(
+                f"experiment {name!r} was run with training set {ts!r} of proxy hash "
+                f"{before.get('proxy_hash')}, this run gives {now.get('proxy_hash')} "
+                f"({_changed_fields(before, now)}: {now.get('proxy_path')}); give the proxy "
+                "it was run with, use another --name, or --fresh to start over"
+            )
         checks.append((f"training set {ts!r}", old_sets[ts], new_sets[ts]))
     for what, before, now in checks:
         if before != now:

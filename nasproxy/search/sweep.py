@@ -13,7 +13,7 @@ from nasproxy import __version__, results, spaces
 from nasproxy.data import Dataset, load_dataset
 from nasproxy.errors import IncompleteError, NasproxyError
 from nasproxy.proxies.base import check_budget
-from nasproxy.proxies.build import parse_proxy, proxy_indices
+from nasproxy.proxies.build import parse_proxy, proxy_indices, selection_fields, selection_hash
 from nasproxy.proxies.random import random_per_class
 from nasproxy.results import WHOLE, UnitKey
 from nasproxy.search.address import check_address
@@ -52,7 +52,8 @@ class _ProxyFile:
     path: Path
     name: str | None  # given explicitly as NAME=PATH
     payload: dict[str, Any]
-    digest: str
+    digest: str  # of what defines the selection
+    file_digest: str  # of the bytes (older manifests' proxy hash)
 
 
 def _parse_proxy_arg(arg: str) -> tuple[str | None, Path]:
@@ -74,8 +75,8 @@ def _read_proxy(arg: str) -> _ProxyFile:
     for key in ("method", "fingerprint", "indices"):
         if key not in payload:
             raise NasproxyError(f"proxy file {path} lacks {key!r}")
-    digest = hashlib.sha256(blob).hexdigest()[:HASH_CHARS]
-    return _ProxyFile(path, name, payload, digest)
+    file_digest = hashlib.sha256(blob).hexdigest()[:HASH_CHARS]
+    return _ProxyFile(path, name, payload, selection_hash(payload), file_digest)
 
 
 def _train_set_names(proxies: Sequence[_ProxyFile], whole: bool) -> list[str]:
@@ -120,7 +121,10 @@ def resolve_train_sets(
     seen: dict[str, Path] = {}
     for proxy in proxies:
         if proxy.digest in seen:
-            raise NasproxyError(f"proxy files {seen[proxy.digest]} and {proxy.path} are identical")
+            raise NasproxyError(
+                f"proxy files {seen[proxy.digest]} and {proxy.path} select the same images "
+                "the same way"
+            )
         seen[proxy.digest] = proxy.path
     names = _train_set_names(proxies, whole)
     sets = []
@@ -135,6 +139,8 @@ def resolve_train_sets(
                 proxy_path=str(proxy.path.resolve()),
                 proxy_hash=proxy.digest,
                 epsilon=float(epsilon) if epsilon is not None else None,
+                selection=selection_fields(proxy.payload),
+                file_hash=proxy.file_digest,
             )
         )
     if whole and whole_per_class is None:
@@ -251,7 +257,7 @@ def _run_locked(
     previous = check_existing(exp_dir, cfg.rebuild_manifest)
     manifest = build_manifest(cfg, data, space, archs, train_sets, previous)
     if cfg.rebuild_manifest:
-        check_units_fit(exp_dir, manifest, space)
+        check_units_fit(exp_dir, manifest, space, train_sets)
     ensure_held(exp_dir)
     results.write_manifest(exp_dir, manifest)
     results.remove_stale_temporaries(exp_dir)
