@@ -86,6 +86,7 @@ def build_proxies(
                 scoring=scoring,
                 device=device,
                 progress=progress,
+                measure=True,  # Table 1 reports every proxy's epsilon
             )
             write_proxy(record, path)
         paths.append(path)
