@@ -15,8 +15,8 @@ from nasproxy import spaces
 from nasproxy.data import Dataset, default_data_root, load_dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.presets import Preset
+from nasproxy.proxies import registry
 from nasproxy.proxies.build import build_proxy, read_proxy, write_proxy
-from nasproxy.proxies.registry import method_names
 from nasproxy.report import ReportResult, make_report
 from nasproxy.results import experiment_dir
 from nasproxy.scoring import ScoringConfig
@@ -37,8 +37,10 @@ Message = Callable[[str], None]
 def proxy_matches(record: dict[str, Any], data: Dataset, preset: Preset, method: str) -> bool:
     """Whether a proxy file on disk was built by exactly this request (so it can be reused)."""
     backbone = record.get("backbone") or {}
+    params = record.get("params") or {}
     return (
         record.get("method") == method
+        and params.get("source") == registry.source(method)  # an upgraded plug-in rebuilds
         and record.get("fingerprint") == data.fingerprint
         and record.get("per_class") == preset.per_class
         and record.get("seed") == preset.proxy_seed
@@ -48,8 +50,21 @@ def proxy_matches(record: dict[str, Any], data: Dataset, preset: Preset, method:
 
 
 def proxy_path(out_dir: Path, method: str) -> Path:
-    """Where ``build_proxies`` keeps the proxy file of ``method``."""
-    return out_dir / f"{method}.json"
+    """Where ``build_proxies`` keeps the proxy file of ``method`` (never outside it)."""
+    return out_dir / f"{registry.check_method_name(method)}.json"
+
+
+def check_methods(methods: tuple[str, ...] | list[str]) -> None:
+    """Refuse, before any work, a method that is unknown or whose name cannot name a proxy
+    file and a training set (an installed plug-in may be named anything)."""
+    known = registry.method_names()  # the built-ins and the installed plug-ins
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise NasproxyError(
+            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}"
+        )
+    for method in methods:
+        registry.check_method_name(method)
 
 
 def build_proxies(
@@ -61,12 +76,7 @@ def build_proxies(
     progress: Message | None = None,
 ) -> list[Path]:
     """One proxy file per method under ``out_dir``, reusing files that match the request."""
-    known = method_names()  # the built-ins and the installed plug-ins
-    unknown = [m for m in preset.methods if m not in known]
-    if unknown:
-        raise NasproxyError(
-            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}"
-        )
+    check_methods(preset.methods)
     scoring = ScoringConfig(backbone=preset.backbone, epochs=preset.backbone_epochs)
     paths = []
     for method in preset.methods:
@@ -110,6 +120,7 @@ def run_pipeline(
     deleted, and before the proxies are built (minutes) for a sweep that would be refused.
     """
     exp_dir = experiment_dir(results_dir, name)
+    check_methods(preset.methods)
     if preset.top_k < 1:
         raise NasproxyError(f"top_k must be at least 1, got {preset.top_k}")
     root = Path(data_root) if data_root is not None else default_data_root()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import itertools
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -335,6 +336,91 @@ def test_entry_point_plugin(digits, cache, plugin, tmp_path, monkeypatch):
     assert record["method"] == "firstk"
     assert record["params"]["source"] == "my_selector:first (my-selector 1.0)"
     assert _flat(record) == _first_k(digits)
+
+
+EXITS = """
+import sys
+
+def leave(ctx):
+    sys.exit(0)
+
+def ctrl_c(ctx):
+    raise KeyboardInterrupt
+"""
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("exits:leave", "method 'exits:leave' failed (it called sys.exit(0))"),
+        ("exits:ctrl_c", "method 'exits:ctrl_c' failed (KeyboardInterrupt)"),
+        ("exit_on_import:f", "method 'exit_on_import:f': cannot import exit_on_import (it "
+         "called sys.exit(3))"),
+        ("ctrl_c_on_import:f", "method 'ctrl_c_on_import:f': cannot import ctrl_c_on_import "
+         "(KeyboardInterrupt)"),
+        ("exitpoint", "method 'exitpoint': cannot load exit_on_import:f (my-selector 1.0) (it "
+         "called sys.exit(3))"),
+    ],
+)  # fmt: skip
+def test_a_plugin_that_exits_or_raises_ctrl_c_is_one_line(
+    digits, cache, plugin, tmp_path, capsys, spec, message
+):
+    """sys.exit() or KeyboardInterrupt in a plug-in, on import or call: exit 2, one line
+    naming it, nothing written (not a silent exit, not a Ctrl-C's 130)."""
+    (plugin / "exits.py").write_text(EXITS)
+    (plugin / "exit_on_import.py").write_text("import sys\nsys.exit(3)\n")
+    (plugin / "ctrl_c_on_import.py").write_text("raise KeyboardInterrupt\n")
+    dist = plugin / "my_selector-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-selector\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[nasproxy.methods]\nexitpoint = exit_on_import:f\n")
+    out = tmp_path / "p.json"
+    for module in ("exits", "exit_on_import", "ctrl_c_on_import"):
+        sys.modules.pop(module, None)
+    assert _cli(cache, out, "--method", spec) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"nasproxy: error: {message}", err
+    assert not out.exists() and not list(tmp_path.glob(".p.json*"))
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "x y"])
+def test_a_plugin_name_that_is_a_path_is_refused_before_any_work(
+    plugin, tmp_path, monkeypatch, name
+):
+    from nasproxy.pipeline import run_pipeline
+    from nasproxy.presets import Preset
+
+    dist = plugin / "my_selector-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-selector\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[nasproxy.methods]\n{name} = my_selector:first\n")
+    assert name in registry.method_names()
+    monkeypatch.setattr("nasproxy.pipeline.load_dataset", _no_scoring_run)  # no work at all
+    results_dir = tmp_path / "results"
+    with pytest.raises(NasproxyError, match=f"method name {re.escape(repr(name))} cannot"):
+        run_pipeline(Preset(methods=(name,)), "exp", results_dir=results_dir)
+    assert not results_dir.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["my_selector.py", "my_selector-1.0.dist-info"]
+    )
+
+
+def test_an_upgraded_plugin_does_not_reuse_its_old_proxy_file(digits, cache, plugin, tmp_path):
+    from nasproxy.pipeline import build_proxies
+    from nasproxy.presets import Preset
+
+    dist = plugin / "my_selector-1.0.dist-info"
+    dist.mkdir()
+    (dist / "entry_points.txt").write_text("[nasproxy.methods]\nfirstk = my_selector:first\n")
+    preset = Preset(methods=("firstk",), per_class=K, backbone=TINY.backbone, backbone_epochs=2)
+    lines: list[str] = []
+    for version in ("1.0", "1.0", "2.0"):
+        (dist / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: my-selector\nVersion: {version}\n"
+        )
+        (path,) = build_proxies(preset, digits, tmp_path / "proxies", cache, "cpu", lines.append)
+        assert read_proxy(path)["params"]["source"] == f"my_selector:first (my-selector {version})"
+    said = [line.split(":")[1].strip() for line in lines if line.startswith("proxy firstk")]
+    assert said == ["building 5 per class", f"reusing {path}", "building 5 per class"]
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".json", ".npy"])

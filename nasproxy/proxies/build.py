@@ -392,7 +392,7 @@ def run_method(method: Method, ctx: SelectionContext) -> np.ndarray:
             result = method.select(ctx)
         except NasproxyError as exc:
             raise NasproxyError(f"method {method.name!r}: {exc}") from None
-        except Exception as exc:  # a user's selector may raise anything
+        except registry.ESCAPES as exc:  # a user's selector may raise anything, or exit
             reason = registry.one_line(exc)
             raise NasproxyError(f"method {method.name!r} failed ({reason})") from None
     return check_selection(result, ctx.data, ctx.per_class, f"method {method.name!r}")
