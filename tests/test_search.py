@@ -717,3 +717,31 @@ def test_a_gpu_trial_cuts_a_stack_to_its_memory_share(digits, monkeypatch):
     assert fits == 3 and [len(p) for p in pieces] == [3, 2, 3]
     assert [k for p in pieces for k in p] == keys
     assert trial._fit_memory(plan, digits, keys, "cpu") == [keys]  # no bound off the GPU
+
+
+def test_the_eta_follows_the_planner_cost_model_not_the_unit_count(tmp_path, monkeypatch):
+    """The costliest units run first: one whole-split unit done in 100 s leaves ten units of
+    a hundredth of its cost, about 10 s of work, not the 1,000 s a count per unit says."""
+    from nasproxy.search import lock, sweep
+    from nasproxy.train import TrainRecord
+
+    clock = [0.0]
+    monkeypatch.setattr(sweep.time, "perf_counter", lambda: clock[0])
+    big = ("whole", 0, "w8-d1-relu-batchnorm-avgpooling")
+    small = [("random", 0, f"w8-d1-{act}-batchnorm-avgpooling") for act in ("relu", "elu")]
+    small = [(ts, seed, arch) for ts, _, arch in small for seed in range(5)]
+    costs = {big: 100.0, **{key: 1.0 for key in small}}
+    events = []
+    state = sweep._Sweep(tmp_path, {}, 11, events.append, ["whole", "random"], [])
+    state.plan_cost(costs.__getitem__, [big, *small])
+
+    def finish(key, at):
+        clock[0] = at
+        record = TrainRecord(key[2], "ok", "", seed=key[1], epochs=1, n_train=10)
+        state.record(results.make_row(spaces.Arch.from_id(key[2]), key[0], "", record))
+
+    with lock.experiment_lock(tmp_path):
+        finish(big, 100.0)
+        assert events[-1].eta_s == pytest.approx(10.0)
+        finish(small[0], 101.0)
+        assert events[-1].eta_s == pytest.approx(101.0 * 9 / 101)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,14 @@ class _Sweep:
         self.done_at_start = len(done)
         self.trained = 0
         self.last_consolidated = self.start
+        self.cost: Callable[[UnitKey], float] | None = None
+        self.cost_left = self.cost_done = 0.0
+
+    def plan_cost(self, cost: Callable[[UnitKey], float], pending: Sequence[UnitKey]) -> None:
+        """Estimate the time left from the planner's cost model (MACs x images of each
+        unit), not from the count of units: the costliest units run first."""
+        self.cost = cost
+        self.cost_left = float(sum(cost(key) for key in pending))
 
     def record(self, row: dict[str, Any]) -> None:
         key = results.row_key(row)
@@ -185,6 +193,8 @@ class _Sweep:
             results.write_unit(self.exp_dir, row)  # the trial ran where DIR is not shared
         self.done[key] = row
         self.trained += 1
+        if self.cost is not None:
+            self.cost_done += self.cost(key)
         self.emit(row=row)
         if time.perf_counter() - self.last_consolidated > CONSOLIDATE_EVERY_S:
             self.consolidate()
@@ -200,6 +210,9 @@ class _Sweep:
         elapsed = time.perf_counter() - self.start
         remaining = self.total - self.n_done
         eta = elapsed / self.trained * remaining if self.trained else None
+        if self.cost is not None:
+            left = max(self.cost_left - self.cost_done, 0.0)
+            eta = elapsed * left / self.cost_done if self.cost_done > 0 else None
         statuses = [r["status"] for r in self.done.values()]
         self.progress(
             Progress(
@@ -313,6 +326,7 @@ def _run_pending(
     def cost(key: UnitKey) -> float:
         return float(macs[key[2]]) * by_name[key[0]].n_images
 
+    sweep.plan_cost(cost, pending)
     with ray_session(cfg.address) as cluster:
         gpus = cfg.gpus_per_trial
         if gpus is None:
