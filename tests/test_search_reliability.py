@@ -9,12 +9,14 @@ orphaned) are found, by session or by marker, and killed.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import replace
@@ -465,3 +467,32 @@ def test_a_proxy_rebuilt_or_rewritten_resumes_and_a_changed_one_names_the_field(
     run_search(replace(cfg, rebuild_manifest=True))  # its old units fit a rebuilt manifest
     entry = results.read_manifest(exp_dir)["train_sets"]["random"]
     assert entry["legacy_hashes"] == [old_hash]
+
+
+def test_an_address_that_answers_but_is_not_ray_fails_in_one_line_creating_nothing(
+    cluster, inputs, tmp_path, marked
+):
+    """A web server on the port: refused in seconds, before any folder or Ray exists."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        proc = marked(
+            _search_command(inputs, tmp_path, "web", "--address", address),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = proc.communicate(timeout=60)
+    finally:
+        server.shutdown()
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, lines
+    assert f"{address} answers but is not a Ray cluster" in lines[0]
+    assert not (tmp_path / "web").exists() and out == b""
+    assert _none_left(marked) == {}
+    check_address(cluster)  # a real cluster's address passes
+
+
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):  # no request log on the test's stderr
+        pass
