@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nasproxy import results
+from nasproxy import results, spaces
 from nasproxy.errors import NasproxyError
 from nasproxy.proxies.build import selection_hash
 from nasproxy.report import make_report
@@ -496,3 +496,48 @@ def test_an_address_that_answers_but_is_not_ray_fails_in_one_line_creating_nothi
 class _Quiet(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):  # no request log on the test's stderr
         pass
+
+
+def test_rebuild_manifest_leaves_an_intact_one_and_a_stray_unit_is_named(cluster, inputs, tmp_path):
+    """--rebuild-manifest on an intact manifest changes nothing of the protocol or history;
+    a unit file of another protocol dropped into the store is refused, by its path, on a
+    resume and on a rebuild (not blamed on the command)."""
+    cfg = _config(inputs, tmp_path, "intact", proxies=(str(inputs["proxies"][0]),),
+                  whole=False, archs=("w8-d1-relu-*",))  # fmt: skip
+    exp_dir = run_search(cfg)
+    manifest = (exp_dir / results.MANIFEST).read_bytes()
+    units = _units(exp_dir)
+    assert len(units) == 2
+    with pytest.raises(
+        NasproxyError, match="was run with seeds \\[0\\], this run asks for \\[5\\]"
+    ):
+        run_search(replace(cfg, seeds=(5,), rebuild_manifest=True))
+    assert (exp_dir / results.MANIFEST).read_bytes() == manifest and _units(exp_dir) == units
+    events = []
+    run_search(replace(cfg, rebuild_manifest=True), progress=events.append)
+    assert not [e for e in events if e.row is not None]
+    kept = results.read_manifest(exp_dir)
+    assert len(kept["runs"]) == 2 and "rebuilt" not in kept  # the history goes on
+
+    # a unit trained for 5 epochs, dropped in as if it belonged here
+    space = spaces.load(inputs["space"], image_size=8)
+    other = next(a for a in space.ids if not a.startswith("w8-d1-relu"))
+    row = results.read_unit(next(iter(units)))
+    stray_row = {**row, "arch": other, "epochs": 5, **_fields(other)}
+    stray = results.write_unit(exp_dir, stray_row)
+    name = str(stray.relative_to(exp_dir))
+    with pytest.raises(NasproxyError, match=f"unit file {name} in .* has 5 epochs") as info:
+        run_search(cfg)
+    assert "\n" not in str(info.value)
+    (exp_dir / results.MANIFEST).unlink()
+    with pytest.raises(NasproxyError, match=f"unit file {name} has 5 epochs.*unlike the other 2"):
+        run_search(replace(cfg, rebuild_manifest=True))
+    stray.unlink()
+    run_search(replace(cfg, rebuild_manifest=True))
+    assert len(results.read_trials(exp_dir)) == 2
+
+
+def _fields(arch_id: str) -> dict:
+    arch = spaces.Arch.from_id(arch_id)
+    return {"width": arch.width, "depth": arch.depth, "act": arch.act, "norm": arch.norm,
+            "pool": arch.pool}  # fmt: skip

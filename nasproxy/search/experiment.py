@@ -15,6 +15,7 @@ from typing import Any
 from nasproxy import __version__, results
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
+from nasproxy.results import UnitKey
 from nasproxy.search.config import SearchConfig, TrainSet
 from nasproxy.search.lock import BREAK_NAME, LOCK_NAME, ensure_held, experiment_lock
 from nasproxy.spaces import Arch, Space
@@ -70,64 +71,107 @@ def remove_experiment(exp_dir: Path) -> None:
 
 
 def check_existing(exp_dir: Path, rebuild: bool = False) -> dict[str, Any] | None:
-    """The stored manifest, None for a new experiment (or one whose manifest is rebuilt)."""
+    """The stored manifest, None for a new experiment (or one whose manifest is rebuilt).
+
+    ``rebuild`` rebuilds only a manifest that is damaged or missing: an intact one stays,
+    and a command that differs from its protocol is refused as without the flag.
+    """
     hint = "rerun the command that made it with --rebuild-manifest, or use --fresh"
     try:
         previous = results.read_manifest(exp_dir)
+        lacking = [k for k in ("protocol", "train_sets") if not isinstance(
+            (previous or {}).get(k), dict)]  # fmt: skip
+        if previous is not None and lacking:
+            raise NasproxyError(f"{exp_dir / results.MANIFEST} lacks {lacking[0]!r}")
     except NasproxyError as exc:
         if rebuild:
             return None
         raise NasproxyError(f"{exc}; {hint}") from None
-    if rebuild:
-        return None
-    if previous is None and (exp_dir / results.UNITS_DIR).is_dir():
+    if previous is None and (exp_dir / results.UNITS_DIR).is_dir() and not rebuild:
         raise NasproxyError(f"{exp_dir} holds results but no manifest.json; {hint}")
     return previous
 
 
 def check_units_fit(
-    exp_dir: Path, manifest: dict[str, Any], space: Space, train_sets: Sequence[TrainSet] = ()
+    exp_dir: Path,
+    manifest: dict[str, Any],
+    space: Space,
+    train_sets: Sequence[TrainSet] = (),
+    rebuilding: bool = True,
 ) -> None:
-    """Refuse to rebuild ``manifest`` over unit files it contradicts; adds their archs.
+    """Refuse unit files that contradict ``manifest``, naming them; when ``rebuilding`` it,
+    add their archs.
 
     What a unit file records is checked: its training set (name, proxy hash, size), epochs,
     seed and architecture. The rest of the protocol (learning rate, batch size, split) is
     not in the unit files: the user vouches for it by giving the original command. A unit
     whose proxy hash is its proxy file's digest (older nasproxy) matches, kept as legacy.
+    On a resume, a unit that does not fit (another experiment's, dropped into the store)
+    would be taken as done: it is refused, by its path. When a manifest is rebuilt, a few
+    units that contradict a command the rest agree with are named as strays; when most
+    do, the command is what differs.
     """
     sets = manifest["train_sets"]
     protocol_ = manifest["protocol"]
     file_hashes = {ts.name: ts.file_hash for ts in train_sets if ts.file_hash}
     stored = results.read_units(exp_dir)
+    problems: list[tuple[UnitKey, str]] = []
     for key, row in sorted(stored.items()):
         name, seed, arch = key
         entry = sets.get(name)
-        if entry is not None and row["proxy_hash"] == file_hashes.get(name):
+        if rebuilding and entry is not None and row["proxy_hash"] == file_hashes.get(name):
             if row["proxy_hash"] not in _hashes(entry):
                 entry.setdefault("legacy_hashes", []).append(row["proxy_hash"])
-        problem = None
-        if entry is None:
-            problem = f"training set {name!r}, which this command lacks"
-        elif row["proxy_hash"] not in _hashes(entry):
-            problem = f"proxy hash {row['proxy_hash']!r} for {name!r}, this command gives "
-            problem += repr(entry["proxy_hash"])
-        elif row["n_train"] != entry["n_images"]:
-            problem = f"{row['n_train']} images for {name!r}, this command gives "
-            problem += str(entry["n_images"])
-        elif row["epochs"] != protocol_["epochs"]:
-            problem = f"{row['epochs']} epochs, this command gives {protocol_['epochs']}"
-        elif seed not in protocol_["seeds"]:
-            problem = f"seed {seed}, not among this command's seeds {protocol_['seeds']}"
-        elif arch not in space.ids:
-            problem = f"architecture {arch}, not in space {space.name}"
+        problem = _unit_problem(row, entry, protocol_, space)
         if problem is not None:
+            problems.append((key, problem))
+    if problems:
+        key, problem = problems[0]
+        path = results.unit_path(exp_dir, key).relative_to(exp_dir)
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        if not rebuilding:
             raise NasproxyError(
-                f"cannot rebuild the manifest of {exp_dir}: unit {name}/s{seed}/{arch} has "
-                f"{problem}; give the command that made the experiment"
+                f"unit file {path}{more} in {exp_dir} is not of this experiment: it has "
+                f"{problem}; move it out of {exp_dir / results.UNITS_DIR}, or use --fresh"
             )
-    union = set(manifest["archs"]) | {key[2] for key in stored}
-    manifest["archs"] = [a for a in space.ids if a in union]
-    manifest["rebuilt"] = utc_now()
+        if 2 * len(problems) < len(stored):
+            raise NasproxyError(
+                f"cannot rebuild the manifest of {exp_dir}: unit file {path}{more} has "
+                f"{problem}, unlike the other {len(stored) - len(problems)} units; move it "
+                f"out of {exp_dir / results.UNITS_DIR} if it is not of this experiment"
+            )
+        raise NasproxyError(
+            f"cannot rebuild the manifest of {exp_dir}: unit {path}{more} has {problem}; "
+            "give the command that made the experiment"
+        )
+    if rebuilding:
+        union = set(manifest["archs"]) | {key[2] for key in stored}
+        manifest["archs"] = [a for a in space.ids if a in union]
+        manifest["rebuilt"] = utc_now()
+
+
+def _unit_problem(
+    row: Mapping[str, Any], entry: Mapping[str, Any] | None, protocol_: Mapping[str, Any],
+    space: Space,
+) -> str | None:  # fmt: skip
+    """How a stored unit's row contradicts the experiment, or None when it fits."""
+    name, seed, arch = results.row_key(row)
+    if entry is None:
+        return f"training set {name!r}, which this command lacks"
+    if row["proxy_hash"] not in _hashes(entry):
+        return (
+            f"proxy hash {row['proxy_hash']!r} for {name!r}, this command gives "
+            f"{entry['proxy_hash']!r}"
+        )
+    if row["n_train"] != entry["n_images"]:
+        return f"{row['n_train']} images for {name!r}, this command gives {entry['n_images']}"
+    if row["epochs"] != protocol_["epochs"]:
+        return f"{row['epochs']} epochs, this command gives {protocol_['epochs']}"
+    if seed not in protocol_["seeds"]:
+        return f"seed {seed}, not among this command's seeds {protocol_['seeds']}"
+    if arch not in space.ids:
+        return f"architecture {arch}, not in space {space.name}"
+    return None
 
 
 def _hashes(entry: Mapping[str, Any]) -> set[str]:

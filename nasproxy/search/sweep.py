@@ -269,8 +269,10 @@ def _run_locked(
         remove_experiment(exp_dir)
     previous = check_existing(exp_dir, cfg.rebuild_manifest)
     manifest = build_manifest(cfg, data, space, archs, train_sets, previous)
-    if cfg.rebuild_manifest:
-        check_units_fit(exp_dir, manifest, space, train_sets)
+    # every stored unit must fit the manifest: it is rebuilt from them, or they resume
+    check_units_fit(
+        exp_dir, manifest, space, train_sets, rebuilding=cfg.rebuild_manifest and previous is None
+    )
     ensure_held(exp_dir)
     results.write_manifest(exp_dir, manifest)
     results.remove_stale_temporaries(exp_dir)
