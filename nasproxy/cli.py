@@ -148,7 +148,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from nasproxy.train import TrainConfig
 
     parts = [p.strip() for p in args.seeds.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts) or args.seeds.strip() == "0":
+    if args.seeds.strip() == "0":
+        raise NasproxyError("--seeds wants a count of at least 1 (or a comma list), got '0'")
+    if not parts or not all(p.isascii() and p.isdigit() for p in parts):
         raise NasproxyError(f"--seeds wants a count or a comma list, got {args.seeds!r}")
     seeds = [int(p) for p in parts] if "," in args.seeds else list(range(int(parts[0])))
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)

@@ -234,3 +234,13 @@ def test_search_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise(capsys
     assert err[0] == "nasproxy search: 4 work units to run"
     assert err[1].startswith("[1/4] ok       w8-d1-relu-none-none whole s0 val 0.500")
     assert np.all(["\x1b" not in line for line in err])
+
+
+@pytest.mark.parametrize(
+    "seeds, message",
+    [("0", "a count of at least 1"), ("\u00b2", "a count or a comma list"), ("1,x", "comma list")],
+)
+def test_bad_seeds_are_one_line(capsys, seeds, message):
+    assert main(["search", "--name", "x", "--seeds", seeds]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err

@@ -570,6 +570,18 @@ def test_cheap_proxies_make_no_scoring_run_and_say_where_epsilon_comes_from(
     assert read_proxy(tmp_path / "r.json")["epsilon"] is None
 
 
+def test_epsilon_that_does_not_fit_memory_says_epsilon_is_why(digits, cache, monkeypatch):
+    """random needs no S; only measuring its epsilon does, and the message says so."""
+    scoring_run(digits, TINY, cache, "cpu")  # cached: random's epsilon is measured
+    monkeypatch.setattr("nasproxy.proxies.head._MEMORY_SHARE", 1e-12)
+    with pytest.raises(NasproxyError, match=r"measuring the proxy's epsilon \(which needs"):
+        build(digits, cache, "random")
+    with pytest.raises(NasproxyError, match=r"^influence on a"):  # influence: S is the method
+        build(digits, cache, "influence")
+    record = build_proxy(digits, "random", K, 0, cache, TINY, device="cpu", measure=False)
+    assert record["epsilon"] is None
+
+
 def test_method_and_from_indices_are_exclusive(cache, tmp_path, capsys):
     assert _cli(cache, tmp_path / "p.json") == 2
     assert "give either --method or --from-indices" in capsys.readouterr().err

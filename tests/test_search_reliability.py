@@ -536,6 +536,17 @@ def test_rebuild_manifest_leaves_an_intact_one_and_a_stray_unit_is_named(cluster
     run_search(replace(cfg, rebuild_manifest=True))
     assert len(results.read_trials(exp_dir)) == 2
 
+    # a damaged unit trains again, and the run says so
+    torn = next(iter(units))
+    torn.write_text(torn.read_text()[:30])
+    events = []
+    run_search(cfg, progress=events.append)
+    said = [e.message for e in events if "is damaged" in e.message]
+    assert said == [
+        f"unit file {torn} is damaged or misplaced; it is ignored, and its unit trains again"
+    ]
+    assert [results.row_key(e.row) for e in events if e.row is not None] == [results.row_key(row)]
+
 
 def _fields(arch_id: str) -> dict:
     arch = spaces.Arch.from_id(arch_id)

@@ -116,9 +116,10 @@ def build_proxy(
         progress(f"selecting with {chosen.name}")
     ctx = SelectionContext(data, per_class, seed, options, run)
     kept = run_method(chosen, ctx)
-    selected = time.perf_counter() - run.scoring_s - run.head_s
+    select_s = time.perf_counter() - start - run.scoring_s - run.head_s
     method = chosen.name
-    if run.used:
+    ran_for_method = run.used
+    if ran_for_method:
         epsilon_from = "the scoring run the method used"
     elif measure or (measure is None and run.cached):
         epsilon_from = "a cached scoring run" if run.cached else "a scoring run made to measure it"
@@ -126,16 +127,12 @@ def build_proxy(
         epsilon_from = None
     epsilon = diagnostics = None
     params: dict[str, Any] = {}
-    measured = selected
+    epsilon_s = 0.0
     if epsilon_from is not None:
-        _, head = run()
-        measured = time.perf_counter()
-        epsilon = _measure_epsilon(head, kept, method)
-        diagnostics = {
-            "kept": head.diagnostics(kept),
-            "all": head.diagnostics(np.arange(len(data.y_train))),
-        }
-        measured = time.perf_counter() - measured
+        before, made_before = time.perf_counter(), run.scoring_s + run.head_s
+        epsilon, diagnostics, head = _measure(run, kept, method)
+        made_now = run.scoring_s + run.head_s - made_before  # a run made to measure it
+        epsilon_s = time.perf_counter() - before - made_now
         params |= {
             "head_l2": l2,
             "head_grad_norm": head.info["grad_norm"],
@@ -194,8 +191,8 @@ def build_proxy(
         "timings": {
             "scoring_s": run.scoring_s,
             "head_s": run.head_s,
-            "select_s": selected - start,
-            "epsilon_s": measured if epsilon_from is not None else 0.0,
+            "select_s": select_s,
+            "epsilon_s": epsilon_s,
             "total_s": time.perf_counter() - start,
         },
         "nasproxy_version": __version__,
@@ -203,18 +200,27 @@ def build_proxy(
     }
 
 
-def _measure_epsilon(head: RefitHead, kept: np.ndarray, method: str) -> float:
-    """epsilon of ``kept``; a method other than influence is told that epsilon is why S is
-    needed when S does not fit in memory."""
+def _measure(
+    run: _Scoring, kept: np.ndarray, method: str
+) -> tuple[float, dict[str, dict[str, float]], RefitHead]:
+    """epsilon and the diagnostics of ``kept``, with the head (refitted now if the method
+    did not); for a method other than influence, work that does not fit in memory is
+    refused with epsilon named as the reason."""
     try:
-        return head.epsilon(kept)
+        _, head = run()
+        epsilon = head.epsilon(kept)
     except NasproxyError as exc:
         if method == "influence":
             raise
         raise NasproxyError(
-            f"measuring the proxy's epsilon (which needs the influence matrix S): {exc}; or "
+            f"measuring the proxy's epsilon (which needs the refitted head and S): {exc}; or "
             "build it without measuring epsilon (--no-measure-epsilon)"
         ) from None
+    diagnostics = {
+        "kept": head.diagnostics(kept),
+        "all": head.diagnostics(np.arange(len(head.labels))),
+    }
+    return epsilon, diagnostics, head
 
 
 # What a proxy record holds besides its selection: measurements of the head's fit (params)

@@ -286,6 +286,13 @@ def _run_locked(
     sweep = _Sweep(
         exp_dir, done, len(all_keys), progress, manifest["train_sets"], manifest["archs"]
     )
+    if cfg.rebuild_manifest and previous is not None:
+        sweep.emit(message="manifest.json is intact; --rebuild-manifest leaves it as it is")
+    for path in results.unreadable_units(exp_dir):
+        sweep.emit(
+            message=f"unit file {path} is damaged or misplaced; it is ignored, and its unit "
+            "trains again"
+        )
 
     started, t0 = utc_now(), time.perf_counter()
     run_info: dict[str, Any] = {"started": started, "units_pending": len(pending)}
