@@ -29,6 +29,7 @@ from nasproxy.search import (
     run_search,
     select_archs,
 )
+from nasproxy.search.lock import ensure_held
 from nasproxy.train import TrainConfig, resolve_device
 
 Message = Callable[[str], None]
@@ -74,8 +75,10 @@ def build_proxies(
     cache_dir: Path,
     device: str = "auto",
     progress: Message | None = None,
+    before_write: Callable[[], None] | None = None,
 ) -> list[Path]:
-    """One proxy file per method under ``out_dir``, reusing files that match the request."""
+    """One proxy file per method under ``out_dir``, reusing files that match the request;
+    ``before_write`` runs before each file is written (the experiment lock's check)."""
     check_methods(preset.methods)
     scoring = ScoringConfig(backbone=preset.backbone, epochs=preset.backbone_epochs)
     paths = []
@@ -98,6 +101,8 @@ def build_proxies(
                 progress=progress,
                 measure=True,  # Table 1 reports every proxy's epsilon
             )
+            if before_write is not None:
+                before_write()
             write_proxy(record, path)
         paths.append(path)
     return paths
@@ -152,7 +157,9 @@ def run_pipeline(
             # the proxies live inside the experiment, so the experiment goes before they are
             # rebuilt (a fresh search after the build would delete them with it)
             remove_experiment(exp_dir)
-        build_proxies(preset, data, proxies_dir, root, device, progress)
+        build_proxies(
+            preset, data, proxies_dir, root, device, progress, lambda: ensure_held(exp_dir)
+        )
         if progress is not None:
             progress("searching")
         run_search(cfg, search_progress)
