@@ -206,3 +206,15 @@ def test_a_driver_that_lost_its_lock_stops_in_one_line_and_writes_nothing_more(
     release.touch()
     assert b.wait(timeout=60) == 0
     assert len(results.read_units(exp_dir)) < 18  # the takeover came mid-sweep
+
+
+def test_a_trial_checks_the_token_where_the_results_are_shared(tmp_path):
+    """A trial refuses to write a unit once the lock names another holder; a node without
+    the results directory (no lock file there) is not taken for a lost lock."""
+    exp_dir = tmp_path / "trial"
+    with experiment_lock(exp_dir):
+        token = lock.held_token(exp_dir)
+        lock.check_token(exp_dir, token)
+        with pytest.raises(lock.LockLostError, match="lost the lock"):
+            lock.check_token(exp_dir, "another")
+    lock.check_token(tmp_path / "elsewhere", token)  # no such folder on this node

@@ -76,9 +76,21 @@ class _Lock:
                 os.utime(self.path)
 
     def check(self) -> bool:
-        """Whether the lock file still carries this holder's token (remembered once lost)."""
-        if not self.lost and _token(self.path) != self.token:
-            self.lost = True
+        """Whether the lock file still carries this holder's token (remembered once lost).
+
+        A lock file that cannot be read for a moment (an I/O error) is not taken as lost;
+        one that is gone or names another holder is.
+        """
+        if not self.lost:
+            try:
+                token = (json.loads(self.path.read_text()) or {}).get("token")
+            except FileNotFoundError:
+                token = None
+            except OSError:
+                return True
+            except (ValueError, AttributeError):
+                token = None
+            self.lost = token != self.token
         return not self.lost
 
     def release(self) -> None:
@@ -150,10 +162,12 @@ def held_token(exp_dir: Path | str) -> str:
 
 
 def check_token(exp_dir: Path | str, token: str) -> None:
-    """Raise ``LockLostError`` unless ``exp_dir``'s lock file carries ``token``: a trial's
-    check, in its own process, that its driver still holds the experiment."""
+    """Raise ``LockLostError`` when ``exp_dir``'s lock file names a holder other than
+    ``token``: a trial's check, in its own process, that its driver still holds the
+    experiment. No lock file passes: a node that does not share the results directory
+    has none (the driver itself notices a lock that was deleted)."""
     path = Path(exp_dir) / LOCK_NAME
-    if _token(path) != token:
+    if path.exists() and _token(path) != token:
         raise LockLostError(lost_message(path))
 
 
