@@ -745,3 +745,11 @@ def test_the_eta_follows_the_planner_cost_model_not_the_unit_count(tmp_path, mon
         assert events[-1].eta_s == pytest.approx(10.0)
         finish(small[0], 101.0)
         assert events[-1].eta_s == pytest.approx(101.0 * 9 / 101)
+
+
+def test_run_numbers_ignore_folders_that_only_look_numbered(tmp_path):
+    from nasproxy.search.experiment import RAY_DIR, next_run_number
+
+    for name in ("run-002", "run-\u00b2\u00b2\u00b2", "run-abc", "other"):
+        (tmp_path / RAY_DIR / name).mkdir(parents=True)
+    assert next_run_number(tmp_path) == 3

@@ -274,8 +274,9 @@ def test_unreachable_address_fails_in_seconds_and_creates_nothing(inputs, tmp_pa
     assert f"cannot reach the Ray cluster at {address}" in lines[0]
     assert "RAY_AUTH_TOKEN" in lines[0]
     assert not (tmp_path / "nowhere").exists() and out == b""
-    with pytest.raises(NasproxyError, match="not auto, local or host:port"):
-        check_address("127.0.0.1")
+    for bad in ("127.0.0.1", "127.0.0.1:\u00b2", "127.0.0.1:70000"):
+        with pytest.raises(NasproxyError, match="not auto, local or host:port"):
+            check_address(bad)
 
 
 # --- a crashed worker, a damaged manifest ----------------------------------------------------

@@ -95,7 +95,7 @@ def _host_port(address: str, target: str) -> tuple[str, int]:
     target = target.split("://", 1)[-1].rstrip("/")  # ray://host:port (Ray Client)
     host, sep, port = target.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise NasproxyError(f"--address {address!r} is not auto, local or host:port")
     return host, int(port)
 

@@ -312,7 +312,7 @@ def finish_manifest(exp_dir: Path, run_info: dict[str, Any]) -> None:
 
 def next_run_number(exp_dir: Path) -> int:
     runs = (exp_dir / RAY_DIR).glob("run-*")
-    numbers = [int(p.name[4:7]) for p in runs if p.name[4:7].isdigit()]
+    numbers = [int(p.name[4:7]) for p in runs if p.name[4:7].isascii() and p.name[4:7].isdigit()]
     return max(numbers, default=0) + 1
 
 
