@@ -97,20 +97,22 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
     if (args.method is None) == (args.from_indices is None):
         raise NasproxyError("give either --method or --from-indices")
     per_class = args.per_class
-    if per_class is None and args.epsilon is None:
-        per_class = 100
+    if per_class is None and args.epsilon is None and args.from_indices is None:
+        per_class = 100  # --from-indices: the file's own count per class
     backbone = {"seed": args.seed if args.backbone_seed is None else args.backbone_seed}
     if args.backbone is not None:
         backbone["backbone"] = args.backbone
     if args.backbone_epochs is not None:
         backbone["epochs"] = args.backbone_epochs
-    label = "from-indices" if args.from_indices is not None else args.method
-    out = args.out or default_proxy_path(args.dataset, label, per_class, args.seed, args.epsilon)
-    check_output_file(out, "proxy file")  # before the scoring run, not after it
+    if args.out is not None:
+        check_output_file(args.out, "proxy file")  # before the dataset and the scoring run
     data = _load_data(args)
     method = args.method
     if args.from_indices is not None:
-        method = indices_method(args.from_indices, data, per_class)
+        method, per_class = indices_method(args.from_indices, data, per_class)
+    label = "from-indices" if args.from_indices is not None else args.method
+    out = args.out or default_proxy_path(args.dataset, label, per_class, args.seed, args.epsilon)
+    check_output_file(out, "proxy file")  # before the scoring run, not after it
     record = build_proxy(
         data,
         method,
@@ -128,9 +130,14 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
         ),
         device=args.device,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
+        measure=args.measure_epsilon,
     )
     path = write_proxy(record, out)
-    print(f"{path}: {record['n_images']} images, epsilon {record['epsilon']:.4g}")
+    if record["epsilon"] is None:
+        epsilon = "epsilon not measured (no scoring run cached; --measure-epsilon makes one)"
+    else:
+        epsilon = f"epsilon {record['epsilon']:.4g} (from {record['epsilon_from']})"
+    print(f"{path}: {record['n_images']} images, {epsilon}")
     return 0
 
 
@@ -378,10 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="instead of --method: wrap train-split indices chosen by any other tool "
-        "(.npy, .json list, or text) into a proxy file, with its epsilon and diagnostics",
+        "(.npy, .npz, .json list, or text; --per-class defaults to the file's count per "
+        "class) into a proxy file",
     )
     p.add_argument(
-        "--per-class", type=int, default=None, help="images kept per class (default 100)"
+        "--per-class",
+        type=int,
+        default=None,
+        help="images kept per class (default 100; with --from-indices, the file's)",
     )
     _add_dataset_args(p)
     p.add_argument("--seed", type=int, default=0, help="selection seed (and backbone seed)")
@@ -412,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-per-class", type=int, default=0, help="with --epsilon: keep at least this many"
     )
     p.add_argument("--head-l2", type=float, default=None, help="default: backbone weight decay")
+    p.add_argument(
+        "--measure-epsilon",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure epsilon even when the method needs no scoring run (trains one unless "
+        "cached); default: measure it when the method made or a cache holds one",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.set_defaults(handler=cmd_build_proxy)
 

@@ -27,8 +27,11 @@ def first_line(exc: BaseException, with_type: bool = False) -> str:
     """An exception as one line: its message's first non-blank line, else its type's name.
 
     With ``with_type``, ``Type: first line``. Reasons in result rows and error lines use it,
-    so an empty or multi-line message never breaks (or spreads over) one line.
+    so an empty or multi-line message never breaks (or spreads over) one line. A
+    ``SystemExit`` (user code that called ``sys.exit``) says so, with its code.
     """
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     name = type(exc).__name__
     if not lines:

@@ -1,7 +1,8 @@
 """Where and how result files are written: atomically, and only where writing can succeed.
 
 A reader never sees a half-written file, and an output location that cannot be written is
-refused before the work that would fill it starts.
+refused before the work that would fill it starts. A written file has the mode the umask
+gives any new file (not the private mode of its temporary).
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from typing import Any, BinaryIO
 
 from nasproxy.errors import NasproxyError
 
+# Result files and folders get these modes less the umask, as open() and mkdir() give them:
+# readable by others under the usual umask 0022 (results on storage a cluster shares).
+FILE_MODE = 0o666
+DIR_MODE = 0o777
+
 
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
@@ -25,6 +31,7 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE & ~umask())  # mkstemp makes it private (0600)
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
@@ -33,6 +40,24 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def umask() -> int:
+    """The process's file mode creation mask (read without changing it, where Linux allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (a brief, process-wide change)
+    os.umask(mask)
+    return mask
+
+
+def private_to_default(path: str | os.PathLike[str]) -> None:
+    """Give a folder made by ``tempfile.mkdtemp`` (mode 0700) the mode the umask asks for."""
+    os.chmod(path, DIR_MODE & ~umask())
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -15,8 +15,8 @@ from nasproxy import spaces
 from nasproxy.data import Dataset, default_data_root, load_dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.presets import Preset
+from nasproxy.proxies import registry
 from nasproxy.proxies.build import build_proxy, read_proxy, write_proxy
-from nasproxy.proxies.registry import method_names
 from nasproxy.report import ReportResult, make_report
 from nasproxy.results import experiment_dir
 from nasproxy.scoring import ScoringConfig
@@ -30,6 +30,7 @@ from nasproxy.search import (
     select_archs,
 )
 from nasproxy.search.address import check_address
+from nasproxy.search.lock import ensure_held
 from nasproxy.train import TrainConfig, resolve_device
 
 Message = Callable[[str], None]
@@ -38,8 +39,10 @@ Message = Callable[[str], None]
 def proxy_matches(record: dict[str, Any], data: Dataset, preset: Preset, method: str) -> bool:
     """Whether a proxy file on disk was built by exactly this request (so it can be reused)."""
     backbone = record.get("backbone") or {}
+    params = record.get("params") or {}
     return (
         record.get("method") == method
+        and params.get("source") == registry.source(method)  # an upgraded plug-in rebuilds
         and record.get("fingerprint") == data.fingerprint
         and record.get("per_class") == preset.per_class
         and record.get("seed") == preset.proxy_seed
@@ -49,8 +52,21 @@ def proxy_matches(record: dict[str, Any], data: Dataset, preset: Preset, method:
 
 
 def proxy_path(out_dir: Path, method: str) -> Path:
-    """Where ``build_proxies`` keeps the proxy file of ``method``."""
-    return out_dir / f"{method}.json"
+    """Where ``build_proxies`` keeps the proxy file of ``method`` (never outside it)."""
+    return out_dir / f"{registry.check_method_name(method)}.json"
+
+
+def check_methods(methods: tuple[str, ...] | list[str]) -> None:
+    """Refuse, before any work, a method that is unknown or whose name cannot name a proxy
+    file and a training set (an installed plug-in may be named anything)."""
+    known = registry.method_names()  # the built-ins and the installed plug-ins
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise NasproxyError(
+            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}"
+        )
+    for method in methods:
+        registry.check_method_name(method)
 
 
 def build_proxies(
@@ -60,14 +76,11 @@ def build_proxies(
     cache_dir: Path,
     device: str = "auto",
     progress: Message | None = None,
+    before_write: Callable[[], None] | None = None,
 ) -> list[Path]:
-    """One proxy file per method under ``out_dir``, reusing files that match the request."""
-    known = method_names()  # the built-ins and the installed plug-ins
-    unknown = [m for m in preset.methods if m not in known]
-    if unknown:
-        raise NasproxyError(
-            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}"
-        )
+    """One proxy file per method under ``out_dir``, reusing files that match the request;
+    ``before_write`` runs before each file is written (the experiment lock's check)."""
+    check_methods(preset.methods)
     scoring = ScoringConfig(backbone=preset.backbone, epochs=preset.backbone_epochs)
     paths = []
     for method in preset.methods:
@@ -87,7 +100,10 @@ def build_proxies(
                 scoring=scoring,
                 device=device,
                 progress=progress,
+                measure=True,  # Table 1 reports every proxy's epsilon
             )
+            if before_write is not None:
+                before_write()
             write_proxy(record, path)
         paths.append(path)
     return paths
@@ -110,6 +126,7 @@ def run_pipeline(
     deleted, and before the proxies are built (minutes) for a sweep that would be refused.
     """
     exp_dir = experiment_dir(results_dir, name)
+    check_methods(preset.methods)
     if preset.top_k < 1:
         raise NasproxyError(f"top_k must be at least 1, got {preset.top_k}")
     root = Path(data_root) if data_root is not None else default_data_root()
@@ -153,7 +170,9 @@ def run_pipeline(
             # the proxies live inside the experiment, so the experiment goes before they are
             # rebuilt (a fresh search after the build would delete them with it)
             remove_experiment(exp_dir)
-        build_proxies(preset, data, proxies_dir, root, device, progress)
+        build_proxies(
+            preset, data, proxies_dir, root, device, progress, lambda: ensure_held(exp_dir)
+        )
         if progress is not None:
             progress("searching")
         run_search(cfg, search_progress)

@@ -118,7 +118,9 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     A count N means seeds 0..N-1; a comma list names them (``0,3,7``; one seed: ``5,``).
     """
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdecimal() for p in parts) or ("," not in text and not int(text)):
+    if text.strip() == "0":
+        raise NasproxyError("seeds: want a count of at least 1 (or a comma list), got '0'")
+    if not parts or not all(p.isdecimal() for p in parts):
         raise NasproxyError(
             f"seeds: want a count N (seeds 0..N-1) or a comma list (0,3,7; one seed: 5,), "
             f"got {text!r}"

@@ -188,6 +188,13 @@ def read_units(exp_dir: Path) -> dict[UnitKey, dict[str, Any]]:
     return rows
 
 
+def unreadable_units(exp_dir: Path) -> list[Path]:
+    """Unit files that ``read_units`` skips (torn, damaged, or not where their row says):
+    their units count as missing and train again."""
+    paths = sorted((Path(exp_dir) / UNITS_DIR).glob("*/s*/*.json"))
+    return [path for path in paths if read_unit(path) is None]
+
+
 def remove_stale_temporaries(exp_dir: Path) -> int:
     """Delete temporary files left by writes a crash interrupted; returns how many."""
     stale = list((Path(exp_dir) / UNITS_DIR).glob("*/s*/.*.tmp"))

@@ -41,7 +41,12 @@ from torch import nn
 
 from nasproxy.data import Dataset
 from nasproxy.errors import CacheWarning, NasproxyError
-from nasproxy.io import atomic_write_bytes, atomic_write_json, check_output_dir
+from nasproxy.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_dir,
+    private_to_default,
+)
 from nasproxy.spaces import Arch
 from nasproxy.train import (
     EVAL_BATCH,
@@ -237,6 +242,7 @@ def scoring_run(
     check_output_dir(path.parent, "scoring cache folder")  # before training, not after
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=_mkdir(path.parent)))
     try:
+        private_to_default(tmp)  # the folder is renamed into place: not private
         _train_into(tmp, data, cfg, device, progress)
         try:
             tmp.rename(path)

@@ -310,3 +310,13 @@ def test_run_address_reaches_the_search_and_is_checked_before_the_proxies(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot reach the Ray cluster" in err
     assert not (tmp_path / "smoke").exists()
+
+
+@pytest.mark.parametrize(
+    "seeds, message",
+    [("0", "a count of at least 1"), ("\u00b2", "or a comma list"), ("1,x", "comma list")],
+)
+def test_bad_seeds_are_one_line(capsys, seeds, message):
+    assert main(["search", "--name", "x", "--seeds", seeds]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err

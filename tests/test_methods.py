@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import itertools
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -337,6 +338,91 @@ def test_entry_point_plugin(digits, cache, plugin, tmp_path, monkeypatch):
     assert _flat(record) == _first_k(digits)
 
 
+EXITS = """
+import sys
+
+def leave(ctx):
+    sys.exit(0)
+
+def ctrl_c(ctx):
+    raise KeyboardInterrupt
+"""
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("exits:leave", "method 'exits:leave' failed (it called sys.exit(0))"),
+        ("exits:ctrl_c", "method 'exits:ctrl_c' failed (KeyboardInterrupt)"),
+        ("exit_on_import:f", "method 'exit_on_import:f': cannot import exit_on_import (it "
+         "called sys.exit(3))"),
+        ("ctrl_c_on_import:f", "method 'ctrl_c_on_import:f': cannot import ctrl_c_on_import "
+         "(KeyboardInterrupt)"),
+        ("exitpoint", "method 'exitpoint': cannot load exit_on_import:f (my-selector 1.0) (it "
+         "called sys.exit(3))"),
+    ],
+)  # fmt: skip
+def test_a_plugin_that_exits_or_raises_ctrl_c_is_one_line(
+    digits, cache, plugin, tmp_path, capsys, spec, message
+):
+    """sys.exit() or KeyboardInterrupt in a plug-in, on import or call: exit 2, one line
+    naming it, nothing written (not a silent exit, not a Ctrl-C's 130)."""
+    (plugin / "exits.py").write_text(EXITS)
+    (plugin / "exit_on_import.py").write_text("import sys\nsys.exit(3)\n")
+    (plugin / "ctrl_c_on_import.py").write_text("raise KeyboardInterrupt\n")
+    dist = plugin / "my_selector-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-selector\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[nasproxy.methods]\nexitpoint = exit_on_import:f\n")
+    out = tmp_path / "p.json"
+    for module in ("exits", "exit_on_import", "ctrl_c_on_import"):
+        sys.modules.pop(module, None)
+    assert _cli(cache, out, "--method", spec) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"nasproxy: error: {message}", err
+    assert not out.exists() and not list(tmp_path.glob(".p.json*"))
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "x y"])
+def test_a_plugin_name_that_is_a_path_is_refused_before_any_work(
+    plugin, tmp_path, monkeypatch, name
+):
+    from nasproxy.pipeline import run_pipeline
+    from nasproxy.presets import Preset
+
+    dist = plugin / "my_selector-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-selector\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[nasproxy.methods]\n{name} = my_selector:first\n")
+    assert name in registry.method_names()
+    monkeypatch.setattr("nasproxy.pipeline.load_dataset", _no_scoring_run)  # no work at all
+    results_dir = tmp_path / "results"
+    with pytest.raises(NasproxyError, match=f"method name {re.escape(repr(name))} cannot"):
+        run_pipeline(Preset(methods=(name,)), "exp", results_dir=results_dir)
+    assert not results_dir.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["my_selector.py", "my_selector-1.0.dist-info"]
+    )
+
+
+def test_an_upgraded_plugin_does_not_reuse_its_old_proxy_file(digits, cache, plugin, tmp_path):
+    from nasproxy.pipeline import build_proxies
+    from nasproxy.presets import Preset
+
+    dist = plugin / "my_selector-1.0.dist-info"
+    dist.mkdir()
+    (dist / "entry_points.txt").write_text("[nasproxy.methods]\nfirstk = my_selector:first\n")
+    preset = Preset(methods=("firstk",), per_class=K, backbone=TINY.backbone, backbone_epochs=2)
+    lines: list[str] = []
+    for version in ("1.0", "1.0", "2.0"):
+        (dist / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: my-selector\nVersion: {version}\n"
+        )
+        (path,) = build_proxies(preset, digits, tmp_path / "proxies", cache, "cpu", lines.append)
+        assert read_proxy(path)["params"]["source"] == f"my_selector:first (my-selector {version})"
+    said = [line.split(":")[1].strip() for line in lines if line.startswith("proxy firstk")]
+    assert said == ["building 5 per class", f"reusing {path}", "building 5 per class"]
+
+
 @pytest.mark.parametrize("suffix", [".txt", ".json", ".npy"])
 def test_from_indices(digits, cache, tmp_path, suffix):
     kept = _first_k(digits)[::-1]  # any order
@@ -348,7 +434,7 @@ def test_from_indices(digits, cache, tmp_path, suffix):
     else:
         path.write_text(", ".join(map(str, kept[:10])) + "\n" + " ".join(map(str, kept[10:])))
     out = tmp_path / "p.json"
-    assert _cli(cache, out, "--from-indices", str(path)) == 0
+    assert _cli(cache, out, "--from-indices", str(path), "--measure-epsilon") == 0
     record = read_proxy(out)
     assert record["method"] == "from-indices" and str(path) in record["params"]["source"]
     assert load_proxy(out, digits).tolist() == sorted(kept)
@@ -379,6 +465,123 @@ def test_bad_indices_file_is_one_line(digits, cache, tmp_path, capsys, name, con
     assert message in err and "\n" not in err and not out.exists()  # refused before training
 
 
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("a.txt", "1 --3", "'--3' is not an integer"),
+        ("a.txt", "1 \u00b2", "'\u00b2' is not an integer"),
+        ("a.txt", "1 2.0", "'2.0' is not an integer"),
+        ("a.npz", "npz2", "holds 2 arrays, not one"),
+        ("a.npz", "garbage", "not a plain .npz"),
+        ("a.pt", "binary", "is not text"),
+        ("a.NPY", "pickle", "not a plain .npy"),
+        ("a.json", "binary", "not valid JSON"),
+    ],
+)
+def test_odd_indices_files_are_one_line(digits, cache, tmp_path, capsys, name, content, message):
+    """Tokens int() or str.isdigit() take differently, and binary files under any name."""
+    path = tmp_path / name
+    kept = np.array(_first_k(digits))
+    if content == "npz2":
+        np.savez(path, a=kept, b=kept)
+    elif content == "pickle":
+        np.save(tmp_path / "x.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
+        (tmp_path / "x.npy").rename(path)
+    elif content in ("binary", "garbage"):
+        path.write_bytes(b"\x80\x04\x95" + bytes(range(256)))
+    else:
+        path.write_text(content, encoding="utf-8")
+    out = tmp_path / "p.json"
+    assert _cli(cache, out, "--from-indices", str(path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".NPY", ".TXT"])
+def test_from_indices_reads_npz_and_any_case_and_infers_the_budget(
+    digits, cache, tmp_path, suffix, monkeypatch
+):
+    """No --per-class: the file keeps K of every class, so the proxy does; nothing trains."""
+    kept = np.array(_first_k(digits), dtype=np.int64)
+    path = tmp_path / f"sel{suffix}"
+    if suffix == ".npz":
+        np.savez(path, kept=kept)
+    elif suffix == ".NPY":
+        np.save(tmp_path / "x.npy", kept)
+        (tmp_path / "x.npy").rename(path)
+    else:
+        path.write_text(" ".join(map(str, kept)))
+    monkeypatch.setattr("nasproxy.proxies.build.scoring_run", _no_scoring_run)
+    out = tmp_path / "p.json"
+    argv = ["build-proxy", "--dataset", "digits", "--data-root", str(tmp_path / "empty")]
+    assert main([*argv, "--from-indices", str(path), "--out", str(out)]) == 0
+    record = read_proxy(out)
+    assert record["per_class"] == K and load_proxy(out, digits).tolist() == kept.tolist()
+    assert record["epsilon"] is None and record["backbone"] is None
+
+
+def test_from_indices_without_a_budget_refuses_unequal_classes(digits, cache, tmp_path, capsys):
+    kept = _first_k(digits)[1:]  # one image fewer of class '0'
+    path = tmp_path / "sel.txt"
+    path.write_text(" ".join(map(str, kept)))
+    argv = ["build-proxy", "--dataset", "digits", "--data-root", str(cache)]
+    assert main([*argv, "--from-indices", str(path), "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"keeps {K - 1} images of class '0' but {K} of" in err and "\n" not in err
+
+
+def _no_scoring_run(*args, **kwargs):
+    raise AssertionError("a scoring run was made")
+
+
+def test_cheap_proxies_make_no_scoring_run_and_say_where_epsilon_comes_from(
+    digits, tmp_path, monkeypatch, capsys
+):
+    """random and a selection made elsewhere read no scoring run: none is trained for them;
+    their epsilon comes from a cached run, or from one made when --measure-epsilon asks."""
+    cache = tmp_path / "cache"
+    kept = tmp_path / "sel.txt"
+    kept.write_text(" ".join(map(str, _first_k(digits))))
+    with monkeypatch.context() as m:
+        m.setattr("nasproxy.proxies.build.scoring_run", _no_scoring_run)
+        for how in (["--method", "random"], ["--from-indices", str(kept)]):
+            assert _cli(cache, tmp_path / "p.json", *how) == 0
+            record = read_proxy(tmp_path / "p.json")
+            assert record["epsilon"] is None and record["epsilon_from"] is None
+            assert record["timings"]["scoring_s"] == 0.0
+            assert "epsilon not measured" in capsys.readouterr().out
+        with pytest.raises(AssertionError, match="a scoring run was made"):
+            _cli(cache, tmp_path / "p.json", "--method", "herding")  # herding reads it
+    assert not (cache / "scoring").exists()
+
+    assert _cli(cache, tmp_path / "p.json", "--method", "random", "--measure-epsilon") == 0
+    record = read_proxy(tmp_path / "p.json")
+    assert record["epsilon_from"] == "a scoring run made to measure it"
+    assert "(from a scoring run made to measure it)" in capsys.readouterr().out
+    head = RefitHead.load_or_fit(scoring_run(digits, TINY, cache, "cpu"), TINY.weight_decay)
+    kept_indices = np.array(_flat(record))
+    assert record["epsilon"] == pytest.approx(head.epsilon(kept_indices))
+    assert _cli(cache, tmp_path / "q.json", "--from-indices", str(kept)) == 0  # now cached
+    record = read_proxy(tmp_path / "q.json")
+    assert record["epsilon_from"] == "a cached scoring run"
+    assert record["epsilon"] == pytest.approx(head.epsilon(np.array(_first_k(digits))))
+    assert _cli(cache, tmp_path / "r.json", "--method", "random", "--no-measure-epsilon") == 0
+    assert read_proxy(tmp_path / "r.json")["epsilon"] is None
+
+
+def test_epsilon_that_does_not_fit_memory_says_epsilon_is_why(digits, cache, monkeypatch):
+    """random needs no S; only measuring its epsilon does, and the message says so."""
+    scoring_run(digits, TINY, cache, "cpu")  # cached: random's epsilon is measured
+    monkeypatch.setattr("nasproxy.proxies.head._MEMORY_SHARE", 1e-12)
+    with pytest.raises(NasproxyError, match=r"measuring the proxy's epsilon \(which needs"):
+        build(digits, cache, "random")
+    with pytest.raises(NasproxyError, match=r"^influence on a"):  # influence: S is the method
+        build(digits, cache, "influence")
+    record = build_proxy(digits, "random", K, 0, cache, TINY, device="cpu", measure=False)
+    assert record["epsilon"] is None
+
+
 def test_method_and_from_indices_are_exclusive(cache, tmp_path, capsys):
     assert _cli(cache, tmp_path / "p.json") == 2
     assert "give either --method or --from-indices" in capsys.readouterr().err
@@ -396,7 +599,7 @@ def _forbid_recomputation(monkeypatch):
 
 
 def test_second_build_reuses_head_factor_and_s(digits, tmp_path, monkeypatch):
-    first = {m: build(digits, tmp_path, m) for m in ("random", "influence")}
+    first = {m: build(digits, tmp_path, m) for m in ("influence", "random")}  # random: cached
     with monkeypatch.context() as m:
         _forbid_recomputation(m)
         again = {m_: build(digits, tmp_path, m_) for m_ in ("random", "influence", "ccs")}
@@ -433,7 +636,7 @@ def test_damaged_cache_is_rebuilt(digits, tmp_path, monkeypatch):
 
 
 def test_cache_of_another_scoring_run_is_not_used(digits, tmp_path):
-    build(digits, tmp_path, "random")
+    build(digits, tmp_path, "herding")  # a method that makes the scoring run and the head
     artifact = scoring_run(digits, TINY, tmp_path, device="cpu")
     cache = head_cache(artifact, TINY.weight_decay)
     meta = json.loads((cache.folder / "head.json").read_text())

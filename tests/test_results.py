@@ -219,3 +219,30 @@ def test_unit_files_written_before_the_stack_columns_still_count(tmp_path):
     del payload["row"]["val_acc"]  # an older row is still refused when a real column lacks
     path.write_text(json.dumps(payload))
     assert results.read_unit(path) is None
+
+
+@pytest.fixture
+def umask_022():
+    import os
+
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_result_files_get_the_mode_the_umask_gives(tmp_path, umask_022):
+    """Under umask 0022 every result file is readable by others (0644), as any new file."""
+    import os
+    import stat
+
+    exp = tmp_path / "exp"
+    for arch in ARCHS:
+        results.write_unit(exp, _row(arch, "whole", 0))
+    results.consolidate(exp)
+    results.write_manifest(exp, {"protocol": {}, "train_sets": {}})
+    written = [p for p in exp.rglob("*") if p.is_file()]
+    assert len(written) == len(ARCHS) + 3
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {oct(0o644)}
+    os.umask(0o077)  # a private umask stays private
+    results.write_manifest(exp, {"protocol": {}, "train_sets": {}})
+    assert stat.S_IMODE((exp / results.MANIFEST).stat().st_mode) == 0o600

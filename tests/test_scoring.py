@@ -238,3 +238,18 @@ def test_damaged_scoring_cache_is_retrained_with_a_warning(run, digits, tmp_path
     np.testing.assert_array_equal(again.features, artifact.features)
     np.testing.assert_array_equal(again.forgetting_events, artifact.forgetting_events)
     assert sorted(p.name for p in cache.joinpath("scoring").iterdir()) == [path.name]
+
+
+def test_the_cached_scoring_run_gets_the_modes_the_umask_gives(digits, tmp_path):
+    """Its folder is made private by mkdtemp and renamed into place: it must not stay so."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        artifact = scoring_run(digits, TINY, tmp_path, device="cpu")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(artifact.path.stat().st_mode) == 0o755
+    files = [p for p in artifact.path.iterdir() if p.is_file()]
+    assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}

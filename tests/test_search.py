@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import math
@@ -22,6 +21,7 @@ import pytest
 
 from nasproxy import results, spaces
 from nasproxy.errors import NasproxyError
+from nasproxy.proxies.build import selection_hash
 from nasproxy.search import (
     SearchConfig,
     plan_chunks,
@@ -140,7 +140,7 @@ def test_sweep_trains_every_unit_once_with_sane_rows(cluster, inputs, digits, tm
     }
     assert (table["images_seen"] == table["n_train"]).all()  # one epoch, no batch dropped
     for path in inputs["proxies"]:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        digest = selection_hash(json.loads(path.read_text()))
         method = path.stem
         assert set(table.loc[table["train_set"] == method, "proxy_hash"]) == {digest}
         assert manifest["train_sets"][method]["proxy_hash"] == digest
@@ -342,7 +342,7 @@ def test_train_set_names_disambiguate_and_refuse_clashes(inputs, digits, tmp_pat
     (other / a.name).write_text(json.dumps(_proxy("influence", digits.fingerprint, indices)))
     with pytest.raises(NasproxyError, match="would be named"):
         resolve_train_sets([str(a), str(other / a.name)], False, digits)
-    with pytest.raises(NasproxyError, match="identical"):
+    with pytest.raises(NasproxyError, match="select the same images"):
         resolve_train_sets([str(a), str(a)], False, digits)
     c = tmp_path / "c.json"
     c.write_text(json.dumps(_proxy("whole", digits.fingerprint, half)))
@@ -717,3 +717,39 @@ def test_a_gpu_trial_cuts_a_stack_to_its_memory_share(digits, monkeypatch):
     assert fits == 3 and [len(p) for p in pieces] == [3, 2, 3]
     assert [k for p in pieces for k in p] == keys
     assert trial._fit_memory(plan, digits, keys, "cpu") == [keys]  # no bound off the GPU
+
+
+def test_the_eta_follows_the_planner_cost_model_not_the_unit_count(tmp_path, monkeypatch):
+    """The costliest units run first: one whole-split unit done in 100 s leaves ten units of
+    a hundredth of its cost, about 10 s of work, not the 1,000 s a count per unit says."""
+    from nasproxy.search import lock, sweep
+    from nasproxy.train import TrainRecord
+
+    clock = [0.0]
+    monkeypatch.setattr(sweep.time, "perf_counter", lambda: clock[0])
+    big = ("whole", 0, "w8-d1-relu-batchnorm-avgpooling")
+    small = [("random", 0, f"w8-d1-{act}-batchnorm-avgpooling") for act in ("relu", "elu")]
+    small = [(ts, seed, arch) for ts, _, arch in small for seed in range(5)]
+    costs = {big: 100.0, **{key: 1.0 for key in small}}
+    events = []
+    state = sweep._Sweep(tmp_path, {}, 11, events.append, ["whole", "random"], [])
+    state.plan_cost(costs.__getitem__, [big, *small])
+
+    def finish(key, at):
+        clock[0] = at
+        record = TrainRecord(key[2], "ok", "", seed=key[1], epochs=1, n_train=10)
+        state.record(results.make_row(spaces.Arch.from_id(key[2]), key[0], "", record))
+
+    with lock.experiment_lock(tmp_path):
+        finish(big, 100.0)
+        assert events[-1].eta_s == pytest.approx(10.0)
+        finish(small[0], 101.0)
+        assert events[-1].eta_s == pytest.approx(101.0 * 9 / 101)
+
+
+def test_run_numbers_ignore_folders_that_only_look_numbered(tmp_path):
+    from nasproxy.search.experiment import RAY_DIR, next_run_number
+
+    for name in ("run-002", "run-\u00b2\u00b2\u00b2", "run-abc", "other"):
+        (tmp_path / RAY_DIR / name).mkdir(parents=True)
+    assert next_run_number(tmp_path) == 3

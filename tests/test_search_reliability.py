@@ -8,12 +8,15 @@ orphaned) are found, by session or by marker, and killed.
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import replace
@@ -22,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nasproxy import results
+from nasproxy import results, spaces
 from nasproxy.errors import NasproxyError
+from nasproxy.proxies.build import selection_hash
 from nasproxy.report import make_report
 from nasproxy.search import run_search
 from nasproxy.search.address import check_address
@@ -270,8 +274,9 @@ def test_unreachable_address_fails_in_seconds_and_creates_nothing(inputs, tmp_pa
     assert f"cannot reach the Ray cluster at {address}" in lines[0]
     assert "RAY_AUTH_TOKEN" in lines[0]
     assert not (tmp_path / "nowhere").exists() and out == b""
-    with pytest.raises(NasproxyError, match="not auto, local or host:port"):
-        check_address("127.0.0.1")
+    for bad in ("127.0.0.1", "127.0.0.1:\u00b2", "127.0.0.1:70000"):
+        with pytest.raises(NasproxyError, match="not auto, local or host:port"):
+            check_address(bad)
 
 
 # --- a crashed worker, a damaged manifest ----------------------------------------------------
@@ -401,3 +406,150 @@ def test_the_lock_is_reentrant_however_the_path_is_spelled(tmp_path, monkeypatch
             assert (tmp_path / "results" / "exp" / LOCK_NAME).is_file()
         assert (tmp_path / "results" / "exp" / LOCK_NAME).is_file()
     assert not (tmp_path / "results" / "exp").exists()
+
+
+def test_a_proxy_rebuilt_or_rewritten_resumes_and_a_changed_one_names_the_field(
+    cluster, inputs, digits, tmp_path
+):
+    """The proxy hash covers what defines the selection, not when it was built or the JSON
+    layout; an experiment of an older nasproxy (whole-file hashes) still resumes."""
+    proxy = tmp_path / "random.json"
+    record = json.loads(inputs["proxies"][0].read_text())
+    proxy.write_text(json.dumps({**record, "created": "then", "timings": {"total_s": 1.0}}))
+    cfg = _config(inputs, tmp_path, "rehash", proxies=(str(proxy),), whole=False,
+                  archs=("w8-d1-relu-*",))  # fmt: skip
+    exp_dir = run_search(cfg)
+    units = _units(exp_dir)
+    assert len(units) == 2
+
+    # rebuilt by the same command (other time stamps), written with another layout
+    proxy.write_text(
+        json.dumps({**record, "created": "now", "timings": {"total_s": 2.0}}, indent=4)
+    )
+    events = []
+    run_search(cfg, progress=events.append)
+    assert not [e for e in events if e.row is not None] and _units(exp_dir) == units
+
+    # really changed: refused, naming what changed
+    changed = json.loads(json.dumps(record))
+    first_class = next(iter(changed["indices"]))
+    labels = digits.y_train.numpy()
+    members = set(changed["indices"][first_class])
+    spare = next(int(i) for i in np.flatnonzero(labels == 0) if int(i) not in members)
+    changed["indices"][first_class] = sorted([*list(members)[1:], spare])
+    proxy.write_text(json.dumps(changed))
+    with pytest.raises(NasproxyError, match=r"its proxy's indices changed") as info:
+        run_search(cfg)
+    assert "\n" not in str(info.value) and "'random'" in str(info.value)
+    changed = {**record, "params": {"solver": "other"}}
+    proxy.write_text(json.dumps(changed))
+    with pytest.raises(NasproxyError, match=r"its proxy's params changed"):
+        run_search(cfg)
+
+    # an experiment stored by an older nasproxy: proxy hash = the file's sha256[:12]
+    proxy.write_text(json.dumps(record))
+    old_hash = hashlib.sha256(proxy.read_bytes()).hexdigest()[:12]
+    manifest = results.read_manifest(exp_dir)
+    entry = manifest["train_sets"]["random"]
+    entry["proxy_hash"] = old_hash
+    del entry["selection"]
+    results.write_manifest(exp_dir, manifest)
+    for path in units:
+        unit = json.loads(path.read_text())
+        unit["row"]["proxy_hash"] = old_hash
+        path.write_text(json.dumps(unit))
+    events = []
+    run_search(cfg, progress=events.append)
+    assert not [e for e in events if e.row is not None]
+    entry = results.read_manifest(exp_dir)["train_sets"]["random"]
+    assert entry["proxy_hash"] == selection_hash(record) and entry["legacy_hashes"] == [old_hash]
+    run_search(cfg)  # and again, now under the new hash
+    (exp_dir / results.MANIFEST).unlink()
+    run_search(replace(cfg, rebuild_manifest=True))  # its old units fit a rebuilt manifest
+    entry = results.read_manifest(exp_dir)["train_sets"]["random"]
+    assert entry["legacy_hashes"] == [old_hash]
+
+
+def test_an_address_that_answers_but_is_not_ray_fails_in_one_line_creating_nothing(
+    cluster, inputs, tmp_path, marked
+):
+    """A web server on the port: refused in seconds, before any folder or Ray exists."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        proc = marked(
+            _search_command(inputs, tmp_path, "web", "--address", address),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = proc.communicate(timeout=60)
+    finally:
+        server.shutdown()
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, lines
+    assert f"{address} answers but is not a Ray cluster" in lines[0]
+    assert not (tmp_path / "web").exists() and out == b""
+    assert _none_left(marked) == {}
+    check_address(cluster)  # a real cluster's address passes
+
+
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):  # no request log on the test's stderr
+        pass
+
+
+def test_rebuild_manifest_leaves_an_intact_one_and_a_stray_unit_is_named(cluster, inputs, tmp_path):
+    """--rebuild-manifest on an intact manifest changes nothing of the protocol or history;
+    a unit file of another protocol dropped into the store is refused, by its path, on a
+    resume and on a rebuild (not blamed on the command)."""
+    cfg = _config(inputs, tmp_path, "intact", proxies=(str(inputs["proxies"][0]),),
+                  whole=False, archs=("w8-d1-relu-*",))  # fmt: skip
+    exp_dir = run_search(cfg)
+    manifest = (exp_dir / results.MANIFEST).read_bytes()
+    units = _units(exp_dir)
+    assert len(units) == 2
+    with pytest.raises(
+        NasproxyError, match="was run with seeds \\[0\\], this run asks for \\[5\\]"
+    ):
+        run_search(replace(cfg, seeds=(5,), rebuild_manifest=True))
+    assert (exp_dir / results.MANIFEST).read_bytes() == manifest and _units(exp_dir) == units
+    events = []
+    run_search(replace(cfg, rebuild_manifest=True), progress=events.append)
+    assert not [e for e in events if e.row is not None]
+    kept = results.read_manifest(exp_dir)
+    assert len(kept["runs"]) == 2 and "rebuilt" not in kept  # the history goes on
+
+    # a unit trained for 5 epochs, dropped in as if it belonged here
+    space = spaces.load(inputs["space"], image_size=8)
+    other = next(a for a in space.ids if not a.startswith("w8-d1-relu"))
+    row = results.read_unit(next(iter(units)))
+    stray_row = {**row, "arch": other, "epochs": 5, **_fields(other)}
+    stray = results.write_unit(exp_dir, stray_row)
+    name = str(stray.relative_to(exp_dir))
+    with pytest.raises(NasproxyError, match=f"unit file {name} in .* has 5 epochs") as info:
+        run_search(cfg)
+    assert "\n" not in str(info.value)
+    (exp_dir / results.MANIFEST).unlink()
+    with pytest.raises(NasproxyError, match=f"unit file {name} has 5 epochs.*unlike the other 2"):
+        run_search(replace(cfg, rebuild_manifest=True))
+    stray.unlink()
+    run_search(replace(cfg, rebuild_manifest=True))
+    assert len(results.read_trials(exp_dir)) == 2
+
+    # a damaged unit trains again, and the run says so
+    torn = next(iter(units))
+    torn.write_text(torn.read_text()[:30])
+    events = []
+    run_search(cfg, progress=events.append)
+    said = [e.message for e in events if "is damaged" in e.message]
+    assert said == [
+        f"unit file {torn} is damaged or misplaced; it is ignored, and its unit trains again"
+    ]
+    assert [results.row_key(e.row) for e in events if e.row is not None] == [results.row_key(row)]
+
+
+def _fields(arch_id: str) -> dict:
+    arch = spaces.Arch.from_id(arch_id)
+    return {"width": arch.width, "depth": arch.depth, "act": arch.act, "norm": arch.norm,
+            "pool": arch.pool}  # fmt: skip

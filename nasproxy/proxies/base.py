@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,14 +47,26 @@ class ProxyOptions:
 
 @dataclass(frozen=True, eq=False)
 class SelectionContext:
-    """Everything a method may read: the data, its budget, the seed, the scoring run."""
+    """Everything a method may read: the data, its budget, the seed, the scoring run.
+
+    The scoring run (``artifact``) and the refitted head (``head``) are made on first use,
+    so a method that reads neither (random, most selections made elsewhere) costs no
+    training.
+    """
 
     data: Dataset
     per_class: int | None  # None only for the influence method under an epsilon budget
     seed: int
     options: ProxyOptions
-    artifact: ScoringArtifact
-    head: RefitHead
+    scoring: Callable[[], tuple[ScoringArtifact, RefitHead]]  # runs or reads it, once
+
+    @cached_property
+    def artifact(self) -> ScoringArtifact:
+        return self.scoring()[0]
+
+    @cached_property
+    def head(self) -> RefitHead:
+        return self.scoring()[1]
 
     @property
     def labels(self) -> np.ndarray:

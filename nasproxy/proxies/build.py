@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import time
+import zipfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,11 +43,47 @@ from nasproxy.proxies.solvers import (
     objective_value,
     require_solver,
 )
-from nasproxy.scoring import ScoringConfig, scoring_run
+from nasproxy.scoring import ScoringArtifact, ScoringConfig, artifact_dir, scoring_run
 
 FORMAT = "nasproxy-proxy/1"
 
 Progress = Callable[[str], None]
+
+
+class _Scoring:
+    """The scoring run and the refitted head of a build, made (or read from the cache) on
+    first use, with the seconds each took."""
+
+    def __init__(
+        self,
+        data: Dataset,
+        cfg: ScoringConfig,
+        l2: float,
+        cache_dir: str | Path,
+        device: str,
+        progress: Progress | None,
+    ):
+        self.data, self.cfg, self.l2 = data, cfg, l2
+        self.cache_dir, self.device, self.progress = cache_dir, device, progress
+        self.cached = artifact_dir(cache_dir, data, cfg).is_dir()  # before this build
+        self.artifact: ScoringArtifact | None = None
+        self.head: RefitHead | None = None
+        self.scoring_s = self.head_s = 0.0
+
+    def __call__(self) -> tuple[ScoringArtifact, RefitHead]:
+        if self.artifact is None or self.head is None:
+            start = time.perf_counter()
+            self.artifact = scoring_run(
+                self.data, self.cfg, self.cache_dir, self.device, self.progress
+            )
+            scored = time.perf_counter()
+            self.head = RefitHead.load_or_fit(self.artifact, self.l2, self.device, self.progress)
+            self.scoring_s, self.head_s = scored - start, time.perf_counter() - scored
+        return self.artifact, self.head
+
+    @property
+    def used(self) -> bool:
+        return self.head is not None
 
 
 def build_proxy(
@@ -59,6 +96,7 @@ def build_proxy(
     options: ProxyOptions | None = None,
     device: str = "auto",
     progress: Progress | None = None,
+    measure: bool | None = None,
 ) -> dict[str, Any]:
     """Select a proxy of ``per_class`` examples per class with ``method``; its record.
 
@@ -67,37 +105,51 @@ def build_proxy(
     (integers, in range, no duplicates, ``per_class`` of every class) before anything is
     measured. ``per_class`` is None only for the influence method with ``options.epsilon``:
     it then removes as many examples as the epsilon budget allows, and the classes are no
-    longer balanced. The scoring run is cached under ``cache_dir``.
+    longer balanced. The scoring run is cached under ``cache_dir`` and made only when the
+    method reads it: epsilon and the diagnostics are then measured with it, and for a
+    method that does not (random, a selection made elsewhere) only when a scoring run of
+    this dataset and backbone is cached or ``measure`` is True (never when it is False);
+    ``epsilon_from`` in the record says which.
     """
     scoring = scoring or ScoringConfig()
     options = options or ProxyOptions()
     chosen = method if isinstance(method, Method) else registry.resolve(method)
     _check_request(data, chosen.name, per_class, options)
     start = time.perf_counter()
-    artifact = scoring_run(data, scoring, cache_dir, device, progress)
-    scored = time.perf_counter()
     l2 = options.head_l2 if options.head_l2 is not None else scoring.weight_decay
-    head = RefitHead.load_or_fit(artifact, l2, device, progress)
-    refit = time.perf_counter()
+    run = _Scoring(data, scoring, l2, cache_dir, device, progress)
     if progress is not None:
         progress(f"selecting with {chosen.name}")
-    ctx = SelectionContext(data, per_class, seed, options, artifact, head)
+    ctx = SelectionContext(data, per_class, seed, options, run)
     kept = run_method(chosen, ctx)
-    selected = time.perf_counter()
-    epsilon = head.epsilon(kept)
-    measured = time.perf_counter()
+    select_s = time.perf_counter() - start - run.scoring_s - run.head_s
     method = chosen.name
-
-    params: dict[str, Any] = {
-        "head_l2": l2,
-        "head_grad_norm": head.info["grad_norm"],
-        "head_iterations": head.info["iterations"],
-        "head_newton_steps": head.info["newton_steps"],
-        "head_loss": head.info["loss"],
-    }
+    ran_for_method = run.used
+    if ran_for_method:
+        epsilon_from = "the scoring run the method used"
+    elif measure or (measure is None and run.cached):
+        epsilon_from = "a cached scoring run" if run.cached else "a scoring run made to measure it"
+    else:
+        epsilon_from = None
+    epsilon = diagnostics = None
+    params: dict[str, Any] = {}
+    epsilon_s = 0.0
+    if epsilon_from is not None:
+        before, made_before = time.perf_counter(), run.scoring_s + run.head_s
+        epsilon, diagnostics, head = _measure(run, kept, method)
+        made_now = run.scoring_s + run.head_s - made_before  # a run made to measure it
+        epsilon_s = time.perf_counter() - before - made_now
+        params |= {
+            "head_l2": l2,
+            "head_grad_norm": head.info["grad_norm"],
+            "head_iterations": head.info["iterations"],
+            "head_newton_steps": head.info["newton_steps"],
+            "head_loss": head.info["loss"],
+        }
     if not chosen.builtin:
         params["source"] = chosen.source
     if method == "influence":
+        assert run.head is not None  # the influence method reads the head
         params |= {
             "solver": options.solver,
             "project_dim": options.project_dim,
@@ -107,8 +159,11 @@ def build_proxy(
         }
         if options.epsilon is None:
             params["objective"] = options.objective
-            params["objective_value"] = objective_value(head.influence(), kept, options.objective)
+            params["objective_value"] = objective_value(
+                run.head.influence(), kept, options.objective
+            )
     labels = data.y_train.numpy()
+    artifact = run.artifact
     return {
         "format": FORMAT,
         "method": method,
@@ -117,7 +172,9 @@ def build_proxy(
         "params": params,
         "dataset": data.spec,
         "fingerprint": data.fingerprint,
-        "backbone": {
+        "backbone": None
+        if artifact is None
+        else {
             "id": scoring.backbone,
             "epochs": scoring.epochs,
             "seed": scoring.seed,
@@ -131,24 +188,83 @@ def build_proxy(
             "train_acc_eval": artifact.meta.get("train_acc_eval"),
             "feature_dim": int(artifact.features.shape[1]),
         },
-        "backbone_hash": artifact.hash,
+        "backbone_hash": None if artifact is None else artifact.hash,
         "indices": {name: kept[labels[kept] == c].tolist() for c, name in enumerate(data.classes)},
         "n_images": int(len(kept)),
         "epsilon": epsilon,
-        "diagnostics": {
-            "kept": head.diagnostics(kept),
-            "all": head.diagnostics(np.arange(len(labels))),
-        },
+        "epsilon_from": epsilon_from,
+        "diagnostics": diagnostics,
         "timings": {
-            "scoring_s": scored - start,
-            "head_s": refit - scored,
-            "select_s": selected - refit,
-            "epsilon_s": measured - selected,
-            "total_s": measured - start,
+            "scoring_s": run.scoring_s,
+            "head_s": run.head_s,
+            "select_s": select_s,
+            "epsilon_s": epsilon_s,
+            "total_s": time.perf_counter() - start,
         },
         "nasproxy_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def _measure(
+    run: _Scoring, kept: np.ndarray, method: str
+) -> tuple[float, dict[str, dict[str, float]], RefitHead]:
+    """epsilon and the diagnostics of ``kept``, with the head (refitted now if the method
+    did not); for a method other than influence, work that does not fit in memory is
+    refused with epsilon named as the reason."""
+    try:
+        _, head = run()
+        epsilon = head.epsilon(kept)
+    except NasproxyError as exc:
+        if method == "influence":
+            raise
+        raise NasproxyError(
+            f"measuring the proxy's epsilon (which needs the refitted head and S): {exc}; or "
+            "build it without measuring epsilon (--no-measure-epsilon)"
+        ) from None
+    diagnostics = {
+        "kept": head.diagnostics(kept),
+        "all": head.diagnostics(np.arange(len(head.labels))),
+    }
+    return epsilon, diagnostics, head
+
+
+# What a proxy record holds besides its selection: measurements of the head's fit (params)
+# and of the scoring run (backbone), which may differ between two identical builds.
+# (the indices themselves are the selection: how the scoring run went is not part of it)
+RUN_PARAMS = frozenset(
+    {
+        "head_l2",
+        "head_grad_norm",
+        "head_iterations",
+        "head_newton_steps",
+        "head_loss",
+        "objective_value",
+    }
+)
+SELECTION_FIELDS = ("fingerprint", "method", "per_class", "seed", "params", "indices")
+
+
+def selection_fields(record: dict[str, Any]) -> dict[str, str]:
+    """A short digest of each field that defines a proxy's selection: the dataset, the
+    method, its budget, seed and parameters, and the indices (not when or how fast it was
+    built, its epsilon or scoring run, nor the JSON layout)."""
+    params = record.get("params")
+    if isinstance(params, dict):
+        params = {k: v for k, v in params.items() if k not in RUN_PARAMS}
+    values = {**{k: record.get(k) for k in SELECTION_FIELDS}, "params": params}
+    return {k: _digest(v) for k, v in values.items()}
+
+
+def selection_hash(record: dict[str, Any]) -> str:
+    """The hash of what defines a proxy's selection (``selection_fields``): the same for a
+    proxy rebuilt with the same command or rewritten with another layout."""
+    return _digest(selection_fields(record))
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def write_proxy(record: dict[str, Any], path: str | Path) -> Path:
@@ -289,7 +405,7 @@ def run_method(method: Method, ctx: SelectionContext) -> np.ndarray:
             result = method.select(ctx)
         except NasproxyError as exc:
             raise NasproxyError(f"method {method.name!r}: {exc}") from None
-        except Exception as exc:  # a user's selector may raise anything
+        except registry.ESCAPES as exc:  # a user's selector may raise anything, or exit
             reason = first_line(exc, with_type=True)
             raise NasproxyError(f"method {method.name!r} failed ({reason})") from None
     return check_selection(result, ctx.data, ctx.per_class, f"method {method.name!r}")
@@ -331,46 +447,88 @@ def check_selection(result: Any, data: Dataset, per_class: int | None, source: s
     return indices
 
 
+INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def read_indices(path: str | Path) -> np.ndarray:
-    """Train-split indices from a file: ``.npy`` (integers, never unpickled), ``.json``
-    (a list of integers) or text (integers separated by whitespace or commas)."""
+    """Train-split indices from a file: ``.npy`` or ``.npz`` with one array (integers, never
+    unpickled), ``.json`` (a list of integers) or text (integers separated by whitespace or
+    commas); the suffix in any case."""
     path = Path(path)
+    suffix = path.suffix.lower()
     try:
-        if path.suffix == ".npy":
+        if suffix in (".npy", ".npz"):
+            values: Any = _read_numpy(path, suffix)
+        elif suffix == ".json":
             try:
-                values: Any = np.load(path, allow_pickle=False)
-            except ValueError as exc:
-                raise NasproxyError(f"indices file {path} is not a plain .npy ({exc})") from None
-        elif path.suffix == ".json":
-            try:
-                values = json.loads(path.read_text())
-            except ValueError as exc:
+                values = json.loads(path.read_bytes())
+            except (ValueError, UnicodeError) as exc:
                 raise NasproxyError(f"indices file {path} is not valid JSON ({exc})") from None
             if not isinstance(values, list) or not all(
                 isinstance(i, int) and not isinstance(i, bool) for i in values
             ):
                 raise NasproxyError(f"indices file {path} is not a JSON list of integers")
         else:
-            words = path.read_text().replace(",", " ").split()
             try:
-                values = [int(w) for w in words]
-            except ValueError:
-                bad = next(w for w in words if not w.lstrip("-").isdigit())
-                raise NasproxyError(f"indices file {path}: {bad!r} is not an integer") from None
+                words = path.read_bytes().decode("utf-8").replace(",", " ").split()
+            except UnicodeError:
+                raise NasproxyError(
+                    f"indices file {path} is not text; give a .npy, .npz, .json or text file"
+                ) from None
+            bad = next((w for w in words if not INTEGER.fullmatch(w)), None)
+            if bad is not None:
+                raise NasproxyError(f"indices file {path}: {bad!r} is not an integer")
+            values = [int(w) for w in words]
     except OSError as exc:
         raise NasproxyError(f"cannot read indices file {path} ({exc.strerror or exc})") from None
     return np.asarray(values)
 
 
-def indices_method(path: str | Path, data: Dataset, per_class: int | None) -> Method:
-    """A ``Method`` that keeps the indices listed in ``path`` (checked now, before training:
-    the scoring run is still needed for epsilon and the diagnostics)."""
+def _read_numpy(path: Path, suffix: str) -> np.ndarray:
+    """The one array of a ``.npy`` or ``.npz`` file, never unpickled."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if suffix == ".npy" or not isinstance(loaded, np.lib.npyio.NpzFile):
+            if not isinstance(loaded, np.ndarray):
+                raise ValueError("not an array")
+            return loaded
+        with loaded:
+            if len(loaded.files) != 1:
+                raise ValueError(f"it holds {len(loaded.files)} arrays, not one")
+            return loaded[loaded.files[0]]
+    except (ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise NasproxyError(
+            f"indices file {path} is not a plain {suffix} of integers ({exc})"
+        ) from None
+
+
+def infer_per_class(indices: np.ndarray, data: Dataset, source: str) -> int:
+    """The per-class budget a selection keeps: the same count of every class, else refused."""
+    array = check_selection(indices, data, None, source)
+    counts = np.bincount(data.y_train.numpy()[array], minlength=data.num_classes)
+    if counts.min() != counts.max():
+        low, high = int(counts.argmin()), int(counts.argmax())
+        raise NasproxyError(
+            f"{source} keeps {counts[low]} images of class {data.classes[low]!r} but "
+            f"{counts[high]} of {data.classes[high]!r}; a proxy keeps the same number of "
+            "every class (give --per-class to say how many)"
+        )
+    return int(counts[0])
+
+
+def indices_method(path: str | Path, data: Dataset, per_class: int | None) -> tuple[Method, int]:
+    """A ``Method`` that keeps the indices listed in ``path``, and its per-class budget
+    (``per_class``, or the count of every class in the file when None). The indices are
+    checked now, before anything else runs; the method reads no scoring run."""
     path = Path(path)
     source = f"indices file {path}"
-    kept = check_selection(read_indices(path), data, per_class, source)
+    values = read_indices(path)
+    if per_class is None:
+        per_class = infer_per_class(values, data, source)
+    kept = check_selection(values, data, per_class, source)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
 
     def select(ctx: SelectionContext) -> np.ndarray:
         return kept
 
-    return Method("from-indices", f"{path} (sha256 {digest})", select, builtin=False)
+    return Method("from-indices", f"{path} (sha256 {digest})", select, builtin=False), per_class

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from nasproxy.errors import NasproxyError, first_line
 from nasproxy.proxies.base import Select
+from nasproxy.results import NAME_PATTERN
 
 ENTRY_POINT_GROUP = "nasproxy.methods"
 
@@ -57,6 +58,32 @@ def method_names() -> list[str]:
     return [*BUILTIN, *sorted(plugin_names())]
 
 
+# What user code may raise that ``except Exception`` misses: sys.exit() and a
+# KeyboardInterrupt of its own; either must end in one line naming the method, not a
+# silent exit.
+ESCAPES = (Exception, SystemExit, KeyboardInterrupt)
+
+
+def source(spec: str) -> str | None:
+    """Where an installed plug-in comes from, with its distribution's version (recorded in
+    a proxy file, so an upgraded plug-in is told apart); None for any other method."""
+    ep = plugin_names().get(spec) if spec not in BUILTIN else None
+    if ep is None:
+        return None
+    dist = f" ({ep.dist.name} {ep.dist.version})" if ep.dist is not None else ""
+    return f"{ep.value}{dist}"
+
+
+def check_method_name(name: str) -> str:
+    """``name`` if it can name a proxy file and a training set, else one line."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise NasproxyError(
+            f"method name {name!r} cannot name a proxy file or a training set (use letters, "
+            "digits, '.', '_' and '-', not a path)"
+        )
+    return name
+
+
 def resolve(spec: str) -> Method:
     """The method for ``spec``, imported now; one line naming it when it cannot be."""
     if spec in BUILTIN:
@@ -64,14 +91,14 @@ def resolve(spec: str) -> Method:
     plugins = plugin_names()
     if spec in plugins:
         ep = plugins[spec]
-        dist = f" ({ep.dist.name} {ep.dist.version})" if ep.dist is not None else ""
+        where = source(spec)
         try:
             func = ep.load()
-        except Exception as exc:  # a broken plug-in must not end in a traceback
+        except ESCAPES as exc:  # a broken plug-in must not end in a traceback, nor silently
             raise NasproxyError(
-                f"method {spec!r}: cannot load {ep.value}{dist} ({first_line(exc, with_type=True)})"
+                f"method {spec!r}: cannot load {where} ({first_line(exc, with_type=True)})"
             ) from None
-        return Method(spec, f"{ep.value}{dist}", _callable(func, spec), False)
+        return Method(spec, str(where), _callable(func, spec), False)
     if ":" in spec:
         return Method(spec, spec, _import(spec, spec), False)
     raise NasproxyError(
@@ -91,7 +118,7 @@ def _import(target: str, spec: str) -> Select:
             module = importlib.import_module(module_name)
     except NasproxyError:
         raise
-    except Exception as exc:  # the user's module may raise anything while importing
+    except ESCAPES as exc:  # the user's module may raise anything while importing
         raise NasproxyError(
             f"method {spec!r}: cannot import {module_name} ({first_line(exc, with_type=True)})"
         ) from None

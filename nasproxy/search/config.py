@@ -161,8 +161,10 @@ class TrainSet:
     indices: np.ndarray | None  # None: the whole train split
     n_images: int
     proxy_path: str | None = None
-    proxy_hash: str = ""
+    proxy_hash: str = ""  # of what defines the selection (proxies.build.selection_hash)
     epsilon: float | None = None
+    selection: dict[str, str] | None = None  # the hash field by field, to name a change
+    file_hash: str = ""  # of the file's bytes: what older manifests recorded as proxy_hash
 
     def manifest_entry(self, data: Dataset, archs: list[str]) -> dict[str, Any]:
         """The manifest record: provenance, size (uint8 bytes of its images) and the ids
@@ -175,4 +177,5 @@ class TrainSet:
             "n_images": self.n_images,
             "bytes": self.n_images * per_image,
             "epsilon": self.epsilon,
+            "selection": self.selection,
         }

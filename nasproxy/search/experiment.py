@@ -15,8 +15,9 @@ from typing import Any
 from nasproxy import __version__, results, shortlist
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
+from nasproxy.results import UnitKey
 from nasproxy.search.config import SearchConfig, TrainSet
-from nasproxy.search.lock import LOCK_NAME, experiment_lock
+from nasproxy.search.lock import BREAK_NAME, LOCK_NAME, ensure_held, experiment_lock
 from nasproxy.spaces import Arch, Space
 
 RAY_DIR = "ray"
@@ -52,8 +53,9 @@ def remove_experiment(exp_dir: Path) -> None:
             foreign = results.foreign_entries(exp_dir)
             if not foreign:
                 for entry in exp_dir.iterdir():
-                    if entry.name == LOCK_NAME:
+                    if entry.name in (LOCK_NAME, BREAK_NAME):
                         continue
+                    ensure_held(exp_dir)  # a driver that lost the lock deletes nothing
                     if entry.is_dir() and not entry.is_symlink():
                         shutil.rmtree(entry)
                     else:
@@ -69,60 +71,115 @@ def remove_experiment(exp_dir: Path) -> None:
 
 
 def check_existing(exp_dir: Path, rebuild: bool = False) -> dict[str, Any] | None:
-    """The stored manifest, None for a new experiment (or one whose manifest is rebuilt)."""
+    """The stored manifest, None for a new experiment (or one whose manifest is rebuilt).
+
+    ``rebuild`` rebuilds only a manifest that is damaged or missing: an intact one stays,
+    and a command that differs from its protocol is refused as without the flag.
+    """
     hint = "rerun the command that made it with --rebuild-manifest, or use --fresh"
     try:
         previous = results.read_manifest(exp_dir)
+        lacking = [k for k in ("protocol", "train_sets") if not isinstance(
+            (previous or {}).get(k), dict)]  # fmt: skip
+        if previous is not None and lacking:
+            raise NasproxyError(f"{exp_dir / results.MANIFEST} lacks {lacking[0]!r}")
     except NasproxyError as exc:
         if rebuild:
             return None
         raise NasproxyError(f"{exc}; {hint}") from None
-    if rebuild:
-        return None
-    if previous is None and (exp_dir / results.UNITS_DIR).is_dir():
+    if previous is None and (exp_dir / results.UNITS_DIR).is_dir() and not rebuild:
         raise NasproxyError(f"{exp_dir} holds results but no manifest.json; {hint}")
     return previous
 
 
-def check_units_fit(exp_dir: Path, manifest: dict[str, Any], space: Space) -> None:
-    """Refuse to rebuild ``manifest`` over unit files it contradicts; adds their archs.
+def check_units_fit(
+    exp_dir: Path,
+    manifest: dict[str, Any],
+    space: Space,
+    train_sets: Sequence[TrainSet] = (),
+    rebuilding: bool = True,
+) -> None:
+    """Refuse unit files that contradict ``manifest``, naming them; when ``rebuilding`` it,
+    add their archs.
 
     What a unit file records is checked: its training set (name, proxy hash, size), epochs,
     seed and architecture. The rest of the protocol (learning rate, batch size, split) is
-    not in the unit files: the user vouches for it by giving the original command.
+    not in the unit files: the user vouches for it by giving the original command. A unit
+    whose proxy hash is its proxy file's digest (older nasproxy) matches, kept as legacy.
+    On a resume, a unit that does not fit (another experiment's, dropped into the store)
+    would be taken as done: it is refused, by its path. When a manifest is rebuilt, a few
+    units that contradict a command the rest agree with are named as strays; when most
+    do, the command is what differs.
     """
     sets = manifest["train_sets"]
     protocol_ = manifest["protocol"]
+    file_hashes = {ts.name: ts.file_hash for ts in train_sets if ts.file_hash}
     stored = results.read_units(exp_dir)
+    problems: list[tuple[UnitKey, str]] = []
     for key, row in sorted(stored.items()):
         name, seed, arch = key
         entry = sets.get(name)
-        problem = None
-        if entry is None:
-            problem = f"training set {name!r}, which this command lacks"
-        elif row["proxy_hash"] != (entry["proxy_hash"] or ""):
-            problem = f"proxy hash {row['proxy_hash']!r} for {name!r}, this command gives "
-            problem += repr(entry["proxy_hash"])
-        elif row["n_train"] != entry["n_images"]:
-            problem = f"{row['n_train']} images for {name!r}, this command gives "
-            problem += str(entry["n_images"])
-        elif row["epochs"] != protocol_["epochs"]:
-            problem = f"{row['epochs']} epochs, this command gives {protocol_['epochs']}"
-        elif seed not in protocol_["seeds"]:
-            problem = f"seed {seed}, not among this command's seeds {protocol_['seeds']}"
-        elif arch not in space.ids:
-            problem = f"architecture {arch}, not in space {space.name}"
+        if rebuilding and entry is not None and row["proxy_hash"] == file_hashes.get(name):
+            if row["proxy_hash"] not in _hashes(entry):
+                entry.setdefault("legacy_hashes", []).append(row["proxy_hash"])
+        problem = _unit_problem(row, entry, protocol_, space)
         if problem is not None:
+            problems.append((key, problem))
+    if problems:
+        key, problem = problems[0]
+        path = results.unit_path(exp_dir, key).relative_to(exp_dir)
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        if not rebuilding:
             raise NasproxyError(
-                f"cannot rebuild the manifest of {exp_dir}: unit {name}/s{seed}/{arch} has "
-                f"{problem}; give the command that made the experiment"
+                f"unit file {path}{more} in {exp_dir} is not of this experiment: it has "
+                f"{problem}; move it out of {exp_dir / results.UNITS_DIR}, or use --fresh"
             )
-    union = set(manifest["archs"]) | {key[2] for key in stored}
-    manifest["archs"] = [a for a in space.ids if a in union]
-    for name, entry in sets.items():
-        mine = set(entry["archs"]) | {key[2] for key in stored if key[0] == name}
-        entry["archs"] = [a for a in space.ids if a in mine]
-    manifest["rebuilt"] = utc_now()
+        if 2 * len(problems) < len(stored):
+            raise NasproxyError(
+                f"cannot rebuild the manifest of {exp_dir}: unit file {path}{more} has "
+                f"{problem}, unlike the other {len(stored) - len(problems)} units; move it "
+                f"out of {exp_dir / results.UNITS_DIR} if it is not of this experiment"
+            )
+        raise NasproxyError(
+            f"cannot rebuild the manifest of {exp_dir}: unit {path}{more} has {problem}; "
+            "give the command that made the experiment"
+        )
+    if rebuilding:
+        union = set(manifest["archs"]) | {key[2] for key in stored}
+        manifest["archs"] = [a for a in space.ids if a in union]
+        for name, entry in sets.items():
+            mine = set(entry["archs"]) | {key[2] for key in stored if key[0] == name}
+            entry["archs"] = [a for a in space.ids if a in mine]
+        manifest["rebuilt"] = utc_now()
+
+
+def _unit_problem(
+    row: Mapping[str, Any], entry: Mapping[str, Any] | None, protocol_: Mapping[str, Any],
+    space: Space,
+) -> str | None:  # fmt: skip
+    """How a stored unit's row contradicts the experiment, or None when it fits."""
+    name, seed, arch = results.row_key(row)
+    if entry is None:
+        return f"training set {name!r}, which this command lacks"
+    if row["proxy_hash"] not in _hashes(entry):
+        return (
+            f"proxy hash {row['proxy_hash']!r} for {name!r}, this command gives "
+            f"{entry['proxy_hash']!r}"
+        )
+    if row["n_train"] != entry["n_images"]:
+        return f"{row['n_train']} images for {name!r}, this command gives {entry['n_images']}"
+    if row["epochs"] != protocol_["epochs"]:
+        return f"{row['epochs']} epochs, this command gives {protocol_['epochs']}"
+    if seed not in protocol_["seeds"]:
+        return f"seed {seed}, not among this command's seeds {protocol_['seeds']}"
+    if arch not in space.ids:
+        return f"architecture {arch}, not in space {space.name}"
+    return None
+
+
+def _hashes(entry: Mapping[str, Any]) -> set[str]:
+    """The proxy hashes a stored unit of a training set may carry (older ones too)."""
+    return {entry.get("proxy_hash") or "", *entry.get("legacy_hashes", [])}
 
 
 def build_manifest(
@@ -161,6 +218,7 @@ def build_manifest(
     }
     if previous is None:
         return manifest
+    _carry_hashes(previous, manifest, train_sets)
     _refuse_different(cfg.name, previous, manifest)
     union = set(previous.get("archs", [])) | set(manifest["archs"])
     manifest["archs"] = [a for a in space.ids if a in union]
@@ -173,6 +231,38 @@ def build_manifest(
     for key in ("hardware", "wall_s", "sweep_wall_s", "runs", "created"):
         manifest[key] = previous.get(key, manifest[key])
     return manifest
+
+
+def _carry_hashes(
+    previous: dict[str, Any], manifest: dict[str, Any], train_sets: Sequence[TrainSet]
+) -> None:
+    """Carry the older proxy hashes of each stored training set into ``manifest``.
+
+    Older nasproxy hashed a proxy file's bytes; a stored entry with that hash matches a file
+    with those very bytes and moves to the selection hash, the old one kept in
+    ``legacy_hashes`` (its stored units still carry it).
+    """
+    stored = previous.get("train_sets", {})
+    for ts in train_sets:
+        old = stored.get(ts.name)
+        if not isinstance(old, dict):
+            continue
+        legacy = list(old.get("legacy_hashes", []))
+        if ts.file_hash and old.get("proxy_hash") == ts.file_hash != ts.proxy_hash:
+            legacy.append(ts.file_hash)
+            old["proxy_hash"], old["selection"] = ts.proxy_hash, ts.selection
+        if legacy:
+            manifest["train_sets"][ts.name]["legacy_hashes"] = legacy
+
+
+def _changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """Which fields of a training set's proxy changed, as far as the manifest tells."""
+    before, now = old.get("selection"), new.get("selection")
+    if isinstance(before, dict) and isinstance(now, dict):
+        fields = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+        if fields:
+            return f"its proxy's {', '.join(fields)} changed"
+    return "its proxy file differs"
 
 
 def _refuse_different(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
@@ -194,6 +284,14 @@ def _refuse_different(name: str, old: Mapping[str, Any], new: Mapping[str, Any])
         checks.append((key, old_protocol.get(key), new_protocol.get(key)))
     old_sets, new_sets = sets(old), sets(new)
     for ts in sorted(set(old_sets) & set(new_sets)):
+        before, now = old["train_sets"][ts], new["train_sets"][ts]
+        if before.get("proxy_hash") != now.get("proxy_hash"):
+            raise NasproxyError(
+                f"experiment {name!r} was run with training set {ts!r} of proxy hash "
+                f"{before.get('proxy_hash')}, this run gives {now.get('proxy_hash')} "
+                f"({_changed_fields(before, now)}: {now.get('proxy_path')}); give the proxy "
+                "it was run with, use another --name, or --fresh to start over"
+            )
         checks.append((f"training set {ts!r}", old_sets[ts], new_sets[ts]))
     for what, before, now in checks:
         if before != now:
@@ -225,12 +323,13 @@ def finish_manifest(exp_dir: Path, run_info: dict[str, Any]) -> None:
     if devices or clusters:
         manifest["hardware"] = f"{', '.join(devices) or 'none yet'} ({'; '.join(clusters)})"
     manifest["updated"] = utc_now()
+    ensure_held(exp_dir)
     results.write_manifest(exp_dir, manifest)
 
 
 def next_run_number(exp_dir: Path) -> int:
     runs = (exp_dir / RAY_DIR).glob("run-*")
-    numbers = [int(p.name[4:7]) for p in runs if p.name[4:7].isdigit()]
+    numbers = [int(p.name[4:7]) for p in runs if p.name[4:7].isascii() and p.name[4:7].isdigit()]
     return max(numbers, default=0) + 1
 
 

@@ -8,16 +8,27 @@ drivers can never both succeed, and nobody ever reads a half-written lock.
 
 A crashed driver cannot leave the lock stuck: the holder refreshes the file's mtime every
 ``HEARTBEAT_S`` seconds, and a lock is stale when its holder ran on this host and its process
-is gone (or its pid now belongs to a younger process), or when its heartbeat is older than
-``STALE_S`` (a holder on another host, or an unreadable lock). A stale lock is removed under a
-second, short-lived guard file (``.lock.break``, also created exclusively), which serialises
-the drivers that found it stale, and only if it is still the very lock judged stale (same
-token), so a breaker never removes a lock that a third driver has just taken.
+is gone (or its pid now belongs to a younger process), or, for a holder on another host (or
+an unreadable lock), when its heartbeat is older than ``STALE_S``. A live holder on this host
+is never taken over, however old its heartbeat (a driver stopped with Ctrl-Z, a suspended
+VM). "This host" is the hostname, the boot and the PID namespace together (``host_id``), so
+containers that share a hostname do not judge each other's pids. A stale lock is removed
+under a second guard, an advisory ``flock`` on ``.lock.break`` that the kernel drops when
+its holder dies (so a breaker that died leaves nothing to expire), and only if it is still
+the very lock judged stale (same token), so a breaker never removes a lock that a third
+driver has just taken.
+
+A holder can still lose its lock (a holder on another host judged it stale while it was
+paused, or someone deleted the file). The heartbeat checks the token before refreshing, and
+the driver checks it (``ensure_held``) before it writes a unit, the manifest or the table and
+before ``--fresh`` deletes anything; a lost lock ends the run with ``LockLostError`` (one
+line), and nothing more is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -29,13 +40,17 @@ from pathlib import Path
 from typing import Any
 
 from nasproxy import results
-from nasproxy.errors import NasproxyError
+from nasproxy.errors import IncompleteError, NasproxyError
 
 LOCK_NAME = results.LOCK
 BREAK_NAME = ".lock.break"
 HEARTBEAT_S = 20.0
 STALE_S = 180.0  # a heartbeat this old means the holder is gone (or hung)
-BREAK_STALE_S = 30.0  # a guard this old was left by a breaker that died inside it
+
+
+class LockLostError(IncompleteError):
+    """This driver's experiment lock was taken over or removed: it must write nothing more."""
+
 
 # locks this process holds, by path: a nested take (--fresh, then the sweep) reuses them
 _held: dict[Path, _Lock] = {}
@@ -48,14 +63,35 @@ class _Lock:
         self.token = token
         self.created_dir = created_dir
         self.depth = 1
+        self.lost = False
         self.stop = threading.Event()
         self.heartbeat = threading.Thread(target=self._beat, name="nasproxy-lock", daemon=True)
         self.heartbeat.start()
 
     def _beat(self) -> None:
         while not self.stop.wait(HEARTBEAT_S):
+            if not self.check():
+                return  # never refresh a lock another driver holds now
             with contextlib.suppress(OSError):
                 os.utime(self.path)
+
+    def check(self) -> bool:
+        """Whether the lock file still carries this holder's token (remembered once lost).
+
+        A lock file that cannot be read for a moment (an I/O error) is not taken as lost;
+        one that is gone or names another holder is.
+        """
+        if not self.lost:
+            try:
+                token = (json.loads(self.path.read_text()) or {}).get("token")
+            except FileNotFoundError:
+                token = None
+            except OSError:
+                return True
+            except (ValueError, AttributeError):
+                token = None
+            self.lost = token != self.token
+        return not self.lost
 
     def release(self) -> None:
         self.stop.set()
@@ -95,12 +131,81 @@ def experiment_lock(exp_dir: Path) -> Iterator[None]:
             held.release()
 
 
+def holds(exp_dir: Path | str) -> bool:
+    """Whether this process holds ``exp_dir``'s lock and the lock file still names it."""
+    with _held_guard:
+        held = _held.get(Path(exp_dir).resolve() / LOCK_NAME)
+    return held is not None and held.check()
+
+
+def ensure_held(exp_dir: Path | str) -> None:
+    """Raise ``LockLostError`` unless this process ``holds`` ``exp_dir``'s lock: called
+    before anything is written to or deleted from the experiment."""
+    if not holds(exp_dir):
+        raise LockLostError(lost_message(Path(exp_dir).resolve() / LOCK_NAME))
+
+
+def any_lost() -> bool:
+    """Whether a lock this process holds has been lost (read by the sweep's Tune stopper)."""
+    with _held_guard:
+        held = list(_held.values())
+    return any(lock.lost for lock in held)
+
+
+def held_token(exp_dir: Path | str) -> str:
+    """The token of ``exp_dir``'s lock held by this process (for the trials' own check)."""
+    with _held_guard:
+        held = _held.get(Path(exp_dir).resolve() / LOCK_NAME)
+    if held is None:
+        raise LockLostError(lost_message(Path(exp_dir).resolve() / LOCK_NAME))
+    return held.token
+
+
+def check_token(exp_dir: Path | str, token: str) -> None:
+    """Raise ``LockLostError`` when ``exp_dir``'s lock file names a holder other than
+    ``token``: a trial's check, in its own process, that its driver still holds the
+    experiment. No lock file passes: a node that does not share the results directory
+    has none (the driver itself notices a lock that was deleted)."""
+    path = Path(exp_dir) / LOCK_NAME
+    if path.exists() and _token(path) != token:
+        raise LockLostError(lost_message(path))
+
+
+def lost_message(path: Path) -> str:
+    holder = _read(path)
+    who = "nobody holds it now" if holder is None else _who(holder)
+    return (
+        f"this driver lost the lock of experiment {path.parent.name!r} ({who}); it stopped "
+        "and wrote nothing more: let the other driver finish, or run the command again"
+    )
+
+
+def host_id() -> str:
+    """What tells this host apart: hostname, boot id and PID namespace (containers sharing a
+    hostname differ in the latter; two boots of one host in the former)."""
+    parts = [socket.gethostname()]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    except OSError:
+        parts.append("")
+    try:
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        parts.append("")
+    return "/".join(parts)
+
+
+def _token(path: Path) -> str | None:
+    return (_read(path) or {}).get("token")
+
+
 def _acquire(path: Path) -> _Lock:
     created_dir = not path.parent.exists()
     token = os.urandom(8).hex()
     info = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
+        "host_id": host_id(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "process_start": _process_start(os.getpid()),
         "token": token,
@@ -154,14 +259,18 @@ def _create(tmp: Path, path: Path) -> bool:
     return True
 
 
+def _who(holder: dict[str, Any]) -> str:
+    return (
+        f"another nasproxy search (pid {holder.get('pid')} on {holder.get('host')}, "
+        f"since {holder.get('started')})"
+    )
+
+
 def _busy_message(path: Path, holder: dict[str, Any] | None) -> str:
     if holder is None:
         who = "another driver (its lock file is unreadable)"
     else:
-        who = (
-            f"another nasproxy search (pid {holder.get('pid')} on {holder.get('host')}, "
-            f"since {holder.get('started')})"
-        )
+        who = _who(holder)
     return (
         f"experiment {path.parent.name!r} is in use by {who}; wait for it to finish, or, if "
         f"it is no longer running, delete {path}"
@@ -183,14 +292,20 @@ def _age(path: Path) -> float:
         return 0.0
 
 
+def _same_host(holder: dict[str, Any]) -> bool:
+    if "host_id" in holder:
+        return holder["host_id"] == host_id()
+    return holder.get("host") == socket.gethostname()  # a lock of an older nasproxy
+
+
 def _is_stale(path: Path, holder: dict[str, Any] | None) -> bool:
-    if holder is not None and holder.get("host") == socket.gethostname():
+    if holder is not None and _same_host(holder):
         pid = holder.get("pid")
         if not isinstance(pid, int) or not _alive(pid):
             return True
         start = holder.get("process_start")
-        if start is not None and _process_start(pid) not in (None, start):
-            return True  # the pid was reused by another process
+        # a live holder here is never stale, however old its heartbeat (it may be paused)
+        return start is not None and _process_start(pid) not in (None, start)  # pid reused
     return _age(path) > STALE_S
 
 
@@ -216,18 +331,49 @@ def _process_start(pid: int) -> int | None:
 
 def _break(path: Path, stale: dict[str, Any] | None) -> None:
     """Remove the stale lock ``stale`` unless it was replaced meanwhile."""
-    guard = path.with_name(BREAK_NAME)
-    try:
-        fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        if _age(guard) > BREAK_STALE_S:
-            guard.unlink(missing_ok=True)
-        return  # another driver is breaking it; try again
-    os.close(fd)
-    try:
+    with _break_guard(path.with_name(BREAK_NAME)) as guarded:
+        if not guarded:
+            return  # another driver is breaking it; try again
         current = _read(path)
         same = (current or {}).get("token") == (stale or {}).get("token")
         if same and _is_stale(path, current):
             path.unlink(missing_ok=True)
-    finally:
-        guard.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _break_guard(guard: Path) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``guard`` for the block (whether it was free).
+
+    The kernel drops the flock of a process that dies, so a guard never needs expiring; a
+    file left by a dead breaker (or an older nasproxy) is simply locked and reused. The file
+    is removed before its flock is dropped, so a waiter that then locks the removed file
+    sees that it is no longer ``guard`` and tries again.
+    """
+    for _ in range(20):
+        fd = os.open(guard, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        except OSError as exc:
+            os.close(fd)
+            raise NasproxyError(
+                f"cannot lock {guard} ({exc.strerror or exc}); if no driver runs this "
+                f"experiment, delete {guard.with_name(LOCK_NAME)}"
+            ) from None
+        try:
+            current = os.stat(guard).st_ino
+        except FileNotFoundError:
+            current = None
+        if current != os.fstat(fd).st_ino:  # removed by the breaker that held it before
+            os.close(fd)
+            continue
+        try:
+            yield True
+        finally:
+            guard.unlink(missing_ok=True)
+            os.close(fd)  # drops the flock
+        return
+    yield False

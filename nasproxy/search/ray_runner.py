@@ -17,6 +17,7 @@ from nasproxy.errors import NasproxyError, first_line
 from nasproxy.search.config import SearchConfig
 from nasproxy.search.experiment import RAY_DIR
 from nasproxy.search.interrupt import SigintDeferral, interrupted
+from nasproxy.search.lock import any_lost, ensure_held
 from nasproxy.search.plan import Chunk
 from nasproxy.search.trial import TrialPlan, run_chunk
 
@@ -103,7 +104,8 @@ def _last_error_line(trial: Any) -> str:
 
 
 def _sigint_stopper() -> Any:
-    """A ``tune.Stopper`` that ends the experiment once a Ctrl-C is held (``interrupt``)."""
+    """A ``tune.Stopper`` that ends the experiment once a Ctrl-C is held (``interrupt``) or
+    the driver's lock is lost (``lock``)."""
     from ray import tune
     from ray.tune.stopper import NoopStopper
 
@@ -112,7 +114,7 @@ def _sigint_stopper() -> Any:
             return False
 
         def stop_all(self):
-            return interrupted()
+            return interrupted() or any_lost()
 
         def __reduce__(self):  # Tune may pickle its run config; the flag stays out
             return (NoopStopper, ())
@@ -158,6 +160,8 @@ def fit(
     )
     with _quiet_logger("ray.tune"):  # no per-trial metrics files to read back: expected
         tuner.fit()
+    if any_lost():
+        ensure_held(plan.exp_dir)  # raises LockLostError, naming the new holder
     if interrupted():
         raise KeyboardInterrupt
     return collector.errors

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from nasproxy import __version__, results, shortlist, spaces
 from nasproxy.data import Dataset, load_dataset
 from nasproxy.errors import IncompleteError, NasproxyError
 from nasproxy.proxies.base import check_budget
-from nasproxy.proxies.build import parse_proxy, proxy_indices
+from nasproxy.proxies.build import parse_proxy, proxy_indices, selection_fields, selection_hash
 from nasproxy.proxies.random import random_per_class
 from nasproxy.results import WHOLE, UnitKey
 from nasproxy.search.address import check_address
@@ -34,7 +34,7 @@ from nasproxy.search.experiment import (
     remove_experiment,
     utc_now,
 )
-from nasproxy.search.lock import experiment_lock
+from nasproxy.search.lock import any_lost, ensure_held, experiment_lock, held_token, holds
 from nasproxy.search.plan import plan_trials, select_archs
 from nasproxy.search.ray_runner import fit, ray_session, slots
 from nasproxy.search.trial import TrialPlan
@@ -52,7 +52,8 @@ class _ProxyFile:
     path: Path
     name: str | None  # given explicitly as NAME=PATH
     payload: dict[str, Any]
-    digest: str
+    digest: str  # of what defines the selection
+    file_digest: str  # of the bytes (older manifests' proxy hash)
 
 
 def _parse_proxy_arg(arg: str) -> tuple[str | None, Path]:
@@ -74,8 +75,8 @@ def _read_proxy(arg: str) -> _ProxyFile:
     for key in ("method", "fingerprint", "indices"):
         if key not in payload:
             raise NasproxyError(f"proxy file {path} lacks {key!r}")
-    digest = hashlib.sha256(blob).hexdigest()[:HASH_CHARS]
-    return _ProxyFile(path, name, payload, digest)
+    file_digest = hashlib.sha256(blob).hexdigest()[:HASH_CHARS]
+    return _ProxyFile(path, name, payload, selection_hash(payload), file_digest)
 
 
 def _train_set_names(proxies: Sequence[_ProxyFile], whole: bool) -> list[str]:
@@ -120,7 +121,10 @@ def resolve_train_sets(
     seen: dict[str, Path] = {}
     for proxy in proxies:
         if proxy.digest in seen:
-            raise NasproxyError(f"proxy files {seen[proxy.digest]} and {proxy.path} are identical")
+            raise NasproxyError(
+                f"proxy files {seen[proxy.digest]} and {proxy.path} select the same images "
+                "the same way"
+            )
         seen[proxy.digest] = proxy.path
     names = _train_set_names(proxies, whole)
     sets = []
@@ -135,6 +139,8 @@ def resolve_train_sets(
                 proxy_path=str(proxy.path.resolve()),
                 proxy_hash=proxy.digest,
                 epsilon=float(epsilon) if epsilon is not None else None,
+                selection=selection_fields(proxy.payload),
+                file_hash=proxy.file_digest,
             )
         )
     if whole and whole_per_class is None:
@@ -168,20 +174,34 @@ class _Sweep:
         self.done_at_start = len(done)
         self.trained = 0
         self.last_consolidated = self.start
+        self.cost: Callable[[UnitKey], float] | None = None
+        self.cost_planned = self.cost_done = 0.0
+
+    def plan_cost(self, cost: Callable[[UnitKey], float], pending: Sequence[UnitKey]) -> None:
+        """Estimate the time left from the planner's cost model (MACs x images of each
+        unit), not from the count of units: the costliest units run first. Each stage of
+        the run (proxies, then a --whole-top confirmation) adds its pending units."""
+        self.cost = cost
+        self.cost_planned += float(sum(cost(key) for key in pending))
 
     def record(self, row: dict[str, Any]) -> None:
         key = results.row_key(row)
         if key in self.done:
             return  # a retried trial re-reports the units it found stored
+        if not holds(self.exp_dir):
+            return  # lost to another driver (Tune's stopper ends the run): write nothing
         if results.read_unit(results.unit_path(self.exp_dir, key)) is None:
             results.write_unit(self.exp_dir, row)  # the trial ran where DIR is not shared
         self.done[key] = row
         self.trained += 1
+        if self.cost is not None:
+            self.cost_done += self.cost(key)
         self.emit(row=row)
         if time.perf_counter() - self.last_consolidated > CONSOLIDATE_EVERY_S:
             self.consolidate()
 
     def consolidate(self) -> None:
+        ensure_held(self.exp_dir)
         results.consolidate(self.exp_dir, self.train_set_order, self.arch_order)
         self.last_consolidated = time.perf_counter()
 
@@ -191,6 +211,9 @@ class _Sweep:
         elapsed = time.perf_counter() - self.start
         remaining = self.total - self.n_done
         eta = elapsed / self.trained * remaining if self.trained else None
+        if self.cost is not None:
+            left = max(self.cost_planned - self.cost_done, 0.0)
+            eta = elapsed * left / self.cost_done if self.cost_done > 0 else None
         statuses = [r["status"] for r in self.done.values()]
         self.progress(
             Progress(
@@ -267,8 +290,11 @@ def _run_locked(
         remove_experiment(exp_dir)
     previous = check_existing(exp_dir, cfg.rebuild_manifest)
     manifest = build_manifest(cfg, data, space, archs_by_set, train_sets, previous)
-    if cfg.rebuild_manifest:
-        check_units_fit(exp_dir, manifest, space)
+    # every stored unit must fit the manifest: it is rebuilt from them, or they resume
+    check_units_fit(
+        exp_dir, manifest, space, train_sets, rebuilding=cfg.rebuild_manifest and previous is None
+    )
+    ensure_held(exp_dir)
     results.write_manifest(exp_dir, manifest)
     results.remove_stale_temporaries(exp_dir)
 
@@ -286,6 +312,13 @@ def _run_locked(
     sweep = _Sweep(
         exp_dir, done, len(all_keys), progress, manifest["train_sets"], manifest["archs"]
     )
+    if cfg.rebuild_manifest and previous is not None:
+        sweep.emit(message="manifest.json is intact; --rebuild-manifest leaves it as it is")
+    for path in results.unreadable_units(exp_dir):
+        sweep.emit(
+            message=f"unit file {path} is damaged or misplaced; it is ignored, and its unit "
+            "trains again"
+        )
 
     started, t0 = utc_now(), time.perf_counter()
     run_info: dict[str, Any] = {"started": started, "units_pending": len(pending)}
@@ -304,10 +337,12 @@ def _run_locked(
         run_info["interrupted"] = True  # Ray is down by now; the same command resumes
         raise
     finally:
-        sweep.consolidate()
-        run_info["wall_s"] = time.perf_counter() - t0
-        run_info["units_trained"] = sweep.trained
-        finish_manifest(exp_dir, run_info)
+        if not any_lost():  # else another driver owns the experiment now: write nothing
+            sweep.consolidate()
+            run_info["wall_s"] = time.perf_counter() - t0
+            run_info["units_trained"] = sweep.trained
+            finish_manifest(exp_dir, run_info)
+    ensure_held(exp_dir)
     missing = [k for k in pending if k not in sweep.done]
     if missing:
         raise IncompleteError(
@@ -339,6 +374,7 @@ def _confirm_keys(
     union = set(manifest["archs"]) | set(picked)
     manifest["archs"] = [a for a in space.ids if a in union]
     manifest["whole_top"] = {"k": cfg.whole_top, "by": cfg.whole_by, "shortlists": lists}
+    ensure_held(exp_dir)
     results.write_manifest(exp_dir, manifest)
     sweep.arch_order = manifest["archs"]
 
@@ -374,6 +410,7 @@ def _run_pending(
     def cost(key: UnitKey) -> float:
         return float(macs[key[2]]) * by_name[key[0]].n_images
 
+    sweep.plan_cost(cost, pending)
     with ray_session(cfg.address) as cluster:
         gpus = cfg.gpus_per_trial
         if gpus is None:
@@ -408,6 +445,7 @@ def _run_pending(
             fuse=fuse,
             fast=cfg.fast,
             gpu_share=gpus,
+            lock_token=held_token(sweep.exp_dir),
         )
         resources = {"cpu": cfg.cpus_per_trial, "gpu": gpus}
         recovered: list[str] = []

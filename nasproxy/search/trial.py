@@ -32,6 +32,7 @@ from nasproxy.multitrain import largest_stack, train_many
 from nasproxy.results import UnitKey
 from nasproxy.search.config import FastChoice
 from nasproxy.search.experiment import utc_now
+from nasproxy.search.lock import check_token
 from nasproxy.search.plan import Chunk
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainConfig, TrainRecord, train
@@ -55,6 +56,7 @@ class TrialPlan:
     fuse: bool = False  # train each stack as one network (else unit by unit)
     fast: FastChoice = FastChoice()  # the stacked path's options
     gpu_share: float = 0.0  # the trial's GPU resource, for the memory bound of a stack
+    lock_token: str = ""  # the driver's lock: a unit is written only while it holds it
 
 
 def run_chunk(plan: TrialPlan, data: Dataset, chunk_id: str, device: str, report: ReportFn) -> None:
@@ -151,5 +153,7 @@ def _store(plan: TrialPlan, key: UnitKey, record: TrainRecord) -> dict[str, Any]
         "run": plan.run,
         "finished": utc_now(),
     }
+    if plan.lock_token:
+        check_token(plan.exp_dir, plan.lock_token)  # the driver lost the experiment: stop
     results.write_unit(Path(plan.exp_dir), row, extra)
     return row

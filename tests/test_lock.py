@@ -1,0 +1,220 @@
+"""The experiment lock under pauses, containers, dead breakers and a takeover: real processes.
+
+Every process a test starts is killed at its end (``test_search_reliability.marked``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nasproxy import results
+from nasproxy.errors import NasproxyError
+from nasproxy.search import lock
+from nasproxy.search.lock import BREAK_NAME, LOCK_NAME, experiment_lock
+from tests import test_search_reliability as reliability
+
+cluster = reliability.cluster
+inputs = reliability.inputs
+marked = reliability.marked
+
+
+def _holder_script(exp_dir: Path, release: Path, *setup: str) -> str:
+    """A process that takes the lock (after ``setup``), says so, and holds it until told."""
+    return "\n".join(
+        [
+            "import os, time",
+            "from nasproxy.search import lock",
+            *setup,
+            f"with lock.experiment_lock({str(exp_dir)!r}):",
+            "    print('got', flush=True)",
+            f"    while not os.path.exists({str(release)!r}):",
+            "        time.sleep(0.05)",
+        ]
+    )
+
+
+def _wait_line(proc: subprocess.Popen, expected: str, timeout_s: float = 120) -> None:
+    line = proc.stdout.readline().decode().strip()  # type: ignore[union-attr]
+    assert line == expected, (line, proc.poll())
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_paused_holder_on_this_host_keeps_its_lock(tmp_path, marked, monkeypatch):
+    """Ctrl-Z (SIGSTOP) for longer than the stale age: the holder's heartbeat stops, but its
+    process lives, so a second driver on this host is refused, not handed the experiment."""
+    exp_dir, release = tmp_path / "paused", tmp_path / "release"
+    holder = marked(
+        [sys.executable, "-c", _holder_script(exp_dir, release)], stdout=subprocess.PIPE
+    )
+    _wait_line(holder, "got")
+    monkeypatch.setattr(lock, "STALE_S", 1.0)
+    os.killpg(holder.pid, signal.SIGSTOP)
+    try:
+        time.sleep(2.0)  # the heartbeat is older than STALE_S now
+        with pytest.raises(NasproxyError, match=f"pid {holder.pid} on "):
+            with experiment_lock(exp_dir):
+                pass
+        assert json.loads((exp_dir / LOCK_NAME).read_text())["pid"] == holder.pid
+    finally:
+        os.killpg(holder.pid, signal.SIGCONT)
+    release.touch()
+    assert holder.wait(timeout=60) == 0
+    assert not exp_dir.exists()
+
+
+def test_a_live_driver_in_another_container_with_this_hostname_is_not_judged_dead(tmp_path):
+    """Its pid means nothing in this PID namespace: only its heartbeat may say it is gone."""
+    exp_dir = tmp_path / "container"
+    exp_dir.mkdir()
+    lock_file = exp_dir / LOCK_NAME
+    other = {
+        "pid": _dead_pid(),  # no such process here; it runs in the other container
+        "host": socket.gethostname(),
+        "host_id": f"{socket.gethostname()}/same-boot/4026531999",
+        "started": "then",
+        "token": "theirs",
+    }
+    lock_file.write_text(json.dumps(other))
+    with pytest.raises(NasproxyError, match=f"pid {other['pid']} on "):
+        with experiment_lock(exp_dir):
+            pass
+    assert json.loads(lock_file.read_text())["token"] == "theirs"
+    old = time.time() - lock.STALE_S - 5  # its heartbeat stopped: now it is stale
+    os.utime(lock_file, (old, old))
+    with experiment_lock(exp_dir):
+        assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+    assert not lock_file.exists()
+
+
+def test_a_break_guard_left_by_a_dead_driver_blocks_nobody(tmp_path, marked):
+    """A driver died while breaking a stale lock (its guard file stays, fresh): the next
+    driver still clears the stale lock and takes it, at once."""
+    exp_dir = tmp_path / "guard"
+    exp_dir.mkdir()
+    (exp_dir / LOCK_NAME).write_text(
+        json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "host_id": lock.host_id(),
+                    "started": "then", "token": "dead"})
+    )  # fmt: skip
+    (exp_dir / BREAK_NAME).write_text("")
+    with experiment_lock(exp_dir):
+        assert json.loads((exp_dir / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not any(p.name.startswith(LOCK_NAME) for p in exp_dir.iterdir())
+
+    # a breaker alive inside its guard makes the others wait, not take the lock twice
+    release = tmp_path / "release"
+    script = (
+        "import fcntl, os, time\n"
+        f"fd = os.open({str(exp_dir / BREAK_NAME)!r}, os.O_CREAT | os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('got', flush=True)\n"
+        f"while not os.path.exists({str(release)!r}):\n"
+        "    time.sleep(0.05)\n"
+    )
+    breaker = marked([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    _wait_line(breaker, "got")
+    (exp_dir / LOCK_NAME).write_text(
+        json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "host_id": lock.host_id(),
+                    "started": "then", "token": "dead"})
+    )  # fmt: skip
+    with pytest.raises(NasproxyError, match="other drivers keep taking it"):
+        with experiment_lock(exp_dir):
+            pass
+    breaker.kill()  # it dies holding the guard: the kernel drops its flock
+    breaker.wait()
+    with experiment_lock(exp_dir):
+        assert json.loads((exp_dir / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def _snapshot(exp_dir: Path) -> dict[str, bytes]:
+    """Every result file of the experiment (not the lock, not Tune's own run folders)."""
+    return {
+        str(p.relative_to(exp_dir)): p.read_bytes()
+        for p in exp_dir.rglob("*")
+        if p.is_file()
+        and not p.name.startswith(LOCK_NAME)
+        and p.relative_to(exp_dir).parts[0] != "ray"
+    }
+
+
+def test_a_driver_that_lost_its_lock_stops_in_one_line_and_writes_nothing_more(
+    cluster, inputs, tmp_path, marked
+):
+    """Driver A is paused; a driver on another host judges its lock stale and takes it; A
+    resumes: it (and its trials) write nothing more, and it ends with one line, exit 3."""
+    name = "taken"
+    exp_dir = tmp_path / name
+    command = reliability._search_command(
+        inputs, tmp_path, name, "--address", cluster, "--epochs", "3"
+    )
+    driver = (
+        "import sys\n"
+        "from nasproxy.search import lock\n"
+        "lock.HEARTBEAT_S = 0.2\n"
+        "from nasproxy.cli import main\n"
+        f"sys.exit(main({command[3:]!r}))\n"
+    )
+    a = marked([sys.executable, "-c", driver], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reliability._wait(lambda: reliability._units(exp_dir), a, "a finished unit")
+    os.killpg(a.pid, signal.SIGSTOP)
+    release = tmp_path / "release"
+    elsewhere = [
+        "lock.host_id = lambda: 'elsewhere'",  # a driver on another host
+        "lock.STALE_S = 1.0",
+        "while True:",
+        "    try:",
+        f"        with lock.experiment_lock({str(exp_dir)!r}):",
+        "            print('got', flush=True)",
+        f"            while not os.path.exists({str(release)!r}):",
+        "                time.sleep(0.05)",
+        "        break",
+        "    except Exception:",
+        "        time.sleep(0.2)",
+    ]
+    b = marked(
+        [sys.executable, "-c", "import os, time\nfrom nasproxy.search import lock\n"
+         + "\n".join(elsewhere)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _wait_line(b, "got")
+        time.sleep(1.0)  # a trial's write that began before the takeover lands
+        taken = _snapshot(exp_dir)
+    finally:
+        os.killpg(a.pid, signal.SIGCONT)
+    out, err = (s.decode() for s in a.communicate(timeout=180))
+    assert a.returncode == 3, err
+    errors = [line for line in err.splitlines() if line.startswith("nasproxy: error:")]
+    assert len(errors) == 1 and "lost the lock" in errors[0], err
+    assert "Traceback" not in err, err
+    time.sleep(3.0)  # whatever trial the cluster still runs for A gets to its next unit
+    assert _snapshot(exp_dir) == taken
+    assert json.loads((exp_dir / LOCK_NAME).read_text())["host_id"] == "elsewhere"
+    release.touch()
+    assert b.wait(timeout=60) == 0
+    assert len(results.read_units(exp_dir)) < 18  # the takeover came mid-sweep
+
+
+def test_a_trial_checks_the_token_where_the_results_are_shared(tmp_path):
+    """A trial refuses to write a unit once the lock names another holder; a node without
+    the results directory (no lock file there) is not taken for a lost lock."""
+    exp_dir = tmp_path / "trial"
+    with experiment_lock(exp_dir):
+        token = lock.held_token(exp_dir)
+        lock.check_token(exp_dir, token)
+        with pytest.raises(lock.LockLostError, match="lost the lock"):
+            lock.check_token(exp_dir, "another")
+    lock.check_token(tmp_path / "elsewhere", token)  # no such folder on this node
