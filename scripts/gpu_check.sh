@@ -3,10 +3,11 @@
 # scripts/bench_train.py) and the sweep benchmark (plain vs fused search, Ray included,
 # scripts/bench_sweep.py) at sizes that fit, everything written under $OUT.
 #
-# On a GPU host, from the repository root, after staging Ray and the CIFAR-10 copy
-# (../shared/gpu/README.md: upload the .stage parts, unstage each, source /tmp/stage/env.sh):
+# On a GPU host prepared beforehand (nasproxy's dependencies, Ray included, importable by
+# $PYTHON; the CIFAR-10 copy, a folder or .tar.gz in the ImageFolder layout, at $NASPROXY_DATA),
+# from the repository root:
 #
-#     OUT=/path/to/out bash scripts/gpu_check.sh
+#     NASPROXY_DATA=/path/to/cifar10-jpeg OUT=/path/to/out bash scripts/gpu_check.sh
 #
 # Rehearsal with tiny sizes (any machine, CPU is fine):
 #
@@ -32,7 +33,7 @@ if [ -n "${GPU_CHECK_TINY:-}" ]; then
   SUFFIX=tiny
   SLACK=4  # a shared CPU is slow at Ray start-up: the rehearsal's limits are 4x
 else
-  DATASET="imagefolder:${NASPROXY_DATA:-../shared/data/cifar10-jpeg.tar.gz}"
+  DATASET="imagefolder:${NASPROXY_DATA:?set NASPROXY_DATA to the CIFAR-10 copy}"
   TRAIN_ARGS=(--dataset "$DATASET" --archs 16 --epochs 5 --whole-slice 5000 --eval-size 1000)
   SWEEP_ARGS=(--dataset "$DATASET" --archs 8 --epochs 5 --proxies 4 --proxy-size 1000
               --seeds 2 --whole-slice 5000 --whole-epochs 2)

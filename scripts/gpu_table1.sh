@@ -3,10 +3,11 @@
 # architecture on the committed proxies and the whole training split on a stratified sample
 # plus each proxy's top 10, stored so that a later window resumes where this one stopped.
 #
-# On a GPU host, from the repository root, after staging Ray and the CIFAR-10 copy
-# (../shared/gpu/README.md: upload the .stage parts, unstage each):
+# On a GPU host prepared beforehand (nasproxy's dependencies, Ray included, importable by
+# $PYTHON; the CIFAR-10 copy, a folder or .tar.gz in the ImageFolder layout, at $NASPROXY_DATA),
+# from the repository root:
 #
-#     source /tmp/stage/env.sh && OUT=/path/to/out bash scripts/gpu_table1.sh
+#     NASPROXY_DATA=/path/to/cifar10-jpeg OUT=/path/to/out bash scripts/gpu_table1.sh
 #
 # Rehearsal on any machine (CPU is fine), tiny sizes, a few minutes:
 #
@@ -50,7 +51,7 @@ ARCHIVE="$OUT/table1-units.tar.gz"
 # (the same scoring run: results/proxies-cifar10-jpeg/README.md)
 PROXY_FILES=(results/table1-cifar10-cpu/proxies/{random,herding,forgetting,influence}.json
              results/proxies-cifar10-jpeg/influence-kept-mean.json)
-DATASET="imagefolder:${NASPROXY_DATA:?set NASPROXY_DATA (source /tmp/stage/env.sh)}"
+DATASET="imagefolder:${NASPROXY_DATA:?set NASPROXY_DATA to the CIFAR-10 copy}"
 
 if [ -n "${GPU_TABLE1_TINY:-}" ]; then
   : "${GPU_TABLE1_BUDGET:=600}" "${EPOCHS:=1}" "${SEEDS:=1}" "${WHOLE_SHAPES:=1}"
