@@ -288,28 +288,32 @@ def test_bad_seeds_are_one_line_errors_for_both_commands(tmp_path, capsys, bad):
 def test_run_address_reaches_the_search_and_is_checked_before_the_proxies(
     tmp_path, cache_root, monkeypatch, capsys
 ):
-    """`run --address` is the search's cluster; one that does not answer stops it first."""
+    """`run --address` is the search's cluster; one that is not a Ray cluster stops it first."""
     common = ["--results-dir", str(tmp_path), "--data-root", str(cache_root)]
-    with socket.socket() as server:  # something answers TCP here
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        address = f"127.0.0.1:{server.getsockname()[1]}"
-        cfg = _search_config_of(
-            ["run", "--preset", "smoke", "--address", address, *common], monkeypatch
-        )
-    assert cfg.address == address
-    assert _search_config_of(["run", "--preset", "smoke", *common], monkeypatch).address is None
-    capsys.readouterr()
 
     def no_build(*args, **kwargs):
         raise AssertionError("proxies built for a cluster that does not answer")
 
-    monkeypatch.setattr(pipeline_module, "build_proxies", no_build)
-    argv = ["run", "--preset", "smoke", "--address", address, *common]  # closed now
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot reach the Ray cluster" in err
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline_module, "build_proxies", no_build)
+        with socket.socket() as server:  # answers TCP, but is not Ray
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            address = f"127.0.0.1:{server.getsockname()[1]}"
+            assert main(["run", "--preset", "smoke", "--address", address, *common]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "is not a Ray cluster" in err, err
+        assert main(["run", "--preset", "smoke", "--address", address, *common]) == 2  # closed
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot reach the Ray cluster" in err, err
     assert not (tmp_path / "smoke").exists()
+
+    checked: list[str | None] = []
+    monkeypatch.setattr(pipeline_module, "check_address", checked.append)  # a cluster is up
+    argv = ["run", "--preset", "smoke", "--address", address, *common]
+    cfg = _search_config_of(argv, monkeypatch)
+    assert cfg.address == address and checked == [address]
+    assert _search_config_of(["run", "--preset", "smoke", *common], monkeypatch).address is None
 
 
 @pytest.mark.parametrize(
