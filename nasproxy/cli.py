@@ -18,8 +18,6 @@ from rich.progress import Progress as RichProgress
 from nasproxy import settings
 from nasproxy.errors import CacheWarning, IncompleteError, NasproxyError
 from nasproxy.io import check_output_file
-from nasproxy.presets import PRESETS, Preset
-from nasproxy.search.config import SearchConfig, SearchSettings
 
 if TYPE_CHECKING:
     from nasproxy.search import Progress as SearchEvent
@@ -259,8 +257,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from nasproxy.pipeline import run_pipeline
-    from nasproxy.presets import parse_overrides
+    from nasproxy.presets import PRESETS, parse_overrides
     from nasproxy.report import format_summary
+    from nasproxy.search import SearchSettings
 
     preset = parse_overrides(PRESETS[args.preset], args.set)
     _seeds_notice(args.set)
@@ -309,12 +308,68 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+class LazyParser(argparse.ArgumentParser):
+    """A command's parser whose ``flags`` function adds its arguments on first use: the
+    search's flags come from its config, whose import (torch) other commands need not wait for.
+    """
+
+    def __init__(
+        self, *args, flags: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending = flags
+
+    def complete(self) -> LazyParser:
+        """Add the pending arguments, if any (idempotent)."""
+        if self._pending is not None:
+            flags, self._pending = self._pending, None
+            flags(self)
+        return self
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self.complete()
+        return super().parse_known_args(args, namespace)
+
+
+def _search_flags(p: argparse.ArgumentParser) -> None:
+    """One flag a setting of the sweep (``SearchConfig``'s fields), the experiment's first."""
+    from nasproxy.search import SearchConfig
+
+    first = ("name", "proxies")
+    settings.add_flags(p, SearchConfig, first)
+    settings.add_flags(
+        p, SearchConfig, [k for k in settings.leaves(SearchConfig) if k not in first]
+    )
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """The preset, its ``--set`` keys (every setting of ``Preset``), and the search's settings
+    of where and how to run, as flags too."""
+    from nasproxy.presets import PRESETS, Preset
+    from nasproxy.search import SearchSettings
+
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset setting (repeatable; as the search flag of that name, "
+        "e.g. trial_size=4 is --trial-size 4): " + ", ".join(settings.leaves(Preset)),
+    )
+    p.add_argument("--name", default=None, help="experiment name (default: the preset's)")
+    settings.add_flags(p, SearchSettings, RUN_FLAGS)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nasproxy",
         description="How much of a dataset can a neural-architecture search throw away?",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=LazyParser
+    )
 
     p = sub.add_parser("space", help="list the architectures of a search space")
     p.add_argument("space", help="a space name (e.g. convnet720) or a .yaml path")
@@ -398,12 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "search",
         help="train every architecture of a space on proxy sets and the whole train split",
-    )
-    # one flag a setting of the sweep (nasproxy.search.config), the experiment's first
-    first = ("name", "proxies")
-    settings.add_flags(p, SearchConfig, first)
-    settings.add_flags(
-        p, SearchConfig, [k for k in settings.leaves(SearchConfig) if k not in first]
+        flags=_search_flags,
     )
     p.set_defaults(handler=cmd_search)
 
@@ -419,20 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="build every proxy, search, report: the whole experiment in one command",
         description="Runs a preset (docs/search.md lists them and their fields); override any "
         "field with --set KEY=VALUE (lists comma-separated, 'none' for none).",
+        flags=_run_flags,
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a preset setting (repeatable; as the search flag of that name, "
-        "e.g. trial_size=4 is --trial-size 4): " + ", ".join(settings.leaves(Preset)),
-    )
-    p.add_argument("--name", default=None, help="experiment name (default: the preset's)")
-    # the search's flags of where and how to run, as --set of the same name
-    settings.add_flags(p, SearchSettings, RUN_FLAGS)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.set_defaults(handler=cmd_run)
     return parser
 

@@ -40,7 +40,7 @@ def _field_paths(cls: type, prefix: str = "") -> list[str]:
 
 def _subparser(name: str) -> argparse.ArgumentParser:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[name]
+    return sub.choices[name].complete()  # its flags are added on first use
 
 
 def _at(obj: object, path: str) -> object:
