@@ -8,12 +8,13 @@ store, and the report is rebuilt from the results.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from nasproxy import spaces
+from nasproxy import settings, spaces
 from nasproxy.data import Dataset, default_data_root, load_dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.presets import Preset
@@ -116,18 +117,28 @@ def run_pipeline(
     data_root: str | Path | None = None,
     device: str = "auto",
     fresh: bool | None = None,
+    search_options: Mapping[str, Any] | None = None,
     progress: Message | None = None,
     search_progress: ProgressFn | None = None,
 ) -> ReportResult:
     """Proxies, then the sweep, then Table 1, under ``results_dir/name``.
 
     ``results_dir``, ``data_root`` and ``fresh`` override the preset's search settings of
-    those names when given. The name, the folders and every setting are checked before
+    those names when given (``search_options``, settings by key, is deprecated: set them in
+    ``preset.search``). The name, the folders and every setting are checked before
     anything is written or deleted, and before the proxies are built (minutes) for a sweep
     that would be refused.
     """
     given = {"results_dir": results_dir, "data_root": data_root, "fresh": fresh}
     search = replace(preset.search, **{k: v for k, v in given.items() if v is not None})
+    if search_options:
+        warnings.warn(
+            "run_pipeline(search_options=...) is deprecated: give the preset's search settings "
+            "(nasproxy.settings.replace_settings(preset.search, {...}))",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        search = settings.replace_settings(search, search_options)
     exp_dir = experiment_dir(search.results_dir, name)
     check_methods(preset.methods)
     if preset.top_k < 1:

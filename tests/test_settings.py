@@ -208,3 +208,21 @@ def test_a_key_twice_in_one_tree_is_refused() -> None:
 
     with pytest.raises(TypeError, match="'lr' appears twice"):
         settings.leaves(Twice)
+
+
+def test_search_options_of_run_pipeline_still_work_with_a_deprecation_warning(
+    tmp_path, cache_root, monkeypatch
+):
+    seen = []
+    monkeypatch.setattr(pipeline_module, "build_proxies", lambda *a, **k: [])
+    monkeypatch.setattr(pipeline_module, "run_search", lambda cfg, progress=None: seen.append(cfg))
+    monkeypatch.setattr(pipeline_module, "make_report", lambda exp_dir, top_k: None)
+    with pytest.warns(DeprecationWarning, match="search_options"):
+        pipeline_module.run_pipeline(
+            PRESETS["smoke"], "s", tmp_path, cache_root, search_options={"trial_size": 3}
+        )
+    assert seen[0].trial_size == 3
+    with pytest.raises(NasproxyError, match="unknown setting"), pytest.warns(DeprecationWarning):
+        pipeline_module.run_pipeline(
+            PRESETS["smoke"], "s", tmp_path, cache_root, search_options={"trial": 3}
+        )
