@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -74,6 +75,7 @@ class Leaf:
         return self.field.metadata.get("flag") or "--" + self.key.replace("_", "-")
 
 
+@functools.cache
 def leaves(cls: type) -> dict[str, Leaf]:
     """Every setting of ``cls`` and of the dataclasses its fields hold, by key (not internal
     ones). Two settings with one key are a programming error."""
