@@ -15,15 +15,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn
 from rich.progress import Progress as RichProgress
 
+from nasproxy import settings
 from nasproxy.errors import CacheWarning, IncompleteError, NasproxyError
 from nasproxy.io import check_output_file
-from nasproxy.presets import PRESETS, Preset, parse_seeds
 
 if TYPE_CHECKING:
     from nasproxy.search import Progress as SearchEvent
 
 Handler = Callable[[argparse.Namespace], int]
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+# search settings that `run` takes as flags too (the others as --set KEY=VALUE only)
+RUN_FLAGS = ("results_dir", "data_root", "address", "fresh")
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -142,50 +144,10 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from nasproxy.search import SearchConfig, run_search
+    from nasproxy.settings import from_flags
 
-    from nasproxy.search import FastChoice, SearchConfig, run_search
-    from nasproxy.train import TrainConfig
-
-    seeds = parse_seeds(args.seeds)
-    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    cfg = SearchConfig(
-        name=args.name,
-        dataset=args.dataset,
-        proxies=tuple(args.proxy),
-        whole=args.whole,
-        whole_per_class=args.whole_per_class,
-        space=args.space,
-        archs=tuple(args.archs),
-        sample=args.sample,
-        sample_seed=args.sample_seed,
-        whole_archs=tuple(args.whole_archs),
-        whole_sample=args.whole_sample,
-        whole_top=args.whole_top,
-        whole_by=args.by,
-        seeds=seeds,
-        train=replace(train, augment=not args.no_augment),
-        data_root=args.data_root,
-        val_fraction=args.val_fraction,
-        split_seed=args.split_seed,
-        results_dir=args.results_dir,
-        trial_size=args.trial_size,
-        gpus_per_trial=args.gpus_per_trial,
-        cpus_per_trial=args.cpus_per_trial,
-        address=args.address,
-        max_failures=args.max_failures,
-        reuse_actors=not args.no_reuse_actors,
-        fresh=args.fresh,
-        fuse=args.fuse,
-        max_stack=args.max_stack,
-        fast=FastChoice(
-            rng=args.rng,
-            bf16=args.bf16,
-            channels_last=args.channels_last,
-            cuda_graphs=args.cuda_graphs,
-        ),
-        rebuild_manifest=args.rebuild_manifest,
-    )
+    cfg = from_flags(SearchConfig, args)
     with SearchProgress() as progress:
         exp_dir = run_search(cfg, progress=progress)
     print(exp_dir)
@@ -295,20 +257,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from nasproxy.pipeline import run_pipeline
-    from nasproxy.presets import parse_overrides
+    from nasproxy.presets import PRESETS, parse_overrides
     from nasproxy.report import format_summary
+    from nasproxy.search import SearchSettings
 
     preset = parse_overrides(PRESETS[args.preset], args.set)
     _seeds_notice(args.set)
+    flags = settings.parse_values(SearchSettings, settings.given(args, SearchSettings))
+    preset = dataclasses.replace(preset, search=settings.replace_settings(preset.search, flags))
     with SearchProgress() as search_progress:
         result = run_pipeline(
             preset,
             args.name or args.preset,
-            results_dir=args.results_dir,
-            data_root=args.data_root,
             device=args.device,
-            fresh=args.fresh,
-            search_options={"address": args.address},
             progress=lambda line: print(f"nasproxy run: {line}", file=sys.stderr, flush=True),
             search_progress=search_progress,
         )
@@ -347,12 +308,68 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+class LazyParser(argparse.ArgumentParser):
+    """A command's parser whose ``flags`` function adds its arguments on first use: the
+    search's flags come from its config, whose import (torch) other commands need not wait for.
+    """
+
+    def __init__(
+        self, *args, flags: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending = flags
+
+    def complete(self) -> LazyParser:
+        """Add the pending arguments, if any (idempotent)."""
+        if self._pending is not None:
+            flags, self._pending = self._pending, None
+            flags(self)
+        return self
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self.complete()
+        return super().parse_known_args(args, namespace)
+
+
+def _search_flags(p: argparse.ArgumentParser) -> None:
+    """One flag a setting of the sweep (``SearchConfig``'s fields), the experiment's first."""
+    from nasproxy.search import SearchConfig
+
+    first = ("name", "proxies")
+    settings.add_flags(p, SearchConfig, first)
+    settings.add_flags(
+        p, SearchConfig, [k for k in settings.leaves(SearchConfig) if k not in first]
+    )
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """The preset, its ``--set`` keys (every setting of ``Preset``), and the search's settings
+    of where and how to run, as flags too."""
+    from nasproxy.presets import PRESETS, Preset
+    from nasproxy.search import SearchSettings
+
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset setting (repeatable; as the search flag of that name, "
+        "e.g. trial_size=4 is --trial-size 4): " + ", ".join(settings.leaves(Preset)),
+    )
+    p.add_argument("--name", default=None, help="experiment name (default: the preset's)")
+    settings.add_flags(p, SearchSettings, RUN_FLAGS)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nasproxy",
         description="How much of a dataset can a neural-architecture search throw away?",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=LazyParser
+    )
 
     p = sub.add_parser("space", help="list the architectures of a search space")
     p.add_argument("space", help="a space name (e.g. convnet720) or a .yaml path")
@@ -436,101 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "search",
         help="train every architecture of a space on proxy sets and the whole train split",
-    )
-    p.add_argument("--space", default="convnet720", help="a space name or a .yaml path")
-    _add_dataset_args(p)
-    p.add_argument(
-        "--proxy",
-        action="append",
-        default=[],
-        metavar="[NAME=]PATH",
-        help="a proxy file (repeatable); its train_set name is its method, or NAME",
-    )
-    p.add_argument("--whole", action="store_true", help="also train on the whole train split")
-    p.add_argument(
-        "--whole-per-class",
-        type=int,
-        default=None,
-        metavar="N",
-        help="with --whole: use a seeded class-balanced subset of N per class as the reference",
-    )
-    p.add_argument("--name", required=True, help="experiment name: results go to DIR/NAME")
-    p.add_argument("--results-dir", default="results", metavar="DIR")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument(
-        "--seeds", default="1", help="a count N (seeds 0..N-1) or a list: 0,3,7 (one seed: 5,)"
-    )
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--no-augment", action="store_true", help="no random crop and flip")
-    p.add_argument(
-        "--archs",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="architectures whose id matches a glob (w32-*-relu-*), or a regex with a re: "
-        "prefix (repeatable; default all)",
-    )
-    p.add_argument("--sample", type=int, default=None, help="a stratified sample of N archs")
-    p.add_argument("--sample-seed", type=int, default=0)
-    p.add_argument(
-        "--whole-archs",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="the whole split's own architectures, as --archs (default: the proxies')",
-    )
-    p.add_argument(
-        "--whole-sample",
-        type=int,
-        default=None,
-        metavar="N",
-        help="a stratified sample of N of the whole split's architectures, as --sample",
-    )
-    p.add_argument(
-        "--whole-top",
-        type=int,
-        default=None,
-        metavar="K",
-        help="after the proxy units, train the K best by mean proxy validation accuracy on "
-        "the whole split too (a tie at the cut goes to the smaller id)",
-    )
-    p.add_argument(
-        "--by",
-        default="all",
-        metavar="PROXY",
-        help="with --whole-top: the proxy (training-set name) whose top K are confirmed, or "
-        "all (default): the union of every proxy's top K",
-    )
-    p.add_argument(
-        "--trial-size",
-        type=int,
-        default=16,
-        help="work units (arch x set x seed) per Tune trial (default 16)",
-    )
-    p.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        default=None,
-        help="GPU share of a trial, e.g. 0.25 (default 0.25 with GPUs, else 0)",
-    )
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument(
-        "--address", default=None, help="join a Ray cluster (auto or host:port); default local"
-    )
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial")
-    p.add_argument(
-        "--no-reuse-actors",
-        action="store_true",
-        help="start a fresh worker for every trial (default: reuse finished ones)",
-    )
-    p.add_argument("--fresh", action="store_true", help="delete this experiment and start over")
-    _add_fuse_flags(p)
-    p.add_argument(
-        "--rebuild-manifest",
-        action="store_true",
-        help="write a damaged or missing manifest.json anew from this command (the one that "
-        "made the experiment), keeping and checking the stored unit files",
+        flags=_search_flags,
     )
     p.set_defaults(handler=cmd_search)
 
@@ -546,60 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="build every proxy, search, report: the whole experiment in one command",
         description="Runs a preset (docs/search.md lists them and their fields); override any "
         "field with --set KEY=VALUE (lists comma-separated, 'none' for none).",
+        flags=_run_flags,
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a preset field (repeatable): "
-        + ", ".join(f.name for f in dataclasses.fields(Preset)),
-    )
-    p.add_argument("--name", default=None, help="experiment name (default: the preset's)")
-    p.add_argument("--results-dir", default="results", metavar="DIR")
-    p.add_argument(
-        "--data-root",
-        default=None,
-        help="download and cache folder (default $NASPROXY_DATA_ROOT or ~/.cache/nasproxy)",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument(
-        "--address", default=None, help="search on a Ray cluster (auto or host:port); default local"
-    )
-    p.add_argument("--fresh", action="store_true", help="delete this experiment and start over")
     p.set_defaults(handler=cmd_run)
     return parser
-
-
-def _add_fuse_flags(p: argparse.ArgumentParser) -> None:
-    """The search's stacked-training flags (docs/search.md, "Fused training")."""
-    p.add_argument(
-        "--fuse",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="train the units of one architecture and training-set size together as one "
-        "stacked network (auto: when the trials have a GPU)",
-    )
-    p.add_argument(
-        "--max-stack",
-        type=int,
-        default=None,
-        metavar="N",
-        help="at most N units a stack (default 64; a GPU trial also caps it by its memory)",
-    )
-    p.add_argument(
-        "--rng",
-        choices=("exact", "shared"),
-        default=None,
-        help="stacked random streams: exact (each unit's own, as unfused; default) or shared",
-    )
-    for flag, what in (
-        ("--bf16", "bfloat16 autocast in stacks (default off)"),
-        ("--channels-last", "NHWC activations in stacks (default off)"),
-        ("--cuda-graphs", "replay each stacked step as a CUDA graph (default on CUDA)"),
-    ):
-        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=what)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,17 +1,20 @@
 """``nasproxy run``: build every proxy, sweep the space on them and the whole set, report.
 
-The experiment is a ``Preset`` (``nasproxy.presets``). Each stage is resumable: a proxy
+The experiment is a ``Preset`` (``nasproxy.presets``): its proxy settings and its search
+settings, from which the sweep's ``SearchConfig`` is made. Each stage is resumable: a proxy
 file that already matches its request is reused, the sweep resumes from its results
 store, and the report is rebuilt from the results.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from nasproxy import spaces
+from nasproxy import settings, spaces
 from nasproxy.data import Dataset, default_data_root, load_dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.presets import Preset
@@ -21,9 +24,7 @@ from nasproxy.report import ReportResult, make_report
 from nasproxy.results import experiment_dir
 from nasproxy.scoring import ScoringConfig
 from nasproxy.search import (
-    FastChoice,
     ProgressFn,
-    SearchConfig,
     experiment_lock,
     remove_experiment,
     run_search,
@@ -31,7 +32,7 @@ from nasproxy.search import (
 )
 from nasproxy.search.address import check_address
 from nasproxy.search.lock import ensure_held
-from nasproxy.train import TrainConfig, resolve_device
+from nasproxy.train import resolve_device
 
 Message = Callable[[str], None]
 
@@ -112,51 +113,50 @@ def build_proxies(
 def run_pipeline(
     preset: Preset,
     name: str,
-    results_dir: str | Path = "results",
+    results_dir: str | Path | None = None,
     data_root: str | Path | None = None,
     device: str = "auto",
-    fresh: bool = False,
-    search_options: dict[str, Any] | None = None,
+    fresh: bool | None = None,
+    search_options: Mapping[str, Any] | None = None,
     progress: Message | None = None,
     search_progress: ProgressFn | None = None,
 ) -> ReportResult:
     """Proxies, then the sweep, then Table 1, under ``results_dir/name``.
 
-    The name, the folders and every setting are checked before anything is written or
-    deleted, and before the proxies are built (minutes) for a sweep that would be refused.
+    ``results_dir``, ``data_root`` and ``fresh`` override the preset's search settings of
+    those names when given (``search_options``, settings by key, is deprecated: set them in
+    ``preset.search``). The name, the folders and every setting are checked before
+    anything is written or deleted, and before the proxies are built (minutes) for a sweep
+    that would be refused.
     """
-    exp_dir = experiment_dir(results_dir, name)
+    given = {"results_dir": results_dir, "data_root": data_root, "fresh": fresh}
+    search = replace(preset.search, **{k: v for k, v in given.items() if v is not None})
+    if search_options:
+        warnings.warn(
+            "run_pipeline(search_options=...) is deprecated: give the preset's search settings "
+            "(nasproxy.settings.replace_settings(preset.search, {...}))",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        search = settings.replace_settings(search, search_options)
+    exp_dir = experiment_dir(search.results_dir, name)
     check_methods(preset.methods)
     if preset.top_k < 1:
         raise NasproxyError(f"top_k must be at least 1, got {preset.top_k}")
-    root = Path(data_root) if data_root is not None else default_data_root()
-    train = TrainConfig(epochs=preset.epochs, device=device)
+    root = Path(search.data_root) if search.data_root is not None else default_data_root()
     resolve_device(device)
     proxies_dir = exp_dir / "proxies"
-    cfg = SearchConfig(  # the proxy files it names are built below
-        name=name,
-        dataset=preset.dataset,
-        proxies=tuple(str(proxy_path(proxies_dir, m)) for m in preset.methods),
-        whole=preset.whole,
-        whole_per_class=preset.whole_per_class,
-        space=preset.space,
-        archs=preset.archs,
-        sample=preset.sample,
-        whole_archs=preset.whole_archs,
-        whole_sample=preset.whole_sample,
-        whole_top=preset.whole_top,
-        whole_by=preset.whole_by,
-        seeds=preset.seeds,
-        train=train,
-        fuse=preset.fuse,
-        max_stack=preset.max_stack,
-        fast=FastChoice(preset.rng, preset.bf16, preset.channels_last, preset.cuda_graphs),
+    cfg = search.config(  # the proxy files it names are built below
+        name,
+        tuple(str(proxy_path(proxies_dir, m)) for m in preset.methods),
+        train=replace(search.train, device=device),
         data_root=str(root),
-        results_dir=str(results_dir),
-        **(search_options or {}),
+        results_dir=str(search.results_dir),
     )
+    # the experiment goes before its proxies are built, not by the search (after the build)
+    cfg = replace(cfg, fresh=False)
     check_address(cfg.address)  # a cluster that does not answer fails before the proxies
-    data = load_dataset(preset.dataset, root)
+    data = load_dataset(cfg.dataset, root, cfg.val_fraction, cfg.split_seed)
     space = spaces.load(cfg.space, data.image_size)
     select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)
     select_archs(space, cfg.whole_archs, cfg.whole_sample, cfg.sample_seed)
@@ -166,7 +166,7 @@ def run_pipeline(
             f"{', '.join(['all', *preset.methods])}"
         )
     with experiment_lock(exp_dir):  # no other driver builds, searches or deletes meanwhile
-        if fresh:
+        if search.fresh:
             # the proxies live inside the experiment, so the experiment goes before they are
             # rebuilt (a fresh search after the build would delete them with it)
             remove_experiment(exp_dir)

@@ -20,6 +20,7 @@ from torch import nn
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError, first_line
 from nasproxy.models import build_model
+from nasproxy.settings import setting
 from nasproxy.spaces import Arch
 
 CROP_PADDING = 4
@@ -34,14 +35,16 @@ Observer = Callable[[torch.Tensor, torch.Tensor], None]
 class TrainConfig:
     """How to train one network; saved into every result."""
 
-    epochs: int = 100  # the paper trains each architecture 100 epochs
-    batch_size: int = 128
-    lr: float = 0.01  # SGD, cosine decay to 0 over all steps
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    augment: bool = True  # random crop (pad 4) + horizontal flip
-    seed: int = 0  # initialisation, batch order and augmentation
-    device: str = "auto"  # "auto" = cuda when available, else cpu
+    epochs: int = setting(100, help="training epochs of every architecture")
+    batch_size: int = setting(128, help="training batch size")
+    lr: float = setting(0.01, help="SGD learning rate, cosine decay to 0 over all steps")
+    momentum: float = setting(0.9, help="SGD momentum")
+    weight_decay: float = setting(5e-4, help="SGD weight decay")
+    augment: bool = setting(True, flag="--no-augment", help="no random crop and flip")
+    # initialisation, batch order and augmentation; a search sets it per unit
+    seed: int = setting(0, help="training seed", internal=True)
+    # "auto" = cuda when available, else cpu; a search sets it per trial
+    device: str = setting("auto", help="auto, cpu, cuda, cuda:1, ...", internal=True)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:

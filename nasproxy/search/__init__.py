@@ -95,7 +95,9 @@ from nasproxy.search.config import (
     Progress,
     ProgressFn,
     SearchConfig,
+    SearchSettings,
     TrainSet,
+    parse_seeds,
 )
 from nasproxy.search.experiment import protocol, remove_experiment
 from nasproxy.search.lock import experiment_lock
@@ -121,6 +123,7 @@ __all__ = [
     "Progress",
     "ProgressFn",
     "SearchConfig",
+    "SearchSettings",
     "TrainSet",
     "Stack",
     "experiment_lock",
@@ -128,6 +131,7 @@ __all__ = [
     "plan_stacks",
     "plan_trials",
     "protocol",
+    "parse_seeds",
     "remove_experiment",
     "resolve_train_sets",
     "run_search",

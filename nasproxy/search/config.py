@@ -1,9 +1,10 @@
-"""What a sweep is asked to do (``SearchConfig``), its training sets and its progress events."""
+"""What a sweep is asked to do (``SearchConfig``, its settings declared once), its training
+sets and its progress events."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from nasproxy import results
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.multitrain import RNG_MODES, FastOptions
+from nasproxy.settings import setting
 from nasproxy.train import TrainConfig
 
 DEFAULT_TRIAL_SIZE = 16
@@ -32,14 +34,36 @@ FAST_DEFAULTS: dict[str, FastOptions] = {
 }
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """Training seeds from text, as ``search --seeds`` and ``run --set seeds=`` take them.
+
+    A count N means seeds 0..N-1; a comma list names them (``0,3,7``; one seed: ``5,``).
+    """
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if text.strip() == "0":
+        raise NasproxyError("seeds: want a count of at least 1 (or a comma list), got '0'")
+    if not parts or not all(p.isdecimal() for p in parts):
+        raise NasproxyError(
+            f"seeds: want a count N (seeds 0..N-1) or a comma list (0,3,7; one seed: 5,), "
+            f"got {text!r}"
+        )
+    return tuple(int(p) for p in parts) if "," in text else tuple(range(int(parts[0])))
+
+
 @dataclass(frozen=True)
 class FastChoice:
     """The stacked path's options as asked for; None leaves one to the device's default."""
 
-    rng: str | None = None  # "exact" (each unit's own random streams) or "shared"
-    bf16: bool | None = None
-    channels_last: bool | None = None
-    cuda_graphs: bool | None = None
+    rng: str | None = setting(
+        None,
+        choices=RNG_MODES,
+        help="stacked random streams: exact (each unit's own, as unfused; default) or shared",
+    )
+    bf16: bool | None = setting(None, help="bfloat16 autocast in stacks (default off)")
+    channels_last: bool | None = setting(None, help="NHWC activations in stacks (default off)")
+    cuda_graphs: bool | None = setting(
+        None, help="replay each stacked step as a CUDA graph (default on CUDA)"
+    )
 
     def __post_init__(self) -> None:
         if self.rng is not None and self.rng not in RNG_MODES:
@@ -55,47 +79,130 @@ class FastChoice:
 
 
 @dataclass(frozen=True)
-class SearchConfig:
+class SearchSettings:
+    """How to sweep: every setting of a search but its name and proxy files, so that an
+    experiment (``nasproxy.presets.Preset``) can hold them before its proxies exist.
+
+    Each field is a setting (``nasproxy.settings``): ``nasproxy search`` has a flag and
+    ``nasproxy run`` a ``--set`` key for it, both read by the field's parser.
+    """
+
+    dataset: str = setting(
+        "digits",
+        help="digits (embedded), cifar10, cifar100 or imagefolder:PATH (folder or .tar.gz)",
+    )
+    whole: bool = setting(False, help="also train on the whole train split")
+    whole_per_class: int | None = setting(
+        None,
+        metavar="N",
+        help="with --whole: use a seeded class-balanced subset of N per class as the reference",
+    )
+    space: str = setting("convnet720", help="a space name or a .yaml path")
+    archs: tuple[str, ...] = setting(
+        (),
+        repeat=True,
+        metavar="PATTERN",
+        help="architectures whose id matches a glob (w32-*-relu-*), or a regex with a re: "
+        "prefix (repeatable; default all)",
+    )
+    sample: int | None = setting(None, metavar="N", help="a stratified sample of N archs")
+    sample_seed: int = setting(0, help="seed of --sample and --whole-sample")
+    # None/() with whole_sample None: as the proxies, or with whole_top none but the confirmed
+    whole_archs: tuple[str, ...] = setting(
+        (),
+        repeat=True,
+        metavar="PATTERN",
+        help="the whole split's own architectures, as --archs (default: the proxies')",
+    )
+    whole_sample: int | None = setting(
+        None,
+        metavar="N",
+        help="a stratified sample of N of the whole split's architectures, as --sample",
+    )
+    whole_top: int | None = setting(
+        None,
+        metavar="K",
+        help="after the proxy units, train the K best by mean proxy validation accuracy on "
+        "the whole split too (a tie at the cut goes to the smaller id)",
+    )
+    whole_by: str = setting(
+        "all",
+        flag="--by",
+        metavar="PROXY",
+        help="with --whole-top: the proxy (training-set name) whose top K are confirmed, or "
+        "all (default): the union of every proxy's top K",
+    )
+    seeds: tuple[int, ...] = setting(
+        (0,),
+        parse=parse_seeds,
+        default_text="1",
+        help="training seeds, each (arch, train set) runs once per seed: a count N "
+        "(seeds 0..N-1) or a list: 0,3,7 (one seed: 5,)",
+    )
+    train: TrainConfig = TrainConfig()  # epochs, batch size, lr, ...; seed/device set per unit
+    data_root: str | None = setting(
+        None,
+        help="download and cache folder (default $NASPROXY_DATA_ROOT or ~/.cache/nasproxy)",
+    )
+    val_fraction: float = setting(0.1, help="held out of train per class")
+    split_seed: int = setting(0, help="seed of the validation split")
+    results_dir: str = setting("results", metavar="DIR", help="results go to DIR/NAME")
+    trial_size: int = setting(
+        DEFAULT_TRIAL_SIZE, help="work units (arch x set x seed) per Tune trial"
+    )
+    gpus_per_trial: float | None = setting(
+        None,
+        help=f"GPU share of a trial, e.g. 0.25 (default {DEFAULT_GPU_SHARE} with GPUs, else 0)",
+    )
+    cpus_per_trial: float = setting(1.0, help="CPUs of a trial")
+    address: str | None = setting(
+        None, help="join a Ray cluster (auto or host:port); default a local Ray"
+    )
+    max_failures: int = setting(2, help="Tune retries of a trial whose worker crashed")
+    reuse_actors: bool = setting(
+        True,
+        flag="--no-reuse-actors",
+        help="start a fresh worker for every trial (default: reuse finished ones)",
+    )
+    fresh: bool = setting(False, help="delete this experiment and start over")
+    fuse: str = setting(
+        "auto",
+        choices=FUSE_MODES,
+        help="train the units of one architecture and training-set size together as one "
+        "stacked network (nasproxy.multitrain; auto: when the trials have a GPU)",
+    )
+    max_stack: int | None = setting(
+        None,
+        metavar="N",
+        help=f"at most N units a stack (default {DEFAULT_MAX_STACK}; a GPU trial also caps "
+        "it by its memory)",
+    )
+    fast: FastChoice = FastChoice()  # the stacked path's options
+    rebuild_manifest: bool = setting(
+        False,
+        help="write a damaged or missing manifest.json anew from this command (the one that "
+        "made the experiment), keeping and checking the stored unit files",
+    )
+
+    def config(self, name: str, proxies: tuple[str, ...] = (), **changes: Any) -> SearchConfig:
+        """The sweep of these settings named ``name``, on ``proxies``, with ``changes``."""
+        values = {f.name: getattr(self, f.name) for f in fields(SearchSettings)}
+        return SearchConfig(**{**values, **changes}, name=name, proxies=proxies)
+
+
+@dataclass(frozen=True)
+class SearchConfig(SearchSettings):
     """One sweep: which architectures, on which training sets, how, and where to."""
 
-    name: str  # experiment name: results go to results_dir/name
-    dataset: str = "digits"  # dataset spec, as for load_dataset
-    proxies: tuple[str, ...] = ()  # proxy JSON files, "PATH" or "NAME=PATH"
-    whole: bool = False  # also train on the whole train split (train_set "whole")
-    # with whole: the reference is a seeded, class-balanced subset of this many per class
-    # (for budgets that cannot afford the whole split; recorded in the protocol)
-    whole_per_class: int | None = None
-    space: str = "convnet720"  # a space name or a YAML path
-    archs: tuple[str, ...] = ()  # id patterns: globs, or regexes with a "re:" prefix
-    sample: int | None = None  # a stratified sample of this many architectures
-    sample_seed: int = 0
-    # the whole split's own architectures (None/() with whole_sample None: as the proxies,
-    # or with whole_top, none but the confirmed): id patterns, then a stratified sample
-    whole_archs: tuple[str, ...] = ()
-    whole_sample: int | None = None
-    # after the proxy units: train the K best by mean proxy validation accuracy on the
-    # whole split too, of the proxy named whole_by, or each proxy's K best ("all")
-    whole_top: int | None = None
-    whole_by: str = "all"
-    seeds: tuple[int, ...] = (0,)  # training seeds; each (arch, train set) runs once per seed
-    train: TrainConfig = TrainConfig()  # epochs, batch size, lr, ...; seed/device set per unit
-    data_root: str | None = None
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    results_dir: str = "results"
-    trial_size: int = DEFAULT_TRIAL_SIZE  # work units per Tune trial (at most)
-    gpus_per_trial: float | None = None  # None: DEFAULT_GPU_SHARE with GPUs, else 0
-    cpus_per_trial: float = 1.0
-    address: str | None = None  # join this Ray cluster ("auto" or host:port)
-    max_failures: int = 2  # Tune retries of a trial whose worker crashed
-    reuse_actors: bool = True  # run the next trial in a finished trial's worker (no restart)
-    fresh: bool = False  # delete this experiment's directory first
-    # train the units of one shape and training-set size together, as one stacked
-    # network (nasproxy.multitrain): "auto" = when the trials have a GPU
-    fuse: str = "auto"
-    max_stack: int | None = None  # most units a stack; None: DEFAULT_MAX_STACK
-    fast: FastChoice = FastChoice()  # the stacked path's options
-    rebuild_manifest: bool = False  # write the manifest anew from this config + unit files
+    name: str = setting(kw_only=True, help="experiment name: results go to DIR/NAME")
+    proxies: tuple[str, ...] = setting(
+        (),
+        kw_only=True,
+        flag="--proxy",
+        repeat=True,
+        metavar="[NAME=]PATH",
+        help="a proxy file (repeatable); its train_set name is its method, or NAME",
+    )
 
     def __post_init__(self) -> None:
         results.check_name(self.name)
