@@ -173,6 +173,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         gpus_per_trial=args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial,
         address=args.address,
+        runner=args.runner,
         max_failures=args.max_failures,
         reuse_actors=not args.no_reuse_actors,
         fresh=args.fresh,
@@ -517,6 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument(
         "--address", default=None, help="join a Ray cluster (auto or host:port); default local"
+    )
+    p.add_argument(
+        "--runner",
+        choices=("ray", "local"),
+        default="ray",
+        help="run trials on Ray Tune (default) or one after another in this process (no Ray)",
     )
     p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial")
     p.add_argument(

@@ -19,6 +19,7 @@ from nasproxy.train import TrainConfig
 DEFAULT_TRIAL_SIZE = 16
 DEFAULT_GPU_SHARE = 0.25  # trials per GPU = 4 when the cluster has GPUs and none is asked for
 FUSE_MODES = ("auto", "on", "off")
+RUNNERS = ("ray", "local")  # nasproxy.search.runner
 # Most units one stack trains at once, before the memory bound of the trial's GPU share.
 # The sweep's natural stacks are smaller (one shape: activations x proxies x seeds).
 DEFAULT_MAX_STACK = 64
@@ -96,6 +97,7 @@ class SearchConfig:
     max_stack: int | None = None  # most units a stack; None: DEFAULT_MAX_STACK
     fast: FastChoice = FastChoice()  # the stacked path's options
     rebuild_manifest: bool = False  # write the manifest anew from this config + unit files
+    runner: str = "ray"  # "ray" (Ray Tune) or "local" (this process, no Ray: tests, pdb)
 
     def __post_init__(self) -> None:
         results.check_name(self.name)
@@ -127,6 +129,10 @@ class SearchConfig:
             raise NasproxyError(f"--fuse must be one of {', '.join(FUSE_MODES)}, got {self.fuse!r}")
         if self.max_stack is not None and self.max_stack < 1:
             raise NasproxyError(f"max stack must be at least 1, got {self.max_stack}")
+        if self.runner not in RUNNERS:
+            raise NasproxyError(f"--runner must be ray or local, got {self.runner!r}")
+        if self.runner == "local" and self.address:
+            raise NasproxyError("--runner local runs in this process: it takes no --address")
         if self.fresh and self.rebuild_manifest:
             raise NasproxyError("--fresh deletes what --rebuild-manifest would keep: give one")
 
