@@ -100,7 +100,7 @@ class _Collector:
 
 
 def _tune_callback(collector: _Collector) -> Any:
-    """A ``tune.Callback`` forwarding results and errors to ``collector``."""
+    """A ``tune.Callback`` forwarding reported rows and recovered crashes to ``collector``."""
     from ray import tune
 
     class _Forward(tune.Callback):
