@@ -498,36 +498,6 @@ def norm_pool_space(inputs):
     return str(path)
 
 
-def _sweep_in_process(cfg: SearchConfig, data, fuse: bool, max_stack: int = 64) -> Path:
-    """The sweep's planner and trial code, run here instead of in Ray workers (so that the
-    default dtype set by a test applies); returns the experiment directory."""
-    import torch
-
-    from nasproxy.search.trial import TrialPlan, run_chunk
-
-    space = spaces.load(cfg.space, image_size=data.image_size)
-    archs = select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)
-    sets = resolve_train_sets(cfg.proxies, cfg.whole, data)
-    pending = [(ts.name, seed, a.id) for ts in sets for seed in cfg.seeds for a in archs]
-    n_images = {ts.name: ts.n_images for ts in sets}
-    chunks = plan_trials(pending, n_images, fuse, max_stack, cfg.trial_size, 2, lambda k: 1.0)
-    plan = TrialPlan(
-        exp_dir=str(cfg.exp_dir),
-        chunks={c.id: c for c in chunks},
-        indices={ts.name: ts.indices for ts in sets},
-        hashes={ts.name: ts.proxy_hash for ts in sets},
-        train=cfg.train,
-        threads=1,
-        run=1,
-        fuse=fuse,
-    )
-    torch.set_num_threads(1)
-    for chunk in chunks:
-        run_chunk(plan, data, chunk.id, "cpu", lambda row: None)
-    results.consolidate(cfg.exp_dir)
-    return cfg.exp_dir
-
-
 # every norm, every pooling, both activations; one shape with both (a stack of 8)
 F64_SLICE = (
     "w8-d1-*-none-none",
@@ -563,9 +533,10 @@ def test_fused_and_plain_sweeps_agree_exactly_in_float64(inputs, digits, norm_po
         for fuse in (False, True):
             cfg = _config(
                 inputs, tmp_path, f"f64-{fuse}", space=norm_pool_space, whole=False,
-                seeds=(0, 1), archs=F64_SLICE, trial_size=8,
+                seeds=(0, 1), archs=F64_SLICE, trial_size=8, runner="local",
+                fuse="on" if fuse else "off",
             )  # fmt: skip
-            tables[fuse] = _accuracy_table(_sweep_in_process(cfg, digits, fuse))
+            tables[fuse] = _accuracy_table(run_search(cfg))
     finally:
         torch.set_default_dtype(old)
     plain, fused = tables[False], tables[True]
@@ -636,8 +607,10 @@ def test_an_injected_stack_failure_is_split_down_and_recorded(
         return real(archs, data, index_sets, cfgs, options)
 
     monkeypatch.setattr(multitrain, "_train_stack", failing)
-    cfg = _config(inputs, tmp_path, "injected", whole=False, seeds=(0, 1))
-    table = _accuracy_table(_sweep_in_process(cfg, digits, fuse=True))
+    cfg = _config(
+        inputs, tmp_path, "injected", whole=False, seeds=(0, 1), runner="local", fuse="on"
+    )
+    table = _accuracy_table(run_search(cfg))
     # the batchnorm shape: 3 activations x 2 proxies x 2 seeds = 12, the victim's 4 first
     # (sigmoid sorts first): 12 -> 6 -> 3 -> (1 plain) + 2 -> (1 plain) + (1 plain); the
     # 3 -> (1 plain) + 2 more: every stack still holding the victim fails
@@ -753,3 +726,130 @@ def test_run_numbers_ignore_folders_that_only_look_numbered(tmp_path):
     for name in ("run-002", "run-\u00b2\u00b2\u00b2", "run-abc", "other"):
         (tmp_path / RAY_DIR / name).mkdir(parents=True)
     assert next_run_number(tmp_path) == 3
+
+
+# --- the runners ---------------------------------------------------------------------------
+
+# what a unit's training gives; the rest of a row says where and how fast it ran
+RESULT_COLUMNS = [
+    c for c in results.COLUMNS if c not in ("wall_s", "device", "arch", "train_set", "seed")
+]
+
+
+def test_local_and_ray_runners_give_identical_rows(cluster, inputs, tmp_path):
+    """The same tiny sweep in this process and through Ray Tune: the same units, and every
+    unit the same numbers, bit for bit (one thread each, float32, exact rng)."""
+    tables = {}
+    for runner in ("local", "ray"):
+        cfg = _config(
+            inputs, tmp_path, f"same-{runner}", archs=("w8-d1-*-batchnorm-*",), seeds=(0, 1),
+            runner=runner,
+        )  # fmt: skip
+        tables[runner] = _accuracy_table(run_search(cfg))
+        assert results.read_manifest(cfg.exp_dir)["runs"][-1]["runner"] == runner
+    local, ray = tables["local"], tables["ray"]
+    assert len(local) == 3 * 3 * 2 and local.index.equals(ray.index)
+    assert (local["status"] == "ok").all() and (local["device"] == "cpu").all()
+    for column in RESULT_COLUMNS:
+        assert local[column].equals(ray[column]), column
+
+
+def test_the_local_runner_does_not_import_ray(inputs, tmp_path):
+    """``--runner local`` end to end in a fresh interpreter: a complete sweep, no Ray."""
+    args = [
+        "search", "--dataset", "digits", "--space", inputs["space"],
+        "--proxy", str(inputs["proxies"][0]), "--archs", "w8-d1-relu-*", "--epochs", "1",
+        "--name", "no-ray", "--results-dir", str(tmp_path), "--runner", "local",
+    ]  # fmt: skip
+    code = (
+        "import sys\nfrom nasproxy import cli\n"
+        f"code = cli.main({args!r})\n"
+        "print(code, sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "0 []", done.stdout + done.stderr
+    table = results.read_trials(tmp_path / "no-ray")
+    assert len(table) == 2 and (table["status"] == "ok").all()
+    assert results.read_manifest(tmp_path / "no-ray")["runs"][-1]["runner"] == "local"
+
+
+def test_a_local_trial_that_raises_isolates_its_unit_and_records_it_failed(
+    inputs, monkeypatch, tmp_path
+):
+    """An error escaping a trial (here: storing one unit) fails its chunk; as on Ray, the
+    chunk's other units run again a trial each and only the bad unit is a failed row."""
+    from nasproxy.search import trial
+
+    victim = ("herding", 0, "w8-d1-leakyrelu-none-maxpooling")
+    real = trial._store
+    calls: Counter = Counter()
+
+    def store(plan, key, record):
+        calls[key] += 1
+        if key == victim:
+            raise OSError("disk full (injected)")
+        return real(plan, key, record)
+
+    monkeypatch.setattr(trial, "_store", store)
+    cfg = _config(inputs, tmp_path, "raises", whole=False, runner="local", trial_size=4)
+    table = _accuracy_table(run_search(cfg))
+    assert len(table) == 12
+    failed = table[table["status"] != "ok"]
+    assert list(failed.index) == [victim] and (failed["status"] == "failed").all()
+    assert failed["reason"].iloc[0] == "trial raised: OSError: disk full (injected)"
+    assert calls[victim] == 2  # in its chunk, then alone
+    assert max(calls.values()) == 2 and sum(calls.values()) < 2 * 12  # only the rest re-run
+    run = results.read_manifest(cfg.exp_dir)["runs"][-1]
+    assert run["crashed_trials"] == 2 and run["runner"] == "local"
+
+
+def test_a_local_run_stops_on_ctrl_c_and_on_a_lost_lock(inputs, monkeypatch, tmp_path):
+    """Ctrl-C (KeyboardInterrupt in this process) and a lock taken over by another driver
+    stop a local sweep after the unit at hand; the stored units resume, none twice."""
+    from nasproxy.search import lock, trial
+
+    real = trial._store
+    stored: list = []
+
+    def store(plan, key, record):
+        row = real(plan, key, record)
+        stored.append(key)
+        if len(stored) == 2:
+            raise KeyboardInterrupt
+        if len(stored) == 4:  # another driver takes the experiment
+            (Path(plan.exp_dir) / lock.LOCK_NAME).write_text(json.dumps({"token": "other"}))
+        return row
+
+    monkeypatch.setattr(trial, "_store", store)
+    cfg = _config(inputs, tmp_path, "stopped", whole=False, runner="local", trial_size=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg)
+    assert len(_units(cfg.exp_dir)) == 2
+    assert results.read_manifest(cfg.exp_dir)["runs"][-1]["interrupted"] is True
+    with pytest.raises(lock.LockLostError, match="lost the lock"):
+        run_search(cfg)
+    assert len(stored) == 4 and len(set(stored)) == 4 and len(_units(cfg.exp_dir)) == 4
+    (cfg.exp_dir / lock.LOCK_NAME).unlink()
+    monkeypatch.setattr(trial, "_store", real)
+    events = []
+    run_search(cfg, progress=events.append)
+    trained = [results.row_key(e.row) for e in events if e.row is not None]
+    assert len(trained) == 8 and not set(trained) & set(stored)
+    table = results.read_trials(cfg.exp_dir)
+    assert len(table) == 12 and (table["status"] == "ok").all()
+    assert len(results.read_manifest(cfg.exp_dir)["runs"]) == 2  # the lost run wrote none
+
+
+def test_runner_choices_and_local_with_an_address_are_one_line_errors(tmp_path):
+    from nasproxy import cli
+
+    with pytest.raises(NasproxyError, match="takes no --address"):
+        SearchConfig(name="x", whole=True, runner="local", address="auto")
+    with pytest.raises(NasproxyError, match="--runner must be ray or local"):
+        SearchConfig(name="x", whole=True, runner="dask")
+    args = ["search", "--whole", "--name", "x", "--results-dir", str(tmp_path)]
+    assert cli.main([*args, "--runner", "local", "--address", "auto"]) == 2
+    assert not (tmp_path / "x").exists()

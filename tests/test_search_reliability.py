@@ -322,6 +322,31 @@ def test_a_worker_crash_tune_recovers_is_recorded_and_told_in_one_line(inputs, t
     assert _none_left(marked) == {}
 
 
+def test_a_trial_that_gives_up_is_read_from_the_result_grid_and_its_units_rerun(
+    inputs, tmp_path, marked
+):
+    """With --max-failures 0 a killed worker ends its trial: the error comes back in Tune's
+    ResultGrid, the run counts the crashed trial, and its missing units train again alone."""
+    name = "gives-up"
+    exp_dir = tmp_path / name
+    proc = marked(
+        _search_command(inputs, tmp_path, name, "--archs", SMALL, "--max-failures", "0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _wait(lambda: _units(exp_dir) and _trial_workers(proc.pid), proc, "a running trial")
+    for pid in _trial_workers(proc.pid):
+        _kill(pid)
+    out, err = (stream.decode() for stream in proc.communicate(timeout=300))
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    run = results.read_manifest(exp_dir)["runs"][-1]
+    assert run["crashed_trials"] >= 1 and run["recovered_crashes"] == [], err
+    table = results.read_trials(exp_dir)
+    assert len(table) == 9 and (table["status"] == "ok").all()
+    assert _none_left(marked) == {}
+
+
 def test_a_damaged_or_missing_manifest_is_rebuilt_from_the_unit_files(cluster, inputs, tmp_path):
     cfg = _config(
         inputs, tmp_path, "rebuild", proxies=(str(inputs["proxies"][0]),), archs=("w8-d1-relu-*",)

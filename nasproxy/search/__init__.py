@@ -1,4 +1,11 @@
-"""The NAS sweep on Ray Tune: every architecture x training set x seed, resumable.
+"""The NAS sweep: every architecture x training set x seed, resumable, on Ray Tune.
+
+Ray Tune runs the trials by default; ``runner="local"`` (``--runner local``) runs the same
+trials one after another in this process, with no Ray imported, for tests and for
+debugging with pdb (``nasproxy.search.runner`` states what every runner does). Where
+below a trial's worker, its resources or Tune are named, the local runner has one trial at
+a time in this process (on its GPU when it has one) and no Tune retries (``max_failures``);
+a crashing unit is isolated, and recorded as ``failed``, by either runner.
 
 How trials map to work
 ----------------------

@@ -21,6 +21,7 @@ from nasproxy.train import TrainConfig
 DEFAULT_TRIAL_SIZE = 16
 DEFAULT_GPU_SHARE = 0.25  # trials per GPU = 4 when the cluster has GPUs and none is asked for
 FUSE_MODES = ("auto", "on", "off")
+RUNNERS = ("ray", "local")  # nasproxy.search.runner
 # Most units one stack trains at once, before the memory bound of the trial's GPU share.
 # The sweep's natural stacks are smaller (one shape: activations x proxies x seeds).
 DEFAULT_MAX_STACK = 64
@@ -158,6 +159,11 @@ class SearchSettings:
     address: str | None = setting(
         None, help="join a Ray cluster (auto or host:port); default a local Ray"
     )
+    runner: str = setting(
+        "ray",
+        choices=RUNNERS,
+        help="run trials on Ray Tune (default) or one after another in this process (no Ray)",
+    )
     max_failures: int = setting(2, help="Tune retries of a trial whose worker crashed")
     reuse_actors: bool = setting(
         True,
@@ -234,6 +240,10 @@ class SearchConfig(SearchSettings):
             raise NasproxyError(f"--fuse must be one of {', '.join(FUSE_MODES)}, got {self.fuse!r}")
         if self.max_stack is not None and self.max_stack < 1:
             raise NasproxyError(f"max stack must be at least 1, got {self.max_stack}")
+        if self.runner not in RUNNERS:
+            raise NasproxyError(f"--runner must be ray or local, got {self.runner!r}")
+        if self.runner == "local" and self.address:
+            raise NasproxyError("--runner local runs in this process: it takes no --address")
         if self.fresh and self.rebuild_manifest:
             raise NasproxyError("--fresh deletes what --rebuild-manifest would keep: give one")
 

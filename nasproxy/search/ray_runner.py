@@ -1,5 +1,12 @@
-"""The sweep on Ray: the session, the Tune trainable that trains a chunk, the driver's
-collector of finished units, and one Tune experiment over a list of chunks."""
+"""The Ray runner (``runner``): the session, the Tune trainable that trains a chunk, the
+driver's collector of finished units, and one Tune experiment over a list of chunks.
+
+Trial errors are read from the ``ResultGrid`` that ``Tuner.fit`` returns (``Result.error``);
+the Tune callback forwards each trial's reported rows and the crashes Tune recovers from
+(``Trial.get_error``). One private Ray API remains: ``ray._private.worker``'s printer, to
+drop the driver's "A worker died" notice (the crash is told once, as a progress line);
+without it (another Ray version) the notice is simply printed.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,7 @@ from nasproxy.search.experiment import RAY_DIR
 from nasproxy.search.interrupt import SigintDeferral, interrupted
 from nasproxy.search.lock import any_lost, ensure_held
 from nasproxy.search.plan import Chunk
+from nasproxy.search.runner import NoteFn, RecordFn
 from nasproxy.search.trial import TrialPlan, run_chunk
 
 # Ray and Tune defaults that only add noise or work for this use (set unless the user did).
@@ -53,36 +61,51 @@ def _chunk_name(trial: Any) -> str:
 # --- the driver --------------------------------------------------------------------------
 
 
-RecordFn = Callable[[dict[str, Any]], None]
-NoteFn = Callable[[str], None]
+class RayRunner:
+    """The chunks as Ray Tune trials on the session's cluster (``ray_session``)."""
+
+    def __init__(self, cfg: SearchConfig, cluster: Mapping[str, Any]):
+        self.cfg = cfg
+        self.description = str(cluster["description"])
+        self.gpus = float(cluster["gpus"])
+        self.crash_prefix = f"worker crashed {cfg.max_failures + 1} times"
+
+    def slots(self, cpus_per_trial: float, gpus_per_trial: float) -> int:
+        return slots(cpus_per_trial, gpus_per_trial)
+
+    def run(
+        self,
+        plan: TrialPlan,
+        data: Dataset,
+        chunks: Sequence[Chunk],
+        resources: dict[str, float],
+        record: RecordFn,
+        name: str,
+        on_recover: NoteFn | None = None,
+    ) -> dict[str, str]:
+        return fit(self.cfg, data, plan, resources, chunks, record, name, on_recover)
 
 
 class _Collector:
-    """Driver side: hands each finished unit to ``record`` and keeps the trials' errors."""
+    """Driver side: hands each finished unit to ``record``, each recovered crash to
+    ``on_recover``."""
 
     def __init__(self, record: RecordFn, on_recover: NoteFn | None = None):
         self.record = record
-        self.errors: dict[str, str] = {}
         self.on_recover = on_recover
 
     def on_result(self, result: Mapping[str, Any]) -> None:
         if "row" in result:
             self.record(json.loads(result["row"]))
 
-    def on_error(self, chunk_id: str, error: str) -> None:
-        self.errors[chunk_id] = error
-
 
 def _tune_callback(collector: _Collector) -> Any:
-    """A ``tune.Callback`` forwarding results and errors to ``collector``."""
+    """A ``tune.Callback`` forwarding reported rows and recovered crashes to ``collector``."""
     from ray import tune
 
     class _Forward(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             collector.on_result(result)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            collector.on_error(_chunk_name(trial), _last_error_line(trial))
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             if collector.on_recover is not None:
@@ -98,9 +121,23 @@ def _tune_callback(collector: _Collector) -> Any:
 
 
 def _last_error_line(trial: Any) -> str:
-    text = trial.get_error() or "the trial's worker died"
-    lines = [line for line in str(text).splitlines() if line.strip()]
+    return _last_line(trial.get_error())
+
+
+def _last_line(error: object) -> str:
+    """The last line of a trial's error (Ray's text ends with the exception itself)."""
+    lines = [line for line in str(error or "the trial's worker died").splitlines() if line.strip()]
     return lines[-1][:300] if lines else "unknown error"
+
+
+def _errors(grid: Any) -> dict[str, str]:
+    """The errors of the trials that gave up, by chunk id, from ``Tuner.fit``'s grid."""
+    errors = {}
+    for result in grid:
+        if result.error:
+            chunk = (result.config or {}).get("chunk") or Path(result.path).name
+            errors[str(chunk)] = _last_line(result.error)
+    return errors
 
 
 def _sigint_stopper() -> Any:
@@ -159,12 +196,12 @@ def fit(
         ),
     )
     with _quiet_logger("ray.tune"):  # no per-trial metrics files to read back: expected
-        tuner.fit()
+        grid = tuner.fit()
     if any_lost():
         ensure_held(plan.exp_dir)  # raises LockLostError, naming the new holder
     if interrupted():
         raise KeyboardInterrupt
-    return collector.errors
+    return _errors(grid)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""``run_search``: resolve the training sets, find the pending units, drive the runner."""
+"""``run_search``: resolve the training sets, find the pending units, plan them and drive
+the runner (``runner``: Ray Tune, or this process)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from nasproxy.search.experiment import (
 )
 from nasproxy.search.lock import any_lost, ensure_held, experiment_lock, held_token, holds
 from nasproxy.search.plan import plan_trials, select_archs
-from nasproxy.search.ray_runner import fit, ray_session, slots
+from nasproxy.search.runner import open_runner
 from nasproxy.search.trial import TrialPlan
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
@@ -400,7 +401,8 @@ def _run_pending(
     pending: Sequence[UnitKey],
     sweep: _Sweep,
 ) -> dict[str, Any]:
-    """Start or join Ray, run the pending units as Tune trials; returns run provenance."""
+    """Plan the pending units into chunks and run them with ``cfg``'s runner (Ray Tune or
+    this process), isolating crashing units; returns run provenance."""
     by_name = {ts.name: ts for ts in train_sets}
     ids = {key[2] for key in pending}
     macs = {
@@ -411,11 +413,11 @@ def _run_pending(
         return float(macs[key[2]]) * by_name[key[0]].n_images
 
     sweep.plan_cost(cost, pending)
-    with ray_session(cfg.address) as cluster:
+    with open_runner(cfg) as runner:
         gpus = cfg.gpus_per_trial
         if gpus is None:
-            gpus = DEFAULT_GPU_SHARE if cluster["gpus"] > 0 else 0.0
-        n_slots = slots(cfg.cpus_per_trial, gpus)
+            gpus = DEFAULT_GPU_SHARE if runner.gpus > 0 else 0.0
+        n_slots = runner.slots(cfg.cpus_per_trial, gpus)
         fuse = cfg.fuse == "on" or (cfg.fuse == "auto" and gpus > 0)
         max_stack = cfg.max_stack or DEFAULT_MAX_STACK
         n_images = {ts.name: ts.n_images for ts in train_sets}
@@ -431,7 +433,7 @@ def _run_pending(
                 f"{len(pending)} work units to run ({sweep.n_done} of {sweep.total} done) {how}, "
                 f"in {len(chunks)} trials of up to {max(len(c.units) for c in chunks)} units; "
                 f"{n_slots} at a time ({cfg.cpus_per_trial:g} CPU, {gpus:g} GPU each) on "
-                f"{cluster['description']}"
+                f"{runner.description}"
             )
         )
         plan = TrialPlan(
@@ -455,7 +457,7 @@ def _run_pending(
             sweep.emit(message=message)
 
         name = f"run-{plan.run:03d}"
-        errors = fit(cfg, data, plan, resources, chunks, sweep.record, name, on_recover)
+        errors = runner.run(plan, data, chunks, resources, sweep.record, name, on_recover)
         missing = [k for k in pending if k not in sweep.done]
         if errors and missing and len(errors) < len(chunks):
             # isolate the crashing unit(s): the rest of an errored chunk gets its own trials
@@ -463,10 +465,10 @@ def _run_pending(
             sweep.emit(message=f"{len(errors)} trials crashed; retrying {len(missing)} units alone")
             plan = replace(plan, chunks={c.id: c for c in solo})
             name = f"run-{plan.run:03d}-isolated"
-            errors.update(fit(cfg, data, plan, resources, solo, sweep.record, name, on_recover))
+            errors.update(runner.run(plan, data, solo, resources, sweep.record, name, on_recover))
             missing = [k for k in pending if k not in sweep.done]
         if errors:
-            reason = "; ".join(sorted(set(errors.values())))[:500]
+            reason = f"{runner.crash_prefix}: " + "; ".join(sorted(set(errors.values())))[:500]
             for key in missing:
                 sweep.record(_crash_row(key, by_name[key[0]], cfg, reason))
         return {
@@ -479,7 +481,8 @@ def _run_pending(
             "cpus_per_trial": cfg.cpus_per_trial,
             "gpus_per_trial": gpus,
             "slots": n_slots,
-            "cluster": cluster["description"],
+            "runner": cfg.runner,
+            "cluster": runner.description,
             "crashed_trials": len(errors),
             "recovered_crashes": recovered,  # worker crashes Tune retried (units kept)
             "git_commit": results.git_commit(),
@@ -492,7 +495,7 @@ def _crash_row(key: UnitKey, train_set: TrainSet, cfg: SearchConfig, reason: str
     record = TrainRecord(
         arch=arch_id,
         status="failed",
-        reason=f"worker crashed {cfg.max_failures + 1} times: {reason}",
+        reason=reason,
         seed=seed,
         epochs=cfg.train.epochs,
         n_train=train_set.n_images,
