@@ -187,6 +187,21 @@ def test_the_command_exits_1_without_a_gpu_bench(
     assert capsys.readouterr().out == f"{tmp_path / 'sweep-cuda.json'}\n"
 
 
+def test_the_command_prints_the_rates_and_the_shapes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    since = 1_000_000.0
+    _experiment(tmp_path, "exp", {("random", ARCHS[1].id): since + 10})
+    monkeypatch.setattr("time.time", lambda: since + 60)
+    argv = ["units", "rates", "exp", "--results-dir", str(tmp_path), "--since", str(since)]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.splitlines() == units.rates(tmp_path, ["exp"], since, since + 60)
+    assert cli.main(["units", "shapes", "2", "--seed", "1", "--within", "w32-d1-*"]) == 0
+    assert capsys.readouterr().out.splitlines() == units.shape_globs(
+        "convnet720", 2, 1, within=["w32-d1-*"]
+    )
+
+
 def test_the_old_script_still_works_and_names_the_command(tmp_path: Path) -> None:
     (tmp_path / "sweep-cuda.json").write_text(json.dumps({"device_type": "cuda"}))
     done = subprocess.run(
