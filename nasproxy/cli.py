@@ -279,6 +279,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_units_pack(args: argparse.Namespace) -> int:
+    from nasproxy.units import pack
+
+    n = pack(args.results_dir, args.experiments, args.out)
+    print(f"packed {n} unit files into {args.out}")
+    return 0
+
+
+def cmd_units_unpack(args: argparse.Namespace) -> int:
+    from nasproxy.units import unpack
+
+    for exp, n in unpack(args.archive, args.results_dir).items():
+        print(f"{args.results_dir / exp}: {n} unit files, trials table rebuilt")
+    return 0
+
+
+def cmd_units_rates(args: argparse.Namespace) -> int:
+    import time
+
+    from nasproxy.units import rates
+
+    print("\n".join(rates(args.results_dir, args.experiments, args.since, time.time())))
+    return 0
+
+
+def cmd_units_check_data(args: argparse.Namespace) -> int:
+    from nasproxy.units import check_data
+
+    fingerprint = check_data(args.dataset, args.proxies, args.data_root)
+    print(f"{args.dataset}: fingerprint {fingerprint}, as {len(args.proxies)} proxy files")
+    return 0
+
+
+def cmd_units_has_gpu_bench(args: argparse.Namespace) -> int:
+    from nasproxy.units import has_gpu_bench
+
+    found = has_gpu_bench(args.folder)
+    print(", ".join(map(str, found)) or f"no CUDA sweep benchmark under {args.folder}")
+    return 0 if found else 1
+
+
+def cmd_units_shapes(args: argparse.Namespace) -> int:
+    from nasproxy.units import shape_globs
+
+    print("\n".join(shape_globs(args.space, args.n, args.seed, args.within)))
+    return 0
+
+
 def _seeds_notice(overrides: Sequence[str]) -> None:
     """One line where ``--set seeds=N`` now means N seeds, as ``search --seeds N`` does."""
     for item in overrides:
@@ -472,7 +520,49 @@ def build_parser() -> argparse.ArgumentParser:
         flags=_run_flags,
     )
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser(
+        "units",
+        help="a sweep's unit files as one archive, its rates, checks before a GPU run",
+        description="Unit files of sweeps on a GPU host: pack them into one tar.gz, unpack "
+        "it (trials rebuilt), measure the rates of a running sweep, and check a run before "
+        "it starts (docs/search.md).",
+    )
+    _add_units_commands(p)
     return parser
+
+
+def _add_units_commands(parent: argparse.ArgumentParser) -> None:
+    """The subcommands of ``nasproxy units`` (the library is ``nasproxy.units``)."""
+    sub = parent.add_subparsers(dest="units_command", required=True, metavar="SUBCOMMAND")
+    p = sub.add_parser("pack", help="experiments' manifests and unit files -> one tar.gz")
+    p.add_argument("experiments", nargs="+", metavar="EXP")
+    p.add_argument("--results-dir", type=Path, default=Path("results"), metavar="DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="ARCHIVE")
+    p.set_defaults(handler=cmd_units_pack)
+    p = sub.add_parser("unpack", help="a packed tar.gz -> DIR/EXP/..., trials rebuilt")
+    p.add_argument("archive", type=Path)
+    p.add_argument("--results-dir", type=Path, default=Path("results"), metavar="DIR")
+    p.set_defaults(handler=cmd_units_unpack)
+    p = sub.add_parser("rates", help="measured rates of the units finished since a time")
+    p.add_argument("experiments", nargs="+", metavar="EXP")
+    p.add_argument("--results-dir", type=Path, default=Path("results"), metavar="DIR")
+    p.add_argument("--since", type=float, required=True, help="seconds since the epoch")
+    p.set_defaults(handler=cmd_units_rates)
+    p = sub.add_parser("check-data", help="the dataset's fingerprint against proxy files")
+    p.add_argument("proxies", nargs="*", type=Path)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-root", default=None)
+    p.set_defaults(handler=cmd_units_check_data)
+    p = sub.add_parser("has-gpu-bench", help="exit 0 when a CUDA sweep benchmark exists")
+    p.add_argument("folder", type=Path)
+    p.set_defaults(handler=cmd_units_has_gpu_bench)
+    p = sub.add_parser("shapes", help="--archs globs of N stratified shapes, all activations")
+    p.add_argument("n", type=int)
+    p.add_argument("--space", default="convnet720")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--within", action="append", default=[], help="--archs patterns to keep")
+    p.set_defaults(handler=cmd_units_shapes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,7 +34,7 @@
 # Under $OUT (one level): gpu_table1.log, env.txt, table1-units.tar.gz (the experiment's
 # manifest and unit files; rewritten every PACK_EVERY seconds while the sweeps run and at
 # the end, always by rename), sweep-<device>.json (when the benchmark ran). Unpack with
-#     python scripts/table1_units.py unpack table1-units.tar.gz --results-dir results
+#     nasproxy units unpack table1-units.tar.gz --results-dir results
 # The log has a `rate` line for each training set every PACK_EVERY seconds: units and
 # images per second measured here, and what the rest would take at that rate.
 set -uo pipefail
@@ -78,7 +78,7 @@ fi
 EXPERIMENTS=("$EXP")
 WHOLE_ARCHS=()
 while read -r glob; do WHOLE_ARCHS+=(--whole-archs "$glob"); done < <(
-  "$PY" scripts/table1_units.py shapes "$WHOLE_SHAPES" "${SHAPES_WITHIN[@]}")
+  "$PY" -m nasproxy.cli units shapes "$WHOLE_SHAPES" "${SHAPES_WITHIN[@]}")
 WHOLE_ARCHS+=("${WHOLE_OPTS[@]}")
 TAIL_S=20  # kept for the last pack
 START=$SECONDS
@@ -111,7 +111,7 @@ step() {  # step NAME SECONDS COMMAND...: run in its own session with a time lim
 }
 
 pack() {
-  "$PY" scripts/table1_units.py pack --results-dir "$RESULTS_DIR" --out "$ARCHIVE" \
+  "$PY" -m nasproxy.cli units pack --results-dir "$RESULTS_DIR" --out "$ARCHIVE" \
     "${EXPERIMENTS[@]}" >>"$LOG" 2>&1
 }
 
@@ -123,7 +123,7 @@ monitor() {  # every PACK_EVERY seconds: refresh the archive, log the measured r
     nap=$!
     wait "$nap"
     pack
-    "$PY" scripts/table1_units.py rates --results-dir "$RESULTS_DIR" --since "$since" \
+    "$PY" -m nasproxy.cli units rates --results-dir "$RESULTS_DIR" --since "$since" \
       "${EXPERIMENTS[@]}" 2>&1 | tee -a "$LOG"
   done
 }
@@ -154,13 +154,13 @@ cat "$OUT/env.txt" >>"$LOG"
 
 # the unpacked JPEGs must decode to the images the proxies were built on
 if ! step decode "$(( $(left) < 150 ? $(left) : 150 ))" \
-    "$PY" scripts/table1_units.py check-data --dataset "$DATASET" "${PROXY_FILES[@]}"; then
+    "$PY" -m nasproxy.cli units check-data --dataset "$DATASET" "${PROXY_FILES[@]}"; then
   say "the dataset could not be read or does not match the proxy files (see the decode step); no sweep ran"
   exit 1
 fi
 grep -h "fingerprint" "$LOG" | tail -1 >>"$OUT/env.txt"
 
-if "$PY" scripts/table1_units.py has-gpu-bench results/bench >>"$LOG" 2>&1; then
+if "$PY" -m nasproxy.cli units has-gpu-bench results/bench >>"$LOG" 2>&1; then
   say "== bench: skipped, a CUDA sweep benchmark is committed"
 else
   step bench "$(( $(left) < BENCH_S ? $(left) : BENCH_S ))" \
@@ -171,6 +171,6 @@ sweep table1 "$(left)" "${SEARCH[@]}" "${PROXY_ARCHS[@]}" --whole "${WHOLE_ARCHS
   --whole-top "$WHOLE_TOP" --name "$EXP"
 
 pack
-"$PY" scripts/table1_units.py rates --results-dir "$RESULTS_DIR" --since "$START_EPOCH" \
+"$PY" -m nasproxy.cli units rates --results-dir "$RESULTS_DIR" --since "$START_EPOCH" \
   "${EXPERIMENTS[@]}" 2>&1 | sed 's/^rate /this call, overall: /' | tee -a "$LOG"
 say "done after $((SECONDS - START))s; under $OUT: $(cd "$OUT" && echo *)"

@@ -1,10 +1,10 @@
-"""scripts/table1_units.py: the archive of unit files a GPU window returns, and its rates."""
+"""nasproxy.units and `nasproxy units`: the archive of unit files a GPU window returns."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
+import subprocess
 import sys
 import tarfile
 from datetime import UTC, datetime
@@ -12,24 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from nasproxy import results
+from nasproxy import cli, results, units
 from nasproxy.errors import NasproxyError
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = [Arch(32, 1, "relu", "none", "maxpooling"), Arch(64, 2, "sigmoid", "batchnorm", "none")]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("table1_units", REPO / "scripts/table1_units.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-units = _load_script()
 
 
 def _experiment(root: Path, name: str, finished: dict[tuple[str, str], float]) -> Path:
@@ -169,3 +158,58 @@ def test_shape_globs_pick_whole_shapes_evenly() -> None:
         assert max(counts) - min(counts) <= 1, (field, counts)
     inside = select_archs(space, units.shape_globs("convnet720", 2, 0, within=["w32-d1-*"]))
     assert len(inside) == 2 * len(acts) and {(a.width, a.depth) for a in inside} == {(32, 1)}
+
+
+def test_the_command_packs_unpacks_and_refuses_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, dst, archive = tmp_path / "src", tmp_path / "dst", tmp_path / "units.tar.gz"
+    a = _experiment(src, "exp", {("random", ARCHS[0].id): 1e9, ("whole", ARCHS[1].id): 1e9})
+    assert cli.main(["units", "pack", "exp", "--results-dir", str(src), "--out", str(archive)]) == 0
+    assert capsys.readouterr().out == f"packed 2 unit files into {archive}\n"
+    assert cli.main(["units", "unpack", str(archive), "--results-dir", str(dst)]) == 0
+    assert capsys.readouterr().out == f"{dst / 'exp'}: 2 unit files, trials table rebuilt\n"
+    assert _files(dst / "exp") == _files(a)
+    (tmp_path / "torn.tar.gz").write_bytes(b"not a tar")
+    assert cli.main(["units", "unpack", str(tmp_path / "torn.tar.gz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nasproxy: error: cannot read") and err.count("\n") == 1
+
+
+def test_the_command_exits_1_without_a_gpu_bench(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "sweep-cpu.json").write_text(json.dumps({"device_type": "cpu"}))
+    assert cli.main(["units", "has-gpu-bench", str(tmp_path)]) == 1
+    assert capsys.readouterr().out == f"no CUDA sweep benchmark under {tmp_path}\n"
+    (tmp_path / "sweep-cuda.json").write_text(json.dumps({"device_type": "cuda"}))
+    assert cli.main(["units", "has-gpu-bench", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'sweep-cuda.json'}\n"
+
+
+def test_the_command_prints_the_rates_and_the_shapes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    since = 1_000_000.0
+    _experiment(tmp_path, "exp", {("random", ARCHS[1].id): since + 10})
+    monkeypatch.setattr("time.time", lambda: since + 60)
+    argv = ["units", "rates", "exp", "--results-dir", str(tmp_path), "--since", str(since)]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.splitlines() == units.rates(tmp_path, ["exp"], since, since + 60)
+    assert cli.main(["units", "shapes", "2", "--seed", "1", "--within", "w32-d1-*"]) == 0
+    assert capsys.readouterr().out.splitlines() == units.shape_globs(
+        "convnet720", 2, 1, within=["w32-d1-*"]
+    )
+
+
+def test_the_old_script_still_works_and_names_the_command(tmp_path: Path) -> None:
+    (tmp_path / "sweep-cuda.json").write_text(json.dumps({"device_type": "cuda"}))
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts/table1_units.py"), "has-gpu-bench", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{tmp_path / 'sweep-cuda.json'}\n"
+    assert done.stderr.count("\n") == 1 and "`nasproxy units`" in done.stderr
