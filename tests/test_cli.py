@@ -156,6 +156,7 @@ def test_search_exit_code_says_whether_units_failed(
         assert err == ""
 
 
+@pytest.mark.slow
 def test_interrupt_exits_130_with_one_line_and_the_store_resumes(tmp_path, cache_root):
     space = tmp_path / "tiny2.yaml"
     space.write_text(TINY_SPACE)

@@ -142,6 +142,7 @@ def test_offline_cifar_download_is_one_clear_error(tmp_path: Path, monkeypatch) 
         load_dataset("cifar10", data_root=tmp_path)
 
 
+@pytest.mark.slow
 def test_real_cifar10_shapes_and_split(cifar: Dataset) -> None:
     assert cifar.classes[:3] == ("airplane", "automobile", "bird")
     assert cifar.x_train.shape == (45000, 3, 32, 32)

@@ -319,6 +319,7 @@ def test_a_rebuilt_manifest_recovers_each_sets_architectures_from_the_units(
         assert rebuilt[key] == original[key], key
 
 
+@pytest.mark.slow
 def test_both_stages_train_through_ray(cluster, inputs, tmp_path):
     """The real trainer on a Ray cluster: the proxies, then each proxy's top 1."""
     events = []

@@ -150,6 +150,7 @@ def _snapshot(exp_dir: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 def test_a_driver_that_lost_its_lock_stops_in_one_line_and_writes_nothing_more(
     cluster, inputs, tmp_path, marked
 ):

@@ -30,6 +30,7 @@ def test_bad_overrides_are_one_line_errors(bad: str) -> None:
         parse_overrides(PRESETS["demo"], [bad])
 
 
+@pytest.mark.slow
 def test_run_smoke_end_to_end(tmp_path: Path, cache_root: Path, capsys) -> None:
     results = tmp_path / "results"
     argv = [

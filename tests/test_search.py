@@ -184,7 +184,8 @@ def test_sweep_trains_every_unit_once_with_sane_rows(cluster, inputs, digits, tm
     assert results.read_manifest(exp_dir)["protocol"]["epochs"] == 1
 
 
-@pytest.mark.parametrize("fuse", ["off", pytest.param("on", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("fuse", ["off", "on"])
 def test_hard_kill_then_resume_runs_every_unit_exactly_once(cluster, inputs, tmp_path, fuse):
     """kill -9 of the driver mid-sweep (fused: mid-stack, the proxies of an architecture
     training as one stack of 2), then resume: no unit lost, none trained twice."""
@@ -736,6 +737,7 @@ RESULT_COLUMNS = [
 ]
 
 
+@pytest.mark.slow
 def test_local_and_ray_runners_give_identical_rows(cluster, inputs, tmp_path):
     """The same tiny sweep in this process and through Ray Tune: the same units, and every
     unit the same numbers, bit for bit (one thread each, float32, exact rng)."""

@@ -130,6 +130,7 @@ def _none_left(marked, grace_s: float = 20) -> dict[int, str]:
 # --- one driver per experiment -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_second_driver_is_refused_and_its_fresh_deletes_nothing(cluster, inputs, tmp_path, marked):
     name = "locked"
     exp_dir = tmp_path / name
@@ -160,6 +161,7 @@ def test_second_driver_is_refused_and_its_fresh_deletes_nothing(cluster, inputs,
     assert not any(p.name.startswith(LOCK_NAME) for p in exp_dir.iterdir())
 
 
+@pytest.mark.slow
 def test_racing_drivers_get_the_lock_exactly_once(tmp_path, marked):
     """Eight processes take one experiment's lock at the same instant: one wins, and holds
     it until the other seven have been refused."""
@@ -215,6 +217,7 @@ def test_a_stale_lock_from_another_host_expires_and_a_fresh_one_holds(tmp_path):
 # --- Ctrl-C ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["while Ray starts", "while trials run"])
 def test_ctrl_c_leaves_no_ray_process_and_a_store_that_resumes(
     cluster, inputs, tmp_path, marked, moment
@@ -298,6 +301,7 @@ def _trial_workers(session: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_worker_crash_tune_recovers_is_recorded_and_told_in_one_line(inputs, tmp_path, marked):
     name = "crash"
     exp_dir = tmp_path / name
@@ -322,6 +326,7 @@ def test_a_worker_crash_tune_recovers_is_recorded_and_told_in_one_line(inputs, t
     assert _none_left(marked) == {}
 
 
+@pytest.mark.slow
 def test_a_trial_that_gives_up_is_read_from_the_result_grid_and_its_units_rerun(
     inputs, tmp_path, marked
 ):
@@ -347,6 +352,7 @@ def test_a_trial_that_gives_up_is_read_from_the_result_grid_and_its_units_rerun(
     assert _none_left(marked) == {}
 
 
+@pytest.mark.slow
 def test_a_damaged_or_missing_manifest_is_rebuilt_from_the_unit_files(cluster, inputs, tmp_path):
     cfg = _config(
         inputs, tmp_path, "rebuild", proxies=(str(inputs["proxies"][0]),), archs=("w8-d1-relu-*",)
@@ -384,6 +390,7 @@ def test_a_damaged_or_missing_manifest_is_rebuilt_from_the_unit_files(cluster, i
 # --- growth by training set ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_adding_a_proxy_trains_only_its_units_and_keeps_every_stored_one(
     cluster, inputs, digits, tmp_path
 ):
@@ -524,6 +531,7 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_rebuild_manifest_leaves_an_intact_one_and_a_stray_unit_is_named(cluster, inputs, tmp_path):
     """--rebuild-manifest on an intact manifest changes nothing of the protocol or history;
     a unit file of another protocol dropped into the store is refused, by its path, on a

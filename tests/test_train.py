@@ -51,6 +51,7 @@ def test_batches_cover_every_example_once() -> None:
     assert sorted(got.tolist()) == list(range(300))
 
 
+@pytest.mark.slow
 def test_real_cifar10_slice_beats_chance(cifar: Dataset) -> None:
     idx = np.concatenate([np.flatnonzero(cifar.y_train.numpy() == c)[:400] for c in range(10)])
     rec = train("w32-d3-relu-instancenorm-avgpooling", cifar, idx, TrainConfig(epochs=8))
