@@ -210,11 +210,8 @@ class _Sweep:
         if self.progress is None:
             return
         elapsed = time.perf_counter() - self.start
-        remaining = self.total - self.n_done
-        eta = elapsed / self.trained * remaining if self.trained else None
-        if self.cost is not None:
-            left = max(self.cost_planned - self.cost_done, 0.0)
-            eta = elapsed * left / self.cost_done if self.cost_done > 0 else None
+        left = max(self.cost_planned - self.cost_done, 0.0)  # units record after plan_cost
+        eta = elapsed * left / self.cost_done if self.cost_done > 0 else None
         statuses = [r["status"] for r in self.done.values()]
         self.progress(
             Progress(
