@@ -301,19 +301,27 @@ def _trial_workers(session: int) -> list[int]:
     return found
 
 
-@pytest.mark.slow
-def test_a_worker_crash_tune_recovers_is_recorded_and_told_in_one_line(inputs, tmp_path, marked):
-    name = "crash"
-    exp_dir = tmp_path / name
+def _kill_trial_workers(
+    inputs, tmp_path: Path, name: str, marked, *extra: str
+) -> tuple[subprocess.Popen, str, str]:
+    """Start a sweep of SMALL named ``name``, SIGKILL its trial workers once a unit is stored,
+    and let it finish; returns the process, its stdout and its stderr."""
     proc = marked(
-        _search_command(inputs, tmp_path, name, "--archs", SMALL),
+        _search_command(inputs, tmp_path, name, "--archs", SMALL, *extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    _wait(lambda: _units(exp_dir) and _trial_workers(proc.pid), proc, "a running trial")
+    _wait(lambda: _units(tmp_path / name) and _trial_workers(proc.pid), proc, "a running trial")
     for pid in _trial_workers(proc.pid):
         _kill(pid)
     out, err = (stream.decode() for stream in proc.communicate(timeout=300))
+    return proc, out, err
+
+
+@pytest.mark.slow
+def test_a_worker_crash_tune_recovers_is_recorded_and_told_in_one_line(inputs, tmp_path, marked):
+    exp_dir = tmp_path / "crash"
+    proc, out, err = _kill_trial_workers(inputs, tmp_path, "crash", marked)
     assert proc.returncode == 0, err
     assert out == f"{exp_dir}\n"  # no Ray notice on stdout, only the result's location
     assert "Traceback" not in err, err
@@ -332,17 +340,10 @@ def test_a_trial_that_gives_up_is_read_from_the_result_grid_and_its_units_rerun(
 ):
     """With --max-failures 0 a killed worker ends its trial: the error comes back in Tune's
     ResultGrid, the run counts the crashed trial, and its missing units train again alone."""
-    name = "gives-up"
-    exp_dir = tmp_path / name
-    proc = marked(
-        _search_command(inputs, tmp_path, name, "--archs", SMALL, "--max-failures", "0"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    exp_dir = tmp_path / "gives-up"
+    proc, out, err = _kill_trial_workers(
+        inputs, tmp_path, "gives-up", marked, "--max-failures", "0"
     )
-    _wait(lambda: _units(exp_dir) and _trial_workers(proc.pid), proc, "a running trial")
-    for pid in _trial_workers(proc.pid):
-        _kill(pid)
-    out, err = (stream.decode() for stream in proc.communicate(timeout=300))
     assert proc.returncode == 0, err
     assert "Traceback" not in err, err
     run = results.read_manifest(exp_dir)["runs"][-1]
