@@ -178,21 +178,17 @@ def read_unit(path: Path) -> dict[str, Any] | None:
     return row
 
 
-def read_units(exp_dir: Path) -> dict[UnitKey, dict[str, Any]]:
-    """Every valid unit of an experiment, by key; torn or foreign files are skipped."""
+def read_units(exp_dir: Path, skipped: list[Path] | None = None) -> dict[UnitKey, dict[str, Any]]:
+    """Every valid unit of an experiment, by key; torn or foreign files are skipped (and
+    appended to ``skipped`` when given: their units count as missing and train again)."""
     rows: dict[UnitKey, dict[str, Any]] = {}
     for path in sorted((Path(exp_dir) / UNITS_DIR).glob("*/s*/*.json")):
         row = read_unit(path)
         if row is not None:
             rows[row_key(row)] = row
+        elif skipped is not None:
+            skipped.append(path)
     return rows
-
-
-def unreadable_units(exp_dir: Path) -> list[Path]:
-    """Unit files that ``read_units`` skips (torn, damaged, or not where their row says):
-    their units count as missing and train again."""
-    paths = sorted((Path(exp_dir) / UNITS_DIR).glob("*/s*/*.json"))
-    return [path for path in paths if read_unit(path) is None]
 
 
 def remove_stale_temporaries(exp_dir: Path) -> int:

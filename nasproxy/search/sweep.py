@@ -302,7 +302,8 @@ def _run_locked(
         for seed in cfg.seeds
         for a in archs_by_set[ts.name]
     ]
-    stored = results.read_units(exp_dir)
+    damaged: list[Path] = []
+    stored = results.read_units(exp_dir, skipped=damaged)
     # failed units (out of memory, crashed worker: often transient) run again; ok and
     # diverged ones are final
     done = {k: stored[k] for k in all_keys if k in stored and stored[k]["status"] != "failed"}
@@ -312,7 +313,7 @@ def _run_locked(
     )
     if cfg.rebuild_manifest and previous is not None:
         sweep.emit(message="manifest.json is intact; --rebuild-manifest leaves it as it is")
-    for path in results.unreadable_units(exp_dir):
+    for path in damaged:
         sweep.emit(
             message=f"unit file {path} is damaged or misplaced; it is ignored, and its unit "
             "trains again"
