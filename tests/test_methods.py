@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from nasproxy.cli import main
 from nasproxy.errors import NasproxyError
+from nasproxy.influence.head import RefitHead, check_memory, head_cache
 from nasproxy.proxies import registry
 from nasproxy.proxies.base import ProxyOptions, top_per_class
 from nasproxy.proxies.build import build_proxy, load_proxy, read_proxy
@@ -28,7 +29,6 @@ from nasproxy.proxies.ccs import ccs_per_class, stratified_sample
 from nasproxy.proxies.el2n import el2n_scores
 from nasproxy.proxies.entropy import entropy_per_class, sampling_weights, softmax_entropy
 from nasproxy.proxies.grand import grand_scores
-from nasproxy.proxies.head import RefitHead, check_memory, head_cache
 from nasproxy.proxies.kcenter import k_center_greedy, k_center_per_class
 from nasproxy.scoring import DEFAULT_BACKBONE, ScoringConfig, build_backbone, scoring_run
 
@@ -573,7 +573,7 @@ def test_cheap_proxies_make_no_scoring_run_and_say_where_epsilon_comes_from(
 def test_epsilon_that_does_not_fit_memory_says_epsilon_is_why(digits, cache, monkeypatch):
     """random needs no S; only measuring its epsilon does, and the message says so."""
     scoring_run(digits, TINY, cache, "cpu")  # cached: random's epsilon is measured
-    monkeypatch.setattr("nasproxy.proxies.head._MEMORY_SHARE", 1e-12)
+    monkeypatch.setattr("nasproxy.influence.head._MEMORY_SHARE", 1e-12)
     with pytest.raises(NasproxyError, match=r"measuring the proxy's epsilon \(which needs"):
         build(digits, cache, "random")
     with pytest.raises(NasproxyError, match=r"^influence on a"):  # influence: S is the method
@@ -595,7 +595,7 @@ def _forbid_recomputation(monkeypatch):
         raise AssertionError("recomputed although cached")
 
     for name in ("refit_head", "head_hessian", "parameter_influence"):
-        monkeypatch.setattr(f"nasproxy.proxies.head.{name}", refuse)
+        monkeypatch.setattr(f"nasproxy.influence.head.{name}", refuse)
 
 
 def test_second_build_reuses_head_factor_and_s(digits, tmp_path, monkeypatch):
@@ -683,15 +683,18 @@ def test_build_does_not_import_solver_dependencies():
 
 
 def test_proxies_import_graph_runs_one_way():
+    modules = {
+        f"nasproxy.{path.parent.name}.{path.stem}".removesuffix(".__init__"): path
+        for folder in (PROXIES, PROXIES.parent / "influence")
+        for path in folder.glob("*.py")
+    }
     graph = {}
-    for path in PROXIES.glob("*.py"):
-        module = f"nasproxy.proxies.{path.stem}".removesuffix(".__init__")
+    for module, path in modules.items():
         deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-                deps |= {n for n in names if n.startswith("nasproxy.proxies.")}
-        graph[module] = deps & {f"nasproxy.proxies.{p.stem}" for p in PROXIES.glob("*.py")}
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[module] = deps & set(modules)
     graph.pop("nasproxy.proxies", None)
 
     def reaches(start: str, target: str, seen: set[str]) -> bool:
@@ -702,7 +705,10 @@ def test_proxies_import_graph_runs_one_way():
 
     cycles = [m for m in graph if reaches(m, m, {m})]
     assert cycles == []
-    assert "nasproxy.proxies.head" in graph["nasproxy.proxies.base"]
+    assert "nasproxy.influence.head" in graph["nasproxy.proxies.base"]
+    # the machinery never reads the methods
+    machinery = {m: d for m, d in graph.items() if m.startswith("nasproxy.influence")}
+    assert not any(dep.startswith("nasproxy.proxies") for d in machinery.values() for dep in d)
 
 
 def test_run_builds_every_registered_method(digits, cache, tmp_path, plugin):

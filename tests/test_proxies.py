@@ -13,12 +13,12 @@ from threadpoolctl import threadpool_limits
 from nasproxy.cli import main
 from nasproxy.data import load_dataset
 from nasproxy.errors import NasproxyError
+from nasproxy.influence.estimate import parameter_influence, per_example_gradients, refit_head
+from nasproxy.influence.head import RefitHead
 from nasproxy.proxies import METHODS
 from nasproxy.proxies.base import ProxyOptions, top_per_class
 from nasproxy.proxies.build import build_proxy, load_proxy, read_proxy, write_proxy
-from nasproxy.proxies.head import RefitHead
 from nasproxy.proxies.herding import herding_order, herding_per_class
-from nasproxy.proxies.influence import parameter_influence, per_example_gradients, refit_head
 from nasproxy.proxies.random import random_per_class
 from nasproxy.scoring import ScoringConfig, scoring_run
 

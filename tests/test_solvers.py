@@ -12,7 +12,7 @@ from threadpoolctl import threadpool_limits
 import nasproxy.proxies.build as build_module
 from nasproxy.cli import main
 from nasproxy.errors import NasproxyError
-from nasproxy.proxies.solvers import objective_value, remove_max_under_epsilon, select_kept
+from nasproxy.influence.solvers import objective_value, remove_max_under_epsilon, select_kept
 
 
 @pytest.fixture(autouse=True)

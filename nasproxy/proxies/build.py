@@ -31,18 +31,18 @@ import numpy as np
 from nasproxy import __version__
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError, first_line
-from nasproxy.io import atomic_write_json
-from nasproxy.proxies import registry
-from nasproxy.proxies.base import ProxyOptions, SelectionContext, check_budget
-from nasproxy.proxies.head import RefitHead
-from nasproxy.proxies.registry import Method
-from nasproxy.proxies.solvers import (
+from nasproxy.influence.head import RefitHead
+from nasproxy.influence.solvers import (
     EPSILON_SOLVERS,
     OBJECTIVES,
     SOLVERS,
     objective_value,
     require_solver,
 )
+from nasproxy.io import atomic_write_json
+from nasproxy.proxies import registry
+from nasproxy.proxies.base import ProxyOptions, SelectionContext, check_budget
+from nasproxy.proxies.registry import Method
 from nasproxy.scoring import ScoringArtifact, ScoringConfig, artifact_dir, scoring_run
 
 FORMAT = "nasproxy-proxy/1"

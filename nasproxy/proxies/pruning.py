@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from nasproxy.errors import NasproxyError
+from nasproxy.influence.solvers import remove_max_under_epsilon, select_kept
 from nasproxy.proxies.base import SelectionContext
-from nasproxy.proxies.solvers import remove_max_under_epsilon, select_kept
 
 
 def select(ctx: SelectionContext) -> np.ndarray:
