@@ -1,9 +1,9 @@
-"""Influence-based dataset pruning (Yang et al., "Dataset Pruning", ICLR 2023), the method.
+"""The influence method: influence-based dataset pruning (Yang et al., ICLR 2023).
 
-The softmax head of the scoring backbone is refitted to the optimum of an L2-regularised
-cross-entropy (``head.RefitHead``), each example's parameter influence S_i = (1/n) H^{-1}
-grad L(z_i) is computed (Eq. 2), and the kept set is chosen so that the removed set's
-summed influence ||sum_{removed} S_i||_2 is small (Eq. 4-5, ``solvers``).
+It reads the parameter influence S_i = (1/n) H^{-1} grad L(z_i) of every example (Eq. 2)
+from the scoring run's refitted head (``nasproxy.influence.head.RefitHead``) and keeps the
+set whose removed examples' summed influence ||sum_{removed} S_i||_2 is small (Eq. 3-4,
+``nasproxy.influence.solvers``). Options and their flags: docs/methods.md.
 """
 
 from __future__ import annotations
