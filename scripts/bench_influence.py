@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from nasproxy.influence.estimate import head_hessian, parameter_influence, refit_head
+from nasproxy.influence.solvers import objective_value, select_kept
 from nasproxy.io import atomic_write_json
 from nasproxy.provenance import provenance
-from nasproxy.proxies.influence import head_hessian, parameter_influence, refit_head
-from nasproxy.proxies.solvers import objective_value, select_kept
 
 REPO = Path(__file__).resolve().parent.parent
 BUDGET_S = {"cpu": 600.0, "cuda": 60.0}  # the targets: 10 minutes on CPU, 1 minute on a GPU

@@ -1,6 +1,6 @@
 """Benchmark: a repeat proxy build on the same scoring run, cold cache against warm cache.
 
-What a build reuses from the disk cache beside its scoring run (``proxies/head.py``):
+What a build reuses from the disk cache beside its scoring run (``nasproxy/influence/head.py``):
 the refitted softmax head, S (n x P, the influence method's input and every epsilon's),
 and the Cholesky factor of H (the epsilon of a method when S was never computed). Each
 is timed cold (computed and stored) and warm (read back and verified), in one run:
@@ -34,9 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_influence import _sync, _synthetic  # noqa: E402
 
+from nasproxy.influence.head import RefitHead, head_cache  # noqa: E402
 from nasproxy.io import atomic_write_json  # noqa: E402
 from nasproxy.provenance import provenance  # noqa: E402
-from nasproxy.proxies.head import RefitHead, head_cache  # noqa: E402
 from nasproxy.proxies.random import random_per_class  # noqa: E402
 from nasproxy.scoring import ScoringArtifact  # noqa: E402
 

@@ -39,6 +39,8 @@ from nasproxy import results
 from nasproxy.data import load_dataset
 from nasproxy.io import atomic_write_json
 from nasproxy.provenance import provenance
+from nasproxy.proxies.build import proxy_record, write_proxy
+from nasproxy.proxies.random import random_per_class
 from nasproxy.search import DEFAULT_TRIAL_SIZE, SearchConfig, run_search
 from nasproxy.train import TrainConfig
 
@@ -172,26 +174,8 @@ def _sweep(label: str, cfg: SearchConfig) -> dict:
 
 
 def _write_proxy(path: Path, data, per_class: int) -> Path:
-    rng = np.random.default_rng(0)
-    labels = data.y_train.numpy()
-    indices = {
-        name: sorted(int(i) for i in rng.choice(np.flatnonzero(labels == c), per_class, False))
-        for c, name in enumerate(data.classes)
-    }
-    payload = {
-        "format": "nasproxy-proxy/1",
-        "method": "random",
-        "per_class": per_class,
-        "seed": 0,
-        "params": {},
-        "dataset": data.spec,
-        "fingerprint": data.fingerprint,
-        "indices": indices,
-        "n_images": per_class * data.num_classes,
-        "epsilon": None,
-    }
-    path.write_text(json.dumps(payload))
-    return path
+    kept = random_per_class(data.y_train.numpy(), per_class, seed=0)
+    return write_proxy(proxy_record(data, kept, method="random", per_class=per_class), path)
 
 
 def _transport(ray) -> dict:

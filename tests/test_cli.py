@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import socket
@@ -45,15 +44,10 @@ def _one_line_error(capsys) -> str:
 
 
 def _proxy_file(path: Path, digits, indices: dict) -> Path:
-    record = {
-        "format": "nasproxy-proxy/1",
-        "method": "random",
-        "fingerprint": digits.fingerprint,
-        "indices": indices,
-        "n_images": sum(len(v) for v in indices.values()),
-    }
-    path.write_text(json.dumps(record))
-    return path
+    """A proxy file of ``digits`` whose per-class indices are ``indices``, valid or not."""
+    record = build_module.proxy_record(digits, np.array([0]), method="random")
+    record |= {"indices": indices, "n_images": sum(len(v) for v in indices.values())}
+    return build_module.write_proxy(record, path)
 
 
 def test_bad_outputs_and_inputs_are_one_line_errors_not_tracebacks(

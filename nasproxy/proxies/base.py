@@ -2,8 +2,8 @@
 
 A method is ``select(ctx) -> np.ndarray``: sorted, unique int64 indices into the train
 split. Methods that score examples (forgetting, EL2N, GraNd) hand the scores to
-``top_per_class``, so scoring and picking stay separate. The import graph of the package
-runs one way: ``influence`` (math) <- ``head`` <- ``base`` <- the method modules <- ``build``.
+``top_per_class``, so scoring and picking stay separate. Imports run one way:
+``nasproxy.influence`` (``estimate`` <- ``head``) <- ``base`` <- the method modules <- ``build``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 
 if TYPE_CHECKING:
-    from nasproxy.proxies.head import RefitHead
+    from nasproxy.influence.head import RefitHead
     from nasproxy.scoring import ScoringArtifact
 
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class ProxyOptions:
     """Options of the influence method and of the head every epsilon is measured with."""
 
-    solver: str = "greedy"  # greedy | relax | exact (see nasproxy.proxies.solvers)
+    solver: str = "greedy"  # greedy | relax | exact (see nasproxy.influence.solvers)
     objective: str = "removed-sum"  # removed-sum | kept-mean
     project_dim: int | None = None  # random projection of S before solving; None = none
     epsilon: float | None = None  # remove as many as ||sum_removed S_i|| <= epsilon allows

@@ -10,8 +10,10 @@ mean loss and gradient norm of the kept examples beside those of the whole train
 The proxy file (JSON, format ``nasproxy-proxy/1``) records the method, its options, the
 seed, the dataset and its fingerprint, the backbone and the scoring artifact's hash, the
 kept train-split indices per class name, n_images, epsilon, diagnostics and timings.
-``load_proxy`` is the canonical reader: it checks the format, the dataset fingerprint
-and every index before handing back the indices.
+``proxy_record`` is the one place a record is made (by ``build_proxy``, and by scripts and
+tests that need a proxy file without a build), ``write_proxy`` the one writer, and
+``load_proxy`` the canonical reader: it checks the format, the dataset fingerprint and
+every index before handing back the indices.
 """
 
 from __future__ import annotations
@@ -31,18 +33,18 @@ import numpy as np
 from nasproxy import __version__
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError, first_line
-from nasproxy.io import atomic_write_json
-from nasproxy.proxies import registry
-from nasproxy.proxies.base import ProxyOptions, SelectionContext, check_budget
-from nasproxy.proxies.head import RefitHead
-from nasproxy.proxies.registry import Method
-from nasproxy.proxies.solvers import (
+from nasproxy.influence.head import RefitHead
+from nasproxy.influence.solvers import (
     EPSILON_SOLVERS,
     OBJECTIVES,
     SOLVERS,
     objective_value,
     require_solver,
 )
+from nasproxy.io import atomic_write_json
+from nasproxy.proxies import registry
+from nasproxy.proxies.base import ProxyOptions, SelectionContext, check_budget
+from nasproxy.proxies.registry import Method
 from nasproxy.scoring import ScoringArtifact, ScoringConfig, artifact_dir, scoring_run
 
 FORMAT = "nasproxy-proxy/1"
@@ -162,17 +164,16 @@ def build_proxy(
             params["objective_value"] = objective_value(
                 run.head.influence(), kept, options.objective
             )
-    labels = data.y_train.numpy()
     artifact = run.artifact
-    return {
-        "format": FORMAT,
-        "method": method,
-        "per_class": per_class,
-        "seed": seed,
-        "params": params,
-        "dataset": data.spec,
-        "fingerprint": data.fingerprint,
-        "backbone": None
+    return proxy_record(
+        data,
+        kept,
+        method=method,
+        per_class=per_class,
+        seed=seed,
+        params=params,
+        epsilon=epsilon,
+        backbone=None
         if artifact is None
         else {
             "id": scoring.backbone,
@@ -188,22 +189,57 @@ def build_proxy(
             "train_acc_eval": artifact.meta.get("train_acc_eval"),
             "feature_dim": int(artifact.features.shape[1]),
         },
-        "backbone_hash": None if artifact is None else artifact.hash,
-        "indices": {name: kept[labels[kept] == c].tolist() for c, name in enumerate(data.classes)},
-        "n_images": int(len(kept)),
-        "epsilon": epsilon,
-        "epsilon_from": epsilon_from,
-        "diagnostics": diagnostics,
-        "timings": {
+        backbone_hash=None if artifact is None else artifact.hash,
+        epsilon_from=epsilon_from,
+        diagnostics=diagnostics,
+        timings={
             "scoring_s": run.scoring_s,
             "head_s": run.head_s,
             "select_s": select_s,
             "epsilon_s": epsilon_s,
             "total_s": time.perf_counter() - start,
         },
-        "nasproxy_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        nasproxy_version=__version__,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def proxy_record(
+    data: Dataset,
+    kept: np.ndarray,
+    *,
+    method: str,
+    per_class: int | None = None,
+    seed: int = 0,
+    params: dict[str, Any] | None = None,
+    epsilon: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The proxy record (format ``nasproxy-proxy/1``) that keeps the train-split indices
+    ``kept`` of ``data``: the indices listed per class name, their count, the dataset and
+    its fingerprint, the method, its budget, seed, parameters and epsilon, then ``extra``
+    fields (``build_proxy`` adds the backbone, diagnostics and timings). ``kept`` is checked
+    as a method's selection is (``check_selection``), so the record reads back with
+    ``proxy_indices``; ``write_proxy`` writes it.
+    """
+    kept = check_selection(kept, data, per_class, f"the kept set of the {method} proxy")
+    labels = data.y_train.numpy()
+    record = {
+        "format": FORMAT,
+        "method": method,
+        "per_class": per_class,
+        "seed": seed,
+        "params": dict(params or {}),
+        "dataset": data.spec,
+        "fingerprint": data.fingerprint,
+        "indices": {name: kept[labels[kept] == c].tolist() for c, name in enumerate(data.classes)},
+        "n_images": int(len(kept)),
+        "epsilon": epsilon,
     }
+    clash = sorted(record.keys() & extra.keys())
+    if clash:  # these follow from data and kept: an extra field must not contradict them
+        raise NasproxyError(f"proxy record: {', '.join(clash)} cannot be given as extra fields")
+    return record | extra
 
 
 def _measure(

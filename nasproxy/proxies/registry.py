@@ -24,7 +24,7 @@ from nasproxy.results import NAME_PATTERN
 ENTRY_POINT_GROUP = "nasproxy.methods"
 
 BUILTIN: dict[str, str] = {
-    "influence": "nasproxy.proxies.pruning:select",
+    "influence": "nasproxy.proxies.influence:select",
     "random": "nasproxy.proxies.random:select",
     "herding": "nasproxy.proxies.herding:select",
     "forgetting": "nasproxy.proxies.forgetting:select",

@@ -1,6 +1,6 @@
 """The scoring network's softmax head refitted to its optimum, and what it measures.
 
-``RefitHead`` refits the head on the cached penultimate features (``influence.refit_head``)
+``RefitHead`` refits the head on the cached penultimate features (``estimate.refit_head``)
 and gives, from it, the parameter influence S of every example (Yang et al., ICLR 2023,
 Eq. 2), epsilon = ||sum_{removed} S_i|| for any kept set (their Fig. 2 yardstick, for
 every method alike) and per-example loss and gradient norms. The head, the Cholesky
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from nasproxy.errors import NasproxyError
-from nasproxy.proxies.cache import ArrayCache
-from nasproxy.proxies.influence import head_hessian, parameter_influence, refit_head
+from nasproxy.influence.cache import ArrayCache
+from nasproxy.influence.estimate import head_hessian, parameter_influence, refit_head
 from nasproxy.scoring import ScoringArtifact
 from nasproxy.train import resolve_device
 
@@ -32,7 +32,7 @@ _MEMORY_SHARE = 0.8  # refuse work estimated to need more than this share of a m
 
 @dataclass(eq=False)
 class RefitHead:
-    """The scoring backbone's head refitted to the optimum of J (influence.py's objective)."""
+    """The scoring backbone's head refitted to the optimum of J (``estimate``'s objective)."""
 
     features: np.ndarray  # (n, d) penultimate features of the train split
     labels: np.ndarray  # (n,)

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-import nasproxy.proxies.build as build_module
-from nasproxy.cli import main
 from nasproxy.errors import NasproxyError
-from nasproxy.proxies.solvers import objective_value, remove_max_under_epsilon, select_kept
+from nasproxy.influence.solvers import objective_value, remove_max_under_epsilon, select_kept
 
 
 @pytest.fixture(autouse=True)
@@ -261,19 +259,3 @@ def test_a_solver_without_its_library_names_the_extra(monkeypatch, solver, libra
         select_kept(s, labels, COUNTS, solver=solver)
     assert library in str(err.value) and "\n" not in str(err.value)
     assert len(select_kept(s, labels, COUNTS, solver="greedy")) == sum(COUNTS.values())
-
-
-def test_build_proxy_refuses_a_missing_solver_library_before_the_scoring_run(
-    tmp_path, cache_root, monkeypatch, capsys
-):
-    def no_scoring(*args, **kwargs):
-        raise AssertionError("the scoring run started for a solver that cannot run")
-
-    monkeypatch.setitem(sys.modules, "cvxpy", None)
-    monkeypatch.setattr(build_module, "scoring_run", no_scoring)
-    argv = ["build-proxy", "--method", "influence", "--solver", "relax", "--per-class", "5"]
-    argv += ["--dataset", "digits", "--data-root", str(cache_root)]
-    assert main([*argv, "--out", str(tmp_path / "p.json")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "nasproxy[solvers]" in err
-    assert not (tmp_path / "p.json").exists()

@@ -1,6 +1,6 @@
 """Discrete selection over parameter influences S (Yang et al., ICLR 2023, Eq. 3 and Eq. 4).
 
-Given the per-example parameter influences S (n x P, see ``influence.py``), the paper prunes
+Given the per-example parameter influences S (n x P, see ``estimate``), the paper prunes
 the training set by choosing the removed set R:
 
   * Eq. 4 (cardinality form): with |R| fixed, minimise || sum_{i in R} S_i ||_2 (here with

@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 from threadpoolctl import threadpool_limits
 
 from nasproxy.errors import NasproxyError
-from nasproxy.proxies.influence import (
+from nasproxy.influence.estimate import (
     head_hessian,
     parameter_influence,
     per_example_gradients,

@@ -1,0 +1,393 @@
+"""Building a proxy (any method, --from-indices), measuring its epsilon, and making,
+writing and reading the proxy file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nasproxy.proxies.build as build_module
+from nasproxy.cli import main
+from nasproxy.data import load_dataset
+from nasproxy.errors import NasproxyError
+from nasproxy.influence.estimate import parameter_influence, per_example_gradients, refit_head
+from nasproxy.influence.head import RefitHead
+from nasproxy.proxies.build import (
+    build_proxy,
+    load_proxy,
+    proxy_record,
+    read_proxy,
+    selection_hash,
+    write_proxy,
+)
+from nasproxy.proxies.random import random_per_class
+from nasproxy.scoring import DEFAULT_BACKBONE, scoring_run
+from tests.proxies.common import NEW, TINY, K, build, cli, first_k, flat
+
+
+@pytest.mark.parametrize("method", NEW)
+def test_new_methods_build_valid_deterministic_proxies(digits, cache, method):
+    record = build(digits, cache, method)
+    labels = digits.y_train.numpy()
+    assert record["method"] == method and record["n_images"] == K * digits.num_classes
+    for c, name in enumerate(digits.classes):
+        assert len(record["indices"][name]) == K
+        assert np.all(labels[record["indices"][name]] == c)
+    assert record["epsilon"] > 0 and "source" not in record["params"]
+    assert build(digits, cache, method)["indices"] == record["indices"]
+
+
+def test_methods_are_class_balanced_and_deterministic(records, digits, cache):
+    labels = digits.y_train.numpy()
+    for method, record in records.items():
+        assert record["method"] == method and record["n_images"] == K * digits.num_classes
+        assert sorted(record["indices"]) == sorted(digits.classes)
+        for c, name in enumerate(digits.classes):
+            members = record["indices"][name]
+            assert len(members) == K and members == sorted(members)
+            assert np.all(labels[members] == c)
+        again = build(digits, cache, method)
+        assert again["indices"] == record["indices"], method
+        assert again["epsilon"] == pytest.approx(record["epsilon"], rel=1e-12)
+    assert records["random"]["indices"] != build(digits, cache, "random", seed=1)["indices"]
+
+
+def test_records_name_the_scoring_run_they_read(records, artifact):
+    for record in records.values():
+        assert record["backbone_hash"] == artifact.hash
+        assert record["backbone"]["id"] == TINY.backbone
+
+
+def test_epsilon_and_diagnostics_match_a_direct_recomputation(records, digits, cache):
+    artifact = scoring_run(digits, TINY, cache, device="cpu")
+    labels = digits.y_train.numpy()
+    l2 = TINY.weight_decay
+    # an independent refit from zeros reaches the same optimum (J is strongly convex)
+    head, info = refit_head(artifact.features, labels, digits.num_classes, l2)
+    influence = parameter_influence(artifact.features, labels, head, l2, dtype=np.float64)
+    grads = per_example_gradients(artifact.features, labels, head)
+    x = torch.from_numpy(artifact.features).double()
+    losses = F.cross_entropy(head(x), torch.from_numpy(labels), reduction="none").detach()
+    for method, record in records.items():
+        kept = np.array(flat(record))
+        removed = np.setdiff1d(np.arange(len(labels)), kept)
+        expected = np.linalg.norm(influence[removed].sum(axis=0))
+        assert record["epsilon"] == pytest.approx(expected, rel=1e-5), method
+        diag = record["diagnostics"]
+        assert diag["kept"]["loss"] == pytest.approx(losses[kept].mean().item(), rel=1e-6)
+        assert diag["all"]["loss"] == pytest.approx(losses.mean().item(), rel=1e-6)
+        norms = np.linalg.norm(grads, axis=1)
+        assert diag["kept"]["grad_norm"] == pytest.approx(norms[kept].mean(), rel=1e-6)
+        assert diag["all"]["grad_norm"] == pytest.approx(norms.mean(), rel=1e-6)
+        assert record["params"]["head_l2"] == l2
+        assert record["params"]["head_grad_norm"] < 1e-8
+
+
+def test_proxy_file_round_trip(records, digits, tmp_path):
+    record = records["herding"]
+    path = write_proxy(record, tmp_path / "p.json")
+    text = path.read_text()
+    assert text.startswith("{\n  ")  # indented for people
+    assert read_proxy(path) == json.loads(json.dumps(record))  # every field, as JSON has it
+    assert read_proxy(path)["nasproxy_version"]
+    np.testing.assert_array_equal(load_proxy(path, digits), flat(record))
+    assert load_proxy(path, digits).dtype == np.int64
+
+
+def test_proxy_record_is_the_builders_record_of_the_same_selection(digits, tmp_path):
+    """A record made from a kept set reads back as that set, and defines the same selection
+    (``selection_hash``) as the record ``build_proxy`` writes for it."""
+    kept = random_per_class(digits.y_train.numpy(), K, seed=3)
+    record = proxy_record(digits, kept[::-1], method="random", per_class=K, seed=3, note="x")
+    path = write_proxy(record, tmp_path / "p.json")
+    np.testing.assert_array_equal(load_proxy(path, digits), kept)
+    assert read_proxy(path)["note"] == "x" and read_proxy(path)["dataset"] == digits.spec
+    built = build(digits, tmp_path / "cache", "random", seed=3)  # nothing cached: no epsilon
+    assert selection_hash(record) == selection_hash(built)
+    shared = record.keys() & built.keys()
+    assert shared == record.keys() - {"note"}
+    assert {k: record[k] for k in shared} == {k: built[k] for k in shared}
+
+
+@pytest.mark.parametrize(
+    "kept, options, message",
+    [
+        (np.array([0, 0]), {}, "more than once"),
+        (np.array([-1]), {}, "outside the train split"),
+        (np.arange(40), {"per_class": K}, "expected 5 \\(the per-class budget\\)"),
+        (np.array([0]), {"fingerprint": "0123456789abcdef"}, "fingerprint cannot be given"),
+    ],
+    ids=["repeated", "outside", "unbalanced", "clashing field"],
+)
+def test_proxy_record_refuses_what_would_not_read_back(digits, kept, options, message):
+    with pytest.raises(NasproxyError, match=message):
+        proxy_record(digits, kept, method="random", **options)
+
+
+def test_proxy_for_another_dataset_is_refused(records, tmp_path):
+    path = write_proxy(records["random"], tmp_path / "p.json")
+    other = load_dataset("digits", data_root=tmp_path, val_fraction=0.2)
+    with pytest.raises(NasproxyError) as err:
+        load_proxy(path, other)
+    fp = records["random"]["fingerprint"]
+    assert str(err.value) == (
+        f"proxy {path} was built on dataset fingerprint {fp}, this dataset is {other.fingerprint}"
+    )
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda r: r["indices"]["3"].append(10**6), "outside the train split"),
+        (lambda r: r["indices"]["3"].append(r["indices"]["4"][0]), "another class"),
+        (lambda r: r["indices"].update({"cat": []}), "lacks"),
+        (lambda r: r.update({"n_images": 1}), "n_images"),
+        (lambda r: r.update({"format": "other/1"}), "not a nasproxy proxy file"),
+    ],
+)
+def test_damaged_proxy_is_refused(records, digits, tmp_path, edit, message):
+    record = json.loads(json.dumps(records["random"]))
+    edit(record)
+    path = write_proxy(record, tmp_path / "p.json")
+    with pytest.raises(NasproxyError, match=message):
+        load_proxy(path, digits)
+
+
+@pytest.mark.parametrize(
+    "method, per_class, options, message",
+    [
+        ("random", 126, {}, "exceeds class '8', which has 125"),
+        ("random", 0, {}, "at least 1"),
+        ("kmeans", 5, {}, "unknown proxy method 'kmeans'"),
+        ("no_such_module:pick", 5, {}, "cannot import no_such_module"),
+        ("influence", 5, {"solver": "annealing"}, "unknown solver 'annealing'"),
+        ("influence", 5, {"objective": "max"}, "unknown objective 'max'"),
+        ("influence", None, {"epsilon": 1.0, "solver": "relax"}, "no epsilon form"),
+        ("random", None, {"epsilon": 1.0}, "influence method only"),
+        ("influence", 5, {"epsilon": 1.0}, "not both"),
+        ("random", None, {}, "per-class budget is required"),
+    ],
+)
+def test_bad_requests_are_refused_before_training(
+    digits, tmp_path, method, per_class, options, message
+):
+    with pytest.raises(NasproxyError, match=message):
+        build(digits, tmp_path, method, per_class, **options)
+    assert not (tmp_path / "scoring").exists()
+
+
+def test_cli_build_proxy(digits, cache, tmp_path, capsys):
+    out = tmp_path / "proxy.json"
+    argv = ["build-proxy", "--method", "forgetting", "--per-class", str(K), "--dataset", "digits"]
+    argv += ["--data-root", str(cache), "--backbone", TINY.backbone, "--backbone-epochs", "2"]
+    argv += ["--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    assert str(out) in capsys.readouterr().out
+    np.testing.assert_array_equal(load_proxy(out, digits), flat(build(digits, cache, "forgetting")))
+
+    assert main([*argv[:4], "500", *argv[5:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nasproxy: error: per-class budget 500 exceeds") and "\n" not in err
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".json", ".npy"])
+def test_from_indices(digits, cache, tmp_path, suffix):
+    kept = first_k(digits)[::-1]  # any order
+    path = tmp_path / f"sel{suffix}"
+    if suffix == ".npy":
+        np.save(path, np.array(kept, dtype=np.int32))
+    elif suffix == ".json":
+        path.write_text(json.dumps(kept))
+    else:
+        path.write_text(", ".join(map(str, kept[:10])) + "\n" + " ".join(map(str, kept[10:])))
+    out = tmp_path / "p.json"
+    assert cli(cache, out, "--from-indices", str(path), "--measure-epsilon") == 0
+    record = read_proxy(out)
+    assert record["method"] == "from-indices" and str(path) in record["params"]["source"]
+    assert load_proxy(out, digits).tolist() == sorted(kept)
+    head = RefitHead.load_or_fit(scoring_run(digits, TINY, cache, "cpu"), TINY.weight_decay)
+    assert record["epsilon"] == pytest.approx(head.epsilon(np.array(kept)))
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("a.txt", "1 2 x", "'x' is not an integer"),
+        ("a.json", '{"indices": [1]}', "not a JSON list of integers"),
+        ("a.json", "[1, 2", "not valid JSON"),
+        ("a.txt", "1 2 3", "images of class"),
+        ("a.txt", "-1", "gave index -1, outside the train split"),
+        ("obj.npy", None, "not a plain .npy"),
+    ],
+)
+def test_bad_indices_file_is_one_line(digits, cache, tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    if content is None:
+        np.save(path, np.array([1, "a"], dtype=object), allow_pickle=True)
+    else:
+        path.write_text(content)
+    out = tmp_path / "p.json"
+    assert cli(cache, out, "--from-indices", str(path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and not out.exists()  # refused before training
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("a.txt", "1 --3", "'--3' is not an integer"),
+        ("a.txt", "1 \u00b2", "'\u00b2' is not an integer"),
+        ("a.txt", "1 2.0", "'2.0' is not an integer"),
+        ("a.npz", "npz2", "holds 2 arrays, not one"),
+        ("a.npz", "garbage", "not a plain .npz"),
+        ("a.pt", "binary", "is not text"),
+        ("a.NPY", "pickle", "not a plain .npy"),
+        ("a.json", "binary", "not valid JSON"),
+    ],
+)
+def test_odd_indices_files_are_one_line(digits, cache, tmp_path, capsys, name, content, message):
+    """Tokens int() or str.isdigit() take differently, and binary files under any name."""
+    path = tmp_path / name
+    kept = np.array(first_k(digits))
+    if content == "npz2":
+        np.savez(path, a=kept, b=kept)
+    elif content == "pickle":
+        np.save(tmp_path / "x.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
+        (tmp_path / "x.npy").rename(path)
+    elif content in ("binary", "garbage"):
+        path.write_bytes(b"\x80\x04\x95" + bytes(range(256)))
+    else:
+        path.write_text(content, encoding="utf-8")
+    out = tmp_path / "p.json"
+    assert cli(cache, out, "--from-indices", str(path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".NPY", ".TXT"])
+def test_from_indices_reads_npz_and_any_case_and_infers_the_budget(
+    digits, cache, tmp_path, suffix, monkeypatch
+):
+    """No --per-class: the file keeps K of every class, so the proxy does; nothing trains."""
+    kept = np.array(first_k(digits), dtype=np.int64)
+    path = tmp_path / f"sel{suffix}"
+    if suffix == ".npz":
+        np.savez(path, kept=kept)
+    elif suffix == ".NPY":
+        np.save(tmp_path / "x.npy", kept)
+        (tmp_path / "x.npy").rename(path)
+    else:
+        path.write_text(" ".join(map(str, kept)))
+    monkeypatch.setattr("nasproxy.proxies.build.scoring_run", _no_scoring_run)
+    out = tmp_path / "p.json"
+    argv = ["build-proxy", "--dataset", "digits", "--data-root", str(tmp_path / "empty")]
+    assert main([*argv, "--from-indices", str(path), "--out", str(out)]) == 0
+    record = read_proxy(out)
+    assert record["per_class"] == K and load_proxy(out, digits).tolist() == kept.tolist()
+    assert record["epsilon"] is None and record["backbone"] is None
+
+
+def test_from_indices_without_a_budget_refuses_unequal_classes(digits, cache, tmp_path, capsys):
+    kept = first_k(digits)[1:]  # one image fewer of class '0'
+    path = tmp_path / "sel.txt"
+    path.write_text(" ".join(map(str, kept)))
+    argv = ["build-proxy", "--dataset", "digits", "--data-root", str(cache)]
+    assert main([*argv, "--from-indices", str(path), "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"keeps {K - 1} images of class '0' but {K} of" in err and "\n" not in err
+
+
+def _no_scoring_run(*args, **kwargs):
+    raise AssertionError("a scoring run was made")
+
+
+def test_cheap_proxies_make_no_scoring_run_and_say_where_epsilon_comes_from(
+    digits, tmp_path, monkeypatch, capsys
+):
+    """random and a selection made elsewhere read no scoring run: none is trained for them;
+    their epsilon comes from a cached run, or from one made when --measure-epsilon asks."""
+    cache = tmp_path / "cache"
+    kept = tmp_path / "sel.txt"
+    kept.write_text(" ".join(map(str, first_k(digits))))
+    with monkeypatch.context() as m:
+        m.setattr("nasproxy.proxies.build.scoring_run", _no_scoring_run)
+        for how in (["--method", "random"], ["--from-indices", str(kept)]):
+            assert cli(cache, tmp_path / "p.json", *how) == 0
+            record = read_proxy(tmp_path / "p.json")
+            assert record["epsilon"] is None and record["epsilon_from"] is None
+            assert record["timings"]["scoring_s"] == 0.0
+            assert "epsilon not measured" in capsys.readouterr().out
+        with pytest.raises(AssertionError, match="a scoring run was made"):
+            cli(cache, tmp_path / "p.json", "--method", "herding")  # herding reads it
+    assert not (cache / "scoring").exists()
+
+    assert cli(cache, tmp_path / "p.json", "--method", "random", "--measure-epsilon") == 0
+    record = read_proxy(tmp_path / "p.json")
+    assert record["epsilon_from"] == "a scoring run made to measure it"
+    assert "(from a scoring run made to measure it)" in capsys.readouterr().out
+    head = RefitHead.load_or_fit(scoring_run(digits, TINY, cache, "cpu"), TINY.weight_decay)
+    kept_indices = np.array(flat(record))
+    assert record["epsilon"] == pytest.approx(head.epsilon(kept_indices))
+    assert cli(cache, tmp_path / "q.json", "--from-indices", str(kept)) == 0  # now cached
+    record = read_proxy(tmp_path / "q.json")
+    assert record["epsilon_from"] == "a cached scoring run"
+    assert record["epsilon"] == pytest.approx(head.epsilon(np.array(first_k(digits))))
+    assert cli(cache, tmp_path / "r.json", "--method", "random", "--no-measure-epsilon") == 0
+    assert read_proxy(tmp_path / "r.json")["epsilon"] is None
+
+
+def test_epsilon_that_does_not_fit_memory_says_epsilon_is_why(digits, cache, monkeypatch):
+    """random needs no S; only measuring its epsilon does, and the message says so."""
+    scoring_run(digits, TINY, cache, "cpu")  # cached: random's epsilon is measured
+    monkeypatch.setattr("nasproxy.influence.head._MEMORY_SHARE", 1e-12)
+    with pytest.raises(NasproxyError, match=r"measuring the proxy's epsilon \(which needs"):
+        build(digits, cache, "random")
+    with pytest.raises(NasproxyError, match=r"^influence on a"):  # influence: S is the method
+        build(digits, cache, "influence")
+    record = build_proxy(digits, "random", K, 0, cache, TINY, device="cpu", measure=False)
+    assert record["epsilon"] is None
+
+
+def test_method_and_from_indices_are_exclusive(cache, tmp_path, capsys):
+    assert cli(cache, tmp_path / "p.json") == 2
+    assert "give either --method or --from-indices" in capsys.readouterr().err
+
+
+def test_build_does_not_import_solver_dependencies():
+    code = (
+        "import sys, nasproxy.proxies.build, nasproxy.proxies.registry\n"
+        "print(sorted(m for m in ('pulp', 'cvxpy', 'nasproxy.proxies.influence') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_cli_help_names_the_library_default_backbone(capsys: pytest.CaptureFixture) -> None:
+    """build-proxy's help states the scoring network the library actually defaults to."""
+    with pytest.raises(SystemExit):
+        main(["build-proxy", "--help"])
+    assert DEFAULT_BACKBONE in "".join(capsys.readouterr().out.split())  # wrapped at hyphens
+
+
+def test_build_proxy_refuses_a_missing_solver_library_before_the_scoring_run(
+    tmp_path, cache_root, monkeypatch, capsys
+):
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("the scoring run started for a solver that cannot run")
+
+    monkeypatch.setitem(sys.modules, "cvxpy", None)
+    monkeypatch.setattr(build_module, "scoring_run", no_scoring)
+    argv = ["build-proxy", "--method", "influence", "--solver", "relax", "--per-class", "5"]
+    argv += ["--dataset", "digits", "--data-root", str(cache_root)]
+    assert main([*argv, "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nasproxy[solvers]" in err
+    assert not (tmp_path / "p.json").exists()
