@@ -595,10 +595,10 @@ def test_an_injected_stack_failure_is_split_down_and_recorded(
     other shape trains as one stack."""
     import torch
 
-    from nasproxy import multitrain
+    from nasproxy.multitrain import lockstep
 
     victim = "w8-d1-sigmoid-batchnorm-maxpooling"
-    real = multitrain._train_stack
+    real = lockstep._train_stack
     attempts: list[int] = []
 
     def failing(archs, data, index_sets, cfgs, options):
@@ -607,7 +607,7 @@ def test_an_injected_stack_failure_is_split_down_and_recorded(
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real(archs, data, index_sets, cfgs, options)
 
-    monkeypatch.setattr(multitrain, "_train_stack", failing)
+    monkeypatch.setattr(lockstep, "_train_stack", failing)
     cfg = _config(
         inputs, tmp_path, "injected", whole=False, seeds=(0, 1), runner="local", fuse="on"
     )

@@ -4,7 +4,8 @@ become stacks (units trained together as one network) and the chunks Tune trials
 units -> stacks: units of one shape (width, depth, norm, pooling: the activation may
 differ, as the stacked network applies one a model) whose training sets have the same size
 share a batch schedule (the sweep's training settings are common to all units but the
-seed), so ``nasproxy.multitrain.train_many`` can train them in lockstep: on a proxy sweep,
+seed), so ``nasproxy.multitrain.train_many`` can train them in lockstep
+(``nasproxy.multitrain.plan_stacks`` groups them): on a proxy sweep,
 every activation x proxy x seed of a shape. A stack holds at most ``max_stack`` units; the
 trial may cut it further to fit its GPU share (``nasproxy.search.trial``). Without fusing
 every unit is its own stack. Only pending units are planned, so a stack whose members are
@@ -24,11 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from nasproxy import multitrain
 from nasproxy.errors import NasproxyError
+from nasproxy.multitrain import plan_stacks
 from nasproxy.results import UnitKey
 from nasproxy.spaces import FIELDS, Arch, Space
-from nasproxy.train import TrainConfig
 
 Stack = tuple[UnitKey, ...]  # units of one shape and training-set size
 
@@ -139,19 +139,6 @@ def stratified_sample(archs: Sequence[Arch], n: int, seed: int) -> list[Arch]:
 
 
 # --- stacks and chunks ------------------------------------------------------------------
-
-
-def plan_stacks(
-    pending: Sequence[UnitKey], n_images: Mapping[str, int], max_stack: int
-) -> list[Stack]:
-    """Group pending units into stacks: one shape and training-set size each, at
-    most ``max_stack`` units, as even in size as possible; in the order of ``pending``.
-
-    Grouping is :func:`nasproxy.multitrain.plan_stacks`'s: every unit of a sweep has the
-    same training settings but the seed, so the shape and the size decide.
-    """
-    units = [(arch, n_images[ts], TrainConfig(seed=seed)) for ts, seed, arch in pending]
-    return [tuple(pending[i] for i in group) for group in multitrain.plan_stacks(units, max_stack)]
 
 
 def plan_chunks(

@@ -1,43 +1,35 @@
-"""The stacked multi-model trainer computes what separate single-model runs compute.
+"""The lockstep loop trains every model of a stack as nasproxy.train would train it alone.
 
-Truths: torch.optim.SGD + CosineAnnealingLR on separate ConvNets (step level), and
-nasproxy.train.fit / train themselves (end to end). The float64 comparisons isolate the
-stacking from float32 rounding: there the two paths agree to ~1e-12.
+Truths: torch.optim.SGD and CosineAnnealingLR (the update and the schedule), numpy (the
+augmentation, brute force per image), and nasproxy.train.fit / train themselves on the
+same seeds and training sets (step level in float64, where the two paths agree to
+~1e-12; end to end in float32, as the sweep runs).
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from nasproxy import multitrain
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
-from nasproxy.models import build_model
-from nasproxy.multitrain import (
+from nasproxy.multitrain import lockstep
+from nasproxy.multitrain.lockstep import (
     FastOptions,
-    StackedConvNet,
     accuracies,
     cosine_lr,
     fallback_reason,
     fit_many,
-    largest_stack,
-    plan_stacks,
     sgd_step_,
-    stack_memory_bytes,
     supports,
     train_many,
 )
-from nasproxy.spaces import ACTIVATIONS, NORMS, POOLINGS, Arch
+from nasproxy.multitrain.stacked import StackedConvNet
+from nasproxy.spaces import Arch
 from nasproxy.train import (
     TrainConfig,
     augment_batch,
@@ -49,119 +41,8 @@ from nasproxy.train import (
     train,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread is fastest, and spares a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture
-def float64() -> Iterator[None]:
-    """Run plain and stacked paths in float64 (normalize() then yields float64 too)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
-def _max_state_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
-
-
-@pytest.mark.parametrize("norm", NORMS)
-def test_stack_and_unstack_round_trip(norm: str) -> None:
-    arch = Arch(8, 2, "relu", norm, "avgpooling")
-    singles = [init_model(arch, _FakeData(), s, CPU) for s in (3, 4)]  # type: ignore[arg-type]
-    back = StackedConvNet.from_models(singles, 8).to_models()
-    for a, b in zip(singles, back, strict=True):
-        assert _max_state_diff(a, b) == 0.0
-
-
-class _FakeData:
-    """The three shape fields init_model reads."""
-
-    in_channels, num_classes, image_size = 3, 5, 8
-
-
-def _step_both(
-    arch: Arch, m: int = 3, steps: int = 3, b: int = 6, size: int = 8, acts: tuple = ()
-) -> tuple:
-    """Separate ConvNets with torch's SGD vs one stack with sgd_step_, on fixed batches
-    (model i with activation ``acts[i]`` when given)."""
-    torch.manual_seed(0)
-    archs = [replace(arch, act=act) for act in acts] if acts else [arch] * m
-    singles = [build_model(a, 3, 5, size) for a in archs]
-    stack = StackedConvNet.from_models(singles, size)
-    xs = torch.randn(steps, m, b, 3, size, size)
-    ys = torch.randint(0, 5, (steps, m, b))
-    opts = [
-        torch.optim.SGD(s.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4) for s in singles
-    ]
-    params = list(stack.parameters())
-    momenta = [torch.zeros_like(p) for p in params]
-    for t in range(steps):
-        for s, opt, x, y in zip(singles, opts, xs[t], ys[t], strict=True):
-            opt.zero_grad()
-            F.cross_entropy(s(x), y).backward()
-            opt.step()
-        logits = stack(xs[t].transpose(0, 1).reshape(b, m * 3, size, size))
-        for p in params:
-            p.grad = None
-        losses = F.cross_entropy(logits.flatten(0, 1), ys[t].flatten(), reduction="none")
-        losses.view(m, b).mean(1).sum().backward()
-        sgd_step_(params, [p.grad for p in params], momenta, 0.1, 0.9, 5e-4)
-    return singles, stack
-
-
-STEP_CASES = [
-    Arch(8, 2, ACTIVATIONS[i % 3], norm, pool)
-    for i, (norm, pool) in enumerate((n, p) for n in NORMS for p in POOLINGS)
-] + [Arch(8, 2, act, "groupnorm", "maxpooling") for act in ACTIVATIONS]
-
-
-@pytest.mark.parametrize("arch", STEP_CASES, ids=str)
-def test_stacked_steps_equal_separate_steps(arch: Arch, float64: None) -> None:
-    singles, stack = _step_both(arch)
-    for single, back in zip(singles, stack.to_models(), strict=True):
-        assert _max_state_diff(single, back) < 1e-12  # weights, biases, running stats
-    # eval mode (batch norm on running statistics) agrees as well
-    x = torch.randn(4, 3, 8, 8)
-    stack.eval()
-    logits = stack(x.repeat(1, 3, 1, 1))
-    for i, single in enumerate(singles):
-        single.eval()
-        torch.testing.assert_close(logits[i], single(x), rtol=0, atol=1e-12)
-
-
-@pytest.mark.parametrize(
-    "acts", [("relu", "relu", "sigmoid", "leakyrelu"), ("sigmoid", "relu", "sigmoid", "relu")]
-)
-@pytest.mark.parametrize("norm", ["batchnorm", "layernorm", "groupnorm"])
-def test_a_stack_may_mix_activations(norm: str, acts: tuple, float64: None) -> None:
-    """One shape, an activation a model (runs of one or several models): still separate
-    models' SGD steps, in train and eval mode."""
-    arch = Arch(8, 2, "relu", norm, "maxpooling")
-    singles, stack = _step_both(arch, m=len(acts), acts=acts)
-    assert [a.act for a in stack.archs] == list(acts)
-    for single, back in zip(singles, stack.to_models(), strict=True):
-        assert back.arch == single.arch and _max_state_diff(single, back) < 1e-12
-    x = torch.randn(4, 3, 8, 8)
-    stack.eval()
-    logits = stack(x.repeat(1, len(acts), 1, 1))
-    for i, single in enumerate(singles):
-        single.eval()
-        torch.testing.assert_close(logits[i], single(x), rtol=0, atol=1e-12)
-    with pytest.raises(NasproxyError, match="width, depth, norm and pooling"):
-        StackedConvNet.from_models([singles[0], build_model(replace(arch, width=16), 3, 5, 8)], 8)
+StateDiff = Callable[[torch.nn.Module, torch.nn.Module], float]
 
 
 def test_sgd_step_matches_torch_sgd_with_float_and_tensor_lr(float64: None) -> None:
@@ -233,7 +114,12 @@ FIT_CASES = [
 
 @pytest.mark.parametrize("arch_id,m,channels_last", FIT_CASES)
 def test_fit_many_follows_fit_for_each_seed(
-    digits: Dataset, arch_id: str, m: int, channels_last: bool, float64: None
+    digits: Dataset,
+    arch_id: str,
+    m: int,
+    channels_last: bool,
+    float64: None,
+    state_diff: StateDiff,
 ) -> None:
     """Same seeds, same training sets: the stack's models are fit()'s models (float64)."""
     arch = Arch.from_id(arch_id)
@@ -247,7 +133,7 @@ def test_fit_many_follows_fit_for_each_seed(
         ref = init_model(arch, digits, cfgs[i].seed, CPU)
         ref_history, ref_seen = fit(ref, digits, sets[i], cfgs[i])
         assert seen[i] == ref_seen == 2 * 70
-        assert _max_state_diff(ref, model) < 1e-12
+        assert state_diff(ref, model) < 1e-12
         for got, want in zip(histories[i], ref_history, strict=True):
             assert got["train_acc"] == want["train_acc"]
             assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-10)
@@ -293,7 +179,9 @@ def test_train_many_with_mixed_activations_is_train_per_run(digits: Dataset, flo
     assert why is not None and "more than the activation" in why
 
 
-def test_lr_from_a_device_tensor_as_cuda_graphs_read_it(digits: Dataset, float64: None) -> None:
+def test_lr_from_a_device_tensor_as_cuda_graphs_read_it(
+    digits: Dataset, float64: None, state_diff: StateDiff
+) -> None:
     """The graph-ready step (schedule read from a tensor, inputs from fixed buffers) trains
     as fit() does; only the capture itself needs CUDA."""
     arch = Arch.from_id("w8-d1-sigmoid-layernorm-maxpooling")
@@ -302,18 +190,20 @@ def test_lr_from_a_device_tensor_as_cuda_graphs_read_it(digits: Dataset, float64
     stack = StackedConvNet.from_models(
         [init_model(arch, digits, c.seed, CPU) for c in cfgs], digits.image_size
     )
-    lockstep = multitrain._Lockstep(stack, digits, sets, cfgs, FastOptions())
-    lockstep.lr_arg = lockstep.lr_tensor
-    lockstep.fit()
-    assert float(lockstep.lr_tensor) > 0  # the schedule went through the tensor
+    loop = lockstep._Lockstep(stack, digits, sets, cfgs, FastOptions())
+    loop.lr_arg = loop.lr_tensor
+    loop.fit()
+    assert float(loop.lr_tensor) > 0  # the schedule went through the tensor
     for i, model in enumerate(stack.to_models()):
         ref = init_model(arch, digits, cfgs[i].seed, CPU)
         fit(ref, digits, sets[i], cfgs[i])
-        assert _max_state_diff(ref, model) < 1e-12
+        assert state_diff(ref, model) < 1e-12
     assert not FastOptions(cuda_graphs=True).effective(CPU).cuda_graphs
 
 
-def test_a_diverging_model_leaves_the_others_untouched(digits: Dataset, float64: None) -> None:
+def test_a_diverging_model_leaves_the_others_untouched(
+    digits: Dataset, float64: None, state_diff: StateDiff
+) -> None:
     arch = Arch.from_id("w8-d1-relu-batchnorm-maxpooling")
     sets = _sets(digits, 3, 64, seed=2)
     cfgs = [TrainConfig(epochs=3, batch_size=32, seed=s) for s in (0, 1, 2)]
@@ -328,7 +218,7 @@ def test_a_diverging_model_leaves_the_others_untouched(digits: Dataset, float64:
     for i in (0, 2):
         ref = init_model(arch, digits, cfgs[i].seed, CPU)
         fit(ref, digits, sets[i], cfgs[i])
-        assert _max_state_diff(ref, models[i]) < 1e-12
+        assert state_diff(ref, models[i]) < 1e-12
 
 
 def test_shared_rng_is_deterministic_and_differs_from_exact(digits: Dataset) -> None:
@@ -371,54 +261,13 @@ def test_fallback_reasons(digits: Dataset) -> None:
         train_many(arch, digits, [None], [cfg, cfg])
 
 
-def test_plan_stacks_partitions_into_compatible_groups() -> None:
-    a, b = TrainConfig(epochs=1, seed=0), TrainConfig(epochs=1, seed=1)
-    c = TrainConfig(epochs=2)
-    units = [
-        ("w32-d1-relu-none-none", 1000, a),
-        ("w32-d1-relu-none-none", 1000, b),
-        ("w32-d1-relu-none-none", 500, a),
-        ("w64-d1-relu-none-none", 1000, a),
-        ("w32-d1-relu-none-none", 1000, c),
-        ("w32-d1-relu-none-none", 1000, a),
-        ("w32-d1-relu-none-none", 1000, b),
-    ]
-    groups = plan_stacks(units, max_models=3)
-    assert sorted(i for g in groups for i in g) == list(range(len(units)))
-    for g in groups:
-        assert len(g) <= 3 and g == sorted(g)
-        keys = {(units[i][0], units[i][1], replace(units[i][2], seed=0)) for i in g}
-        assert len(keys) == 1
-    assert [0, 1] in groups and [5, 6] in groups  # 4 compatible units, at most 3: 2 + 2
-    mixed = [("w32-d1-relu-none-none", 1000, a), ("w32-d1-sigmoid-none-none", 1000, b)]
-    assert plan_stacks(mixed, max_models=3) == [[0, 1]]  # activations may differ
-    sizes = [len(g) for g in plan_stacks(units[:2] * 5, max_models=4)]
-    assert sorted(sizes) == [3, 3, 4]  # 10 units, at most 4 a stack: as even as possible
-
-
-def test_largest_stack_is_the_most_that_fits_the_budget(digits: Dataset) -> None:
-    for arch_id in ("w8-d1-relu-none-none", "w32-d3-relu-batchnorm-maxpooling"):
-        arch = Arch.from_id(arch_id)
-        one = stack_memory_bytes(arch, digits, 1, 1000, 128)
-        for budget in (one // 2, one, 3 * one + 5, 50 * one):
-            m = largest_stack(arch, digits, 1000, 128, budget)
-            assert m >= 1
-            if budget >= one:  # brute force over m
-                assert stack_memory_bytes(arch, digits, m, 1000, 128) <= budget
-                assert stack_memory_bytes(arch, digits, m + 1, 1000, 128) > budget
-        # bf16 halves the activations, so at least as many fit
-        assert largest_stack(arch, digits, 1000, 128, 50 * one, bf16=True) >= largest_stack(
-            arch, digits, 1000, 128, 50 * one
-        )
-
-
 @pytest.mark.parametrize(
     "error", [torch.OutOfMemoryError("CUDA out of memory (simulated)"), RuntimeError("boom")]
 )
 def test_a_failing_stack_splits_down_to_the_plain_trainer(
     digits: Dataset, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
-    real = multitrain._train_stack
+    real = lockstep._train_stack
     sizes: list[int] = []
 
     def failing(arch, data, index_sets, cfgs, options):
@@ -427,7 +276,7 @@ def test_a_failing_stack_splits_down_to_the_plain_trainer(
             raise error
         return real(arch, data, index_sets, cfgs, options)
 
-    monkeypatch.setattr(multitrain, "_train_stack", failing)
+    monkeypatch.setattr(lockstep, "_train_stack", failing)
     sets = _sets(digits, 5, 32, seed=5)
     cfgs = [TrainConfig(epochs=1, batch_size=32, seed=s) for s in range(5)]
     arch = "w8-d1-relu-none-none"
@@ -440,23 +289,3 @@ def test_a_failing_stack_splits_down_to_the_plain_trainer(
     plain = train(arch, digits, sets[2], cfgs[2])  # the one that went down to train()
     assert (records[2].val_acc, records[2].history) == (plain.val_acc, plain.history)
     assert records[2].trainer == "plain" and records[2].status == "ok"
-
-
-def test_bench_tiny_writes_its_json(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--tiny", "--archs", "1"]
-        + ["--out", str(out)],
-        check=True,
-        capture_output=True,
-        cwd=REPO,
-    )
-    result = json.loads(out.read_text())
-    for key in ("device", "command", "git_commit", "date", "options", "archs", "workloads"):
-        assert key in result
-    assert set(result["workloads"]) == {"proxy", "whole"}
-    for w in result["workloads"].values():
-        for path in ("plain", "fast"):
-            assert {"s", "images_per_s", "tflops"} <= set(w[path])
-        assert {"speedup", "val_acc_diff_max", "per_arch", "extrapolated"} <= set(w)
-        assert len(w["per_arch"]) == len(result["archs"])

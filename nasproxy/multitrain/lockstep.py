@@ -1,24 +1,11 @@
-"""Several ConvNets of one shape trained in lockstep as one stacked network.
+"""Train a stack of M runs in lockstep, step for step what M calls of ``train`` would do.
 
-A sweep trains every architecture on several training sets (the proxies) and seeds. For a
-small ConvNet one SGD step costs GPU kernel launches rather than arithmetic, so training M
-copies one after another pays M times the launches for the same work. Here the M copies
-become one network whose every layer holds M blocks of channels:
-
-* convolutions are grouped (``groups=M``), so output block m only sees input block m;
-* batch norm and instance norm are per channel already; group norm uses ``4 * M`` groups,
-  which never straddle two blocks; layer norm normalises each sample over one block;
-* the M linear heads are one batched matrix product;
-* the activation may differ from model to model (architectures of one width, depth, norm
-  and pooling: one *shape*): each contiguous run of models with one activation applies it
-  to its channels (``train_many`` orders a stack by activation, so at most 3 runs);
-* each model has its own loss (mean cross-entropy over its own batch); their sum is
-  back-propagated, and since no parameter feeds two losses every gradient is the one a
-  separate run would compute. SGD is elementwise, so it is unaffected by the stacking.
-
-Activations are laid out ``(B, M * C, H, W)`` with model m in channels
-``[m * C, (m + 1) * C)``; every stacked parameter and buffer holds model m in the m-th of
-M equal chunks of its first dimension.
+Model m of a :class:`~nasproxy.multitrain.stacked.StackedConvNet` trains on its own
+training set with its own config: each model has its own loss (mean cross-entropy over its
+own batch); their sum is back-propagated, and since no parameter feeds two losses every
+gradient is the one a separate run would compute. SGD (:func:`sgd_step_`) is elementwise,
+so it is unaffected by the stacking. The runs must share one batch schedule: one shape,
+one training-set size, one config but the seed (:func:`fallback_reason`).
 
 With ``rng="exact"`` each model draws its batch order and augmentation from its own
 generator, seeded and consumed exactly as :func:`nasproxy.train.fit` does for its seed,
@@ -26,6 +13,10 @@ and starts from :func:`nasproxy.train.init_model`'s weights for that seed; so mo
 the stack follows ``train(archs[m], data, index_sets[m], cfgs[m])`` up to floating-point
 reassociation in the kernels. ``rng="shared"`` draws for the whole stack from one
 generator instead (3 draws a step whatever M is): the same distribution, another stream.
+
+:func:`train_many` is the entry point: a stack that fails (out of memory, or any error of
+the stacked path) is retried as two halves, down to the plain :func:`nasproxy.train.train`
+for a single run, so a sweep never loses a unit to the faster path.
 """
 
 from __future__ import annotations
@@ -36,17 +27,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from itertools import pairwise
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError, first_line
-from nasproxy.models import ConvNet, build_model, make_activation, make_pooling
-from nasproxy.spaces import ACTIVATIONS, GROUPNORM_GROUPS, Arch
+from nasproxy.multitrain.stacked import StackedConvNet, model_chunk, shape_of
+from nasproxy.spaces import ACTIVATIONS, Arch
 from nasproxy.train import (
     CROP_PADDING,
     EVAL_BATCH,
@@ -88,179 +77,6 @@ class FastOptions:
         """A compact record of the options, e.g. ``rng=exact,bf16=0,...``, for result rows."""
         flags = [f"{f.name}={int(getattr(self, f.name))}" for f in fields(self) if f.name != "rng"]
         return ",".join([f"rng={self.rng}", *flags])
-
-
-# --- the stacked network ---------------------------------------------------------------
-
-
-class StackedLayerNorm(nn.Module):
-    """M ``LayerNorm([C, H, W])`` side by side: each sample is normalised over one block."""
-
-    def __init__(self, m: int, channels: int, size: int, eps: float = 1e-5):
-        super().__init__()
-        self.m, self.eps = m, eps
-        self.weight = nn.Parameter(torch.ones(m * channels, size, size))
-        self.bias = nn.Parameter(torch.zeros(m * channels, size, size))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # group norm with one group a model has layer norm's statistics; the affine is
-        # per element, as LayerNorm's is
-        return torch.addcmul(self.bias, F.group_norm(x, self.m, eps=self.eps), self.weight)
-
-
-def _stacked_norm(kind: str, m: int, channels: int, size: int) -> nn.Module | None:
-    if kind == "batchnorm":
-        return nn.BatchNorm2d(m * channels)
-    if kind == "layernorm":
-        return StackedLayerNorm(m, channels, size)
-    if kind == "instancenorm":
-        return nn.GroupNorm(m * channels, m * channels, affine=True)
-    if kind == "groupnorm":
-        return nn.GroupNorm(m * GROUPNORM_GROUPS, m * channels, affine=True)
-    return None
-
-
-def shape_of(arch: Arch) -> tuple[int, int, str, str]:
-    """What ConvNets must share to stack: width, depth, norm and pooling (not activation)."""
-    return (arch.width, arch.depth, arch.norm, arch.pool)
-
-
-class StackedActivation(nn.Module):
-    """Model m's activation on its block of ``channels`` channels, for stacks that mix
-    activations: one call per contiguous run of models with the same activation."""
-
-    def __init__(self, acts: Sequence[str], channels: int):
-        super().__init__()
-        self.runs: list[tuple[int, int]] = []
-        modules = []
-        for i, act in enumerate(acts):
-            if i and act == acts[i - 1]:
-                self.runs[-1] = (self.runs[-1][0], (i + 1) * channels)
-                continue
-            self.runs.append((i * channels, (i + 1) * channels))
-            module = make_activation(act)
-            if hasattr(module, "inplace"):
-                module.inplace = False  # it sees a slice of its input
-            modules.append(module)
-        self.acts = nn.ModuleList(modules)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = [act(x[:, a:b]) for (a, b), act in zip(self.runs, self.acts, strict=True)]
-        return torch.cat(parts, 1)
-
-
-class StackedConvNet(nn.Module):
-    """M ConvNets of one shape as one network: ``(B, M*C_in, H, W) -> (M, B, K)``.
-
-    ``acts`` gives each model's activation (default: all ``arch.act``). ``features`` has the
-    same layer sequence as :class:`nasproxy.models.ConvNet`'s (less the final flatten), so
-    the two state dicts share their keys; build it with :meth:`from_models` and read the M
-    models back with :meth:`to_models`.
-    """
-
-    def __init__(
-        self,
-        arch: Arch,
-        m: int,
-        in_channels: int,
-        num_classes: int,
-        image_size: int,
-        acts: Sequence[str] | None = None,
-    ):
-        super().__init__()
-        if m < 1:
-            raise NasproxyError(f"a stack needs at least one model, got {m}")
-        acts = list(acts) if acts is not None else [arch.act] * m
-        if len(acts) != m:
-            raise NasproxyError(f"a stack of {m} models needs {m} activations, got {len(acts)}")
-        self.archs = [replace(arch, act=act) for act in acts]  # validates each activation
-        arch.check_input(image_size)
-        self.arch, self.m = arch, m
-        self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, image_size
-        layers: list[nn.Module] = []
-        channels, size = in_channels, image_size
-        for _ in range(arch.depth):
-            layers.append(nn.Conv2d(m * channels, m * arch.width, 3, padding=1, groups=m))
-            channels = arch.width
-            activation = (
-                make_activation(acts[0])
-                if len(set(acts)) == 1
-                else StackedActivation(acts, channels)
-            )
-            for module in (_stacked_norm(arch.norm, m, channels, size), activation):
-                if module is not None:
-                    layers.append(module)
-            pool = make_pooling(arch.pool)
-            if pool is not None:
-                layers.append(pool)
-                size //= 2
-        self.features = nn.Sequential(*layers)
-        self.feature_dim = channels * size * size
-        self.head_weight = nn.Parameter(torch.zeros(m, num_classes, self.feature_dim))
-        self.head_bias = nn.Parameter(torch.zeros(m, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.features(x)
-        # (B, M*C, h, w) -> (M, B, C*h*w): model m's features flattened as nn.Flatten does
-        feats = feats.reshape(feats.shape[0], self.m, self.feature_dim).transpose(0, 1)
-        return torch.baddbmm(self.head_bias.unsqueeze(1), feats, self.head_weight.transpose(1, 2))
-
-    @classmethod
-    def from_models(cls, models: Sequence[ConvNet], image_size: int) -> StackedConvNet:
-        """Stack ConvNets of one shape built for ``image_size`` inputs (weights, biases and
-        norm running statistics)."""
-        if not models:
-            raise NasproxyError("a stack needs at least one model")
-        first = models[0]
-        if any(shape_of(model.arch) != shape_of(first.arch) for model in models):
-            raise NasproxyError(
-                "only ConvNets of one width, depth, norm and pooling can be stacked"
-            )
-        conv = first.features[0]
-        classes = first.classifier.out_features
-        acts = [model.arch.act for model in models]
-        stacked = cls(first.arch, len(models), conv.in_channels, classes, image_size, acts)
-        stacked.to(device=conv.weight.device, dtype=conv.weight.dtype)
-        states = [model.state_dict() for model in models]
-        merged: dict[str, torch.Tensor] = {}
-        for key in states[0]:
-            tensors = [state[key] for state in states]
-            if key.startswith("classifier."):
-                merged["head_" + key.split(".", 1)[1]] = torch.stack(tensors)
-            elif tensors[0].ndim == 0:  # num_batches_tracked: equal across the stack
-                merged[key] = tensors[0]
-            else:
-                merged[key] = torch.cat(tensors)
-        stacked.load_state_dict(merged)
-        return stacked
-
-    def to_models(self) -> list[ConvNet]:
-        """The M ConvNets, each with its chunk of every parameter and buffer."""
-        device, dtype = self.head_weight.device, self.head_weight.dtype
-        state = self.state_dict()
-        models = []
-        for i in range(self.m):
-            model = build_model(self.archs[i], self.in_channels, self.num_classes, self.image_size)
-            model.to(device=device, dtype=dtype)
-            own: dict[str, torch.Tensor] = {}
-            for key in model.state_dict():
-                if key.startswith("classifier."):
-                    own[key] = state["head_" + key.split(".", 1)[1]][i]
-                elif state[key].ndim == 0:
-                    own[key] = state[key]
-                else:
-                    own[key] = model_chunk(state[key], self.m, i)
-            model.load_state_dict(own)
-            models.append(model)
-        return models
-
-
-def model_chunk(tensor: torch.Tensor, m: int, i: int) -> torch.Tensor:
-    """Model ``i``'s part of a stacked parameter or buffer (a view)."""
-    return tensor.unflatten(0, (m, -1))[i]
-
-
-# --- the lockstep trainer --------------------------------------------------------------
 
 
 ArchSpec = Arch | str | Sequence[Arch | str]  # one architecture for all runs, or one each
@@ -310,63 +126,6 @@ def supports(
 ) -> bool:
     """Whether :func:`train_many` can run these runs as one stack."""
     return fallback_reason(arch, data, index_sets, cfgs) is None
-
-
-def plan_stacks(units: Sequence[tuple[str, int, TrainConfig]], max_models: int) -> list[list[int]]:
-    """Group work units ``(arch id, training-set size, config)`` into stacks of at most
-    ``max_models`` that :func:`train_many` accepts (one shape, one size, one config but the
-    seed), keeping the units' order within a group.
-
-    A group of n compatible units becomes ceil(n / max_models) consecutive stacks whose
-    sizes differ by at most one (10 units, at most 8 a stack: 5 + 5, not 8 + 2).
-    """
-    if max_models < 1:
-        raise NasproxyError(f"max models per stack must be at least 1, got {max_models}")
-    groups: dict[tuple[tuple[int, int, str, str], int, TrainConfig], list[int]] = {}
-    for i, (arch_id, n, cfg) in enumerate(units):
-        key = (shape_of(Arch.from_id(arch_id)), n, replace(cfg, seed=0))
-        groups.setdefault(key, []).append(i)
-    stacks = []
-    for members in groups.values():
-        count = math.ceil(len(members) / max_models)
-        bounds = [round(j * len(members) / count) for j in range(count + 1)]
-        stacks += [members[a:b] for a, b in pairwise(bounds)]
-    return stacks
-
-
-def stack_memory_bytes(
-    arch: Arch, data: Dataset, m: int, n_images: int, batch_size: int, bf16: bool = False
-) -> int:
-    """An upper estimate of the device memory one stack of ``m`` models trains in.
-
-    Per model: parameters, gradients and momenta (3 x 4 bytes a parameter), and the
-    activations a training step keeps for backward, counted as 4 tensors of a block's
-    conv output (conv, norm, activation, pooling input) at ``batch_size`` in 4 bytes
-    (2 with bf16 autocast), doubled for the gradients alive during backward. Per stack,
-    once: the training set's images as floats and the augmentation's padded copy.
-    """
-    params = arch.param_count(data.in_channels, data.num_classes, data.image_size)
-    size, per_sample = data.image_size, 0
-    for _ in range(arch.depth):
-        per_sample += 4 * arch.width * size * size
-        if arch.pool != "none":
-            size //= 2
-    act_bytes = 2 if bf16 else 4
-    per_model = 12 * params + 2 * batch_size * per_sample * act_bytes
-    image = data.in_channels * data.image_size**2
-    padded = data.in_channels * (data.image_size + 2 * CROP_PADDING) ** 2
-    per_stack = 4 * (n_images * image + 2 * m * batch_size * padded)
-    return m * per_model + per_stack
-
-
-def largest_stack(
-    arch: Arch, data: Dataset, n_images: int, batch_size: int, budget: int, bf16: bool = False
-) -> int:
-    """The most models :func:`stack_memory_bytes` fits into ``budget`` bytes (at least 1)."""
-    one = stack_memory_bytes(arch, data, 1, n_images, batch_size, bf16)
-    two = stack_memory_bytes(arch, data, 2, n_images, batch_size, bf16)
-    per_model = two - one  # the estimate is affine in m
-    return max(1, 1 + (budget - one) // per_model) if budget >= one else 1
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
