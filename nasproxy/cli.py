@@ -1,4 +1,8 @@
-"""The ``nasproxy`` command: parse arguments, call the library, print. No logic lives here."""
+"""The ``nasproxy`` command: parse arguments, call the library, print. No logic lives here.
+
+Errors become one line and an exit code (``main``); the commands and their exit codes for
+users: docs/running.md.
+"""
 
 from __future__ import annotations
 

@@ -1,15 +1,10 @@
 """Datasets as uint8 tensors with a fixed train/val/test split and a fingerprint.
 
-Sources (``--dataset``):
-  ``digits``            scikit-learn's bundled 8x8 digits (real, offline), upsampled to 32x32
-  ``cifar10``/``cifar100``  torchvision, downloaded into the data root
-  ``imagefolder:PATH``  ``PATH/train/<class>/*`` and ``PATH/test/<class>/*``, or a .tar.gz of it
-
-Decoded images are cached as ``.npz`` under the data root, keyed by the source, so a second
-run does not decode 50,000 JPEGs again; a damaged cache file is detected on read and
-rebuilt. A stratified validation split is held out of train with a seed, so "train",
-"val" and "test" are fixed for a given seed. Proxy indices always index the train split
-that remains.
+``load_dataset`` reads a source spec (digits, torchvision's CIFAR, an ImageFolder folder or
+.tar.gz), decodes it once into an ``.npz`` cache under the data root keyed by the source
+(checked on every read, rebuilt when damaged), and holds a stratified validation split out
+of train with a seed. Proxy indices index the train split that remains. The sources and
+the cache for users: docs/running.md, "Data".
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A reader never sees a half-written file, and an output location that cannot be written is
 refused before the work that would fill it starts. A written file has the mode the umask
-gives any new file (not the private mode of its temporary).
+gives any new file (not the private mode of its temporary). What users are promised:
+docs/reliability.md.
 """
 
 from __future__ import annotations

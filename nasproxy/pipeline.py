@@ -3,7 +3,8 @@
 The experiment is a ``Preset`` (``nasproxy.presets``): its proxy settings and its search
 settings, from which the sweep's ``SearchConfig`` is made. Each stage is resumable: a proxy
 file that already matches its request is reused, the sweep resumes from its results
-store, and the report is rebuilt from the results.
+store, and the report is rebuilt from the results (docs/search.md, "Presets of nasproxy
+run").
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Named experiments for ``nasproxy run``, and ``key=value`` overrides of their settings.
 
-An experiment is a ``Preset``: how its proxies are built (methods, budget, scoring
-backbone), the report's top-k, and a ``SearchSettings`` (everything ``nasproxy search``
-takes but the name and the proxy files, which ``run`` makes). Every setting of both is a
-``--set`` key named as its field (``epochs=3``, ``seeds=0,1``, ``sample=none``), read by the
-parser of ``nasproxy.settings``, so ``run --set KEY=V`` means what ``search --KEY V`` does.
+A ``Preset`` nests the proxies' settings and a ``SearchSettings``; its ``--set`` keys are
+its fields' names, parsed by ``nasproxy.settings`` as the flags of ``nasproxy search`` are.
+The presets and their keys for users: docs/search.md, "Presets of nasproxy run".
 """
 
 from __future__ import annotations

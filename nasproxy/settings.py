@@ -8,7 +8,7 @@ read from text by its type (one parser a type: ``int``, ``float``, ``str``, ``bo
 field's own ``parse=``. A field whose type is itself a dataclass (``SearchConfig.train``)
 contributes its fields under their own names, so the keys of a tree of settings are flat
 and must be unique. Fields marked ``internal=True`` (or made without ``setting``) get no
-flag and no key.
+flag and no key. How users set them: docs/search.md, "Presets of nasproxy run".
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """A sweep's unit files away from the host that trains them: one archive, and its rates.
 
-A GPU host returns only a few files, so the experiments' unit files (one per trained
-architecture, training set and seed) and manifests travel as one tar.gz (``nasproxy units
-pack``, ``unpack``); ``rates`` measures a running sweep; ``check-data``, ``has-gpu-bench``
-and ``shapes`` prepare one (docs/search.md).
-
-:func:`pack` writes the archive under a temporary name and renames it, so a reader (or a
-run stopped at its time limit) sees the previous archive or the new one, never half of one.
-:func:`unpack` accepts only manifests and unit files (no links, no paths outside DIR),
-writes each file atomically, and rebuilds each experiment's trials table from its unit
-files, so ``nasproxy report EXP`` works on the result. :func:`rates` says what the units
-finished since a time achieved (units and images per second of wall time) and the time the
-rest would take at that rate: measured on the device that runs, never assumed.
-:func:`shape_globs` gives ``--archs`` globs for a stratified sample of N shapes (width,
-depth, norm, pooling) with every activation of each: a fused sweep trains the activations
-of a shape as one stack, so a whole-split sample of complete shapes fuses where a sample
-of single architectures (nearly all of a different shape) would train one at a time.
+The experiments' manifests and unit files travel as one tar.gz (:func:`pack`,
+:func:`unpack`), so a GPU host returns a few files; :func:`rates` measures a running sweep
+on the device that runs it; :func:`check_data`, :func:`has_gpu_bench` and
+:func:`shape_globs` prepare such a run. The run they serve: results/README.md, "Table 1 on
+a GPU host: what a run does"; the ``nasproxy units`` command: docs/search.md.
 """
 
 from __future__ import annotations
@@ -50,7 +39,11 @@ def _experiment_files(exp_dir: Path) -> list[Path]:
 
 def pack(results_dir: Path, experiments: Sequence[str], out: Path) -> int:
     """Write ``out`` (tar.gz) with each experiment's manifest and unit files; returns how
-    many unit files it holds. Experiments that do not exist yet are skipped."""
+    many unit files it holds. Experiments that do not exist yet are skipped.
+
+    The archive is written under a temporary name and renamed, so a reader (or a run
+    stopped at its time limit) sees the previous archive or the new one, never half of one.
+    """
     buffer = io.BytesIO()
     n_units = 0
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
@@ -71,7 +64,11 @@ def pack(results_dir: Path, experiments: Sequence[str], out: Path) -> int:
 
 def unpack(archive: Path, results_dir: Path) -> dict[str, int]:
     """Put an archive's manifests and unit files under ``results_dir`` and rebuild each
-    experiment's trials table; returns unit files per experiment."""
+    experiment's trials table; returns unit files per experiment.
+
+    Only manifests and unit files are accepted (no links, no paths outside
+    ``results_dir``), each written atomically, so ``nasproxy report EXP`` works on the result.
+    """
     try:
         tar = tarfile.open(archive, mode="r:gz")
     except (OSError, tarfile.TarError) as exc:
@@ -207,6 +204,9 @@ def shape_globs(space_name: str, n: int, seed: int, within: Sequence[str] = ()) 
     The sample is :func:`nasproxy.search.plan.stratified_sample` over the architectures
     of one activation (one per shape), so widths, depths, norms and poolings are as even
     as that sampler makes them; each glob then matches the shape's every activation.
+    Complete shapes because a fused sweep trains a shape's activations as one stack: a
+    sample of single architectures (nearly all of different shapes) would train one at a
+    time.
     """
     from nasproxy import spaces
     from nasproxy.search.plan import select_archs, stratified_sample

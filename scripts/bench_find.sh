@@ -9,8 +9,14 @@
 #
 #     bash scripts/bench_find.sh /path/to/cifar10-jpeg [RESULTS_DIR] [NAME]
 #
-# Writes RESULTS_DIR/NAME (default results/find-cifar10-cpu): the experiment, its report
-# (table1.*, search_outcome.csv) and bench.log (the command's output and `time`).
+# Arguments: the CIFAR-10 copy (a folder or .tar.gz in the ImageFolder layout), the results
+# folder (default results) and the experiment's name (default find-cifar10-cpu).
+# Variables: PYTHON, the interpreter that imports nasproxy (default python3);
+# NASPROXY_DATA_ROOT, the decode cache (default ~/.cache/nasproxy).
+#
+# Writes RESULTS_DIR/NAME: the experiment, its report (table1.*, search_outcome.csv) and
+# bench.log (nasproxy.provenance's record: commit, date, device; the command's output and
+# the search's wall time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?give the CIFAR-10 (JPEG q75 copy) folder}
@@ -21,11 +27,11 @@ export RAY_USAGE_STATS_ENABLED=0
 mkdir -p "$RESULTS_DIR/$NAME"
 LOG="$RESULTS_DIR/$NAME/bench.log"
 PROXIES=results/table1-cifar10-cpu/proxies
-{
-  echo "date: $(date -u +%FT%TZ)"
-  echo "commit: $(git rev-parse HEAD)$(git diff --quiet HEAD -- nasproxy || echo ' (nasproxy/ with changes)')"
-  echo "cpu: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-} >"$LOG"
+"$PY" -c 'import json, shlex, sys, torch
+from nasproxy.provenance import provenance
+record = provenance("cuda" if torch.cuda.is_available() else "cpu")
+record["command"] = shlex.join(["bash", "scripts/bench_find.sh", *sys.argv[1:]])
+print("provenance:", json.dumps(record))' "$@" >"$LOG"
 start=$(date +%s)
 "$PY" -m nasproxy.cli search --dataset "imagefolder:$DATA" \
   --proxy "$PROXIES/random.json" --proxy "$PROXIES/influence.json" \

@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
-# One prepared GPU check, at most 8 minutes: the training benchmark (plain vs stacked,
-# scripts/bench_train.py) and the sweep benchmark (plain vs fused search, Ray included,
-# scripts/bench_sweep.py) at sizes that fit, everything written under $OUT.
+# One prepared GPU check, at most 8 minutes of a GPU host's time: the training benchmark
+# (plain vs stacked, scripts/bench_train.py) and the sweep benchmark (plain vs fused search,
+# Ray included, scripts/bench_sweep.py) at sizes that fit, everything written under $OUT
+# (results/bench/README.md, "The one prepared GPU command").
 #
 # On a GPU host prepared beforehand (nasproxy's dependencies, Ray included, importable by
-# $PYTHON; the CIFAR-10 copy, a folder or .tar.gz in the ImageFolder layout, at $NASPROXY_DATA),
-# from the repository root:
+# $PYTHON), from the repository root:
 #
 #     NASPROXY_DATA=/path/to/cifar10-jpeg OUT=/path/to/out bash scripts/gpu_check.sh
 #
-# Rehearsal with tiny sizes (any machine, CPU is fine):
+# Rehearsal with tiny sizes (any machine, CPU is fine; digits, so no NASPROXY_DATA):
 #
 #     GPU_CHECK_TINY=1 OUT=/tmp/gpu-check bash scripts/gpu_check.sh
 #
+# Variables:
+#   OUT                 (required) the folder every output goes to, one level deep
+#   NASPROXY_DATA       (required unless GPU_CHECK_TINY) the CIFAR-10 copy: a folder or
+#                       .tar.gz in the ImageFolder layout
+#   PYTHON              the interpreter that imports nasproxy (default python)
+#   NASPROXY_DATA_ROOT  the decode cache (default /tmp/nasproxy-cache)
+#   GPU_CHECK_TINY      set: tiny sizes on the digits data, each limit 4x
+#
 # Each step has its own time limit (their sum, 7 minutes, stays under 8); a step that fails or
 # runs out of time is logged and the next one still runs. Files under $OUT (5, one level):
-# gpu_check.log, env.txt, train-cuda-fp32.json, train-cuda-fast.json, sweep-cuda.json.
+# gpu_check.log, env.txt (nasproxy.provenance's record: commit, date, device, versions; then
+# the GPU), train-cuda-fp32.json, train-cuda-fast.json, sweep-cuda.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the folder the results go to}"
@@ -53,8 +62,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log its outcome
 
 : >"$LOG"
 {
-  date -u +%FT%TZ
-  git rev-parse HEAD 2>/dev/null || echo "commit unknown"
+  "$PY" -c 'import json, torch
+from nasproxy.provenance import provenance
+record = provenance("cuda" if torch.cuda.is_available() else "cpu")
+record["command"] = "bash scripts/gpu_check.sh"
+print("provenance:", json.dumps(record))'
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
   "$PY" -c "import sys, torch, ray; print(sys.version); print('torch', torch.__version__, 'cuda', torch.cuda.is_available()); print('ray', ray.__version__)"
   "$PY" -c "import nasproxy.search, sys; print('search imports:', sorted(m for m in ('pulp', 'cvxpy') if m in sys.modules) or 'no solver packages')"

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Table 1 on a GPU in one call of a short window: one experiment that sweeps every
+# Table 1 on a GPU host within its time budget: one experiment that sweeps every
 # architecture on the committed proxies and the whole training split on a stratified sample
-# plus each proxy's top 10, stored so that a later window resumes where this one stopped.
+# plus each proxy's top 10, stored so that the same command run again resumes where this
+# run stopped (results/README.md, "Table 1 on a GPU host: what a run does").
 #
 # On a GPU host prepared beforehand (nasproxy's dependencies, Ray included, importable by
-# $PYTHON; the CIFAR-10 copy, a folder or .tar.gz in the ImageFolder layout, at $NASPROXY_DATA),
-# from the repository root:
+# $PYTHON), from the repository root, under a time limit of about GPU_TABLE1_BUDGET + 90 s:
 #
 #     NASPROXY_DATA=/path/to/cifar10-jpeg OUT=/path/to/out bash scripts/gpu_table1.sh
 #
@@ -13,27 +13,44 @@
 #
 #     GPU_TABLE1_TINY=1 NASPROXY_DATA=/path/to/cifar10-jpeg OUT=/tmp/t1 bash scripts/gpu_table1.sh
 #
-# Steps, each under `timeout` within one budget (GPU_TABLE1_BUDGET seconds, default 500):
+# Variables (defaults for a GPU run; GPU_TABLE1_TINY=1 sets tiny ones):
+#   OUT                 (required) the folder every output goes to, one level deep
+#   NASPROXY_DATA       (required) the CIFAR-10 copy: a folder or .tar.gz, ImageFolder layout
+#   PYTHON              the interpreter that imports nasproxy (default python3)
+#   NASPROXY_DATA_ROOT  the decode cache (default /tmp/nasproxy-cache)
+#   RESULTS_DIR, EXP    where the experiment lives: RESULTS_DIR/EXP (default
+#                       results/table1-cifar10-gpu)
+#   GPU_TABLE1_BUDGET   seconds for all steps together (default 500)
+#   EPOCHS, SEEDS       training epochs (default 10) and seeds (default 1)
+#   PROXY_ARCHS         `nasproxy search` arguments choosing the proxies' architectures
+#                       (e.g. "--sample 240"; default all 720)
+#   WHOLE_SHAPES        shapes sampled for the whole split, 3 activations each (default 32)
+#   WHOLE_TOP           each proxy's top K confirmed on the whole split (default 10)
+#   TRIAL_SIZE          units a Ray trial (default 48: 4 proxy stacks of 12)
+#   BENCH_S, PACK_EVERY the benchmark's limit (default 120 s); seconds between archives
+#                       and rate lines (default 30)
+#
+# Steps, each under `timeout` within the one budget:
 #   decode  decode the dataset once and check its fingerprint against the proxy files
 #   bench   scripts/bench_sweep.py at small sizes, only when results/bench/ has no CUDA
 #           sweep benchmark yet
 #   table1  nasproxy search, one experiment -> $EXP (the one `nasproxy report` reads):
-#           stage 1: every architecture (PROXY_ARCHS, default all 720) on the five
-#           committed proxies (PROXY_FILES), and the whole training split on a stratified
-#           sample of WHOLE_SHAPES shapes (default 32) with all 3 activations of each (96
-#           architectures: complete shapes fuse on the whole split, --whole-archs);
-#           stage 2 (--whole-top WHOLE_TOP, default 10): each proxy's top 10 by proxy
-#           validation accuracy also on the whole split, so that the top-10 metrics of
-#           every proxy have the whole-set accuracy of all ten; EPOCHS epochs, fused
-# The experiment lives under RESULTS_DIR (default results), so with its unit files
-# committed a later window resumes it and trains only what is missing (stage 2 starts once
-# stage 1 is complete, in whichever window that is). A step stopped at its limit gets
-# SIGINT first (the sweep stops its trials and writes its manifest), then SIGKILL; only its
-# units in flight are lost.
+#           stage 1: every architecture (PROXY_ARCHS) on the five committed proxies
+#           (PROXY_FILES below), and the whole training split on a stratified sample of
+#           WHOLE_SHAPES shapes with all 3 activations of each (complete shapes fuse on
+#           the whole split, --whole-archs); stage 2 (--whole-top WHOLE_TOP): each proxy's
+#           top K by proxy validation accuracy also on the whole split, so that the top-10
+#           metrics of every proxy have the whole-set accuracy of all ten; fused
+# With the experiment's unit files kept (committed, or unpacked from the archive) the same
+# command resumes it and trains only what is missing (stage 2 starts once stage 1 is
+# complete, in whichever run that is). A step stopped at its limit gets SIGINT first (the
+# sweep stops its trials and writes its manifest), then SIGKILL; only its units in flight
+# are lost.
 #
-# Under $OUT (one level): gpu_table1.log, env.txt, table1-units.tar.gz (the experiment's
-# manifest and unit files; rewritten every PACK_EVERY seconds while the sweeps run and at
-# the end, always by rename), sweep-<device>.json (when the benchmark ran). Unpack with
+# Under $OUT: gpu_table1.log, env.txt (nasproxy.provenance's record: commit, date, device,
+# versions; then the GPU and the settings), table1-units.tar.gz (the experiment's manifest
+# and unit files; rewritten every PACK_EVERY seconds while the sweeps run and at the end,
+# always by rename), sweep-<device>.json (when the benchmark ran). Unpack with
 #     nasproxy units unpack table1-units.tar.gz --results-dir results
 # The log has a `rate` line for each training set every PACK_EVERY seconds: units and
 # images per second measured here, and what the rest would take at that rate.
@@ -89,16 +106,23 @@ SEARCH=("$PY" -m nasproxy.cli search --dataset "$DATASET" "${PROXIES[@]}" --epoc
         --seeds "$SEEDS" --trial-size "$TRIAL_SIZE" --results-dir "$RESULTS_DIR")
 
 say() { echo "$(date -u +%T) $*" | tee -a "$LOG"; }
+provenance() {  # provenance COMMAND: nasproxy.provenance's record (commit, date, device) as one line
+  "$PY" -c 'import json, sys, torch
+from nasproxy.provenance import provenance
+record = provenance("cuda" if torch.cuda.is_available() else "cpu")
+record["command"] = sys.argv[1]
+print("provenance:", json.dumps(record))' "$1"
+}
 left() { echo $((GPU_TABLE1_BUDGET - TAIL_S - (SECONDS - START))); }
 
-step() {  # step NAME SECONDS COMMAND...: run in its own session with a time limit
+step() {  # step NAME SECONDS COMMAND...: run in a new process session (setsid), time-limited
   local name=$1 limit=$2
   shift 2
   if [ "$limit" -lt 10 ]; then say "== $name: skipped, a limit of ${limit}s"; return 1; fi
   say "== $name (limit ${limit}s): $*"
   local start=$SECONDS
   # SIGINT to the command alone (a sweep then stops its trials and writes its manifest),
-  # SIGKILL 30 s later; then whatever the step's session still holds (Ray's processes)
+  # SIGKILL 30 s later; then whatever processes of that session are left (Ray's)
   setsid --wait timeout --foreground -s INT -k 30 "$limit" "$@" >>"$LOG" 2>&1 &
   local sid=$!
   wait "$sid"
@@ -142,8 +166,7 @@ sweep() {  # sweep NAME LIMIT SEARCH-ARGS...: one search with the monitor runnin
 
 : >"$LOG"
 {
-  echo "date: $(date -u +%FT%TZ)"
-  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with changes, or no git)')"
+  provenance "bash scripts/gpu_table1.sh"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null ||
     echo "gpu: none (no nvidia-smi)"
   "$PY" -c "import sys, torch, ray, PIL; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else ''); print('ray', ray.__version__, 'pillow', PIL.__version__)"
