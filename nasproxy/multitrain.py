@@ -46,6 +46,7 @@ from torch import nn
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError, first_line
 from nasproxy.models import ConvNet, build_model, make_activation, make_pooling
+from nasproxy.provenance import device_name
 from nasproxy.spaces import ACTIVATIONS, GROUPNORM_GROUPS, Arch
 from nasproxy.train import (
     CROP_PADDING,
@@ -54,7 +55,6 @@ from nasproxy.train import (
     TrainRecord,
     batch_bounds,
     crop_flip,
-    device_name,
     init_model,
     normalize,
     resolve_device,

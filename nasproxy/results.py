@@ -18,7 +18,6 @@ import io
 import json
 import math
 import re
-import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -336,22 +335,6 @@ def _is_json(path: Path, test: Callable[[dict[str, Any]], bool]) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(obj, dict) and test(obj)
-
-
-def git_commit(where: Path | None = None) -> str:
-    """``git rev-parse HEAD`` of the repository holding this package, or "unknown"."""
-    where = where or Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
 def _finite(obj: Any) -> Any:
