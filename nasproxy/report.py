@@ -15,7 +15,6 @@ against the manifest's archs x seeds and reported, never dropped silently.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -26,12 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nasproxy import __version__, metrics, plots, shortlist
+from nasproxy import __version__, metrics, plots, results, shortlist
 from nasproxy.errors import NasproxyError
 from nasproxy.io import atomic_write_bytes, atomic_write_text
-
-WHOLE = "whole"
-REQUIRED_COLUMNS = ("arch", "train_set", "seed", "val_acc", "test_acc", "status", "wall_s")
+from nasproxy.results import WHOLE
 
 # The CSV's columns, in order. Accuracies are fractions in 0..1 as in trials.parquet;
 # "_std" is the sample std over proxy seeds, "_lo"/"_hi" the bootstrap 95% interval.
@@ -100,56 +97,26 @@ class ReportResult:
 # ---------------------------------------------------------------- reading
 
 
-def _read_manifest(exp_dir: Path) -> dict[str, Any]:
-    path = exp_dir / "manifest.json"
-    if not path.is_file():
-        raise NasproxyError(f"no manifest.json in {exp_dir}: not an experiment directory")
-    try:
-        man = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NasproxyError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(man, dict):
-        raise NasproxyError(f"{path} is not a JSON object")
-    archs = man.get("archs")
+def _inputs(exp_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The manifest and trials of ``exp_dir`` (read by ``nasproxy.results``), checked for
+    what the report needs: the swept archs and seeds, the training sets, a trial."""
+    manifest = results.read_manifest(exp_dir)
+    path = exp_dir / results.MANIFEST
+    if manifest is None:
+        raise NasproxyError(f"no {results.MANIFEST} in {exp_dir}: not an experiment directory")
+    archs = manifest.get("archs")
     if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
         raise NasproxyError(f"{path}: 'archs' must be a non-empty list of architecture ids")
-    protocol = man.get("protocol")
+    protocol = manifest.get("protocol")
     seeds = protocol.get("seeds") if isinstance(protocol, dict) else None
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise NasproxyError(f"{path}: 'protocol.seeds' must be a non-empty list of integers")
-    if not isinstance(man.get("train_sets"), dict):
+    if not isinstance(manifest.get("train_sets"), dict):
         raise NasproxyError(f"{path}: 'train_sets' must be an object keyed by train set name")
-    return man
-
-
-def _read_trials(exp_dir: Path) -> pd.DataFrame:
-    pq, csv = exp_dir / "trials.parquet", exp_dir / "trials.csv"
-    try:
-        if pq.is_file():
-            df = pd.read_parquet(pq)
-        elif csv.is_file():
-            df = pd.read_csv(csv, keep_default_na=False, na_values=["", "nan", "NaN"])
-        else:
-            raise NasproxyError(f"no trials.parquet in {exp_dir}: the sweep has not run yet")
-    except NasproxyError:
-        raise
-    except Exception as exc:  # pyarrow / parser errors have no common base class
-        raise NasproxyError(f"cannot read the trials of {exp_dir}: {exc}") from exc
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise NasproxyError(f"trials of {exp_dir} lack column(s): {', '.join(missing)}")
-    if df.empty:
+    trials = results.read_trials(exp_dir)
+    if trials.empty:
         raise NasproxyError(f"trials of {exp_dir} are empty: no trial has finished yet")
-    df = df.copy()
-    try:
-        for col in ("val_acc", "test_acc", "wall_s"):
-            df[col] = pd.to_numeric(df[col], errors="raise").astype(float)
-        df["seed"] = pd.to_numeric(df["seed"], errors="raise").astype(int)
-    except (ValueError, TypeError) as exc:
-        raise NasproxyError(f"trials of {exp_dir} have a non-numeric value: {exc}") from exc
-    for col in ("arch", "train_set", "status"):
-        df[col] = df[col].astype(str)
-    return df
+    return manifest, trials
 
 
 # ---------------------------------------------------------------- computing
@@ -227,8 +194,8 @@ def _storage(man: dict[str, Any], name: str, rows: pd.DataFrame) -> tuple[float,
     """(images, bytes, epsilon) of a train set; images fall back to the trials' n_train."""
     info = man["train_sets"].get(name) or {}
     n_images = info.get("n_images")
-    if n_images is None and "n_train" in rows.columns and rows["n_train"].notna().any():
-        n_images = int(rows["n_train"].dropna().iloc[0])
+    if n_images is None and not rows.empty:
+        n_images = int(rows["n_train"].iloc[0])
     return _num(n_images), _num(info.get("bytes")), _num(info.get("epsilon"))
 
 
@@ -686,7 +653,7 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
         mine = whole[whole["arch"].isin(archs) & whole["seed"].isin(seeds)]
         if len(set(zip(mine["arch"], mine["seed"], strict=True))) == len(archs) * len(seeds):
             row["exhaustive_s"], row["exhaustive_estimated"] = float(mine["wall_s"].sum()), False
-        elif "images_seen" in whole.columns and units["images_seen"].sum() > 0:
+        elif units["images_seen"].sum() > 0:
             rate = row["confirm_s"] / float(units["images_seen"].sum())
             per_unit = float(whole["images_seen"].mean())
             row["exhaustive_s"] = rate * per_unit * len(archs) * len(seeds)
@@ -736,7 +703,8 @@ def _outcome_markdown(outcome: pd.DataFrame) -> str:
 def outcome_lines(exp_dir: Path, top_k: int = 10) -> list[str]:
     """The search outcome of experiment ``exp_dir`` as lines for the terminal."""
     exp_dir = Path(exp_dir)
-    outcome = search_outcome(_read_trials(exp_dir), _read_manifest(exp_dir), top_k)
+    manifest, trials = _inputs(exp_dir)
+    outcome = search_outcome(trials, manifest, top_k)
     return [f"search outcome: {_outcome_line(r)}" for r in outcome.to_dict("records")]
 
 
@@ -756,8 +724,7 @@ def make_report(exp_dir: Path, top_k: int = 10, n_boot: int = 1000, seed: int = 
         raise NasproxyError(f"top_k must be at least 1, got {top_k}")
     if n_boot < 1:
         raise NasproxyError(f"n_boot must be at least 1, got {n_boot}")
-    manifest = _read_manifest(exp_dir)
-    trials = _read_trials(exp_dir)
+    manifest, trials = _inputs(exp_dir)
     t1 = compute_table(trials, manifest, top_k, n_boot, seed)
     table, per_seed, notes, means = t1.table, t1.per_seed, t1.notes, t1.val_means
     protocol = _protocol(exp_dir, manifest, top_k, n_boot, seed)

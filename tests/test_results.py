@@ -136,7 +136,7 @@ def test_manifest_round_trip_turns_non_finite_floats_into_null(tmp_path):
     results.write_manifest(tmp_path, {"train_sets": {"random": {"epsilon": math.nan}}, "n": 3})
     assert results.read_manifest(tmp_path) == {"train_sets": {"random": {"epsilon": None}}, "n": 3}
     (tmp_path / results.MANIFEST).write_text("{not json")
-    with pytest.raises(NasproxyError, match="unreadable"):
+    with pytest.raises(NasproxyError, match="cannot read"):
         results.read_manifest(tmp_path)
 
 
