@@ -4,7 +4,8 @@ Every function takes plain arrays indexed by architecture; nothing here reads fi
 A proxy training set is judged by how it *ranks* architectures compared with the whole
 training set: the whole-set test accuracy of the architectures it would pick
 (performance, regret) and the rank correlation of its validation accuracies with the
-whole-set ones (correlation).
+whole-set ones (correlation). ``nasproxy.report.table1`` applies them per training set
+and seed; docs/search.md ("Report") lists the columns they fill.
 """
 
 from __future__ import annotations

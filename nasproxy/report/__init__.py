@@ -6,7 +6,7 @@ with ``pd.read_csv(path, comment="#")``), ``table1.tex``, ``table1_seeds.csv`` (
 per-seed metrics behind the means), ``search_outcome.csv`` after ``--whole-top``, and three
 PNG figures. The rooms: ``table1`` computes Table 1, ``outcome`` the search outcome,
 ``formats`` writes them as text, ``nasproxy.plots`` draws the figures. What the files say:
-docs/search.md and docs/find.md.
+docs/search.md ("Report") and docs/find.md ("The answer: the search outcome").
 """
 
 from __future__ import annotations

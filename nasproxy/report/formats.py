@@ -1,7 +1,7 @@
 """Table 1 and the search outcome as text: Markdown, CSV (``#`` header), LaTeX, terminal.
 
 Every table carries the conditions it was measured under (``protocol``); cells are named
-by the table's column names, never picked by position. docs/search.md shows the files.
+by the table's column names, never picked by position. The files: docs/search.md ("Report").
 """
 
 from __future__ import annotations

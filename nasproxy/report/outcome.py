@@ -2,7 +2,7 @@
 confirmed on the whole split, the pick, its rank and regret, and what finding it cost.
 
 The shortlist and the pick follow ``nasproxy.shortlist``, the rule the search itself uses;
-docs/find.md explains the outcome to a reader.
+docs/find.md ("The answer: the search outcome") explains it to a reader.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the architectures on its own and is scored against that reference (``nasproxy.me
 the table gives the mean and sample std over proxy seeds. Only trials with status "ok"
 enter the metrics; repeated trials of one (train set, arch, seed) are averaged. Missing
 trials are counted against each training set's archs x seeds and reported, never dropped
-silently. What the columns mean for a reader: docs/search.md.
+silently. What the columns mean for a reader: docs/search.md ("Report").
 """
 
 from __future__ import annotations
