@@ -4,7 +4,8 @@ Every function takes plain arrays indexed by architecture; nothing here reads fi
 A proxy training set is judged by how it *ranks* architectures compared with the whole
 training set: the whole-set test accuracy of the architectures it would pick
 (performance, regret) and the rank correlation of its validation accuracies with the
-whole-set ones (correlation).
+whole-set ones (correlation). ``nasproxy.report.table1`` applies them per training set
+and seed; docs/search.md ("Report") lists the columns they fill.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def bootstrap_correlations(
     n_archs = proxy_val.shape[1]
     n_p, n_w = proxy_val.shape[0], ref_val_seeds.shape[0]
     rng = np.random.default_rng(seed)
-    reps = np.full((len(CORRELATIONS), n_boot), np.nan)
+    reps = {name: np.full(n_boot, np.nan) for name in CORRELATIONS}
     for b in range(n_boot):
         archs = rng.integers(0, n_archs, n_archs)
         p_seeds = rng.integers(0, n_p, n_p) if n_p > 1 else np.zeros(1, dtype=int)
@@ -181,24 +182,24 @@ def bootstrap_correlations(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN
             ref = np.nanmean(ref_val_seeds[np.ix_(w_seeds, archs)], axis=0)
-        per_seed = np.full((len(CORRELATIONS), p_seeds.size), np.nan)
+        per_seed = {name: np.full(p_seeds.size, np.nan) for name in CORRELATIONS}
         for j, s in enumerate(p_seeds):
             pv = proxy_val[s, archs]
             both = np.isfinite(pv) & np.isfinite(ref)
             if both.sum() < 2:
                 continue
             top = top_k_order(np.where(both, pv, np.nan), k)
-            per_seed[0, j] = spearman(pv[top], ref[top])
-            per_seed[1, j] = spearman(pv[both], ref[both])
-            per_seed[2, j] = kendall(pv[both], ref[both])
-        for i in range(len(CORRELATIONS)):
-            row = per_seed[i][np.isfinite(per_seed[i])]
-            if row.size:
-                reps[i, b] = row.mean()
+            per_seed["spearman_topk"][j] = spearman(pv[top], ref[top])
+            per_seed["spearman_all"][j] = spearman(pv[both], ref[both])
+            per_seed["kendall_all"][j] = kendall(pv[both], ref[both])
+        for name, values in per_seed.items():
+            defined = values[np.isfinite(values)]
+            if defined.size:
+                reps[name][b] = defined.mean()
     alpha = (1.0 - level) / 2.0
     out: dict[str, tuple[float, float]] = {}
-    for i, name in enumerate(CORRELATIONS):
-        r = reps[i][np.isfinite(reps[i])]
+    for name, values in reps.items():
+        r = values[np.isfinite(values)]
         if r.size == 0:
             out[name] = (float("nan"), float("nan"))
         else:

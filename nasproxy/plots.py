@@ -1,7 +1,9 @@
 """Figures of the NAS proxy report, rendered off-screen (Agg) to PNG bytes.
 
 The functions take plain data and return bytes so that the caller decides where and how
-(atomically) they are written; pyplot's global state is never touched.
+(atomically) they are written; pyplot's global state is never touched. The three figures
+of ``nasproxy report`` (docs/search.md, "Report"): proxy vs whole-set accuracy, the rank
+correlations with their intervals, accuracy against search cost.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Where a measured number came from: the command, commit, date and device of a benchmark.
+"""Where a result came from: the commit, date and device, and the command of a benchmark.
 
-Every script under ``scripts/`` that writes a result puts ``provenance(device)`` into it,
-so a number in ``results/`` can be traced to the code, the hardware and the command that
-produced it (results/README.md).
+One helper for every record that says so: the search's manifest (``git_commit``,
+``utc_now``), each unit row's device (``device_name``) and the record every script under
+``scripts/`` writes beside its numbers (``provenance``), so a number in ``results/`` can
+be traced to the code, the hardware and the command that produced it (results/README.md).
+Importing this module is cheap: torch is imported by the functions that need it.
 """
 
 from __future__ import annotations
@@ -10,23 +12,50 @@ from __future__ import annotations
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from nasproxy import __version__
-from nasproxy.results import git_commit
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def git_commit(where: Path | None = None) -> str:
+    """``git rev-parse HEAD`` of the repository holding ``where`` (default: this package),
+    or "unknown" outside a repository or without git."""
+    where = where or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 def utc_now() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def device_name(device: torch.device) -> str:
+    """The hardware's name as every unit row records it: the GPU's name, else "cpu"."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    return "cpu"
 
 
 def cpu_model() -> str:
@@ -54,17 +83,19 @@ def provenance(
     """The record a benchmark writes beside its numbers: command, commit, date, device.
 
     ``device`` is where the measured work ran; ``argv`` the script's arguments when its
-    ``main`` was called with its own list (default: ``sys.argv``).
+    ``main`` was called with its own list (default: ``sys.argv``). On a CPU the device's
+    name is the CPU model.
     """
+    import torch
+
     dev = torch.device(device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
     return {
         "command": command(argv),
         "git_commit": git_commit(),
         "date": utc_now(),
         "device": str(dev),
         "device_type": dev.type,
-        "device_name": name,
+        "device_name": device_name(dev) if dev.type == "cuda" else cpu_model(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "versions": {

@@ -9,7 +9,9 @@ Layout of an experiment directory ``DIR/EXP/``::
 A unit file is written once, atomically (temporary name, then rename), by whoever finished
 the unit, so a crash never leaves a torn row: a file either parses completely or is treated
 as missing and the unit runs again. The table is rebuilt from the unit files at any time
-(``consolidate``) and is itself written atomically; readers use only the table and manifest.
+(``consolidate``) and is itself written atomically; readers use only the table
+(``read_trials``) and the manifest (``read_manifest``), each read here and nowhere else.
+The search writes the store (docs/search.md); ``nasproxy report`` reads it.
 """
 
 from __future__ import annotations
@@ -18,14 +20,13 @@ import io
 import json
 import math
 import re
-import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from nasproxy.errors import NasproxyError
+from nasproxy.errors import NasproxyError, first_line
 from nasproxy.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -233,11 +234,36 @@ def consolidate(
 
 
 def read_trials(exp_dir: Path) -> pd.DataFrame:
-    """The consolidated table of an experiment."""
-    path = Path(exp_dir) / TRIALS_PARQUET
-    if not path.is_file():
-        raise NasproxyError(f"{path} does not exist; run `nasproxy search` first")
-    return pd.read_parquet(path)
+    """The consolidated table of an experiment, with exactly ``COLUMNS`` and their dtypes.
+
+    The one reader of the table: ``trials.parquet``, else ``trials.csv`` (the same table as
+    text); a table from before a column of ``LATER_COLUMNS`` existed gets that column's
+    value for it. A missing, unreadable or incomplete table is a one-line error.
+    """
+    exp_dir = Path(exp_dir)
+    parquet, csv = exp_dir / TRIALS_PARQUET, exp_dir / TRIALS_CSV
+    if not parquet.is_file() and not csv.is_file():
+        raise NasproxyError(f"{parquet} does not exist; run `nasproxy search` first")
+    path = parquet if parquet.is_file() else csv
+    numeric = [c for c, dtype in COLUMNS.items() if dtype != "string"]
+    try:
+        if path == parquet:
+            frame = pd.read_parquet(path)
+        else:  # an empty string is text in a text column, a missing number in the others
+            nan = ["", "nan", "NaN"]
+            frame = pd.read_csv(path, keep_default_na=False, na_values=dict.fromkeys(numeric, nan))
+    except Exception as exc:  # pyarrow and the CSV parser have no common error class
+        raise NasproxyError(f"cannot read {path} ({first_line(exc, with_type=True)})") from None
+    for column, value in LATER_COLUMNS.items():
+        if column not in frame.columns:
+            frame[column] = value
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise NasproxyError(f"{path} lacks the column(s) {', '.join(missing)}")
+    try:
+        return frame[list(COLUMNS)].astype(COLUMNS)
+    except (TypeError, ValueError) as exc:
+        raise NasproxyError(f"{path} holds a value of the wrong type ({first_line(exc)})") from None
 
 
 def write_manifest(exp_dir: Path, manifest: Mapping[str, Any]) -> Path:
@@ -251,9 +277,9 @@ def read_manifest(exp_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise NasproxyError(f"{path} is unreadable ({exc.__class__.__name__})") from None
+        raise NasproxyError(f"cannot read {path} ({first_line(exc, with_type=True)})") from None
     if not isinstance(manifest, dict):
         raise NasproxyError(f"{path} is not a JSON object")
     return manifest
@@ -336,22 +362,6 @@ def _is_json(path: Path, test: Callable[[dict[str, Any]], bool]) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(obj, dict) and test(obj)
-
-
-def git_commit(where: Path | None = None) -> str:
-    """``git rev-parse HEAD`` of the repository holding this package, or "unknown"."""
-    where = where or Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
 def _finite(obj: Any) -> Any:

@@ -47,12 +47,12 @@ from nasproxy.io import (
     check_output_dir,
     private_to_default,
 )
+from nasproxy.provenance import device_name
 from nasproxy.spaces import Arch
 from nasproxy.train import (
     EVAL_BATCH,
     TrainConfig,
     batches,
-    device_name,
     fit,
     normalize,
     resolve_device,

@@ -10,6 +10,8 @@ The rule, shared by the search (what it trains) and the report (what it reads ba
   on the stored units, never on the order they finished in;
 - the *pick* of a proxy is the top 1, by the same rule, of its shortlist's whole-split
   scores: the choice uses validation accuracy only, the test accuracy is what is reported.
+
+docs/find.md ("The rules") states them for a user.
 """
 
 from __future__ import annotations

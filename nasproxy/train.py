@@ -20,6 +20,7 @@ from torch import nn
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError, first_line
 from nasproxy.models import build_model
+from nasproxy.provenance import device_name
 from nasproxy.settings import setting
 from nasproxy.spaces import Arch
 
@@ -99,13 +100,6 @@ def resolve_device(device: str) -> torch.device:
     ):
         raise NasproxyError(f"device {device!r} is not available on this machine")
     return dev
-
-
-def device_name(device: torch.device) -> str:
-    """A human name for the hardware, recorded with every result."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return "cpu"
 
 
 def normalize(x: torch.Tensor, data: Dataset) -> torch.Tensor:

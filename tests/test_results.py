@@ -136,13 +136,50 @@ def test_manifest_round_trip_turns_non_finite_floats_into_null(tmp_path):
     results.write_manifest(tmp_path, {"train_sets": {"random": {"epsilon": math.nan}}, "n": 3})
     assert results.read_manifest(tmp_path) == {"train_sets": {"random": {"epsilon": None}}, "n": 3}
     (tmp_path / results.MANIFEST).write_text("{not json")
-    with pytest.raises(NasproxyError, match="unreadable"):
+    with pytest.raises(NasproxyError, match="cannot read"):
         results.read_manifest(tmp_path)
 
 
 def test_read_trials_without_a_table_is_a_clear_error(tmp_path):
     with pytest.raises(NasproxyError, match="nasproxy search"):
         results.read_trials(tmp_path)
+
+
+def test_read_trials_gives_the_consolidated_table_from_parquet_or_csv(tmp_path):
+    for row in _all_rows():
+        results.write_unit(tmp_path, row)
+    table = results.consolidate(tmp_path)
+    pd.testing.assert_frame_equal(results.read_trials(tmp_path), table)
+    (tmp_path / results.TRIALS_PARQUET).unlink()  # the text copy is the same table
+    pd.testing.assert_frame_equal(results.read_trials(tmp_path), table)
+
+
+def test_read_trials_fills_the_columns_an_older_table_lacks(tmp_path):
+    for row in _all_rows():
+        results.write_unit(tmp_path, row)
+    table = results.consolidate(tmp_path)
+    older = table.drop(columns=list(results.LATER_COLUMNS))
+    older.to_parquet(tmp_path / results.TRIALS_PARQUET, index=False)
+    back = results.read_trials(tmp_path)
+    assert list(back.columns) == list(results.COLUMNS)
+    assert set(back["stack_size"]) == {1} and set(back["trainer"]) == {"plain"}
+    pd.testing.assert_frame_equal(back[list(older.columns)], table[list(older.columns)])
+
+
+def test_a_table_without_a_column_or_not_a_table_is_a_one_line_error(tmp_path):
+    for row in _all_rows():
+        results.write_unit(tmp_path, row)
+    table = results.consolidate(tmp_path)
+    table.drop(columns=["val_acc"]).to_parquet(tmp_path / results.TRIALS_PARQUET)
+    with pytest.raises(NasproxyError, match="lacks the column.s. val_acc$"):
+        results.read_trials(tmp_path)
+    table.assign(seed="one").to_parquet(tmp_path / results.TRIALS_PARQUET)
+    with pytest.raises(NasproxyError, match="wrong type"):
+        results.read_trials(tmp_path)
+    (tmp_path / results.TRIALS_PARQUET).write_bytes(b"not a parquet file")
+    with pytest.raises(NasproxyError, match="cannot read") as err:
+        results.read_trials(tmp_path)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("name", ["/abs/path", "../up", "a/b", "..", ".", "", ".hidden", "a\nb"])

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError, first_line
 from nasproxy.multitrain.stacked import StackedConvNet, model_chunk, shape_of
+from nasproxy.provenance import device_name
 from nasproxy.spaces import ACTIVATIONS, Arch
 from nasproxy.train import (
     CROP_PADDING,
@@ -43,7 +44,6 @@ from nasproxy.train import (
     TrainRecord,
     batch_bounds,
     crop_flip,
-    device_name,
     init_model,
     normalize,
     resolve_device,

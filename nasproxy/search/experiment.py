@@ -8,13 +8,13 @@ import contextlib
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from nasproxy import __version__, results, shortlist
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
+from nasproxy.provenance import git_commit, utc_now
 from nasproxy.results import UnitKey
 from nasproxy.search.config import SearchConfig, TrainSet
 from nasproxy.search.lock import BREAK_NAME, LOCK_NAME, ensure_held, experiment_lock
@@ -210,7 +210,7 @@ def build_manifest(
         "train_sets": {ts.name: ts.manifest_entry(data, ids[ts.name]) for ts in train_sets},
         "hardware": "",
         "nasproxy_version": __version__,
-        "git_commit": results.git_commit(),
+        "git_commit": git_commit(),
         "wall_s": {},
         "sweep_wall_s": 0.0,
         "runs": [],
@@ -337,7 +337,3 @@ def _dataset_name(spec: str) -> str:
     if spec.startswith("imagefolder:"):
         return Path(spec.split(":", 1)[1].rstrip("/")).name.removesuffix(".tar.gz")
     return spec
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -13,6 +13,7 @@ from typing import Any
 from nasproxy import __version__, results, shortlist, spaces
 from nasproxy.data import Dataset, load_dataset
 from nasproxy.errors import IncompleteError, NasproxyError
+from nasproxy.provenance import git_commit, utc_now
 from nasproxy.proxies.base import check_budget
 from nasproxy.proxies.build import parse_proxy, proxy_indices, selection_fields, selection_hash
 from nasproxy.proxies.random import random_per_class
@@ -33,7 +34,6 @@ from nasproxy.search.experiment import (
     finish_manifest,
     next_run_number,
     remove_experiment,
-    utc_now,
 )
 from nasproxy.search.lock import any_lost, ensure_held, experiment_lock, held_token, holds
 from nasproxy.search.plan import plan_trials, select_archs
@@ -483,7 +483,7 @@ def _run_pending(
             "cluster": runner.description,
             "crashed_trials": len(errors),
             "recovered_crashes": recovered,  # worker crashes Tune retried (units kept)
-            "git_commit": results.git_commit(),
+            "git_commit": git_commit(),
             "nasproxy_version": __version__,
         }
 

@@ -29,9 +29,9 @@ from nasproxy import results
 from nasproxy.data import Dataset
 from nasproxy.errors import first_line
 from nasproxy.multitrain import largest_stack, train_many
+from nasproxy.provenance import utc_now
 from nasproxy.results import UnitKey
 from nasproxy.search.config import FastChoice
-from nasproxy.search.experiment import utc_now
 from nasproxy.search.lock import check_token
 from nasproxy.search.plan import Chunk
 from nasproxy.spaces import Arch

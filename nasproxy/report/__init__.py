@@ -1,0 +1,171 @@
+"""``nasproxy report``: Table 1 and the search outcome of an experiment, from its results.
+
+Reads ``EXP/manifest.json`` and the trials table through ``nasproxy.results`` and writes,
+atomically under ``EXP``: ``table1.md``, ``table1.csv`` (``#`` comment header, read back
+with ``pd.read_csv(path, comment="#")``), ``table1.tex``, ``table1_seeds.csv`` (the
+per-seed metrics behind the means), ``search_outcome.csv`` after ``--whole-top``, and three
+PNG figures. The rooms: ``table1`` computes Table 1, ``outcome`` the search outcome,
+``formats`` writes them as text, ``nasproxy.plots`` draws the figures. What the files say:
+docs/search.md ("Report") and docs/find.md ("The answer: the search outcome").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nasproxy import metrics, plots, results
+from nasproxy.errors import NasproxyError
+from nasproxy.io import atomic_write_bytes, atomic_write_text
+from nasproxy.report import formats
+from nasproxy.report.outcome import (
+    OUTCOME_COLUMNS,
+    outcome_line,
+    outcome_markdown,
+    search_outcome,
+)
+from nasproxy.report.table1 import SEED_COLUMNS, TABLE_COLUMNS, Table1, compute_table
+from nasproxy.results import WHOLE
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`make_report` computed and wrote."""
+
+    exp_dir: Path
+    table: pd.DataFrame  # one row per train set (proxies, then "whole"), TABLE_COLUMNS
+    per_seed: pd.DataFrame  # one row per (proxy train set, seed), SEED_COLUMNS
+    protocol: dict[str, str]  # the conditions every table carries, in display order
+    notes: list[str]  # coverage and caveats, one line each
+    top_k: int
+    paths: dict[str, Path] = field(default_factory=dict)  # kind -> file written
+    outcome: pd.DataFrame | None = None  # the search outcome (OUTCOME_COLUMNS), if any
+
+
+def _inputs(exp_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The manifest and trials of ``exp_dir`` (read by ``nasproxy.results``), checked for
+    what the report needs: the swept archs and seeds, the training sets, a trial."""
+    manifest = results.read_manifest(exp_dir)
+    path = exp_dir / results.MANIFEST
+    if manifest is None:
+        raise NasproxyError(f"no {results.MANIFEST} in {exp_dir}: not an experiment directory")
+    archs = manifest.get("archs")
+    if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
+        raise NasproxyError(f"{path}: 'archs' must be a non-empty list of architecture ids")
+    protocol = manifest.get("protocol")
+    seeds = protocol.get("seeds") if isinstance(protocol, dict) else None
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise NasproxyError(f"{path}: 'protocol.seeds' must be a non-empty list of integers")
+    if not isinstance(manifest.get("train_sets"), dict):
+        raise NasproxyError(f"{path}: 'train_sets' must be an object keyed by train set name")
+    trials = results.read_trials(exp_dir)
+    if trials.empty:
+        raise NasproxyError(f"trials of {exp_dir} are empty: no trial has finished yet")
+    return manifest, trials
+
+
+def outcome_lines(exp_dir: Path, top_k: int = 10) -> list[str]:
+    """The search outcome of experiment ``exp_dir`` as lines for the terminal."""
+    manifest, trials = _inputs(Path(exp_dir))
+    outcome = search_outcome(trials, manifest, top_k)
+    return [f"search outcome: {outcome_line(r)}" for r in outcome.to_dict("records")]
+
+
+def _figures(t1: Table1, top_k: int) -> dict[str, tuple[str, bytes]]:
+    """kind -> (file name, PNG) of the three figures."""
+    means = t1.val_means
+    panels = []
+    for name in t1.table.loc[t1.table["role"] == "proxy", "train_set"]:
+        pv = means[name]
+        both = np.isfinite(pv) & np.isfinite(means[WHOLE])
+        top = np.zeros(len(t1.archs), dtype=bool)
+        top[metrics.top_k_order(np.where(both, pv, np.nan), top_k)] = True
+        panels.append(plots.ScatterPanel(name, means[WHOLE][both], pv[both], top[both]))
+    return {
+        "plot_proxy_vs_whole": ("proxy_vs_whole.png", plots.proxy_vs_whole(panels, top_k)),
+        "plot_correlation": ("correlation.png", plots.correlations(t1.table, top_k)),
+        "plot_acc_vs_time": ("acc_vs_time.png", plots.accuracy_vs_time(t1.table, top_k)),
+    }
+
+
+def make_report(exp_dir: Path, top_k: int = 10, n_boot: int = 1000, seed: int = 0) -> ReportResult:
+    """Compute Table 1 of experiment ``exp_dir`` and write its tables and figures there.
+
+    ``top_k`` is the paper's k = 10 of "top-10 architectures"; ``n_boot`` the bootstrap
+    resamples of the correlation intervals, drawn from ``seed``.
+    """
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        raise NasproxyError(f"experiment directory {exp_dir} does not exist")
+    if top_k < 1:
+        raise NasproxyError(f"top_k must be at least 1, got {top_k}")
+    if n_boot < 1:
+        raise NasproxyError(f"n_boot must be at least 1, got {n_boot}")
+    manifest, trials = _inputs(exp_dir)
+    t1 = compute_table(trials, manifest, top_k, n_boot, seed)
+    table, per_seed, notes = t1.table, t1.per_seed, t1.notes
+    protocol = formats.protocol(exp_dir, manifest, top_k, n_boot, seed)
+    outcome = search_outcome(trials, manifest, top_k)
+    markdown = formats.markdown(table, protocol, notes, top_k)
+    if not outcome.empty:
+        markdown += outcome_markdown(outcome)
+
+    paths = {
+        "md": atomic_write_text(exp_dir / "table1.md", markdown),
+        "csv": atomic_write_text(
+            exp_dir / "table1.csv", formats.csv(table, protocol, notes, "Table 1 (nasproxy)")
+        ),
+        "seeds_csv": atomic_write_text(
+            exp_dir / "table1_seeds.csv",
+            formats.csv(per_seed, protocol, notes, "Table 1 per proxy seed (nasproxy)"),
+        ),
+        "tex": atomic_write_text(
+            exp_dir / "table1.tex", formats.latex(table, protocol, notes, top_k)
+        ),
+    }
+    if not outcome.empty:
+        paths["outcome_csv"] = atomic_write_text(
+            exp_dir / "search_outcome.csv",
+            formats.csv(outcome, protocol, notes, "Search outcome (nasproxy)"),
+        )
+    for kind, (fname, png) in _figures(t1, top_k).items():
+        paths[kind] = atomic_write_bytes(exp_dir / fname, png)
+    return ReportResult(exp_dir, table, per_seed, protocol, notes, top_k, paths, outcome)
+
+
+def format_summary(result: ReportResult) -> str:
+    """A few plain-text lines for the terminal: where the files are, and the table."""
+    names = ", ".join(p.name for p in result.paths.values())
+    lines = [
+        f"Table 1 of {result.protocol['experiment']}: {result.protocol['dataset']};"
+        f" {result.protocol['space']}",
+        f"written to {result.exp_dir}: {names}",
+        "",
+        formats.text(result.table, result.top_k),
+        "",
+        *result.notes,
+    ]
+    if result.outcome is not None and not result.outcome.empty:
+        lines += [
+            "",
+            *(f"search outcome: {outcome_line(r)}" for r in result.outcome.to_dict("records")),
+        ]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "OUTCOME_COLUMNS",
+    "SEED_COLUMNS",
+    "TABLE_COLUMNS",
+    "ReportResult",
+    "Table1",
+    "compute_table",
+    "format_summary",
+    "make_report",
+    "outcome_lines",
+    "search_outcome",
+]

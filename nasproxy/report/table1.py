@@ -1,0 +1,293 @@
+"""Table 1 of the NAS experiment (Yang et al., ICLR 2023) computed from the trials table.
+
+Aggregation over seeds: the whole-set reference of an architecture is its validation /
+test accuracy averaged over the whole-set training seeds; each proxy training seed ranks
+the architectures on its own and is scored against that reference (``nasproxy.metrics``);
+the table gives the mean and sample std over proxy seeds. Only trials with status "ok"
+enter the metrics; repeated trials of one (train set, arch, seed) are averaged. Missing
+trials are counted against each training set's archs x seeds and reported, never dropped
+silently. What the columns mean for a reader: docs/search.md ("Report").
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nasproxy import metrics, shortlist
+from nasproxy.results import WHOLE
+
+# The CSV's columns, in order. Accuracies are fractions in 0..1 as in trials.parquet;
+# "_std" is the sample std over proxy seeds, "_lo"/"_hi" the bootstrap 95% interval.
+TABLE_COLUMNS = (
+    "train_set",
+    "role",
+    "n_images",
+    "bytes",
+    "epsilon",
+    "trials_expected",
+    "trials_present",
+    "trials_missing",
+    "trials_not_ok",
+    "n_seeds",
+    "n_archs",
+    "perf_topk",
+    "perf_topk_std",
+    "top1_test",
+    "top1_test_std",
+    "regret",
+    "regret_std",
+    "spearman_topk",
+    "spearman_topk_std",
+    "spearman_topk_lo",
+    "spearman_topk_hi",
+    "spearman_all",
+    "spearman_all_std",
+    "spearman_all_lo",
+    "spearman_all_hi",
+    "kendall_all",
+    "kendall_all_std",
+    "kendall_all_lo",
+    "kendall_all_hi",
+    "seed_spearman",
+    "train_s",
+    "sweep_wall_s",
+)
+SEED_COLUMNS = (
+    "train_set",
+    "seed",
+    "n_archs",
+    "top1_arch",
+    "perf_topk",
+    "top1_test",
+    "regret",
+    "spearman_topk",
+    "spearman_all",
+    "kendall_all",
+)
+
+
+@dataclass(frozen=True)
+class _Matrices:
+    """Accuracies of one train set: (seeds, archs), NaN where no ok trial exists."""
+
+    seeds: list[int]
+    val: np.ndarray
+    test: np.ndarray
+
+
+def _matrices(ok: pd.DataFrame, archs: list[str]) -> _Matrices:
+    if ok.empty:
+        empty = np.empty((0, len(archs)))
+        return _Matrices([], empty, empty)
+    # several trials of one (arch, seed) -> their mean
+    agg = ok.groupby(["seed", "arch"])[["val_acc", "test_acc"]].mean()
+    seeds = sorted(agg.index.get_level_values("seed").unique().tolist())
+    val = agg["val_acc"].unstack("arch").reindex(index=seeds, columns=archs)
+    test = agg["test_acc"].unstack("arch").reindex(index=seeds, columns=archs)
+    return _Matrices(seeds, val.to_numpy(dtype=float), test.to_numpy(dtype=float))
+
+
+def _nanmean0(a: np.ndarray) -> np.ndarray:
+    if a.shape[0] == 0:
+        return np.full(a.shape[1], np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an arch with no trial -> NaN
+        return np.nanmean(a, axis=0)
+
+
+def _seed_to_seed(val: np.ndarray) -> float:
+    """Mean Spearman between the val-acc rankings of every pair of seeds (NaN if < 2)."""
+    rhos = [metrics.spearman(val[i], val[j]) for i, j in combinations(range(val.shape[0]), 2)]
+    rhos = [r for r in rhos if math.isfinite(r)]
+    return float(np.mean(rhos)) if rhos else float("nan")
+
+
+def _coverage(rows: pd.DataFrame, archs: list[str], seeds: list[int]) -> dict[str, int]:
+    expected = {(a, s) for a in archs for s in seeds}
+    pairs = set(zip(rows["arch"], rows["seed"], strict=True))
+    ok = rows[rows["status"] == "ok"]
+    ok_pairs = set(zip(ok["arch"], ok["seed"], strict=True))
+    present = pairs & expected
+    return {
+        "trials_expected": len(expected),
+        "trials_present": len(present),
+        "trials_missing": len(expected - present),
+        "trials_not_ok": len(present - ok_pairs),
+        "unexpected": len(pairs - expected),
+    }
+
+
+def _coverage_line(name: str, cov: dict[str, int]) -> str:
+    line = f"{name}: {cov['trials_present']}/{cov['trials_expected']} trials"
+    parts = []
+    if cov["trials_missing"]:
+        parts.append(f"{cov['trials_missing']} missing")
+    if cov["trials_not_ok"]:
+        parts.append(f"{cov['trials_not_ok']} not ok (diverged/failed)")
+    if cov["unexpected"]:
+        parts.append(f"{cov['unexpected']} outside the manifest's archs x seeds (used)")
+    return line + ("; " + "; ".join(parts) if parts else " (complete)")
+
+
+def _num(v: Any) -> float:
+    """A manifest number, NaN when absent (None) or not a number."""
+    return float(v) if isinstance(v, int | float) else float("nan")
+
+
+def _storage(man: dict[str, Any], name: str, rows: pd.DataFrame) -> dict[str, float]:
+    """The n_images, bytes and epsilon columns of a train set, from the manifest; the
+    images fall back to the trials' n_train."""
+    info = man["train_sets"].get(name) or {}
+    n_images = info.get("n_images")
+    if n_images is None and not rows.empty:
+        n_images = int(rows["n_train"].iloc[0])
+    return {
+        "n_images": _num(n_images),
+        "bytes": _num(info.get("bytes")),
+        "epsilon": _num(info.get("epsilon")),
+    }
+
+
+def _row(
+    name: str,
+    rank_val: np.ndarray,
+    ref_val: np.ndarray,
+    ref_val_seeds: np.ndarray,
+    ref_test: np.ndarray,
+    seeds: list[int],
+    archs: list[str],
+    top_k: int,
+    n_boot: int,
+    seed: int,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Metrics of one train set whose (seeds, archs) val accuracies are ``rank_val``."""
+    per_seed = []
+    for s, pv in zip(seeds, rank_val, strict=True):
+        m = metrics.seed_metrics(pv, ref_val, ref_test, top_k)
+        both = np.isfinite(pv) & np.isfinite(ref_val) & np.isfinite(ref_test)
+        top1 = metrics.top_k_order(np.where(both, pv, np.nan), 1) if m.n_archs else []
+        per_seed.append(
+            {
+                "train_set": name,
+                "seed": s,
+                "n_archs": m.n_archs,
+                "top1_arch": archs[top1[0]] if len(top1) else "",
+                "perf_topk": m.perf_topk,
+                "top1_test": m.top1_test,
+                "regret": m.regret,
+                "spearman_topk": m.spearman_topk,
+                "spearman_all": m.spearman_all,
+                "kendall_all": m.kendall_all,
+            }
+        )
+    out: dict[str, float] = {"n_seeds": len(seeds)}
+    scored = np.isfinite(_nanmean0(rank_val)) & np.isfinite(ref_val) & np.isfinite(ref_test)
+    out["n_archs"] = int(scored.sum())
+    for col in ("perf_topk", "top1_test", "regret", *metrics.CORRELATIONS):
+        mean, std = metrics.mean_std(np.array([r[col] for r in per_seed], dtype=float))
+        out[col], out[f"{col}_std"] = mean, std
+    if seeds and np.isfinite(ref_val).any():
+        ci = metrics.bootstrap_correlations(rank_val, ref_val_seeds, top_k, n_boot, seed)
+    else:
+        ci = {c: (float("nan"), float("nan")) for c in metrics.CORRELATIONS}
+    for col, (lo, hi) in ci.items():
+        out[f"{col}_lo"], out[f"{col}_hi"] = lo, hi
+    return out, per_seed
+
+
+@dataclass(frozen=True)
+class Table1:
+    """Table 1 and what the figures need, computed from trials and manifest."""
+
+    table: pd.DataFrame  # TABLE_COLUMNS, one row per train set
+    per_seed: pd.DataFrame  # SEED_COLUMNS, one row per (proxy train set, seed)
+    notes: list[str]  # coverage, one line per train set, then caveats
+    archs: list[str]  # the architecture order of the arrays below
+    val_means: dict[str, np.ndarray]  # train set -> per-arch val acc, mean over seeds
+
+
+def compute_table(
+    trials: pd.DataFrame,
+    manifest: dict[str, Any],
+    top_k: int = 10,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Table1:
+    """Table 1 from validated trials and manifest (see :func:`make_report`).
+
+    Rows: one per proxy train set (train_set != "whole"; manifest order, then any found
+    only in the trials), then the whole set. The whole-set row ranks the reference
+    against itself, so its correlation is 1 by computation (NaN if undefined).
+    """
+    archs = list(manifest["archs"])
+    archs += sorted(set(trials["arch"]) - set(archs))
+    seeds = list(manifest["protocol"]["seeds"])
+    names = list(manifest["train_sets"])
+    names += sorted(set(trials["train_set"]) - set(names))
+    proxies = [n for n in names if n != WHOLE]
+
+    def rows_of(name: str) -> pd.DataFrame:
+        return trials[trials["train_set"] == name]
+
+    def ok_of(name: str) -> pd.DataFrame:
+        r = rows_of(name)
+        return r[r["status"] == "ok"]
+
+    whole = _matrices(ok_of(WHOLE), archs)
+    ref_val, ref_test = _nanmean0(whole.val), _nanmean0(whole.test)
+
+    notes: list[str] = []
+    table_rows: list[dict[str, Any]] = []
+    seed_rows: list[dict[str, Any]] = []
+    means: dict[str, np.ndarray] = {WHOLE: ref_val}
+    for name in [*proxies, WHOLE]:
+        rows = rows_of(name)
+        # each training set against its own architectures (a set the manifest lacks: all)
+        mine = (
+            shortlist.train_set_archs(manifest, name) if name in manifest["train_sets"] else archs
+        )
+        cov = _coverage(rows, mine, seeds)
+        notes.append(_coverage_line(name, cov))
+        if name == WHOLE:
+            # the reference ranks itself once (one pseudo-seed, -1, not kept per seed)
+            rank_val, run_seeds = ref_val[None, :], [-1]
+            boot_ref = ref_val[None, :]
+            seed_spread = _seed_to_seed(whole.val)
+        else:
+            mats = _matrices(ok_of(name), archs)
+            rank_val, run_seeds, boot_ref = mats.val, mats.seeds, whole.val
+            seed_spread = _seed_to_seed(mats.val)
+            means[name] = _nanmean0(mats.val)
+        stats_row, per_seed = _row(
+            name, rank_val, ref_val, boot_ref, ref_test, run_seeds, archs, top_k, n_boot, seed
+        )
+        if name == WHOLE:
+            stats_row["n_seeds"] = len(whole.seeds)
+        else:
+            seed_rows += per_seed
+        table_rows.append(
+            {
+                "train_set": name,
+                "role": "reference" if name == WHOLE else "proxy",
+                **_storage(manifest, name, rows),
+                **{k: v for k, v in cov.items() if k != "unexpected"},
+                **stats_row,
+                "seed_spearman": seed_spread,
+                "train_s": float(rows["wall_s"].sum()),
+                "sweep_wall_s": _num((manifest.get("wall_s") or {}).get(name)),
+            }
+        )
+    if not np.isfinite(ref_val).any():
+        notes.append(
+            "no whole-set trial with status ok: performance, regret and correlation are n/a"
+        )
+    table = pd.DataFrame(table_rows).reindex(columns=list(TABLE_COLUMNS))
+    per_seed_df = pd.DataFrame(seed_rows, columns=list(SEED_COLUMNS))
+    return Table1(table, per_seed_df, notes, archs, means)
