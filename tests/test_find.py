@@ -24,8 +24,8 @@ from nasproxy.search import run_search
 from nasproxy.search import sweep as sweep_module
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
-from tests import test_search
-from tests.test_search import REPO, _config, _proxy, _units
+from tests.search import test_sweep as test_search
+from tests.search.test_sweep import REPO, _config, _proxy, _units
 
 # the tiny space, two proxy files and the one small local Ray of tests/test_search.py
 inputs = test_search.inputs

@@ -33,8 +33,8 @@ from nasproxy.search import run_search
 from nasproxy.search.address import check_address
 from nasproxy.search.lock import LOCK_NAME, STALE_S, experiment_lock
 from nasproxy.train import TrainConfig
-from tests import test_search
-from tests.test_search import REPO, _config, _proxy, _units
+from tests.search import test_sweep as test_search
+from tests.search.test_sweep import REPO, _config, _proxy, _units
 
 MARK = "NASPROXY_TEST_PROCESS"
 

@@ -35,7 +35,7 @@ from nasproxy.search import (
 from nasproxy.spaces import FIELDS
 from nasproxy.train import TrainConfig, train
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # six one-block ConvNets of width 8: a whole-split epoch on digits takes about a second
 TINY_SPACE = """name: tiny6
 options:
