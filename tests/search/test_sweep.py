@@ -1,14 +1,18 @@
-"""The sweep on Ray Tune: rows, resume after a hard kill, refusals, divergence, selection."""
+"""nasproxy.search.sweep: a sweep end to end (rows checked against a retrained unit),
+input refusals, training-set names, the ETA, a stopped sweep resumed, and finding the
+architecture (``--whole-top``) against a brute-force top K with a stub trainer whose
+accuracies the test sets."""
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import itertools
 import json
-import logging
-import math
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -17,104 +21,28 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
-from nasproxy import results, spaces
+from nasproxy import cli, results, spaces
 from nasproxy.errors import NasproxyError
 from nasproxy.proxies.build import selection_hash
-from nasproxy.search import (
-    SearchConfig,
-    plan_chunks,
-    plan_stacks,
-    plan_trials,
-    resolve_train_sets,
-    run_search,
-    select_archs,
-    stratified_sample,
+from nasproxy.report import make_report
+from nasproxy.search import lock, resolve_train_sets, run_search
+from nasproxy.search import sweep as sweep_module
+from nasproxy.spaces import Arch
+from nasproxy.train import TrainConfig, TrainRecord, train
+from tests.search.conftest import (
+    REPO,
+    SMALL,
+    _config,
+    _none_left,
+    _proxy,
+    _search_command,
+    _units,
+    _wait,
 )
-from nasproxy.spaces import FIELDS
-from nasproxy.train import TrainConfig, train
-
-REPO = Path(__file__).resolve().parents[2]
-# six one-block ConvNets of width 8: a whole-split epoch on digits takes about a second
-TINY_SPACE = """name: tiny6
-options:
-  width: [8]
-  depth: [1]
-  act: [relu, leakyrelu, sigmoid]
-  norm: [none, batchnorm]
-  pool: [maxpooling]
-"""
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """One small local Ray for the module (starting one costs seconds)."""
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        num_gpus=0,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-    )
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory, digits):
-    """A tiny space file and two proxy files of 10 random images per class."""
-    root = tmp_path_factory.mktemp("inputs")
-    space = root / "tiny6.yaml"
-    space.write_text(TINY_SPACE)
-    labels = digits.y_train.numpy()
-    proxies = []
-    for method, seed in (("random", 0), ("herding", 1)):
-        rng = np.random.default_rng(seed)
-        indices = {
-            name: sorted(int(i) for i in rng.choice(np.flatnonzero(labels == c), 10, False))
-            for c, name in enumerate(digits.classes)
-        }
-        path = root / f"{method}.json"
-        path.write_text(json.dumps(_proxy(method, digits.fingerprint, indices, epsilon=0.5)))
-        proxies.append(path)
-    return {"space": str(space), "proxies": proxies, "root": root}
-
-
-def _proxy(method: str, fingerprint: str, indices: dict, epsilon: float | None = None) -> dict:
-    return {
-        "format": "nasproxy-proxy/1",
-        "method": method,
-        "per_class": 10,
-        "seed": 0,
-        "params": {},
-        "dataset": "digits",
-        "fingerprint": fingerprint,
-        "indices": indices,
-        "n_images": sum(len(v) for v in indices.values()),
-        "epsilon": epsilon,
-    }
-
-
-def _config(inputs, results_dir: Path, name: str, **changes) -> SearchConfig:
-    cfg = SearchConfig(
-        name=name,
-        dataset="digits",
-        proxies=tuple(str(p) for p in inputs["proxies"]),
-        whole=True,
-        space=inputs["space"],
-        train=TrainConfig(epochs=1),
-        results_dir=str(results_dir),
-        trial_size=4,
-    )
-    return replace(cfg, **changes)
-
-
-def _units(exp_dir: Path) -> dict[Path, str]:
-    return {p: p.read_text() for p in sorted((exp_dir / "units").glob("*/s*/*.json"))}
 
 
 def test_sweep_trains_every_unit_once_with_sane_rows(cluster, inputs, digits, tmp_path):
@@ -159,8 +87,6 @@ def test_sweep_trains_every_unit_once_with_sane_rows(cluster, inputs, digits, tm
     assert events[-1].done == events[-1].total == 18
 
     # independent truth: the same unit retrained here gives the same numbers
-    import torch
-
     torch.set_num_threads(1)
     indices = np.sort(
         np.concatenate(
@@ -182,115 +108,6 @@ def test_sweep_trains_every_unit_once_with_sane_rows(cluster, inputs, digits, tm
     with pytest.raises(NasproxyError, match="training sets"):
         run_search(_config(inputs, tmp_path, "sweep", whole=False))
     assert results.read_manifest(exp_dir)["protocol"]["epochs"] == 1
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fuse", ["off", "on"])
-def test_hard_kill_then_resume_runs_every_unit_exactly_once(cluster, inputs, tmp_path, fuse):
-    """kill -9 of the driver mid-sweep (fused: mid-stack, the proxies of an architecture
-    training as one stack of 2), then resume: no unit lost, none trained twice."""
-    name = f"killed-{fuse}"
-    exp_dir = tmp_path / name
-    command = [
-        sys.executable, "-m", "nasproxy.cli", "search",
-        "--dataset", "digits", "--space", inputs["space"],
-        "--proxy", str(inputs["proxies"][0]), "--proxy", str(inputs["proxies"][1]), "--whole",
-        "--epochs", "1", "--name", name, "--results-dir", str(tmp_path),
-        "--trial-size", "2", "--address", cluster, "--fuse", fuse,
-    ]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not _units(exp_dir) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    stderr = proc.communicate()[1].decode()
-    before = _units(exp_dir)
-    assert 0 < len(before) < 18, stderr
-    time.sleep(1.0)  # let Ray stop the dead driver's workers
-    before = _units(exp_dir)
-
-    events = []
-    run_search(_config(inputs, tmp_path, name, trial_size=2, fuse=fuse), progress=events.append)
-    after = _units(exp_dir)
-    table = results.read_trials(exp_dir)
-    assert len(table) == 18 and not table.duplicated(["arch", "train_set", "seed"]).any()
-    assert len(after) == 18 and (table["status"] == "ok").all()
-    assert all(after[p] == text for p, text in before.items())  # finished units not re-run
-    trained = [e.row for e in events if e.row is not None]
-    assert len(trained) == 18 - len(before)
-    whole = table["train_set"] == "whole"
-    if fuse == "on":  # a shape has 3 activations: stacks of 2 proxies x 3, whole: 3 (or
-        # fewer, where a stack was partly stored)
-        assert table.loc[~whole, "stack_size"].max() <= 6 and table["stack_size"].max() > 1
-        assert table.loc[whole, "stack_size"].max() <= 3
-        assert table["trainer"].str.startswith("stacked").all()
-    else:
-        assert (table["stack_size"] == 1).all() and (table["trainer"] == "plain").all()
-
-    # a third run has nothing to do: no trial, no file touched
-    events = []
-    runs_before = sorted((exp_dir / "ray").iterdir())
-    run_search(_config(inputs, tmp_path, name, fuse=fuse), progress=events.append)
-    assert [e.row for e in events if e.row is not None] == []
-    assert _units(exp_dir) == after and sorted((exp_dir / "ray").iterdir()) == runs_before
-
-    # a torn unit file counts as missing: exactly that unit runs again
-    victim = sorted(after)[5]
-    victim.write_text(after[victim][: len(after[victim]) // 3])
-    events = []
-    run_search(_config(inputs, tmp_path, name, fuse=fuse), progress=events.append)
-    rows = [e.row for e in events if e.row is not None]
-    assert len(rows) == 1 and results.unit_path(exp_dir, results.row_key(rows[0])) == victim
-    assert len(results.read_trials(exp_dir)) == 18
-
-
-@pytest.mark.slow
-def test_cifar_sized_data_reaches_the_trials(cluster, inputs, cifar, cache_root, tmp_path):
-    """Real CIFAR-10 (JPEG copy): the ~180 MB dataset goes to the trials through Ray."""
-    from tests.conftest import cifar_source
-
-    labels = cifar.y_train.numpy()
-    rng = np.random.default_rng(0)
-    indices = {
-        name: sorted(int(i) for i in rng.choice(np.flatnonzero(labels == c), 10, False))
-        for c, name in enumerate(cifar.classes)
-    }
-    proxy = tmp_path / "random.json"
-    proxy.write_text(json.dumps(_proxy("random", cifar.fingerprint, indices)))
-    cfg = _config(
-        inputs,
-        tmp_path,
-        "cifar",
-        dataset=f"imagefolder:{cifar_source()}",
-        data_root=str(cache_root),
-        proxies=(str(proxy),),
-        whole=False,
-        archs=("w8-d1-relu-*",),
-    )
-    exp_dir = run_search(cfg)
-    table = results.read_trials(exp_dir)
-    assert len(table) == 2 and (table["status"] == "ok").all()
-    assert (table["n_train"] == 100).all() and table["test_acc"].between(0, 1).all()
-    manifest = results.read_manifest(exp_dir)
-    assert manifest["fingerprint"] == cifar.fingerprint
-    assert manifest["train_sets"]["random"]["bytes"] == 100 * 3 * 32 * 32
-
-
-def test_a_diverging_unit_is_a_row_not_a_crash(cluster, inputs, tmp_path):
-    cfg = _config(
-        inputs,
-        tmp_path,
-        "diverge",
-        proxies=(str(inputs["proxies"][0]),),
-        whole=False,
-        archs=("w8-d1-relu-none-maxpooling",),
-        train=TrainConfig(epochs=1, lr=1e6, batch_size=10),  # 10 steps: one is not enough
-    )
-    table = results.read_trials(run_search(cfg))
-    assert len(table) == 1
-    row = table.iloc[0]
-    assert row["status"] == "diverged" and "non-finite" in row["reason"]
-    assert math.isnan(row["val_acc"]) and math.isnan(row["test_acc"])
 
 
 def test_bad_inputs_are_refused_before_anything_runs(inputs, digits, tmp_path):
@@ -351,119 +168,6 @@ def test_train_set_names_disambiguate_and_refuse_clashes(inputs, digits, tmp_pat
         resolve_train_sets([str(c)], True, digits)
 
 
-def test_arch_patterns_match_like_brute_force():
-    space = spaces.load("convnet720")
-    globbed = select_archs(space, ["w32-d1-*-batchnorm-*", "*-sigmoid-none-none"])
-    expected = [
-        a
-        for a in space
-        if fnmatch.fnmatchcase(a.id, "w32-d1-*-batchnorm-*")
-        or fnmatch.fnmatchcase(a.id, "*-sigmoid-none-none")
-    ]
-    assert globbed == expected and len(expected) == 3 * 3 + 16
-    regexed = select_archs(space, [r"re:w(32|64)-d[12]-relu-.*-maxpooling"])
-    assert regexed == [
-        a
-        for a in space
-        if a.width in (32, 64) and a.depth in (1, 2) and a.act == "relu" and a.pool == "maxpooling"
-    ]
-    with pytest.raises(NasproxyError, match="bad regular expression"):
-        select_archs(space, ["re:w(32"])
-    assert len(select_archs(space, ["re:w32.*"])) == 180
-    with pytest.raises(NasproxyError, match="matches no architecture"):
-        select_archs(space, ["re:w32"])  # a pattern must match the whole id
-
-
-@pytest.mark.parametrize("n", [1, 7, 24, 100, 260, 540, 719])
-def test_stratified_sample_balances_every_field(n):
-    space = spaces.load("convnet720")
-    for seed in (0, 1):
-        sample = stratified_sample(list(space), n, seed)
-        assert len(sample) == len(set(sample)) == n
-        assert sample == [a for a in space if a in set(sample)]  # space order
-        for name in FIELDS:
-            options = {getattr(a, name) for a in space}
-            counts = Counter(getattr(a, name) for a in sample)
-            spread = [counts.get(v, 0) for v in options]
-            assert max(spread) - min(spread) <= 1, (seed, name, spread)
-    assert stratified_sample(list(space), n, 3) == stratified_sample(list(space), n, 3)
-    if 1 < n < 700:
-        assert stratified_sample(list(space), n, 3) != stratified_sample(list(space), n, 4)
-    assert stratified_sample(list(space), 800, 0) == list(space)
-
-
-def test_chunks_cover_each_unit_once_within_one_training_set():
-    archs = spaces.load("convnet720")[:40]
-    pending = [(ts, seed, a.id) for ts in ("p", "whole") for seed in (0, 1) for a in archs]
-    cost = {a.id: a.macs(3, 10, 32) for a in archs}
-    sizes = {"p": 1000, "whole": 45000}
-    chunks = plan_trials(
-        pending, sizes, False, 64, trial_size=16, slots=4, cost=lambda k: cost[k[2]]
-    )
-    assert sorted(k for c in chunks for k in c.units) == sorted(pending)
-    assert all(len(stack) == 1 for c in chunks for stack in c.stacks)  # not fused
-    assert all(1 <= len(c.units) <= 16 and len({k[0] for k in c.units}) == 1 for c in chunks)
-    assert len({c.id for c in chunks}) == len(chunks)
-    assert len(chunks) == 2 * math.ceil(80 / 16)
-    # few units: spread over every slot rather than one big chunk
-    few = plan_trials(pending[:6], sizes, False, 64, 16, 4, lambda k: cost[k[2]])
-    assert [len(c.units) for c in few] == [2, 2, 2]
-
-
-def _shape(arch_id: str) -> tuple:
-    a = spaces.Arch.from_id(arch_id)
-    return (a.width, a.depth, a.norm, a.pool)
-
-
-def _brute_force_groups(pending, sizes):
-    """Units that may share a stack: one shape (all but the activation), one set size."""
-    groups: dict[tuple, set] = {}
-    for key in pending:
-        groups.setdefault((_shape(key[2]), sizes[key[0]]), set()).add(key)
-    return groups
-
-
-@pytest.mark.parametrize("max_stack", [1, 2, 3, 5, 64])
-def test_stacks_partition_pending_units_into_compatible_groups(max_stack):
-    archs = [a.id for a in spaces.load("convnet720")[:7]]  # 3 activations of some shapes
-    sizes = {"influence": 1000, "random": 1000, "herding": 1000, "small": 500, "whole": 45000}
-    all_keys = [(ts, seed, a) for ts in sizes for seed in (0, 1, 2) for a in archs]
-    rng = np.random.default_rng(max_stack)
-    stored = {k for k in all_keys if rng.random() < 0.3}  # partly stored stacks
-    pending = [k for k in all_keys if k not in stored]
-    stacks = plan_stacks(pending, sizes, max_stack)
-    flat = [k for stack in stacks for k in stack]
-    assert sorted(flat) == sorted(pending) and len(flat) == len(set(flat))  # each once
-    assert not stored & set(flat)  # a stored unit never trains again
-    groups = _brute_force_groups(pending, sizes)
-    for stack in stacks:
-        assert 1 <= len(stack) <= max_stack
-        assert len({(_shape(k[2]), sizes[k[0]]) for k in stack}) == 1  # lockstep-compatible
-    for members in groups.values():  # as few stacks as the bound allows, even in size
-        mine = [st for st in stacks if st[0] in members]
-        assert len(mine) == math.ceil(len(members) / max_stack)
-        assert max(map(len, mine)) - min(map(len, mine)) <= 1
-    # the proxies of 1,000 images stack together, the 500-image one and whole apart
-    if max_stack >= 9:
-        assert any({k[0] for k in st} == {"influence", "random", "herding"} for st in stacks)
-    # chunks: every stack whole in exactly one chunk, about trial_size units each
-    cost = dict.fromkeys(archs, 1.0)
-    chunks = plan_chunks(stacks, 8, 3, lambda k: cost[k[2]] * sizes[k[0]])
-    assert sorted(st for c in chunks for st in c.stacks) == sorted(stacks)
-    assert all(len(c.stacks) == 1 or len(c.units) <= 8 for c in chunks)
-
-
-def test_a_partly_stored_stack_schedules_only_its_missing_units():
-    arch = "w32-d1-relu-none-none"
-    sizes = {"a": 1000, "b": 1000, "whole": 45000}
-    all_keys = [(ts, seed, arch) for ts in sizes for seed in (0, 1)]
-    stored = {("a", 0, arch), ("b", 1, arch), ("whole", 0, arch)}
-    pending = [k for k in all_keys if k not in stored]
-    chunks = plan_trials(pending, sizes, True, 64, 16, 1, lambda k: 1.0)
-    stacks = sorted(st for c in chunks for st in c.stacks)
-    assert stacks == [(("a", 1, arch), ("b", 0, arch)), (("whole", 1, arch),)]
-
-
 def test_whole_subset_is_class_balanced_and_seeded(digits):
     sets = resolve_train_sets((), True, digits, whole_per_class=7, whole_seed=3)
     (whole,) = sets
@@ -479,234 +183,17 @@ def test_whole_subset_is_class_balanced_and_seeded(digits):
         resolve_train_sets((), True, digits, whole_per_class=10_000)
 
 
-# --- the fused sweep ---------------------------------------------------------------------
-
-# every norm x pooling type, two activations: 30 one-block ConvNets of width 8
-EVERY_NORM_AND_POOL = """name: every-norm-pool
-options:
-  width: [8]
-  depth: [1]
-  act: [relu, sigmoid]
-  norm: [none, batchnorm, layernorm, instancenorm, groupnorm]
-  pool: [none, maxpooling, avgpooling]
-"""
-
-
-@pytest.fixture(scope="module")
-def norm_pool_space(inputs):
-    path = inputs["root"] / "every-norm-pool.yaml"
-    path.write_text(EVERY_NORM_AND_POOL)
-    return str(path)
-
-
-# every norm, every pooling, both activations; one shape with both (a stack of 8)
-F64_SLICE = (
-    "w8-d1-*-none-none",
-    "w8-d1-relu-batchnorm-maxpooling",
-    "w8-d1-sigmoid-layernorm-avgpooling",
-    "w8-d1-relu-instancenorm-none",
-    "w8-d1-sigmoid-groupnorm-maxpooling",
-)
-
-
-def _stack_sizes(table, units_per_arch: int):
-    """The stack each row should have trained in: every unit of its shape (no bound hit)."""
-    archs = table.index.get_level_values("arch")
-    shapes = [_shape(a) for a in archs]
-    per_shape = Counter(_shape(a) for a in archs.unique())
-    return np.array([per_shape[s] * units_per_arch for s in shapes])
-
-
-def _accuracy_table(exp_dir: Path):
-    return results.read_trials(exp_dir).set_index(["train_set", "seed", "arch"]).sort_index()
-
-
-def test_fused_and_plain_sweeps_agree_exactly_in_float64(inputs, digits, norm_pool_space, tmp_path):
-    """Every norm and pooling type (a stratified sample of 6 covers them), two activations,
-    2 proxies x 2 seeds: the stacked sweep
-    (stacks of 4) gives the plain sweep's table, accuracies to 1e-9 (float64, exact rng)."""
-    import torch
-
-    old = torch.get_default_dtype()  # models and normalize() follow it: float64 below
-    torch.set_default_dtype(torch.float64)
-    try:
-        tables = {}
-        for fuse in (False, True):
-            cfg = _config(
-                inputs, tmp_path, f"f64-{fuse}", space=norm_pool_space, whole=False,
-                seeds=(0, 1), archs=F64_SLICE, trial_size=8, runner="local",
-                fuse="on" if fuse else "off",
-            )  # fmt: skip
-            tables[fuse] = _accuracy_table(run_search(cfg))
-    finally:
-        torch.set_default_dtype(old)
-    plain, fused = tables[False], tables[True]
-    assert len(plain) == len(fused) == 6 * 2 * 2
-    archs = [spaces.Arch.from_id(a) for a in plain.index.get_level_values("arch").unique()]
-    assert {a.norm for a in archs} == set(spaces.NORMS)
-    assert {a.pool for a in archs} == set(spaces.POOLINGS) and len({a.act for a in archs}) == 2
-    assert plain.index.equals(fused.index)
-    assert (plain["status"] == "ok").all() and (fused["status"] == "ok").all()
-    assert (plain["stack_size"] == 1).all() and (plain["trainer"] == "plain").all()
-    assert (fused["stack_size"] == _stack_sizes(fused, 2 * 2)).all()
-    assert fused["stack_size"].max() == 8  # one shape stacks both activations
-    assert fused["trainer"].str.startswith("stacked").all()
-    assert (fused["fallback"] == "").all()
-    for column in ("val_acc", "test_acc"):
-        assert np.abs(plain[column] - fused[column]).max() <= 1e-9
-    assert np.allclose(plain["train_loss"], fused["train_loss"], rtol=1e-9, atol=0)
-    assert (plain["images_seen"] == fused["images_seen"]).all()
-
-
-@pytest.mark.slow
-def test_fused_and_plain_sweeps_agree_in_float32_through_ray(
-    cluster, inputs, digits, norm_pool_space, tmp_path
-):
-    """run_search itself, Ray included: --fuse on vs off on a stratified slice that covers
-    every norm and pooling type and both activations; float32 rounding may move a
-    borderline example, so accuracies agree within a few validation images."""
-    tables = {}
-    for fuse in ("off", "on"):
-        cfg = _config(
-            inputs, tmp_path, f"f32-{fuse}", space=norm_pool_space, whole=False, seeds=(0, 1),
-            sample=6, fuse=fuse, trial_size=8,
-        )  # fmt: skip
-        tables[fuse] = _accuracy_table(run_search(cfg))
-        manifest = results.read_manifest(cfg.exp_dir)
-        assert manifest["runs"][-1]["fuse"] is (fuse == "on")
-    plain, fused = tables["off"], tables["on"]
-    assert len(plain) == len(fused) == 6 * 2 * 2 and plain.index.equals(fused.index)
-    archs = [spaces.Arch.from_id(a) for a in plain.index.get_level_values("arch").unique()]
-    assert {a.norm for a in archs} == set(spaces.NORMS) and {a.pool for a in archs} == set(
-        spaces.POOLINGS
-    )
-    assert len({a.act for a in archs}) == 2
-    assert (fused["stack_size"] == _stack_sizes(fused, 2 * 2)).all()
-    assert (plain["stack_size"] == 1).all()
-    assert np.abs(plain["val_acc"] - fused["val_acc"]).max() <= 3 / len(digits.y_val)
-    assert np.abs(plain["test_acc"] - fused["test_acc"]).max() <= 3 / len(digits.y_test)
-
-
-def test_an_injected_stack_failure_is_split_down_and_recorded(
-    inputs, digits, monkeypatch, tmp_path
-):
-    """Every stack holding one architecture fails (as out of memory would): it splits in
-    halves down to the plain trainer for that architecture, the rows say why, and the
-    other shape trains as one stack."""
-    import torch
-
-    from nasproxy import multitrain
-
-    victim = "w8-d1-sigmoid-batchnorm-maxpooling"
-    real = multitrain._train_stack
-    attempts: list[int] = []
-
-    def failing(archs, data, index_sets, cfgs, options):
-        if victim in [a.id for a in archs]:
-            attempts.append(len(cfgs))
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real(archs, data, index_sets, cfgs, options)
-
-    monkeypatch.setattr(multitrain, "_train_stack", failing)
-    cfg = _config(
-        inputs, tmp_path, "injected", whole=False, seeds=(0, 1), runner="local", fuse="on"
-    )
-    table = _accuracy_table(run_search(cfg))
-    # the batchnorm shape: 3 activations x 2 proxies x 2 seeds = 12, the victim's 4 first
-    # (sigmoid sorts first): 12 -> 6 -> 3 -> (1 plain) + 2 -> (1 plain) + (1 plain); the
-    # 3 -> (1 plain) + 2 more: every stack still holding the victim fails
-    assert attempts[0] == 12 and all(n >= 2 for n in attempts)
-    assert len(table) == 6 * 2 * 2 and (table["status"] == "ok").all()
-    archs = table.index.get_level_values("arch")
-    hit = archs == victim
-    assert (table.loc[hit, "trainer"] == "plain").all() and (
-        table.loc[hit, "stack_size"] == 1
-    ).all()
-    assert table.loc[hit, "fallback"].str.contains("out of memory: CUDA out of memory").all()
-    same_shape = np.array([_shape(a) == _shape(victim) for a in archs]) & ~hit
-    assert (table.loc[same_shape, "stack_size"] < 12).all()  # sent down with the victim
-    assert table.loc[same_shape, "fallback"].str.contains("out of memory").all()
-    other = ~(same_shape | hit)
-    assert (table.loc[other, "stack_size"] == 12).all() and (
-        table.loc[other, "fallback"] == ""
-    ).all()
-    # the fallen-back units are what train() gives on their own
-    indices = resolve_train_sets(cfg.proxies, False, digits)[1].indices
-    again = train(victim, digits, indices, TrainConfig(epochs=1, seed=1, device="cpu"))
-    assert table.loc[("herding", 1, victim), "val_acc"] == again.val_acc
-
-
-def test_fast_options_take_the_device_defaults_and_the_cli_flags(monkeypatch, inputs, tmp_path):
-    from nasproxy import cli, search
-    from nasproxy.search import FAST_DEFAULTS, FastChoice
-
-    assert FastChoice().resolve("cpu") == FAST_DEFAULTS["cpu"]
-    cuda = FastChoice(bf16=True).resolve("cuda")
-    assert cuda.bf16 and cuda.cuda_graphs == FAST_DEFAULTS["cuda"].cuda_graphs
-    assert not FastChoice(cuda_graphs=True).resolve("cpu").cuda_graphs  # graphs need CUDA
-    with pytest.raises(NasproxyError, match="rng mode"):
-        FastChoice(rng="bogus")
-    with pytest.raises(NasproxyError, match="--fuse"):
-        SearchConfig(name="x", whole=True, fuse="maybe")
-    with pytest.raises(NasproxyError, match="max stack"):
-        SearchConfig(name="x", whole=True, max_stack=0)
-
-    seen = []
-    monkeypatch.setattr(search, "run_search", lambda cfg, progress=None: seen.append(cfg))
-    monkeypatch.setattr(cli, "_refuse_failed_units", lambda exp_dir: None)  # no sweep ran
-    args = ["search", "--whole", "--name", "flags", "--results-dir", str(tmp_path)]
-    assert cli.main([*args, "--fuse", "on", "--max-stack", "8", "--rng", "shared",
-                     "--bf16", "--no-cuda-graphs"]) == 0  # fmt: skip
-    assert cli.main(args) == 0
-    on, default = seen
-    assert (on.fuse, on.max_stack) == ("on", 8)
-    assert on.fast == FastChoice(rng="shared", bf16=True, channels_last=None, cuda_graphs=False)
-    assert (default.fuse, default.max_stack, default.fast) == ("auto", None, FastChoice())
-
-
-def test_a_gpu_trial_cuts_a_stack_to_its_memory_share(digits, monkeypatch):
-    """The memory bound: pieces as even as possible, none above what the estimate fits
-    into MEMORY_FRACTION of the trial's share of the GPU (brute force over sizes)."""
-    import types
-
-    import torch
-
-    from nasproxy.multitrain import stack_memory_bytes
-    from nasproxy.search import trial
-
-    arch = spaces.Arch.from_id("w128-d3-relu-batchnorm-maxpooling")
-    one = stack_memory_bytes(arch, digits, 1, 100, 128)
-    per_model = stack_memory_bytes(arch, digits, 2, 100, 128) - one
-    total = int((one + 2.5 * per_model) / (0.5 * trial.MEMORY_FRACTION))  # 3 fit in a half
-    props = types.SimpleNamespace(total_memory=total)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
-    keys = [("p", seed, arch.id) for seed in range(8)]
-    plan = trial.TrialPlan(
-        exp_dir="unused", chunks={}, indices={"p": np.arange(100)}, hashes={"p": ""},
-        train=TrainConfig(epochs=1), threads=1, run=1, fuse=True, gpu_share=0.5,
-    )  # fmt: skip
-    pieces = trial._fit_memory(plan, digits, keys, "cuda")
-    budget = int(total * 0.5 * trial.MEMORY_FRACTION)
-    fits = max(m for m in range(1, 9) if stack_memory_bytes(arch, digits, m, 100, 128) <= budget)
-    assert fits == 3 and [len(p) for p in pieces] == [3, 2, 3]
-    assert [k for p in pieces for k in p] == keys
-    assert trial._fit_memory(plan, digits, keys, "cpu") == [keys]  # no bound off the GPU
-
-
 def test_the_eta_follows_the_planner_cost_model_not_the_unit_count(tmp_path, monkeypatch):
     """The costliest units run first: one whole-split unit done in 100 s leaves ten units of
     a hundredth of its cost, about 10 s of work, not the 1,000 s a count per unit says."""
-    from nasproxy.search import lock, sweep
-    from nasproxy.train import TrainRecord
-
     clock = [0.0]
-    monkeypatch.setattr(sweep.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(sweep_module.time, "perf_counter", lambda: clock[0])
     big = ("whole", 0, "w8-d1-relu-batchnorm-avgpooling")
     small = [("random", 0, f"w8-d1-{act}-batchnorm-avgpooling") for act in ("relu", "elu")]
     small = [(ts, seed, arch) for ts, _, arch in small for seed in range(5)]
     costs = {big: 100.0, **{key: 1.0 for key in small}}
     events = []
-    state = sweep._Sweep(tmp_path, {}, 11, events.append, ["whole", "random"], [])
+    state = sweep_module._Sweep(tmp_path, {}, 11, events.append, ["whole", "random"], [])
     state.plan_cost(costs.__getitem__, [big, *small])
 
     def finish(key, at):
@@ -721,137 +208,378 @@ def test_the_eta_follows_the_planner_cost_model_not_the_unit_count(tmp_path, mon
         assert events[-1].eta_s == pytest.approx(101.0 * 9 / 101)
 
 
-def test_run_numbers_ignore_folders_that_only_look_numbered(tmp_path):
-    from nasproxy.search.experiment import RAY_DIR, next_run_number
-
-    for name in ("run-002", "run-\u00b2\u00b2\u00b2", "run-abc", "other"):
-        (tmp_path / RAY_DIR / name).mkdir(parents=True)
-    assert next_run_number(tmp_path) == 3
+LEVELS = (0.25, 0.5, 0.75)  # few values, so that ties at the cut are common
 
 
-# --- the runners ---------------------------------------------------------------------------
+def accuracy(key: tuple[str, int, str]) -> tuple[float, float]:
+    """The stub's (val, test) accuracy of a unit: a fixed function of its key."""
+    h = hashlib.sha256("/".join(map(str, key)).encode()).digest()
+    return LEVELS[h[0] % 3], (h[1] % 97) / 100
 
-# what a unit's training gives; the rest of a row says where and how fast it ran
-RESULT_COLUMNS = [
-    c for c in results.COLUMNS if c not in ("wall_s", "device", "arch", "train_set", "seed")
-]
+
+def wall(key: tuple[str, int, str]) -> float:
+    """The stub's training seconds of a unit (whole-split units cost more, per arch)."""
+    return 1.0 if key[0] != "whole" else 10.0 + sum(key[2].encode()) % 7
+
+
+def stub_runner(kill_in_call: int | None = None, kill_after: int = 0):
+    """A stand-in for ``sweep._run_pending`` storing rows of ``accuracy``; it kills its own
+    process (SIGKILL) in call ``kill_in_call`` after ``kill_after`` units. Returns the
+    function and the list of the units each call was given."""
+    calls: list[list[tuple[str, int, str]]] = []
+
+    def run(cfg, data, train_sets, pending, sweep):
+        calls.append(list(pending))
+        by = {ts.name: ts for ts in train_sets}
+        for i, key in enumerate(pending):
+            if len(calls) == kill_in_call and i == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            name, seed, arch = key
+            val, test = accuracy(key)
+            n = by[name].n_images
+            record = TrainRecord(
+                arch=arch, status="ok", reason="", seed=seed, epochs=cfg.train.epochs,
+                n_train=n, train_loss=0.1, val_acc=val, test_acc=test, wall_s=wall(key),
+                images_seen=n * cfg.train.epochs, device="stub",
+            )  # fmt: skip
+            sweep.record(results.make_row(Arch.from_id(arch), name, by[name].proxy_hash, record))
+        return {}
+
+    return run, calls
+
+
+def _brute_force_top(archs: list[str], score: dict[str, float], k: int) -> list[str]:
+    """The one k-subset in which every member beats every non-member: a higher score, or
+    the same score and a smaller id (the stated tie rule)."""
+    k = min(k, len(archs))
+    found = [
+        set(s)
+        for s in itertools.combinations(archs, k)
+        if all(
+            score[a] > score[b] or (score[a] == score[b] and a < b)
+            for a in s
+            for b in archs
+            if b not in s
+        )
+    ]
+    assert len(found) == 1
+    return sorted(found[0])
+
+
+def _mean_val(name: str, archs: list[str], seeds: tuple[int, ...]) -> dict[str, float]:
+    return {a: sum(accuracy((name, s, a))[0] for s in seeds) / len(seeds) for a in archs}
+
+
+def test_each_training_set_sweeps_its_own_architectures_and_the_whole_set_only_grows(
+    inputs, digits, monkeypatch, tmp_path
+):
+    run, calls = stub_runner()
+    monkeypatch.setattr(sweep_module, "_run_pending", run)
+    ids = spaces.load(inputs["space"]).ids
+    relu = [a for a in ids if "-relu-" in a]
+    cfg = _config(inputs, tmp_path, "per-set", whole_archs=("w8-d1-relu-*",), seeds=(0, 1))
+    exp_dir = run_search(cfg)
+    planned = {
+        (ts, s, a)
+        for s in (0, 1)
+        for ts, archs in (("random", ids), ("herding", ids), ("whole", relu))
+        for a in archs
+    }
+    assert set(results.read_units(exp_dir)) == planned and len(calls) == 1
+    manifest = results.read_manifest(exp_dir)
+    assert manifest["train_sets"]["whole"]["archs"] == relu
+    assert manifest["train_sets"]["random"]["archs"] == ids == manifest["archs"]
+    stored = {p: p.read_bytes() for p in _units(exp_dir)}
+
+    # grow the whole split's set: only the new units train, the stored files stay as they are
+    grown = replace(cfg, whole_archs=("w8-d1-relu-*", "w8-d1-sigmoid-*"))
+    run_search(grown)
+    sigmoid = [a for a in ids if "-sigmoid-" in a]
+    assert set(calls[1]) == {("whole", s, a) for s in (0, 1) for a in sigmoid}
+    assert all(p.read_bytes() == blob for p, blob in stored.items())
+    whole = [a for a in ids if a in relu + sigmoid]
+    assert results.read_manifest(exp_dir)["train_sets"]["whole"]["archs"] == whole
+
+    # a narrower command neither trains nor drops anything: the manifest keeps the union
+    run_search(cfg)
+    assert len(calls) == 2
+    assert results.read_manifest(exp_dir)["train_sets"]["whole"]["archs"] == whole
+    report = make_report(exp_dir, top_k=2, n_boot=10)
+    coverage = report.table.set_index("train_set")
+    assert coverage.loc["whole", "trials_expected"] == len(whole) * 2
+    assert coverage.loc["whole", "trials_missing"] == 0
+    assert coverage.loc["random", "trials_expected"] == len(ids) * 2
+
+    # a manifest written before the sets had their own lists still reads (all: "archs")
+    old = results.read_manifest(exp_dir)
+    for entry in old["train_sets"].values():
+        del entry["archs"]
+    results.write_manifest(exp_dir, old)
+    run_search(grown)
+    assert len(calls) == 2  # every unit of the command is stored
+    assert results.read_manifest(exp_dir)["train_sets"]["whole"]["archs"] == ids
+
+    # a changed proxy is still refused
+    labels = digits.y_train.numpy()
+    changed = tmp_path / "changed.json"
+    indices = {
+        n: [int(i) for i in (labels == c).nonzero()[0][:10]] for c, n in enumerate(digits.classes)
+    }
+    changed.write_text(json.dumps(_proxy("random", digits.fingerprint, indices)))
+    with pytest.raises(NasproxyError, match="training set 'random'"):
+        run_search(replace(cfg, proxies=(f"random={changed}", str(inputs["proxies"][1]))))
+    assert all(p.read_bytes() == blob for p, blob in stored.items())
+
+
+@pytest.mark.parametrize("by", ["all", "random", "herding"])
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_whole_top_confirms_the_brute_force_top_k(inputs, monkeypatch, tmp_path, by, k):
+    run, calls = stub_runner()
+    monkeypatch.setattr(sweep_module, "_run_pending", run)
+    ids = spaces.load(inputs["space"]).ids
+    seeds = (0, 1)
+    cfg = _config(inputs, tmp_path, f"top-{by}-{k}", whole_top=k, whole_by=by, seeds=seeds)
+    exp_dir = run_search(cfg)
+
+    tops = {n: _brute_force_top(ids, _mean_val(n, ids, seeds), k) for n in ("random", "herding")}
+    want = set(tops["random"]) | set(tops["herding"]) if by == "all" else set(tops[by])
+    stored = results.read_units(exp_dir)
+    assert {a for ts, _, a in stored if ts == "whole"} == want
+    assert len(stored) == 2 * len(ids) * len(seeds) + len(want) * len(seeds)
+    assert [len(c) for c in calls] == [2 * len(ids) * len(seeds), len(want) * len(seeds)]
+    assert all(ts != "whole" for ts, _, _ in calls[0])  # the proxies first, then the shortlist
+    manifest = results.read_manifest(exp_dir)
+    assert set(manifest["train_sets"]["whole"]["archs"]) == want
+    assert {n: sorted(v) for n, v in manifest["whole_top"]["shortlists"].items()} == tops
+
+    run_search(cfg)  # a rerun has nothing left to train
+    assert len(calls) == 2
+
+
+def test_by_must_name_a_proxy_of_the_sweep(inputs, tmp_path):
+    with pytest.raises(NasproxyError, match="--by 'nope' is not a training set"):
+        run_search(_config(inputs, tmp_path, "by", whole_top=2, whole_by="nope"))
+    with pytest.raises(NasproxyError, match="need --whole"):
+        _config(inputs, tmp_path, "no-whole", whole=False, whole_top=2)
+
+
+# --- a stopped sweep resumes -----------------------------------------------------------------
+
+STUB_DRIVER = """
+import json, sys
+from nasproxy.search import SearchConfig, run_search
+from nasproxy.search import sweep as sweep_module
+from nasproxy.train import TrainConfig
+from tests.search.test_sweep import stub_runner
+args = json.loads(sys.argv[1])
+run, calls = stub_runner(kill_in_call=2, kill_after=args.pop("kill_after"))
+sweep_module._run_pending = run
+run_search(SearchConfig(train=TrainConfig(epochs=1), **args))
+"""
+
+
+def _stop_a_ray_driver(stop: str, cluster: str, inputs, tmp_path: Path, marked) -> None:
+    """``nasproxy search`` of SMALL in a process of its own: killed (-9) once a unit is
+    stored, its stacks fused on the test's cluster; or Ctrl-C (SIGINT to its process
+    group, as a terminal sends it) to a driver that starts its own Ray, while that Ray
+    starts (its node processes exist, ray.init has not returned) or once a unit is stored.
+    Checks what the stop itself must leave."""
+    exp_dir = tmp_path / "stopped"
+    extra = ["--address", cluster, "--fuse", "on"] if stop.startswith("kill") else []
+    command = _search_command(inputs, tmp_path, "stopped", "--archs", SMALL, *extra)
+    proc = marked(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if stop == "ctrl-c while Ray starts":
+        _wait(lambda: any("raylet" in c for c in marked.left().values()), proc, "a raylet")
+    else:
+        _wait(lambda: _units(exp_dir), proc, "a finished unit")
+    if stop.startswith("kill"):
+        proc.send_signal(signal.SIGKILL)
+        stderr = proc.communicate(timeout=120)[1].decode()
+        assert 0 < len(_units(exp_dir)) < 9, stderr
+        time.sleep(1.0)  # let Ray stop the dead driver's workers
+        return
+    os.killpg(proc.pid, signal.SIGINT)
+    stderr = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 130, stderr  # not a crash (-11), not an error (2)
+    assert "Traceback" not in stderr
+    assert _none_left(marked) == {}  # no Ray process of the driver's is left
+    if stop == "ctrl-c while trials run":
+        assert results.read_manifest(exp_dir)["runs"][-1]["interrupted"] is True
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param("kill -9 mid-sweep, fused", marks=pytest.mark.slow),
+        pytest.param("ctrl-c while Ray starts", marks=pytest.mark.slow),
+        pytest.param("ctrl-c while trials run", marks=pytest.mark.slow),
+        "kill -9 as stage 2 starts",
+        "kill -9 within stage 2",
+    ],
+)
+def test_a_stopped_sweep_resumes_every_unit_exactly_once(
+    request, inputs, marked, monkeypatch, tmp_path, stop
+):
+    """A driver stopped mid-sweep, then the same sweep again: no unit lost, none trained
+    twice, every stored unit file left as it was; a third run has nothing to do. The
+    ``--whole-top`` cases: a stub driver kills itself (-9) as the second stage starts or
+    after 3 of its units; the rerun trains only the missing confirmation units of the
+    brute-force shortlists."""
+    exp_dir = tmp_path / "stopped"
+    ids = spaces.load(inputs["space"]).ids
+    if "stage 2" in stop:
+        kill_after = 0 if "starts" in stop else 3
+        args = {
+            "name": "stopped", "dataset": "digits", "whole": True, "space": inputs["space"],
+            "proxies": [str(p) for p in inputs["proxies"]], "results_dir": str(tmp_path),
+            "whole_top": 3, "seeds": [0, 1], "kill_after": kill_after,
+        }  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", STUB_DRIVER, json.dumps(args)], cwd=REPO, capture_output=True
+        )
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+        stage_1 = {(ts, s, a) for ts in ("random", "herding") for s in (0, 1) for a in ids}
+        stored = set(results.read_units(exp_dir))
+        assert stage_1 <= stored and len(stored) == len(stage_1) + kill_after
+        tops = {
+            n: _brute_force_top(ids, _mean_val(n, ids, (0, 1)), 3) for n in ("random", "herding")
+        }
+        confirmed = set(tops["random"]) | set(tops["herding"])
+        planned = stage_1 | {("whole", s, a) for s in (0, 1) for a in confirmed}
+        monkeypatch.setattr(sweep_module, "_run_pending", stub_runner()[0])
+        cfg = _config(inputs, tmp_path, "stopped", whole_top=3, seeds=(0, 1))
+    else:
+        _stop_a_ray_driver(stop, request.getfixturevalue("cluster"), inputs, tmp_path, marked)
+        archs = [a for a in ids if fnmatch.fnmatchcase(a, SMALL)]
+        planned = {(ts, 0, a) for ts in ("random", "herding", "whole") for a in archs}
+        fuse = "on" if stop.startswith("kill") else "auto"
+        cfg = _config(inputs, tmp_path, "stopped", trial_size=2, archs=(SMALL,), fuse=fuse)
+
+    before = _units(exp_dir)
+    events = []
+    run_search(cfg, progress=events.append)
+    after = _units(exp_dir)
+    trained = [results.row_key(e.row) for e in events if e.row is not None]
+    assert all(after[p] == text for p, text in before.items())  # stored units not re-run
+    assert set(results.read_units(exp_dir)) == planned  # none lost
+    assert len(set(trained)) == len(trained) == len(planned) - len(before)  # none twice
+    table = results.read_trials(exp_dir)
+    assert len(table) == len(planned) and not table.duplicated(["arch", "train_set", "seed"]).any()
+    assert (table["status"] == "ok").all()
+    if "stage 2" in stop:  # the first stage was complete: only confirmation units ran
+        assert {k[0] for k in trained} == {"whole"}
+    elif stop.startswith("kill"):  # a shape's stacks: 2 proxies x 3 activations, whole: 3
+        whole = table["train_set"] == "whole"
+        assert table.loc[~whole, "stack_size"].max() <= 6 and table["stack_size"].max() > 1
+        assert table.loc[whole, "stack_size"].max() <= 3
+        assert table["trainer"].str.startswith("stacked").all()
+    else:
+        assert (table["stack_size"] == 1).all() and (table["trainer"] == "plain").all()
+
+    # a third run has nothing to do: no unit trained, no file touched, no Ray run started
+    events = []
+    runs = sorted((exp_dir / "ray").glob("*"))
+    run_search(cfg, progress=events.append)
+    assert [e.row for e in events if e.row is not None] == []
+    assert _units(exp_dir) == after and sorted((exp_dir / "ray").glob("*")) == runs
+
+
+@pytest.mark.parametrize("exhaustive", [True, False])
+def test_the_search_outcome_matches_a_recomputation_from_trials_csv(
+    inputs, monkeypatch, tmp_path, capsys, exhaustive
+):
+    run, _ = stub_runner()
+    monkeypatch.setattr(sweep_module, "_run_pending", run)
+    name = f"outcome-{exhaustive}"
+    argv = [
+        "search", "--dataset", "digits", "--space", inputs["space"], "--whole",
+        "--proxy", str(inputs["proxies"][0]), "--proxy", str(inputs["proxies"][1]),
+        "--whole-top", "2", "--seeds", "0,1", "--epochs", "1",
+        "--name", name, "--results-dir", str(tmp_path),
+    ]  # fmt: skip
+    if exhaustive:
+        argv += ["--whole-archs", "*"]
+    assert cli.main(argv) == 0
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("search outc")]
+    exp_dir = tmp_path / name
+    make_report(exp_dir, top_k=5, n_boot=10)
+    got = pd.read_csv(exp_dir / "search_outcome.csv", comment="#").set_index("train_set")
+
+    trials = pd.read_csv(exp_dir / "trials.csv")
+    ids = spaces.load(inputs["space"]).ids
+    whole = trials[trials["train_set"] == "whole"]
+    wval = whole.groupby("arch")["val_acc"].apply(list).to_dict()
+    wtest = whole.groupby("arch")["test_acc"].apply(list).to_dict()
+    lists = {}
+    for proxy in ("random", "herding"):
+        rows = trials[trials["train_set"] == proxy]
+        score = {a: statistics.mean(g["val_acc"]) for a, g in rows.groupby("arch")}
+        lists[proxy] = _brute_force_top(ids, score, 2)
+    confirmed = set(lists["random"]) | set(lists["herding"])
+    for proxy, top in lists.items():
+        best_val = max(statistics.mean(wval[a]) for a in top)
+        pick = min(a for a in top if statistics.mean(wval[a]) == best_val)
+        row = got.loc[proxy]
+        assert row["pick"] == pick and row["confirmed"] == 2 and row["k"] == 2
+        assert row["pick_test"] == pytest.approx(statistics.mean(wtest[pick]))
+        assert row["pick_test_std"] == pytest.approx(statistics.stdev(wtest[pick]))
+        above = [a for a in confirmed if statistics.mean(wtest[a]) > statistics.mean(wtest[pick])]
+        assert row["rank"] == 1 + len(above) and row["n_confirmed"] == len(confirmed)
+        proxy_s = trials.loc[trials["train_set"] == proxy, "wall_s"].sum()
+        confirm_s = whole.loc[whole["arch"].isin(top), "wall_s"].sum()
+        assert row["proxy_s"] == pytest.approx(proxy_s)
+        assert row["confirm_s"] == pytest.approx(confirm_s)
+        if exhaustive:
+            best = max(statistics.mean(v) for v in wtest.values())
+            assert row["regret"] == pytest.approx(best - statistics.mean(wtest[pick]))
+            exhaustive_s = whole["wall_s"].sum()
+            assert not row["exhaustive_estimated"]
+        else:
+            assert pd.isna(row["regret"])
+            mine = whole[whole["arch"].isin(top)]
+            rate = mine["wall_s"].sum() / mine["images_seen"].sum()
+            exhaustive_s = rate * whole["images_seen"].mean() * len(ids) * 2
+            assert row["exhaustive_estimated"]
+        assert row["exhaustive_s"] == pytest.approx(exhaustive_s)
+        assert row["cost_ratio"] == pytest.approx((proxy_s + confirm_s) / exhaustive_s)
+        line = next(ln for ln in printed if f"outcome: {proxy} picks {pick}:" in ln)
+        assert f"{(proxy_s + confirm_s) / exhaustive_s:.2f}x" in line
+        assert ("estimated" in line) != exhaustive
+    assert len(printed) == 2
+    assert "## Search outcome" in (exp_dir / "table1.md").read_text()
+
+
+def test_a_rebuilt_manifest_recovers_each_sets_architectures_from_the_units(
+    inputs, monkeypatch, tmp_path
+):
+    run, calls = stub_runner()
+    monkeypatch.setattr(sweep_module, "_run_pending", run)
+    cfg = _config(inputs, tmp_path, "rebuilt", whole_archs=("w8-d1-sigmoid-*",), whole_top=1)
+    exp_dir = run_search(cfg)
+    original = results.read_manifest(exp_dir)
+    (exp_dir / results.MANIFEST).unlink()
+    run_search(replace(cfg, rebuild_manifest=True))
+    assert len(calls) == 2  # nothing trained again
+    rebuilt = results.read_manifest(exp_dir)
+    for key in ("archs", "train_sets", "whole_top"):
+        assert rebuilt[key] == original[key], key
 
 
 @pytest.mark.slow
-def test_local_and_ray_runners_give_identical_rows(cluster, inputs, tmp_path):
-    """The same tiny sweep in this process and through Ray Tune: the same units, and every
-    unit the same numbers, bit for bit (one thread each, float32, exact rng)."""
-    tables = {}
-    for runner in ("local", "ray"):
-        cfg = _config(
-            inputs, tmp_path, f"same-{runner}", archs=("w8-d1-*-batchnorm-*",), seeds=(0, 1),
-            runner=runner,
-        )  # fmt: skip
-        tables[runner] = _accuracy_table(run_search(cfg))
-        assert results.read_manifest(cfg.exp_dir)["runs"][-1]["runner"] == runner
-    local, ray = tables["local"], tables["ray"]
-    assert len(local) == 3 * 3 * 2 and local.index.equals(ray.index)
-    assert (local["status"] == "ok").all() and (local["device"] == "cpu").all()
-    for column in RESULT_COLUMNS:
-        assert local[column].equals(ray[column]), column
-
-
-def test_the_local_runner_does_not_import_ray(inputs, tmp_path):
-    """``--runner local`` end to end in a fresh interpreter: a complete sweep, no Ray."""
-    args = [
-        "search", "--dataset", "digits", "--space", inputs["space"],
-        "--proxy", str(inputs["proxies"][0]), "--archs", "w8-d1-relu-*", "--epochs", "1",
-        "--name", "no-ray", "--results-dir", str(tmp_path), "--runner", "local",
-    ]  # fmt: skip
-    code = (
-        "import sys\nfrom nasproxy import cli\n"
-        f"code = cli.main({args!r})\n"
-        "print(code, sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "0 []", done.stdout + done.stderr
-    table = results.read_trials(tmp_path / "no-ray")
-    assert len(table) == 2 and (table["status"] == "ok").all()
-    assert results.read_manifest(tmp_path / "no-ray")["runs"][-1]["runner"] == "local"
-
-
-def test_a_local_trial_that_raises_isolates_its_unit_and_records_it_failed(
-    inputs, monkeypatch, tmp_path
-):
-    """An error escaping a trial (here: storing one unit) fails its chunk; as on Ray, the
-    chunk's other units run again a trial each and only the bad unit is a failed row."""
-    from nasproxy.search import trial
-
-    victim = ("herding", 0, "w8-d1-leakyrelu-none-maxpooling")
-    real = trial._store
-    calls: Counter = Counter()
-
-    def store(plan, key, record):
-        calls[key] += 1
-        if key == victim:
-            raise OSError("disk full (injected)")
-        return real(plan, key, record)
-
-    monkeypatch.setattr(trial, "_store", store)
-    cfg = _config(inputs, tmp_path, "raises", whole=False, runner="local", trial_size=4)
-    table = _accuracy_table(run_search(cfg))
-    assert len(table) == 12
-    failed = table[table["status"] != "ok"]
-    assert list(failed.index) == [victim] and (failed["status"] == "failed").all()
-    assert failed["reason"].iloc[0] == "trial raised: OSError: disk full (injected)"
-    assert calls[victim] == 2  # in its chunk, then alone
-    assert max(calls.values()) == 2 and sum(calls.values()) < 2 * 12  # only the rest re-run
-    run = results.read_manifest(cfg.exp_dir)["runs"][-1]
-    assert run["crashed_trials"] == 2 and run["runner"] == "local"
-
-
-def test_a_local_run_stops_on_ctrl_c_and_on_a_lost_lock(inputs, monkeypatch, tmp_path):
-    """Ctrl-C (KeyboardInterrupt in this process) and a lock taken over by another driver
-    stop a local sweep after the unit at hand; the stored units resume, none twice."""
-    from nasproxy.search import lock, trial
-
-    real = trial._store
-    stored: list = []
-
-    def store(plan, key, record):
-        row = real(plan, key, record)
-        stored.append(key)
-        if len(stored) == 2:
-            raise KeyboardInterrupt
-        if len(stored) == 4:  # another driver takes the experiment
-            (Path(plan.exp_dir) / lock.LOCK_NAME).write_text(json.dumps({"token": "other"}))
-        return row
-
-    monkeypatch.setattr(trial, "_store", store)
-    cfg = _config(inputs, tmp_path, "stopped", whole=False, runner="local", trial_size=4)
-    with pytest.raises(KeyboardInterrupt):
-        run_search(cfg)
-    assert len(_units(cfg.exp_dir)) == 2
-    assert results.read_manifest(cfg.exp_dir)["runs"][-1]["interrupted"] is True
-    with pytest.raises(lock.LockLostError, match="lost the lock"):
-        run_search(cfg)
-    assert len(stored) == 4 and len(set(stored)) == 4 and len(_units(cfg.exp_dir)) == 4
-    (cfg.exp_dir / lock.LOCK_NAME).unlink()
-    monkeypatch.setattr(trial, "_store", real)
+def test_both_stages_train_through_ray(cluster, inputs, tmp_path):
+    """The real trainer on a Ray cluster: the proxies, then each proxy's top 1."""
     events = []
-    run_search(cfg, progress=events.append)
-    trained = [results.row_key(e.row) for e in events if e.row is not None]
-    assert len(trained) == 8 and not set(trained) & set(stored)
-    table = results.read_trials(cfg.exp_dir)
-    assert len(table) == 12 and (table["status"] == "ok").all()
-    assert len(results.read_manifest(cfg.exp_dir)["runs"]) == 2  # the lost run wrote none
-
-
-def test_runner_choices_and_local_with_an_address_are_one_line_errors(tmp_path):
-    from nasproxy import cli
-
-    with pytest.raises(NasproxyError, match="takes no --address"):
-        SearchConfig(name="x", whole=True, runner="local", address="auto")
-    with pytest.raises(NasproxyError, match="--runner must be ray or local"):
-        SearchConfig(name="x", whole=True, runner="dask")
-    args = ["search", "--whole", "--name", "x", "--results-dir", str(tmp_path)]
-    assert cli.main([*args, "--runner", "local", "--address", "auto"]) == 2
-    assert not (tmp_path / "x").exists()
+    cfg = _config(inputs, tmp_path, "real", whole_top=1, address=cluster, trial_size=6)
+    exp_dir = run_search(cfg, progress=events.append)
+    table = results.read_trials(exp_dir)
+    manifest = results.read_manifest(exp_dir)
+    lists = manifest["whole_top"]["shortlists"]
+    whole = sorted(table.loc[table["train_set"] == "whole", "arch"])
+    assert whole == sorted(set(lists["random"]) | set(lists["herding"]))
+    for name in ("random", "herding"):  # the list is the best proxy score (ties: smaller id)
+        rows = table[table["train_set"] == name].sort_values(["val_acc", "arch"])
+        best = rows[rows["val_acc"] == rows["val_acc"].max()]["arch"].min()
+        assert lists[name] == [best]
+    assert (table["status"] == "ok").all() and len(table) == 12 + len(whole)
+    assert any("confirming each proxy's top 1" in e.message for e in events)
+    assert [r["units_trained"] for r in manifest["runs"]] == [12 + len(whole)]
