@@ -1,4 +1,5 @@
-"""``nasproxy run`` end to end on digits, and preset overrides."""
+"""nasproxy.pipeline: ``nasproxy run`` end to end on digits, the experiment folders it
+refuses to delete, and the settings it hands to the search."""
 
 from __future__ import annotations
 
@@ -9,25 +10,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+import nasproxy.pipeline as pipeline_module
 from nasproxy.cli import main
 from nasproxy.errors import NasproxyError
 from nasproxy.presets import PRESETS, parse_overrides
-
-
-def test_overrides_convert_to_field_types() -> None:
-    p = parse_overrides(
-        PRESETS["demo"],
-        ["epochs=3", "seeds=0,4", "sample=none", "whole=false", "archs=w32-*,w64-*"],
-    )
-    assert p.epochs == 3 and p.seeds == (0, 4) and p.sample is None and p.whole is False
-    assert p.archs == ("w32-*", "w64-*")
-    assert p.per_class == PRESETS["demo"].per_class
-
-
-@pytest.mark.parametrize("bad", ["epochs", "nope=1", "epochs=three", "whole=maybe"])
-def test_bad_overrides_are_one_line_errors(bad: str) -> None:
-    with pytest.raises(NasproxyError):
-        parse_overrides(PRESETS["demo"], [bad])
 
 
 @pytest.mark.slow
@@ -132,25 +118,41 @@ def test_run_fresh_refuses_a_folder_that_is_not_only_its_experiment(
 def test_the_find_fields_of_a_preset_reach_the_search(
     tmp_path: Path, cache_root: Path, monkeypatch
 ):
-    from nasproxy import pipeline
-
     seen = []
-    monkeypatch.setattr(pipeline, "build_proxies", lambda *args, **kwargs: [])
-    monkeypatch.setattr(pipeline, "run_search", lambda cfg, progress=None: seen.append(cfg))
-    monkeypatch.setattr(pipeline, "make_report", lambda exp_dir, top_k: top_k)
+    monkeypatch.setattr(pipeline_module, "build_proxies", lambda *args, **kwargs: [])
+    monkeypatch.setattr(pipeline_module, "run_search", lambda cfg, progress=None: seen.append(cfg))
+    monkeypatch.setattr(pipeline_module, "make_report", lambda exp_dir, top_k: top_k)
     preset = parse_overrides(
         PRESETS["find"], ["whole_archs=w32-d1-*,w32-d2-*", "whole_sample=4", "whole_by=random"]
     )
-    assert pipeline.run_pipeline(preset, "f", tmp_path, cache_root) == PRESETS["find"].top_k
+    assert pipeline_module.run_pipeline(preset, "f", tmp_path, cache_root) == PRESETS["find"].top_k
     (cfg,) = seen
     assert cfg.whole_archs == ("w32-d1-*", "w32-d2-*") and cfg.whole_sample == 4
     assert cfg.whole_top == PRESETS["find"].whole_top and cfg.whole_by == "random"
     with pytest.raises(NasproxyError, match="whole_by 'herding' is not a method"):
-        pipeline.run_pipeline(
+        pipeline_module.run_pipeline(
             parse_overrides(preset, ["whole_by=herding"]), "f", tmp_path, cache_root
         )
     with pytest.raises(NasproxyError, match="matches no architecture"):
-        pipeline.run_pipeline(
+        pipeline_module.run_pipeline(
             parse_overrides(preset, ["whole_archs=w9-*"]), "f", tmp_path, cache_root
         )
     assert len(seen) == 1
+
+
+def test_search_options_of_run_pipeline_still_work_with_a_deprecation_warning(
+    tmp_path, cache_root, monkeypatch
+):
+    seen = []
+    monkeypatch.setattr(pipeline_module, "build_proxies", lambda *a, **k: [])
+    monkeypatch.setattr(pipeline_module, "run_search", lambda cfg, progress=None: seen.append(cfg))
+    monkeypatch.setattr(pipeline_module, "make_report", lambda exp_dir, top_k: None)
+    with pytest.warns(DeprecationWarning, match="search_options"):
+        pipeline_module.run_pipeline(
+            PRESETS["smoke"], "s", tmp_path, cache_root, search_options={"trial_size": 3}
+        )
+    assert seen[0].trial_size == 3
+    with pytest.raises(NasproxyError, match="unknown setting"), pytest.warns(DeprecationWarning):
+        pipeline_module.run_pipeline(
+            PRESETS["smoke"], "s", tmp_path, cache_root, search_options={"trial": 3}
+        )

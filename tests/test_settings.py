@@ -1,4 +1,5 @@
-"""Settings declared once: `search` flags, `run --set` keys and presets from the fields."""
+"""nasproxy.settings: settings declared once, as fields; a `search` flag and a `run --set`
+item of every setting give the same value, and a bad one is one line."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import functools
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +17,6 @@ import nasproxy.search as search_module
 from nasproxy import settings
 from nasproxy.cli import build_parser, main
 from nasproxy.errors import NasproxyError
-from nasproxy.presets import PRESETS, Preset, parse_overrides
 from nasproxy.search import SearchConfig, SearchSettings
 from nasproxy.settings import setting
 
@@ -23,6 +24,7 @@ from nasproxy.settings import setting
 INTERNAL = {"train.seed", "train.device"}
 # Settings of `search` that `run` makes itself: its own --name, and the proxy files it builds.
 MADE_BY_RUN = {"name", "proxies"}
+SPACE_FILE = str(Path(__file__).resolve().parent.parent / "search_spaces" / "convnet720.yaml")
 
 
 def _field_paths(cls: type, prefix: str = "") -> list[str]:
@@ -47,21 +49,6 @@ def _at(obj: object, path: str) -> object:
     return functools.reduce(getattr, path.split("."), obj)
 
 
-def test_every_search_setting_has_a_search_flag_and_a_run_set_key() -> None:
-    paths = [p for p in _field_paths(SearchConfig) if p not in INTERNAL]
-    assert "train.lr" in paths and "fast.bf16" in paths and "trial_size" in paths
-    dests = {a.dest for a in _subparser("search")._actions if a.option_strings}
-    assert {p.split(".")[-1] for p in paths} <= dests
-    for path in paths:
-        if path in MADE_BY_RUN:
-            continue
-        key = path.split(".")[-1]
-        try:
-            parse_overrides(PRESETS["smoke"], [f"{key}=none"])
-        except NasproxyError as exc:  # a bad value is fine here, an unknown key is not
-            assert not str(exc).startswith("bad override"), key
-
-
 # search flags, the run --set items meaning the same, and the value both must give
 SAME = [
     (["--trial-size", "4"], ["trial_size=4"], "trial_size", 4),
@@ -82,18 +69,25 @@ SAME = [
     (["--archs", "w32-*", "--archs", "w64-*"], ["archs=w32-*,w64-*"], "archs", ("w32-*", "w64-*")),
     (["--seeds", "3"], ["seeds=3"], "seeds", (0, 1, 2)),
     (["--whole-per-class", "5"], ["whole_per_class=5"], "whole_per_class", 5),
-    (
-        ["--whole-top", "2", "--by", "random"],
-        ["whole_top=2", "whole_by=random"],
-        "whole_by",
-        "random",
-    ),
+    (["--whole-top", "2"], ["whole_top=2"], "whole_top", 2),
+    (["--by", "random"], ["whole_by=random"], "whole_by", "random"),
+    (["--whole-archs", "w32-*"], ["whole_archs=w32-*"], "whole_archs", ("w32-*",)),
+    (["--whole-sample", "4"], ["whole_sample=4"], "whole_sample", 4),
+    (["--whole"], ["whole=true"], "whole", True),
+    (["--space", SPACE_FILE], [f"space={SPACE_FILE}"], "space", SPACE_FILE),
+    (["--weight-decay", "0.001"], ["weight_decay=0.001"], "train.weight_decay", 0.001),
+    (["--runner", "local"], ["runner=local"], "runner", "local"),
     (["--fuse", "off"], ["fuse=off"], "fuse", "off"),
     (["--max-stack", "8"], ["max_stack=8"], "max_stack", 8),
     (["--rng", "shared"], ["rng=shared"], "fast.rng", "shared"),
     (["--bf16"], ["bf16=true"], "fast.bf16", True),
     (["--no-cuda-graphs"], ["cuda_graphs=false"], "fast.cuda_graphs", False),
+    (["--channels-last"], ["channels_last=true"], "fast.channels_last", True),
 ]
+# compared elsewhere: run's own flags (the next test); fresh, which run applies itself
+# (tests/test_pipeline.py) before a search with fresh=False; and dataset, which run loads
+# (another one would be downloaded) before its search
+ELSEWHERE = MADE_BY_RUN | {"results_dir", "data_root", "address", "fresh", "dataset"}
 
 
 def _config_of(argv: list[str], monkeypatch) -> SearchConfig:
@@ -113,6 +107,9 @@ def _config_of(argv: list[str], monkeypatch) -> SearchConfig:
 
 
 def test_search_flags_and_run_set_give_the_same_config(tmp_path, cache_root, monkeypatch):
+    """Every setting, by a search flag and by a run --set item: the same value."""
+    settings_paths = {p for p in _field_paths(SearchConfig) if p not in INTERNAL}
+    assert {case[2] for case in SAME} == settings_paths - ELSEWHERE
     common = ["--results-dir", str(tmp_path), "--data-root", str(cache_root)]
     search = ["search", "--name", "e", "--whole", "--proxy", "random=r.json", *common]
     run = ["run", "--preset", "smoke", *common]
@@ -123,20 +120,22 @@ def test_search_flags_and_run_set_give_the_same_config(tmp_path, cache_root, mon
     for _, _, path, want in SAME:
         assert _at(by_search, path) == want, path
         assert _at(by_run, path) == want, path
-    # untouched settings keep their defaults; the preset's own values stay the preset's
-    assert by_search.dataset == "digits" and by_search.train.weight_decay == 5e-4
-    assert by_run.train.weight_decay == 5e-4 and by_run.whole is True
+    assert by_search.dataset == "digits" == by_run.dataset  # untouched: the default
 
 
-def test_run_flags_are_the_search_settings_of_that_name(tmp_path, cache_root, monkeypatch):
-    common = ["--data-root", str(cache_root)]
-    by_flag = _config_of(
-        ["run", "--preset", "smoke", "--results-dir", str(tmp_path), *common], monkeypatch
-    )
-    by_set = _config_of(
-        ["run", "--preset", "smoke", f"--set=results_dir={tmp_path}", *common], monkeypatch
-    )
-    assert by_flag == by_set and by_flag.results_dir == str(tmp_path)
+@pytest.mark.parametrize(
+    "key, value",
+    [("results_dir", "elsewhere"), ("data_root", "cache"), ("address", "10.0.0.1:6379")],
+)
+def test_run_flags_are_the_search_settings_of_that_name(tmp_path, monkeypatch, key, value):
+    """``run --results-dir D`` is ``run --set results_dir=D`` is ``search --results-dir D``."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(pipeline_module, "check_address", lambda address: None)  # no cluster
+    flag = "--" + key.replace("_", "-")
+    by_flag = _config_of(["run", "--preset", "smoke", flag, value], monkeypatch)
+    by_set = _config_of(["run", "--preset", "smoke", f"--set={key}={value}"], monkeypatch)
+    by_search = _config_of(["search", "--name", "smoke", "--whole", flag, value], monkeypatch)
+    assert by_flag == by_set and getattr(by_flag, key) == value == getattr(by_search, key)
 
 
 @pytest.mark.parametrize(
@@ -153,33 +152,6 @@ def test_a_bad_value_is_one_line_for_both_commands(tmp_path, capsys, argv):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ("trial" in err or "bf16" in err), err
     assert not list(tmp_path.iterdir())
-
-
-def _as_text(value: object) -> str:
-    """A value as a ``--set`` item writes it (independently of the library's parsers)."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple):
-        return ",".join(map(str, value)) + ("," if len(value) == 1 else "")
-    return str(value)
-
-
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_a_preset_is_an_instance_whose_values_survive_a_round_trip(name: str) -> None:
-    preset = PRESETS[name]
-    assert isinstance(preset, Preset) and isinstance(preset.search, SearchSettings)
-    own = [f.name for f in dataclasses.fields(Preset) if f.name != "search"]
-    items = [f"{key}={_as_text(getattr(preset, key))}" for key in own]
-    items += [
-        f"{p.split('.')[-1]}={_as_text(_at(preset.search, p))}"
-        for p in _field_paths(SearchSettings)
-        if f"train.{p.split('.')[-1]}" not in INTERNAL
-    ]
-    assert parse_overrides(Preset(), items) == preset
-    # the old flat names read through (preset.epochs is its search's train.epochs)
-    assert preset.epochs == preset.search.train.epochs and preset.rng == preset.search.fast.rng
 
 
 def test_a_new_setting_needs_only_its_field() -> None:
@@ -208,21 +180,3 @@ def test_a_key_twice_in_one_tree_is_refused() -> None:
 
     with pytest.raises(TypeError, match="'lr' appears twice"):
         settings.leaves(Twice)
-
-
-def test_search_options_of_run_pipeline_still_work_with_a_deprecation_warning(
-    tmp_path, cache_root, monkeypatch
-):
-    seen = []
-    monkeypatch.setattr(pipeline_module, "build_proxies", lambda *a, **k: [])
-    monkeypatch.setattr(pipeline_module, "run_search", lambda cfg, progress=None: seen.append(cfg))
-    monkeypatch.setattr(pipeline_module, "make_report", lambda exp_dir, top_k: None)
-    with pytest.warns(DeprecationWarning, match="search_options"):
-        pipeline_module.run_pipeline(
-            PRESETS["smoke"], "s", tmp_path, cache_root, search_options={"trial_size": 3}
-        )
-    assert seen[0].trial_size == 3
-    with pytest.raises(NasproxyError, match="unknown setting"), pytest.warns(DeprecationWarning):
-        pipeline_module.run_pipeline(
-            PRESETS["smoke"], "s", tmp_path, cache_root, search_options={"trial": 3}
-        )

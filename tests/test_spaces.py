@@ -1,4 +1,5 @@
-"""The 720-ConvNet space: ids, closed-form parameter counts, forward passes, bad input."""
+"""nasproxy.spaces: the 720-ConvNet space's ids, closed-form parameter and MAC counts, bad
+input, and the space files shipped with the package."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from nasproxy import spaces
 from nasproxy.errors import NasproxyError
@@ -70,17 +70,6 @@ def test_macs_closed_form_for_one_arch() -> None:
     arch = spaces.Arch.from_id("w64-d2-relu-batchnorm-maxpooling")
     # conv1 32x32x64x3x9, conv2 16x16x64x64x9, head 64*8*8*10
     assert arch.macs(3, 10, 32) == 32 * 32 * 64 * 3 * 9 + 16 * 16 * 64 * 64 * 9 + 64 * 8 * 8 * 10
-
-
-def test_every_arch_forwards_to_finite_logits() -> None:
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        for arch in spaces.load("convnet720"):
-            model = build_model(arch, 3, 10, 32).eval()
-            out = model(x)
-            assert out.shape == (2, 10), arch
-            assert torch.isfinite(out).all(), arch
 
 
 def test_depth_that_pools_below_one_pixel_is_refused_at_load(tmp_path) -> None:

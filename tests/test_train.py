@@ -8,6 +8,8 @@ import torch
 
 import nasproxy.train as train_module
 from nasproxy.data import Dataset
+from nasproxy.models import build_model
+from nasproxy.spaces import Arch
 from nasproxy.train import TrainConfig, augment_batch, batches, train
 
 
@@ -61,11 +63,14 @@ def test_real_cifar10_slice_beats_chance(cifar: Dataset) -> None:
 
 @pytest.mark.parametrize("device", ["cpu"])
 def test_record_reports_sizes(digits: Dataset, device: str) -> None:
-    rec = train(
-        "w64-d2-sigmoid-groupnorm-none", digits, np.arange(64), TrainConfig(epochs=1, device=device)
-    )
-    assert rec.n_train == 64 and rec.device == "cpu"
-    assert rec.params > 0 and rec.macs > 0 and rec.wall_s > 0
+    arch = "w64-d2-relu-batchnorm-maxpooling"
+    rec = train(arch, digits, np.arange(64), TrainConfig(epochs=1, device=device))
+    assert (digits.in_channels, digits.num_classes, digits.image_size) == (1, 10, 32)
+    assert rec.n_train == rec.images_seen == 64 and rec.device == "cpu" and rec.wall_s > 0
+    model = build_model(Arch.from_id(arch), 1, 10, 32)
+    assert rec.params == sum(p.numel() for p in model.parameters())
+    # conv1 32x32 outputs x 64 x (1 x 3 x 3), conv2 16x16 x 64 x (64 x 3 x 3), head 64*8*8 x 10
+    assert rec.macs == 32 * 32 * 64 * 9 + 16 * 16 * 64 * 64 * 9 + 64 * 8 * 8 * 10
 
 
 @pytest.mark.parametrize(

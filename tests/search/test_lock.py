@@ -1,7 +1,5 @@
-"""The experiment lock under pauses, containers, dead breakers and a takeover: real processes.
-
-Every process a test starts is killed at its end (``test_search_reliability.marked``).
-"""
+"""nasproxy.search.lock: one driver per experiment, under races, pauses, containers, dead
+breakers and a takeover: real processes (``marked``, killed at the test's end)."""
 
 from __future__ import annotations
 
@@ -18,13 +16,104 @@ import pytest
 
 from nasproxy import results
 from nasproxy.errors import NasproxyError
-from nasproxy.search import lock
-from nasproxy.search.lock import BREAK_NAME, LOCK_NAME, experiment_lock
-from tests import test_search_reliability as reliability
+from nasproxy.search import lock, run_search
+from nasproxy.search.lock import BREAK_NAME, LOCK_NAME, STALE_S, experiment_lock
+from tests.search.conftest import SMALL, _config, _search_command, _units, _wait
 
-cluster = reliability.cluster
-inputs = reliability.inputs
-marked = reliability.marked
+
+@pytest.mark.slow
+def test_second_driver_is_refused_and_its_fresh_deletes_nothing(cluster, inputs, tmp_path, marked):
+    name = "locked"
+    exp_dir = tmp_path / name
+    proc = marked(
+        _search_command(inputs, tmp_path, name, "--address", cluster, "--archs", SMALL),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _wait(lambda: _units(exp_dir), proc, "a finished unit")
+    host = socket.gethostname()
+    for fresh in (False, True):
+        before = _units(exp_dir)
+        with pytest.raises(NasproxyError, match=f"pid {proc.pid} on {host}, since ") as info:
+            run_search(_config(inputs, tmp_path, name, fresh=fresh, archs=(SMALL,)))
+        assert "\n" not in str(info.value)
+        after = _units(exp_dir)
+        assert all(after.get(p) == text for p, text in before.items())  # nothing deleted
+        assert (exp_dir / results.MANIFEST).is_file()
+
+    # the running driver crashes: its lock cannot keep the experiment from resuming
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert json.loads((exp_dir / LOCK_NAME).read_text())["pid"] == proc.pid
+    time.sleep(1.0)  # let Ray stop the dead driver's workers
+    exp = run_search(_config(inputs, tmp_path, name, trial_size=2, archs=(SMALL,)))
+    assert len(results.read_trials(exp)) == 9
+    assert not (exp_dir / LOCK_NAME).exists()
+    assert not any(p.name.startswith(LOCK_NAME) for p in exp_dir.iterdir())
+
+
+@pytest.mark.slow
+def test_racing_drivers_get_the_lock_exactly_once(tmp_path, marked):
+    """Eight processes take one experiment's lock at the same instant: one wins, and holds
+    it until the other seven have been refused."""
+    exp_dir, release = tmp_path / "race", tmp_path / "release"
+    start_at = time.time() + 8.0
+    script = (
+        "import os, time\n"
+        "from nasproxy.errors import NasproxyError\n"
+        "from nasproxy.search.lock import experiment_lock\n"
+        f"time.sleep(max(0.0, {start_at} - time.time()))\n"
+        "try:\n"
+        f"    with experiment_lock({str(exp_dir)!r}):\n"
+        "        print('got', flush=True)\n"
+        f"        while not os.path.exists({str(release)!r}):\n"
+        "            time.sleep(0.05)\n"
+        "except NasproxyError as exc:\n"
+        "    print('refused', exc, flush=True)\n"
+    )
+    procs = [
+        marked([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(8)
+    ]
+    deadline = time.monotonic() + 180
+    while sum(p.poll() is not None for p in procs) < 7 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    release.touch()
+    outputs = [p.communicate(timeout=60)[0].decode() for p in procs]
+    assert [o.split(" ")[0].strip() for o in outputs].count("got") == 1, outputs
+    winner = procs[[o.startswith("got") for o in outputs].index(True)].pid
+    refusals = [o for o in outputs if o.startswith("refused")]
+    assert len(refusals) == 7 and all(f"pid {winner} on" in o for o in refusals), outputs
+    assert not exp_dir.exists() or not any(exp_dir.iterdir())  # no lock or temporary left
+
+
+def test_a_stale_lock_from_another_host_expires_and_a_fresh_one_holds(tmp_path):
+    exp_dir = tmp_path / "other-host"
+    exp_dir.mkdir()
+    lock = exp_dir / LOCK_NAME
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "then", "token": "t"}))
+    with pytest.raises(NasproxyError, match="pid 1 on elsewhere, since then"):
+        with experiment_lock(exp_dir):
+            pass
+    old = time.time() - STALE_S - 5  # the other host stopped refreshing it
+    os.utime(lock, (old, old))
+    with experiment_lock(exp_dir):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with experiment_lock(exp_dir):  # re-entrant within a process
+            pass
+        assert lock.exists()
+    assert not lock.exists()
+
+
+def test_the_lock_is_reentrant_however_the_path_is_spelled(tmp_path, monkeypatch):
+    """``nasproxy run`` holds the lock under a relative results dir while its search takes it
+    again under the absolute one: the same driver, not a second one."""
+    monkeypatch.chdir(tmp_path)
+    with experiment_lock(Path("results") / "exp"):
+        with experiment_lock(tmp_path / "results" / "exp"):
+            assert (tmp_path / "results" / "exp" / LOCK_NAME).is_file()
+        assert (tmp_path / "results" / "exp" / LOCK_NAME).is_file()
+    assert not (tmp_path / "results" / "exp").exists()
 
 
 def _holder_script(exp_dir: Path, release: Path, *setup: str) -> str:
@@ -158,9 +247,7 @@ def test_a_driver_that_lost_its_lock_stops_in_one_line_and_writes_nothing_more(
     resumes: it (and its trials) write nothing more, and it ends with one line, exit 3."""
     name = "taken"
     exp_dir = tmp_path / name
-    command = reliability._search_command(
-        inputs, tmp_path, name, "--address", cluster, "--epochs", "3"
-    )
+    command = _search_command(inputs, tmp_path, name, "--address", cluster, "--epochs", "3")
     driver = (
         "import sys\n"
         "from nasproxy.search import lock\n"
@@ -169,7 +256,7 @@ def test_a_driver_that_lost_its_lock_stops_in_one_line_and_writes_nothing_more(
         f"sys.exit(main({command[3:]!r}))\n"
     )
     a = marked([sys.executable, "-c", driver], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    reliability._wait(lambda: reliability._units(exp_dir), a, "a finished unit")
+    _wait(lambda: _units(exp_dir), a, "a finished unit")
     os.killpg(a.pid, signal.SIGSTOP)
     release = tmp_path / "release"
     elsewhere = [
