@@ -30,7 +30,6 @@ Usage:  python scripts/bench_sweep.py --tiny
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -48,13 +47,13 @@ from nasproxy import results, spaces
 from nasproxy.data import Dataset, load_dataset
 from nasproxy.io import atomic_write_json
 from nasproxy.provenance import provenance
+from nasproxy.proxies.build import proxy_record, write_proxy
 from nasproxy.proxies.random import random_per_class
 from nasproxy.search import FastChoice, SearchConfig, run_search, select_archs
 from nasproxy.spaces import ACTIVATIONS, Arch
 from nasproxy.train import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 TINY = {  # defaults of a CPU smoke run: 2 shapes x 3 activations
     "dataset": "digits",
     "archs": 2,
@@ -72,7 +71,11 @@ TINY = {  # defaults of a CPU smoke run: 2 shapes x 3 activations
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="CPU smoke preset; writes ratios only")
-    p.add_argument("--dataset", default=None, help="default: the shared CIFAR-10 copy, else digits")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="default: $NASPROXY_DATA (a CIFAR-10 copy) if set, else digits",
+    )
     p.add_argument("--data-root", default=None)
     p.add_argument("--space", default="convnet720")
     p.add_argument("--archs", type=int, default=8, help="a stratified sample of N archs")
@@ -109,7 +112,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                 setattr(args, key, value)
         args.ratios_only = True
     if args.dataset is None:
-        args.dataset = f"imagefolder:{SHARED_CIFAR}" if SHARED_CIFAR.exists() else "digits"
+        cifar = os.environ.get("NASPROXY_DATA")
+        args.dataset = f"imagefolder:{cifar}" if cifar else "digits"
     return args
 
 
@@ -130,24 +134,9 @@ def write_proxies(data: Dataset, count: int, size: int, where: Path) -> list[str
     paths = []
     for k in range(count):
         chosen = random_per_class(labels, per_class, seed=k)
-        indices = {
-            name: [int(i) for i in chosen[labels[chosen] == c]]
-            for c, name in enumerate(data.classes)
-        }
-        record = {
-            "format": "nasproxy-proxy/1",
-            "method": "random",
-            "per_class": per_class,
-            "seed": k,
-            "params": {},
-            "dataset": data.spec,
-            "fingerprint": data.fingerprint,
-            "indices": indices,
-            "n_images": int(chosen.size),
-            "epsilon": None,
-        }
+        record = proxy_record(data, chosen, method="random", per_class=per_class, seed=k)
         path = where / f"random-{k}.json"
-        path.write_text(json.dumps(record))
+        write_proxy(record, path)
         paths.append(f"p{k}={path}")
     return paths
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +43,6 @@ from nasproxy.spaces import Arch
 from nasproxy.train import TrainConfig, TrainRecord, resolve_device, train
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 PROTOCOL_EPOCHS = 100  # the paper's epochs per architecture, for the extrapolations
 TINY = {  # defaults of a CPU smoke run: small nets, few images, one epoch
     "dataset": "digits",
@@ -64,7 +64,11 @@ TINY = {  # defaults of a CPU smoke run: small nets, few images, one epoch
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="CPU smoke preset (sets the defaults)")
-    p.add_argument("--dataset", default=None, help="default: the shared CIFAR-10 copy, else digits")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="default: $NASPROXY_DATA (a CIFAR-10 copy) if set, else digits",
+    )
     p.add_argument("--data-root", default=None)
     p.add_argument("--space", default="convnet720")
     p.add_argument("--archs", type=int, default=30, help="architectures in the sample")
@@ -97,7 +101,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.set_defaults(**TINY)  # flags given explicitly still win
     args = p.parse_args(argv)
     if args.dataset is None:
-        args.dataset = f"imagefolder:{SHARED_CIFAR}" if SHARED_CIFAR.exists() else "digits"
+        cifar = os.environ.get("NASPROXY_DATA")
+        args.dataset = f"imagefolder:{cifar}" if cifar else "digits"
     return args
 
 

@@ -8,7 +8,6 @@ workers, even when orphaned) are found, by session or by marker, and killed.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 
 from nasproxy import results, spaces
+from nasproxy.proxies.build import proxy_record, write_proxy
 from nasproxy.search import SearchConfig
 from nasproxy.train import TrainConfig
 
@@ -72,24 +72,16 @@ def inputs(tmp_path_factory, digits):
             for c, name in enumerate(digits.classes)
         }
         path = root / f"{method}.json"
-        path.write_text(json.dumps(_proxy(method, digits.fingerprint, indices, epsilon=0.5)))
+        write_proxy(_proxy(method, digits, indices, epsilon=0.5), path)
         proxies.append(path)
     return {"space": str(space), "proxies": proxies, "root": root}
 
 
-def _proxy(method: str, fingerprint: str, indices: dict, epsilon: float | None = None) -> dict:
-    return {
-        "format": "nasproxy-proxy/1",
-        "method": method,
-        "per_class": 10,
-        "seed": 0,
-        "params": {},
-        "dataset": "digits",
-        "fingerprint": fingerprint,
-        "indices": indices,
-        "n_images": sum(len(v) for v in indices.values()),
-        "epsilon": epsilon,
-    }
+def _proxy(method: str, data, kept: dict, epsilon: float | None = None, **changes) -> dict:
+    """The proxy record nasproxy writes for the per-class index lists ``kept`` of ``data``;
+    ``changes`` replace fields afterwards (to make a foreign or damaged one)."""
+    chosen = np.sort(np.concatenate([np.asarray(v, dtype=np.int64) for v in kept.values()]))
+    return proxy_record(data, chosen, method=method, epsilon=epsilon) | changes
 
 
 def _config(inputs, results_dir: Path, name: str, **changes) -> SearchConfig:

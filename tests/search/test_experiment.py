@@ -12,7 +12,7 @@ import pytest
 
 from nasproxy import results, spaces
 from nasproxy.errors import NasproxyError
-from nasproxy.proxies.build import selection_hash
+from nasproxy.proxies.build import selection_hash, write_proxy
 from nasproxy.report import make_report
 from nasproxy.search import run_search
 from nasproxy.search.experiment import RAY_DIR, next_run_number
@@ -91,7 +91,7 @@ def test_adding_a_proxy_trains_only_its_units_and_keeps_every_stored_one(
         name: [int(i) for i in np.flatnonzero(labels == c)[:10]]
         for c, name in enumerate(digits.classes)
     }
-    changed.write_text(json.dumps(_proxy("random", digits.fingerprint, indices)))
+    write_proxy(_proxy("random", digits, indices), changed)
     with pytest.raises(NasproxyError, match="training set 'random'") as info:
         run_search(replace(grown, proxies=(f"random={changed}", herding_proxy)))
     assert "\n" not in str(info.value)

@@ -3,7 +3,6 @@ workers (recovered by Tune, or read back from its ResultGrid)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from nasproxy import results
+from nasproxy.proxies.build import write_proxy
 from nasproxy.search import run_search
 from tests.search.conftest import (
     SMALL,
@@ -36,7 +36,7 @@ def test_cifar_sized_data_reaches_the_trials(cluster, inputs, cifar, cache_root,
         for c, name in enumerate(cifar.classes)
     }
     proxy = tmp_path / "random.json"
-    proxy.write_text(json.dumps(_proxy("random", cifar.fingerprint, indices)))
+    write_proxy(_proxy("random", cifar, indices), proxy)
     cfg = _config(
         inputs,
         tmp_path,

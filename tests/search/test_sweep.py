@@ -27,7 +27,7 @@ import torch
 
 from nasproxy import cli, results, spaces
 from nasproxy.errors import NasproxyError
-from nasproxy.proxies.build import selection_hash
+from nasproxy.proxies.build import selection_hash, write_proxy
 from nasproxy.report import make_report
 from nasproxy.search import lock, resolve_train_sets, run_search
 from nasproxy.search import sweep as sweep_module
@@ -114,16 +114,13 @@ def test_bad_inputs_are_refused_before_anything_runs(inputs, digits, tmp_path):
     root = inputs["root"]
     indices = json.loads(inputs["proxies"][0].read_text())["indices"]
     foreign = root / "foreign.json"
-    foreign.write_text(json.dumps(_proxy("random", "0123456789abcdef", indices)))
+    write_proxy(_proxy("random", digits, indices, fingerprint="0123456789abcdef"), foreign)
     out_of_range = root / "range.json"
-    out_of_range.write_text(
-        json.dumps(_proxy("random", digits.fingerprint, {**indices, "3": [len(digits.y_train)]}))
-    )
+    beyond = {**indices, "3": [len(digits.y_train)]}
+    write_proxy(_proxy("random", digits, indices, indices=beyond), out_of_range)
     wrong_class = root / "wrong.json"
     first_of_class_1 = int(np.flatnonzero(digits.y_train.numpy() == 1)[0])
-    wrong_class.write_text(
-        json.dumps(_proxy("random", digits.fingerprint, {"0": [first_of_class_1]}))
-    )
+    write_proxy(_proxy("random", digits, indices, indices={"0": [first_of_class_1]}), wrong_class)
     not_json = root / "broken.json"
     not_json.write_text('{"format": "nasproxy-proxy/1", "indices": ')
     cases = [
@@ -147,8 +144,8 @@ def test_train_set_names_disambiguate_and_refuse_clashes(inputs, digits, tmp_pat
     half = {k: v[:5] for k, v in indices.items()}
     a = tmp_path / "influence-small.json"
     b = tmp_path / "influence-large.json"
-    a.write_text(json.dumps(_proxy("influence", digits.fingerprint, half)))
-    b.write_text(json.dumps(_proxy("influence", digits.fingerprint, indices)))
+    write_proxy(_proxy("influence", digits, half), a)
+    write_proxy(_proxy("influence", digits, indices), b)
     sets = resolve_train_sets([str(a), str(b)], True, digits)
     assert [s.name for s in sets] == ["influence-small", "influence-large", "whole"]
     assert [s.n_images for s in sets] == [50, 100, len(digits.y_train)]
@@ -157,13 +154,13 @@ def test_train_set_names_disambiguate_and_refuse_clashes(inputs, digits, tmp_pat
 
     other = tmp_path / "other"
     other.mkdir()
-    (other / a.name).write_text(json.dumps(_proxy("influence", digits.fingerprint, indices)))
+    write_proxy(_proxy("influence", digits, indices), other / a.name)
     with pytest.raises(NasproxyError, match="would be named"):
         resolve_train_sets([str(a), str(other / a.name)], False, digits)
     with pytest.raises(NasproxyError, match="select the same images"):
         resolve_train_sets([str(a), str(a)], False, digits)
     c = tmp_path / "c.json"
-    c.write_text(json.dumps(_proxy("whole", digits.fingerprint, half)))
+    write_proxy(_proxy("whole", digits, half), c)
     with pytest.raises(NasproxyError, match="'whole'"):
         resolve_train_sets([str(c)], True, digits)
 
@@ -325,7 +322,7 @@ def test_each_training_set_sweeps_its_own_architectures_and_the_whole_set_only_g
     indices = {
         n: [int(i) for i in (labels == c).nonzero()[0][:10]] for c, n in enumerate(digits.classes)
     }
-    changed.write_text(json.dumps(_proxy("random", digits.fingerprint, indices)))
+    write_proxy(_proxy("random", digits, indices), changed)
     with pytest.raises(NasproxyError, match="training set 'random'"):
         run_search(replace(cfg, proxies=(f"random={changed}", str(inputs["proxies"][1]))))
     assert all(p.read_bytes() == blob for p, blob in stored.items())
