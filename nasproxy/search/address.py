@@ -1,13 +1,11 @@
-"""A Ray cluster address is checked for reachability before anything is created.
+"""A Ray cluster address is checked before anything is created.
 
-``ray.init(address=...)`` on an address where nothing answers waits for minutes with only
-warnings; a TCP connect with a timeout answers in seconds. Something that answers but is not
-Ray (a web server, a database on the port) keeps ray.init busy for tens of seconds of
-warnings, so the check also opens an HTTP/2 connection, the protocol of Ray's gRPC services
-(the head's GCS, and the Ray Client behind ``ray://``): a server that does not answer the
-client preface with a SETTINGS frame is not Ray. (With ``RAY_USE_TLS`` the connection is
-TLS, and only reachability is checked.) ``auto`` is resolved the way Ray resolves it
-(``RAY_ADDRESS``, else the cluster that ``ray start`` recorded on this machine).
+``ray.init`` on an address where nothing answers waits for minutes, and on one that is not
+Ray (a web server) spends tens of seconds on warnings; a TCP connect with a timeout, then an
+HTTP/2 client preface that Ray's gRPC services (the head's GCS, the Ray Client behind
+``ray://``) answer with a SETTINGS frame, tells both in
+seconds (with ``RAY_USE_TLS``: reachability only). ``auto`` is resolved as Ray resolves it.
+See docs/reliability.md#interruptions-clusters-and-crashes.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The experiment directory on top of ``nasproxy.results``: its protocol and manifest,
 the refusal of a changed protocol, growth by training set, a manifest rebuilt from the unit
-files, removal (--fresh) and run numbering."""
+files, removal (--fresh) and run numbering. See docs/search.md#resume-and-the-manifest.
+"""
 
 from __future__ import annotations
 

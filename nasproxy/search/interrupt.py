@@ -5,6 +5,7 @@ exit, and a KeyboardInterrupt raised inside Tune's loop skips its cleanup. So wh
 session is open, SIGINT only sets a flag: the session acts on it right after ``ray.init``
 returns, Tune stops every trial at its next step (see ``ray_runner.fit``), and the
 KeyboardInterrupt is raised after that, from where ``ray.shutdown()`` always runs.
+See docs/reliability.md#interruptions-clusters-and-crashes.
 """
 
 from __future__ import annotations

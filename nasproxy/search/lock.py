@@ -1,28 +1,12 @@
 """One driver per experiment: the lock file ``DIR/EXP/.lock``.
 
-``search`` takes the lock before it trains, writes or deletes anything in the experiment and
-drops it at the end, on every path. The file holds who holds it (pid, host, start time, a
-random token) and is created whole and atomically: its content goes to a private temporary
-file first, which is then hard-linked to ``.lock``; the link fails when a lock exists, so two
-drivers can never both succeed, and nobody ever reads a half-written lock.
-
-A crashed driver cannot leave the lock stuck: the holder refreshes the file's mtime every
-``HEARTBEAT_S`` seconds, and a lock is stale when its holder ran on this host and its process
-is gone (or its pid now belongs to a younger process), or, for a holder on another host (or
-an unreadable lock), when its heartbeat is older than ``STALE_S``. A live holder on this host
-is never taken over, however old its heartbeat (a driver stopped with Ctrl-Z, a suspended
-VM). "This host" is the hostname, the boot and the PID namespace together (``host_id``), so
-containers that share a hostname do not judge each other's pids. A stale lock is removed
-under a second guard, an advisory ``flock`` on ``.lock.break`` that the kernel drops when
-its holder dies (so a breaker that died leaves nothing to expire), and only if it is still
-the very lock judged stale (same token), so a breaker never removes a lock that a third
-driver has just taken.
-
-A holder can still lose its lock (a holder on another host judged it stale while it was
-paused, or someone deleted the file). The heartbeat checks the token before refreshing, and
-the driver checks it (``ensure_held``) before it writes a unit, the manifest or the table and
-before ``--fresh`` deletes anything; a lost lock ends the run with ``LockLostError`` (one
-line), and nothing more is written.
+The lock is created whole (a private temporary file, hard-linked to ``.lock``: the link
+fails when a lock exists), so two drivers never both take it and nobody reads half a lock.
+Its holder refreshes the file's mtime every ``HEARTBEAT_S`` seconds. A stale lock (its
+holder's process gone on this host, ``host_id``; elsewhere, no heartbeat for ``STALE_S``)
+is broken under a ``flock`` on ``.lock.break`` and only while its random token is
+unchanged. ``ensure_held`` checks the token before every write; a lost lock ends the run
+with ``LockLostError``. See docs/reliability.md#one-driver-per-experiment.
 """
 
 from __future__ import annotations

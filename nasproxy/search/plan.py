@@ -1,18 +1,12 @@
 """The pure planner of a sweep (no Ray): which architectures, and how pending work units
-become stacks (units trained together as one network) and the chunks Tune trials run.
+become stacks and the chunks that trials run.
 
-units -> stacks: units of one shape (width, depth, norm, pooling: the activation may
-differ, as the stacked network applies one a model) whose training sets have the same size
-share a batch schedule (the sweep's training settings are common to all units but the
-seed), so ``nasproxy.multitrain.train_many`` can train them in lockstep
-(``nasproxy.multitrain.plan_stacks`` groups them): on a proxy sweep,
-every activation x proxy x seed of a shape. A stack holds at most ``max_stack`` units; the
-trial may cut it further to fit its GPU share (``nasproxy.search.trial``). Without fusing
-every unit is its own stack. Only pending units are planned, so a stack whose members are
-partly stored trains just the missing ones.
-
-stacks -> chunks: a chunk is the work of one Tune trial, a list of stacks of about
-``trial_size`` units (at least one stack), balanced by estimated cost."""
+units -> stacks: ``nasproxy.multitrain.plan_stacks`` groups the units that can train in
+lockstep (one shape, training sets of one size), at most ``max_stack`` a stack (one without
+fusing). Only pending units are planned, so a partly stored stack trains just the missing
+ones. stacks -> chunks: ``plan_chunks``, about ``trial_size`` units a chunk, balanced by
+estimated cost. See docs/search.md#how-trials-map-to-work.
+"""
 
 from __future__ import annotations
 

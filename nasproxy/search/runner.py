@@ -1,19 +1,9 @@
-"""The runner seam: what runs a sweep's planned trials, and the in-process runner.
+"""The runner seam: what runs a sweep's planned chunks (``Runner``), and the in-process runner.
 
-``run_search`` plans the pending units into chunks (``plan``) and hands them to a runner
-(``open_runner``, by ``SearchConfig.runner``): ``ray`` (``ray_runner``, the default) runs
-each chunk as a Ray Tune trial on a local or joined cluster; ``local`` runs the chunks one
-after another in this process through the same trial code (``trial.run_chunk``), with no
-Ray imported, for tests and for debugging with pdb. Every runner honours one contract:
-
-- each finished unit's row goes to the driver's ``record`` as soon as it is stored;
-- ``run`` returns the error of each chunk that kept failing (by chunk id); the sweep then
-  retries the missing units a trial each and records what still fails as ``failed`` rows
-  whose reason starts with the runner's ``crash_prefix``;
-- a lost experiment lock ends the run with ``LockLostError``, writing nothing more;
-- a Ctrl-C comes out as KeyboardInterrupt, after which the same command resumes. The Ray
-  runner holds it until Ray has stopped (``interrupt``); the local runner lets it through
-  at once (a unit half trained is simply not stored), as pdb and a debugger expect.
+``open_runner`` picks one by ``SearchConfig.runner``: ``ray`` (``ray_runner``, the default)
+runs each chunk as a Ray Tune trial; ``local`` runs the chunks one after another in this
+process through the same trial code (``trial.run_chunk``), without importing Ray, for
+tests and for debugging with pdb. See docs/search.md#resources-data-and-clusters.
 """
 
 from __future__ import annotations
@@ -37,7 +27,17 @@ NoteFn = Callable[[str], None]
 
 
 class Runner(Protocol):
-    """Runs planned chunks; see the module's docstring for the contract."""
+    """Runs planned chunks. Every runner honours one contract:
+
+    - each finished unit's row goes to the driver's ``record`` as soon as it is stored;
+    - ``run`` returns the error of each chunk that kept failing (by chunk id); the sweep then
+      retries the missing units a trial each and records what still fails as ``failed`` rows
+      whose reason starts with the runner's ``crash_prefix``;
+    - a lost experiment lock ends the run with ``LockLostError``, writing nothing more;
+    - a Ctrl-C comes out as KeyboardInterrupt, after which the same command resumes. The Ray
+      runner holds it until Ray has stopped (``interrupt``); the local runner lets it through
+      at once (a unit half trained is simply not stored), as pdb and a debugger expect.
+    """
 
     description: str  # where the trials run, for the plan's progress line and the manifest
     gpus: float  # GPUs the runner can give its trials (0: none)

@@ -1,17 +1,12 @@
 """The work of one trial, without Ray: train each planned stack's missing units and store
 every unit as its own file.
 
-A stack trains as one ``nasproxy.multitrain.train_many`` call when the sweep fuses
-(a stack that fails splits in halves down to the plain trainer, the reason kept on its
-rows), else unit by unit with ``nasproxy.train.train``. A unit already stored (ok or
-diverged) is reported, not trained again, so a retried trial and a resumed sweep train
-only what is missing.
-
-How large a stack may be: at most the sweep's ``max_stack`` (the planner's bound), and on
-a GPU at most what ``nasproxy.multitrain.largest_stack`` fits into ``MEMORY_FRACTION`` of
-the trial's share of the GPU's memory (``gpu_share`` x total). A stack beyond that is cut
-into even pieces before it trains; the out-of-memory fallback covers an optimistic
-estimate.
+A stack trains as one ``nasproxy.multitrain.train_many`` call when the sweep fuses (falling
+back in halves down to the plain trainer), else unit by unit with ``nasproxy.train.train``.
+A unit already stored is reported, not trained again, so a retried trial or a resumed sweep
+trains only what is missing. On a GPU a stack is first cut into even pieces that
+``nasproxy.multitrain.largest_stack`` fits into ``MEMORY_FRACTION`` of the trial's GPU share.
+See docs/search.md#fused-training.
 """
 
 from __future__ import annotations
