@@ -75,13 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     arch = Arch.from_id(args.arch)
     data = _load_data(args)
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-    )
+    cfg = settings.from_flags(TrainConfig, args, seed=args.seed, device=args.device)
     record = train(arch, data, None, cfg)
     print(json.dumps(record.to_dict(), indent=2))
     if record.status == "failed":
@@ -394,6 +388,17 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    """The architecture, the dataset, and one flag a training setting (``TrainConfig``)."""
+    from nasproxy.train import TrainConfig
+
+    p.add_argument("--arch", required=True, help="an id, e.g. w32-d3-relu-instancenorm-avgpooling")
+    _add_dataset_args(p)
+    settings.add_flags(p, TrainConfig, defaults={"epochs": 10})
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+
 def _run_flags(p: argparse.ArgumentParser) -> None:
     """The preset, its ``--set`` keys (every setting of ``Preset``), and the search's settings
     of where and how to run, as flags too."""
@@ -431,14 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=_positive_int, default=10)
     p.set_defaults(handler=cmd_space)
 
-    p = sub.add_parser("train", help="train one architecture and print its record")
-    p.add_argument("--arch", required=True, help="an id, e.g. w32-d3-relu-instancenorm-avgpooling")
-    _add_dataset_args(p)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p = sub.add_parser(
+        "train", help="train one architecture and print its record", flags=_train_flags
+    )
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("build-proxy", help="select a class-balanced proxy training set")

@@ -98,18 +98,24 @@ def _walk(cls: type, prefix: tuple[str, ...]) -> Iterable[Leaf]:
 
 
 def add_flags(
-    parser: argparse.ArgumentParser, cls: type, keys: Iterable[str] | None = None
+    parser: argparse.ArgumentParser,
+    cls: type,
+    keys: Iterable[str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """One flag per setting of ``cls`` (or of those named in ``keys``), in field order.
 
     Flags keep their values as text (None when not given); ``from_flags`` parses them with
-    the same parsers as ``key=value`` overrides, so both mean the same."""
+    the same parsers as ``key=value`` overrides, so both mean the same. ``defaults`` gives a
+    command its own default for some settings (shown in --help, used when not given)."""
     wanted = None if keys is None else set(keys)
+    defaults = dict(defaults or {})
     for key, leaf in leaves(cls).items():
         if wanted is not None and key not in wanted:
             continue
         meta = leaf.field.metadata
-        kwargs: dict[str, Any] = {"dest": key, "default": None, "help": _help(leaf)}
+        default = defaults.get(key, leaf.field.default)
+        kwargs: dict[str, Any] = {"dest": key, "default": None, "help": _help(leaf, default)}
         base = _strip_optional(leaf.hint)
         if base is bool:
             if leaf.flag.startswith("--no-"):
@@ -128,19 +134,19 @@ def add_flags(
             if leaf.field.default is MISSING and _outermost(leaf):
                 kwargs["required"] = True
         parser.add_argument(leaf.flag, **kwargs)
+    parser.set_defaults(**{key: str(value) for key, value in defaults.items()})
 
 
 def _outermost(leaf: Leaf) -> bool:
     return len(leaf.path) == 1
 
 
-def _help(leaf: Leaf) -> str:
+def _help(leaf: Leaf, default: Any) -> str:
     meta = leaf.field.metadata
     text = meta["help"]
     if "default" in text or _strip_optional(leaf.hint) is bool:
         return text  # a bool's flag says what it does; its default is the other way
-    shown = meta["default_text"]
-    default = leaf.field.default
+    shown = meta["default_text"] if default is leaf.field.default else None
     if shown is None and default is not MISSING and not _empty(default):
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
     return f"{text} (default {shown})" if shown else text

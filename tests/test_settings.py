@@ -180,3 +180,22 @@ def test_a_key_twice_in_one_tree_is_refused() -> None:
 
     with pytest.raises(TypeError, match="'lr' appears twice"):
         settings.leaves(Twice)
+
+
+def test_train_flags_are_train_config_s_with_the_command_s_own_epochs_default():
+    """`nasproxy train` gets one flag per training setting; its default of 10 epochs (not the
+    config's 100) shows in --help and applies when --epochs is not given."""
+    from nasproxy.train import TrainConfig
+
+    parser = _subparser("train")
+    base = ["--arch", "w8-d1-relu-none-none"]
+    args = parser.parse_args(base)
+    assert settings.from_flags(TrainConfig, args) == TrainConfig(epochs=10)
+    flags = ["--epochs", "2", "--lr", "0.1", "--momentum", "0.5", "--weight-decay", "0"]
+    args = parser.parse_args([*base, *flags, "--batch-size", "16", "--no-augment"])
+    assert settings.from_flags(TrainConfig, args, seed=3) == TrainConfig(
+        epochs=2, lr=0.1, momentum=0.5, weight_decay=0.0, batch_size=16, augment=False, seed=3
+    )
+    assert "training epochs of every architecture (default 10)" in " ".join(
+        parser.format_help().split()
+    )
