@@ -96,8 +96,9 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
 
     if (args.method is None) == (args.from_indices is None):
         raise NasproxyError("give either --method or --from-indices")
+    options = settings.from_flags(ProxyOptions, args)
     per_class = args.per_class
-    if per_class is None and args.epsilon is None and args.from_indices is None:
+    if per_class is None and options.epsilon is None and args.from_indices is None:
         per_class = 100  # --from-indices: the file's own count per class
     backbone = {"seed": args.seed if args.backbone_seed is None else args.backbone_seed}
     if args.backbone is not None:
@@ -111,7 +112,7 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
     if args.from_indices is not None:
         method, per_class = indices_method(args.from_indices, data, per_class)
     label = "from-indices" if args.from_indices is not None else args.method
-    out = args.out or default_proxy_path(args.dataset, label, per_class, args.seed, args.epsilon)
+    out = args.out or default_proxy_path(args.dataset, label, per_class, args.seed, options.epsilon)
     check_output_file(out, "proxy file")  # before the scoring run, not after it
     record = build_proxy(
         data,
@@ -120,14 +121,7 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
         args.seed,
         cache_dir=args.data_root or default_data_root(),
         scoring=ScoringConfig(**backbone),
-        options=ProxyOptions(
-            solver=args.solver,
-            objective=args.objective,
-            project_dim=args.project_dim,
-            epsilon=args.epsilon,
-            min_per_class=args.min_per_class,
-            head_l2=args.head_l2,
-        ),
+        options=options,
         device=args.device,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
         measure=args.measure_epsilon,
@@ -388,6 +382,13 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _option_flags(p: argparse.ArgumentParser) -> None:
+    """One flag an option of the influence method and of its head (``ProxyOptions``)."""
+    from nasproxy.proxies.base import ProxyOptions
+
+    settings.add_flags(p, ProxyOptions)
+
+
 def _train_flags(p: argparse.ArgumentParser) -> None:
     """The architecture, the dataset, and one flag a training setting (``TrainConfig``)."""
     from nasproxy.train import TrainConfig
@@ -441,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_train)
 
-    p = sub.add_parser("build-proxy", help="select a class-balanced proxy training set")
+    p = sub.add_parser(
+        "build-proxy", help="select a class-balanced proxy training set", flags=_option_flags
+    )
     p.add_argument(
         "--method",
         default=None,
@@ -474,24 +477,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backbone-epochs", type=int, default=None, help="scoring run (default 50)")
     p.add_argument("--backbone-seed", type=int, default=None, help="default: --seed")
-    p.add_argument(
-        "--solver",
-        default="greedy",
-        help="influence: greedy (default), relax, exact, exact-l1, exact-linf",
-    )
-    p.add_argument("--objective", default="removed-sum", help="influence: removed-sum, kept-mean")
-    p.add_argument("--project-dim", type=int, default=None, help="influence: project S to k dims")
-    p.add_argument(
-        "--epsilon",
-        type=float,
-        default=None,
-        help="influence: remove as many as ||sum of removed S_i|| <= E allows, instead of "
-        "--per-class (classes are then unbalanced)",
-    )
-    p.add_argument(
-        "--min-per-class", type=int, default=0, help="with --epsilon: keep at least this many"
-    )
-    p.add_argument("--head-l2", type=float, default=None, help="default: backbone weight decay")
     p.add_argument(
         "--measure-epsilon",
         action=argparse.BooleanOptionalAction,

@@ -199,3 +199,20 @@ def test_train_flags_are_train_config_s_with_the_command_s_own_epochs_default():
     assert "training epochs of every architecture (default 10)" in " ".join(
         parser.format_help().split()
     )
+
+
+def test_build_proxy_options_are_proxy_options_settings():
+    """`nasproxy build-proxy`'s influence options are ``ProxyOptions``'s settings: flags
+    give the options the method receives; none given, its defaults."""
+    from nasproxy.proxies.base import ProxyOptions
+
+    parser = _subparser("build-proxy")
+    args = parser.parse_args(["--method", "influence"])
+    assert settings.from_flags(ProxyOptions, args) == ProxyOptions()
+    flags = ["--solver", "exact", "--objective", "kept-mean", "--project-dim", "8"]
+    flags += ["--epsilon", "0.5", "--min-per-class", "2", "--head-l2", "0.01"]
+    args = parser.parse_args(["--method", "influence", *flags])
+    assert settings.from_flags(ProxyOptions, args) == ProxyOptions(
+        solver="exact", objective="kept-mean", project_dim=8, epsilon=0.5, min_per_class=2,
+        head_l2=0.01,
+    )  # fmt: skip

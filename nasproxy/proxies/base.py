@@ -17,6 +17,7 @@ import numpy as np
 
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
+from nasproxy.settings import setting
 
 if TYPE_CHECKING:
     from nasproxy.influence.head import RefitHead
@@ -27,12 +28,20 @@ if TYPE_CHECKING:
 class ProxyOptions:
     """Options of the influence method and of the head every epsilon is measured with."""
 
-    solver: str = "greedy"  # greedy | relax | exact (see nasproxy.influence.solvers)
-    objective: str = "removed-sum"  # removed-sum | kept-mean
-    project_dim: int | None = None  # random projection of S before solving; None = none
-    epsilon: float | None = None  # remove as many as ||sum_removed S_i|| <= epsilon allows
-    min_per_class: int = 0  # under an epsilon budget, keep at least this many of each class
-    head_l2: float | None = None  # L2 of the refitted head; None = backbone weight decay
+    solver: str = setting(
+        "greedy", help="influence: greedy (default), relax, exact, exact-l1, exact-linf"
+    )
+    objective: str = setting("removed-sum", help="influence: removed-sum, kept-mean")
+    project_dim: int | None = setting(None, help="influence: project S to k dims")
+    epsilon: float | None = setting(
+        None,
+        help="influence: remove as many as ||sum of removed S_i|| <= E allows, instead of "
+        "--per-class (classes are then unbalanced)",
+    )
+    min_per_class: int = setting(0, help="with --epsilon: keep at least this many")
+    head_l2: float | None = setting(
+        None, help="L2 of the refitted head (default: backbone weight decay)"
+    )
 
     def __post_init__(self) -> None:
         if self.project_dim is not None and self.project_dim < 1:
