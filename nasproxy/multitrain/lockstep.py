@@ -118,16 +118,6 @@ def fallback_reason(
     return None
 
 
-def supports(
-    arch: ArchSpec,
-    data: Dataset,
-    index_sets: Sequence[np.ndarray | None],
-    cfgs: Sequence[TrainConfig],
-) -> bool:
-    """Whether :func:`train_many` can run these runs as one stack."""
-    return fallback_reason(arch, data, index_sets, cfgs) is None
-
-
 def cosine_lr(base: float, step: int, total: int) -> float:
     """Cosine annealing to zero over ``total`` steps (SGDR, Loshchilov & Hutter 2017, eq. 5,
     without restarts): the learning rate :func:`nasproxy.train.fit` uses at ``step``."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -43,6 +42,7 @@ from tests.search.conftest import (
     _units,
     _wait,
 )
+from tests.test_shortlist import _brute_force
 
 
 def test_sweep_trains_every_unit_once_with_sane_rows(cluster, inputs, digits, tmp_path):
@@ -246,21 +246,8 @@ def stub_runner(kill_in_call: int | None = None, kill_after: int = 0):
 
 
 def _brute_force_top(archs: list[str], score: dict[str, float], k: int) -> list[str]:
-    """The one k-subset in which every member beats every non-member: a higher score, or
-    the same score and a smaller id (the stated tie rule)."""
-    k = min(k, len(archs))
-    found = [
-        set(s)
-        for s in itertools.combinations(archs, k)
-        if all(
-            score[a] > score[b] or (score[a] == score[b] and a < b)
-            for a in s
-            for b in archs
-            if b not in s
-        )
-    ]
-    assert len(found) == 1
-    return sorted(found[0])
+    """The brute-force top ``k`` of ``archs`` by ``score`` (tests/test_shortlist.py), sorted."""
+    return sorted(_brute_force({a: score[a] for a in archs}, k))
 
 
 def _mean_val(name: str, archs: list[str], seeds: tuple[int, ...]) -> dict[str, float]:
