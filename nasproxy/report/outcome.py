@@ -21,6 +21,7 @@ from nasproxy.results import WHOLE
 OUTCOME_COLUMNS = (
     "train_set",
     "k",
+    "shortlisted",
     "confirmed",
     "pick",
     "pick_val",
@@ -43,6 +44,9 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
     """Per proxy: its top K (``nasproxy.shortlist``; K of ``--whole-top``, else ``top_k``)
     confirmed on the whole split, the pick and its cost (empty: no proxy, or no "ok"
     whole-split unit).
+
+    shortlisted: the size of the proxy's top K (fewer than K when fewer of its
+    architectures finished "ok"); confirmed: how many of them have a whole-split result.
 
     pick: the best of the proxy's confirmed shortlist by mean whole-split validation
     accuracy; pick_test/_std: its whole-split test accuracy, mean and sample std over its
@@ -72,7 +76,8 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
     for name, archs in proxies.items():
         confirmed = [a for a in lists[name] if a in val.index]
         pick = shortlist.top_k(val[confirmed], 1)
-        row: dict[str, Any] = {"train_set": name, "k": k, "confirmed": len(confirmed)}
+        row: dict[str, Any] = {"train_set": name, "k": k, "shortlisted": len(lists[name])}
+        row["confirmed"] = len(confirmed)
         row["n_confirmed"] = len(every)
         if pick:
             a = pick[0]
@@ -102,6 +107,8 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
 
 def outcome_line(r: Mapping[str, Any]) -> str:
     """One row of the search outcome as one line of text."""
+    if not r["shortlisted"]:
+        return f"{r['train_set']}: no architecture finished ok on it, so it has no top K yet"
     if not isinstance(r["pick"], str):
         return f"{r['train_set']}: none of its top {r['k']} has a whole-split result yet"
     regret = "" if not math.isfinite(r["regret"]) else f", regret {pct(r['regret'])} pp"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nasproxy.report import make_report
+from nasproxy.report import make_report, outcome_lines
 from tests.report.experiments import ARCHS, SEEDS, trials_of, write_experiment
 
 K = 3
@@ -90,3 +90,23 @@ def test_with_every_whole_unit_the_cost_is_measured_and_the_regret_known(tmp_pat
         assert row["best_arch"] == ARCHS[int(np.argmax(test_mean))]
         assert not row["exhaustive_estimated"]
         assert row["exhaustive_s"] == pytest.approx(10.0 * len(ARCHS) * len(SEEDS))
+
+
+def test_a_proxy_with_no_ok_unit_is_told_it_has_no_shortlist(tmp_path: Path) -> None:
+    """A proxy whose every unit failed has an empty top K: its line says so, rather than
+    that its top K awaits the whole split; the other proxy's outcome is unchanged."""
+    rows = pd.DataFrame(trials_of("influence", INFLUENCE + SHIFT, 0.5, wall=1.0))
+    rows["status"], rows["val_acc"] = "failed", np.nan
+    ok = pd.DataFrame(trials_of("random", RANDOM + SHIFT, 0.5, wall=2.0))
+    whole = pd.DataFrame(trials_of("whole", WHOLE_VAL + SHIFT, WHOLE_TEST, wall=10.0))
+    trials = pd.concat([rows, ok, whole], ignore_index=True)
+    exp = write_experiment(
+        tmp_path / "exp", trials, ["influence", "random", "whole"], whole_top={"k": K}
+    )
+    got = make_report(exp, top_k=10, n_boot=5).outcome.set_index("train_set")
+    assert got.loc["influence", "shortlisted"] == 0 and got.loc["random", "shortlisted"] == K
+    lines = outcome_lines(exp)
+    assert lines[0] == (
+        "search outcome: influence: no architecture finished ok on it, so it has no top K yet"
+    )
+    assert lines[1].startswith(f"search outcome: random picks {got.loc['random', 'pick']}:")
