@@ -137,9 +137,8 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from nasproxy.search import SearchConfig, run_search
-    from nasproxy.settings import from_flags
 
-    cfg = from_flags(SearchConfig, args)
+    cfg = settings.from_flags(SearchConfig, args)
     with SearchProgress() as progress:
         exp_dir = run_search(cfg, progress=progress)
     print(exp_dir)

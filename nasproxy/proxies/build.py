@@ -24,7 +24,6 @@ import re
 import time
 import zipfile
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from nasproxy.influence.solvers import (
     require_solver,
 )
 from nasproxy.io import atomic_write_json
+from nasproxy.provenance import utc_now
 from nasproxy.proxies import registry
 from nasproxy.proxies.base import ProxyOptions, SelectionContext, check_budget
 from nasproxy.proxies.registry import Method
@@ -200,7 +200,7 @@ def build_proxy(
             "total_s": time.perf_counter() - start,
         },
         nasproxy_version=__version__,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        created=utc_now(),
     )
 
 

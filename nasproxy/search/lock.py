@@ -19,12 +19,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from nasproxy import results
 from nasproxy.errors import IncompleteError, NasproxyError
+from nasproxy.provenance import utc_now
 
 LOCK_NAME = results.LOCK
 BREAK_NAME = ".lock.break"
@@ -190,7 +190,7 @@ def _acquire(path: Path) -> _Lock:
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "host_id": host_id(),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started": utc_now(),
         "process_start": _process_start(os.getpid()),
         "token": token,
     }
