@@ -281,7 +281,7 @@ def cmd_units_pack(args: argparse.Namespace) -> int:
 def cmd_units_unpack(args: argparse.Namespace) -> int:
     from nasproxy.units import unpack
 
-    for exp, n in unpack(args.archive, args.results_dir).items():
+    for exp, n in unpack(args.archive, args.results_dir, replace=args.replace).items():
         print(f"{args.results_dir / exp}: {n} unit files, trials table rebuilt")
     return 0
 
@@ -531,6 +531,11 @@ def _add_units_commands(parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("unpack", help="a packed tar.gz -> DIR/EXP/..., trials rebuilt")
     p.add_argument("archive", type=Path)
     p.add_argument("--results-dir", type=Path, default=Path("results"), metavar="DIR")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="take the archive's unit where a stored one differs (default: refuse, naming it)",
+    )
     p.set_defaults(handler=cmd_units_unpack)
     p = sub.add_parser("rates", help="measured rates of the units finished since a time")
     p.add_argument("experiments", nargs="+", metavar="EXP")

@@ -156,8 +156,19 @@ def write_unit(
 def read_unit(path: Path) -> dict[str, Any] | None:
     """The row of a unit file, or None when it is missing, torn or not a unit of its path."""
     try:
-        payload = json.loads(Path(path).read_text())
+        text = Path(path).read_text()
     except (OSError, ValueError):
+        return None
+    return parse_unit(text, path)
+
+
+def parse_unit(text: str | bytes, path: Path) -> dict[str, Any] | None:
+    """The row of a unit file's content ``text`` stored at ``path``, or None when it is torn
+    or not a unit of that path (``nasproxy units unpack`` checks an archive's members with it
+    before anything is written)."""
+    try:
+        payload = json.loads(text)
+    except ValueError:
         return None
     if not isinstance(payload, dict) or payload.get("format") != UNIT_FORMAT:
         return None

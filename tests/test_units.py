@@ -29,7 +29,10 @@ def _experiment(root: Path, name: str, finished: dict[tuple[str, str], float]) -
         "archs": [a.id for a in ARCHS],
         "space_size": 720,
         "protocol": {"epochs": 3, "seeds": [0]},
-        "train_sets": {"random": {"n_images": 100}, "whole": {"n_images": 1000}},
+        "train_sets": {
+            "random": {"n_images": 100, "proxy_hash": "h"},
+            "whole": {"n_images": 1000, "proxy_hash": "h"},
+        },
     }
     results.write_manifest(exp_dir, manifest)
     by_id = {a.id: a for a in ARCHS}
@@ -58,7 +61,7 @@ def test_pack_then_unpack_gives_the_same_files_and_a_table(tmp_path: Path) -> No
     b = _experiment(src, "exp-proxies", {("random", ARCHS[1].id): 1e9})
     (a / results.UNITS_DIR / "random" / "s0" / ".x.json.tmp").write_text("torn")
     archive = tmp_path / "out" / "units.tar.gz"
-    assert units.pack(src, ["exp", "exp-proxies", "not-yet"], archive) == 4
+    assert units.pack(src, ["exp", "exp-proxies"], archive) == 4
     with tarfile.open(archive) as tar:
         assert not any(name.endswith(".tmp") for name in tar.getnames())
 
@@ -68,6 +71,9 @@ def test_pack_then_unpack_gives_the_same_files_and_a_table(tmp_path: Path) -> No
     assert _files(dst / "exp-proxies") == _files(b)
     table = results.read_trials(dst / "exp")
     assert sorted(map(tuple, table[["train_set", "arch"]].values)) == sorted(done)
+    before = _tree(dst)
+    assert units.unpack(archive, dst) == {"exp": 3, "exp-proxies": 1}  # again: no change
+    assert _tree(dst) == before
 
 
 def test_unpack_refuses_anything_but_manifests_and_units(tmp_path: Path) -> None:
@@ -213,3 +219,301 @@ def test_the_old_script_still_works_and_names_the_command(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{tmp_path / 'sweep-cuda.json'}\n"
     assert done.stderr.count("\n") == 1 and "`nasproxy units`" in done.stderr
+
+
+# --- unpack into a store that holds the experiment already ---------------------------------
+
+
+def _archive(tmp_path: Path, members: dict[str, bytes], name: str = "in.tar.gz") -> Path:
+    """A tar.gz holding ``members`` (name -> bytes), in that order."""
+    path = tmp_path / name
+    with tarfile.open(path, "w:gz") as tar:
+        for member, blob in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (the lock's included), by relative path."""
+    if not root.exists():
+        return {}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def _set_val(exp_dir: Path, train_set: str, arch: str, val: float, status: str = "ok") -> None:
+    """Rewrite one stored unit with another validation accuracy and status."""
+    path = results.unit_path(exp_dir, (train_set, 0, arch))
+    payload = json.loads(path.read_text())
+    payload["row"].update(val_acc=val, status=status)
+    path.write_text(json.dumps(payload) + "\n")
+
+
+def test_unpack_refuses_while_a_driver_holds_the_experiment(tmp_path: Path) -> None:
+    import os
+
+    from nasproxy.search import lock
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _experiment(src, "exp", {("random", ARCHS[0].id): 1e9})
+    archive = tmp_path / "units.tar.gz"
+    units.pack(src, ["exp"], archive)
+    _experiment(dst, "exp", {})
+    holder = {  # a live driver on this host (this very process, under another token)
+        "pid": os.getpid(),
+        "host": "here",
+        "host_id": lock.host_id(),
+        "process_start": lock._process_start(os.getpid()),
+        "started": "2026-01-01T00:00:00+00:00",
+        "token": "another",
+    }
+    (dst / "exp" / results.LOCK).write_text(json.dumps(holder))
+    before = _tree(dst)
+    with pytest.raises(NasproxyError, match="'exp' is in use"):
+        units.unpack(archive, dst)
+    assert _tree(dst) == before
+
+
+def test_unpack_never_replaces_a_stored_unit_unless_asked(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    both = {("random", ARCHS[0].id): 1e9, ("random", ARCHS[1].id): 1e9}
+    _experiment(src, "exp", {**both, ("whole", ARCHS[0].id): 1e9})
+    _set_val(src / "exp", "random", ARCHS[0].id, 0.503)
+    archive = tmp_path / "units.tar.gz"
+    units.pack(src, ["exp"], archive)
+    stored = _experiment(dst, "exp", both)
+    _set_val(stored, "random", ARCHS[0].id, 0.999)  # newer here than in the archive
+    _set_val(stored, "random", ARCHS[1].id, 0.1, status="failed")  # to be retried
+    before = _tree(dst)
+    with pytest.raises(NasproxyError, match=f"units/random/s0/{ARCHS[0].id}.json") as exc:
+        units.unpack(archive, dst)
+    assert "\n" not in str(exc.value)
+    assert _tree(dst) == before  # a refusal writes nothing
+
+    # a stored failed unit is replaced (a resume would retrain it), an identical one kept
+    _set_val(stored, "random", ARCHS[0].id, 0.503)
+    assert units.unpack(archive, dst) == {"exp": 3}
+    unit_files = {k: v for k, v in _files(src / "exp").items() if k != results.MANIFEST}
+    assert unit_files.items() <= _files(dst / "exp").items()
+
+    _set_val(stored, "random", ARCHS[0].id, 0.999)
+    argv = ["units", "unpack", str(archive), "--results-dir", str(dst), "--replace"]
+    assert cli.main(argv) == 0
+    assert (
+        results.read_unit(results.unit_path(stored, ("random", 0, ARCHS[0].id)))["val_acc"] == 0.503
+    )
+    table = results.read_trials(stored)
+    assert sorted(table["val_acc"]) == [0.5, 0.5, 0.503]
+
+
+def test_unpack_merges_the_manifests_runs_and_sets(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    first = {"started": "2026-01-01T00:00:00+00:00", "wall_s": 10.0, "cluster": "cpu"}
+    second = {"started": "2026-01-02T00:00:00+00:00", "wall_s": 20.0}
+    gpu = {"started": "2026-01-03T00:00:00+00:00", "wall_s": 5.0, "cluster": "gpu"}
+    stored = _experiment(dst, "exp", {("random", ARCHS[0].id): 1e9})
+    manifest = results.read_manifest(stored)
+    manifest["runs"] = [first, second]
+    manifest["whole_top"] = {"k": 3}
+    manifest["train_sets"]["random"]["archs"] = [ARCHS[0].id]
+    results.write_manifest(stored, manifest)
+    packed = _experiment(src, "exp", {("random", ARCHS[1].id): 1e9})
+    other = results.read_manifest(packed)
+    other["runs"] = [first, gpu]  # the archive's host resumed from the first run
+    other["whole_top"] = {"k": 10}
+    other["train_sets"]["random"]["archs"] = [ARCHS[1].id]
+    other["train_sets"]["more"] = {"n_images": 10, "proxy_hash": "m", "archs": [ARCHS[1].id]}
+    results.write_manifest(packed, other)
+    archive = tmp_path / "units.tar.gz"
+    units.pack(src, ["exp"], archive)
+
+    assert units.unpack(archive, dst) == {"exp": 1}
+    merged = results.read_manifest(stored)
+    assert merged["runs"] == [first, second, gpu]
+    assert merged["whole_top"] == {"k": 10}  # of the run that started last
+    assert merged["sweep_wall_s"] == 35.0
+    assert set(merged["train_sets"]) == {"random", "whole", "more"}
+    assert sorted(merged["train_sets"]["random"]["archs"]) == sorted(a.id for a in ARCHS)
+    assert merged["wall_s"]["random"] == 0.0 and "cpu; gpu" in merged["hardware"]
+    assert len(results.read_trials(stored)) == 2
+
+
+def _good(tmp_path: Path) -> dict[str, bytes]:
+    """The members of a sound archive of one experiment with one unit."""
+    src = tmp_path / "good"
+    exp_dir = _experiment(src, "exp", {("random", ARCHS[0].id): 1e9})
+    return {f"exp/{k}": v for k, v in _files(exp_dir).items()}
+
+
+def _unit_of(members: dict[str, bytes]) -> tuple[str, dict]:
+    name = next(k for k in members if "/units/" in k)
+    return name, json.loads(members[name])
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "garbage manifest",
+        "list manifest",
+        "no manifest",
+        "train_sets a list",
+        "seeds a string",
+        "archs not ids",
+        "garbage unit",
+        "unit of other epochs",
+        "unit of an unknown set",
+        "unit with a text accuracy",
+        "unit at another path",
+        "twice the same member",
+        "hidden experiment name",
+    ],
+)
+def test_unpack_checks_the_whole_archive_before_writing(
+    tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    members = _good(tmp_path)
+    name, unit = _unit_of(members)
+    manifest = json.loads(members["exp/manifest.json"])
+    extra = {"exp/units/random/s0/zzz.json": b"{"} if case == "garbage unit" else {}
+    if case == "garbage manifest":
+        members["exp/manifest.json"] = b"{not json"
+    elif case == "list manifest":
+        members["exp/manifest.json"] = b"[1, 2]"
+    elif case == "no manifest":
+        del members["exp/manifest.json"]
+    elif case == "train_sets a list":
+        manifest["train_sets"] = ["random", "whole"]
+    elif case == "seeds a string":
+        manifest["protocol"]["seeds"] = "0"
+    elif case == "archs not ids":
+        manifest["archs"] = [1, 2]
+    elif case == "unit of other epochs":
+        unit["row"]["epochs"] = 5
+    elif case == "unit of an unknown set":
+        unit["row"]["train_set"] = "other"
+        name = name.replace("/random/", "/other/")
+    elif case == "unit with a text accuracy":
+        unit["row"]["val_acc"] = "high"
+    elif case == "unit at another path":
+        name = name.replace("/s0/", "/s1/")
+    if case not in ("garbage manifest", "list manifest", "no manifest"):
+        if "exp/manifest.json" in members:
+            members["exp/manifest.json"] = json.dumps(manifest).encode()
+    members = {k: v for k, v in members.items() if "/units/" not in k}
+    members[name] = json.dumps(unit).encode()
+    members.update(extra)
+    if case == "hidden experiment name":
+        members = {"." + k: v for k, v in members.items()}
+    archive = _archive(tmp_path, members)
+    if case == "twice the same member":
+        with tarfile.open(archive, "w:gz") as tar:  # the unit, then another one of its name
+            for blob in (members[name], members[name].replace(b"0.5", b"0.7")):
+                info = tarfile.TarInfo(name)
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+            info = tarfile.TarInfo("exp/manifest.json")
+            info.size = len(members["exp/manifest.json"])
+            tar.addfile(info, io.BytesIO(members["exp/manifest.json"]))
+    dst = tmp_path / "dst"
+    assert cli.main(["units", "unpack", str(archive), "--results-dir", str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nasproxy: error: ") and err.count("\n") == 1, err
+    assert not dst.exists()  # nothing written, not even the experiment's folder
+
+
+def test_unpack_refuses_a_manifest_unlike_the_stored_one(tmp_path: Path) -> None:
+    members = _good(tmp_path)
+    dst = tmp_path / "dst"
+    stored = _experiment(dst, "exp", {("whole", ARCHS[1].id): 1e9})
+    manifest = results.read_manifest(stored)
+    manifest["protocol"]["epochs"] = 5
+    results.write_manifest(stored, manifest)
+    before = _tree(dst)
+    with pytest.raises(NasproxyError, match="epochs 5, the archive's 3"):
+        units.unpack(_archive(tmp_path, members), dst)
+    assert _tree(dst) == before
+
+
+def test_unpack_of_a_truncated_archive_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    members = _good(tmp_path)
+    members["exp/units/random/s0/pad.json"] = bytes(range(256)) * 400  # does not compress
+    blob = _archive(tmp_path, members).read_bytes()
+    for cut in (len(blob) // 2, len(blob) - 30):
+        torn = tmp_path / "torn.tar.gz"
+        torn.write_bytes(blob[:cut])
+        dst = tmp_path / "dst"
+        assert cli.main(["units", "unpack", str(torn), "--results-dir", str(dst)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("nasproxy: error: ") and err.count("\n") == 1, err
+        assert not dst.exists()
+
+
+def test_pack_checks_names_and_refuses_a_missing_experiment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "root"
+    results_dir = root / "results"
+    _experiment(root, "outside", {("random", ARCHS[0].id): 1e9})
+    _experiment(results_dir, "exp", {("random", ARCHS[0].id): 1e9})
+    (results_dir / "empty").mkdir()
+    archive = tmp_path / "units.tar.gz"
+    for names, what in [
+        (["exp", "../outside"], "bad experiment name '../outside'"),
+        (["exp", "a/b"], "bad experiment name 'a/b'"),
+        (["exp", "absent"], "no experiment 'absent'"),
+        (["empty"], "no experiment 'empty'"),
+    ]:
+        argv = ["units", "pack", *names, "--results-dir", str(results_dir), "--out", str(archive)]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"nasproxy: error: {what}") and err.count("\n") == 1, err
+        assert not archive.exists()
+
+
+@pytest.mark.parametrize("where", ["a file", "a folder", "under a file", "unwritable"])
+def test_pack_and_unpack_refuse_an_output_they_cannot_write(
+    tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    if where == "unwritable" and os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    src = tmp_path / "src"
+    _experiment(src, "exp", {("random", ARCHS[0].id): 1e9})
+    archive = tmp_path / "units.tar.gz"
+    units.pack(src, ["exp"], archive)
+    bad = tmp_path / "bad"
+    if where == "a file":
+        bad.write_text("x")
+    elif where == "a folder":
+        bad.mkdir()
+    elif where == "under a file":
+        bad.write_text("x")
+        bad = bad / "deeper"
+    else:
+        bad.mkdir()
+        bad.chmod(0o500)
+    pack = ["units", "pack", "exp", "--results-dir", str(src), "--out"]
+    if where == "a folder":  # an archive there is fine, the folder itself is no archive
+        runs = [[*pack, str(bad)]]
+    else:  # inside (or in place of) a file or an unwritable folder: neither writes
+        runs = [
+            [*pack, str(bad / "u.tar.gz")],
+            ["units", "unpack", str(archive), "--results-dir", str(bad)],
+        ]
+    if where == "under a file":
+        runs.append([*pack, str(bad)])
+    try:
+        for argv in runs:
+            assert cli.main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.startswith("nasproxy: error: ") and err.count("\n") == 1, err
+        assert where != "a folder" or not any(bad.iterdir())
+    finally:
+        if where == "unwritable":
+            bad.chmod(0o700)

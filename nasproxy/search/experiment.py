@@ -12,6 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from nasproxy import __version__, results, shortlist
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
@@ -123,7 +125,7 @@ def check_units_fit(
         if rebuilding and entry is not None and row["proxy_hash"] == file_hashes.get(name):
             if row["proxy_hash"] not in _hashes(entry):
                 entry.setdefault("legacy_hashes", []).append(row["proxy_hash"])
-        problem = _unit_problem(row, entry, protocol_, space)
+        problem = unit_problem(row, entry, protocol_, space)
         if problem is not None:
             problems.append((key, problem))
     if problems:
@@ -154,11 +156,12 @@ def check_units_fit(
         manifest["rebuilt"] = utc_now()
 
 
-def _unit_problem(
+def unit_problem(
     row: Mapping[str, Any], entry: Mapping[str, Any] | None, protocol_: Mapping[str, Any],
     space: Space,
 ) -> str | None:  # fmt: skip
-    """How a stored unit's row contradicts the experiment, or None when it fits."""
+    """How a unit's row contradicts the experiment (its training set's manifest entry,
+    the protocol, the space), or None when it fits."""
     name, seed, arch = results.row_key(row)
     if entry is None:
         return f"training set {name!r}, which this command lacks"
@@ -266,8 +269,10 @@ def _changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return "its proxy file differs"
 
 
-def _refuse_different(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-    """One-line error naming the first difference between two protocols."""
+def protocol_checks(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(what, old value, new value) of everything two manifests of one experiment share:
+    the dataset's fingerprint, the space, the protocol and each common training set's proxy
+    hash and size (a resume and ``nasproxy units unpack`` refuse the first that differs)."""
 
     def sets(m: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -276,16 +281,24 @@ def _refuse_different(name: str, old: Mapping[str, Any], new: Mapping[str, Any])
         }
 
     checks = [  # the fingerprint, not the spec: the same images may move to another path
-        ("dataset fingerprint", old.get("fingerprint"), new["fingerprint"]),
-        ("space", old.get("space"), new["space"]),
-        ("space size", old.get("space_size"), new["space_size"]),
+        ("dataset fingerprint", old.get("fingerprint"), new.get("fingerprint")),
+        ("space", old.get("space"), new.get("space")),
+        ("space size", old.get("space_size"), new.get("space_size")),
     ]
-    old_protocol, new_protocol = old.get("protocol", {}), new["protocol"]
+    old_protocol, new_protocol = old.get("protocol", {}), new.get("protocol", {})
     for key in sorted(set(old_protocol) | set(new_protocol)):
         checks.append((key, old_protocol.get(key), new_protocol.get(key)))
     old_sets, new_sets = sets(old), sets(new)
     for ts in sorted(set(old_sets) & set(new_sets)):
-        before, now = old["train_sets"][ts], new["train_sets"][ts]
+        checks.append((f"training set {ts!r}", old_sets[ts], new_sets[ts]))
+    return checks
+
+
+def _refuse_different(name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """One-line error naming the first difference between two protocols."""
+    old_sets, new_sets = old.get("train_sets", {}), new["train_sets"]
+    for ts in sorted(set(old_sets) & set(new_sets)):
+        before, now = old_sets[ts], new_sets[ts]
         if before.get("proxy_hash") != now.get("proxy_hash"):
             raise NasproxyError(
                 f"experiment {name!r} was run with training set {ts!r} of proxy hash "
@@ -293,8 +306,7 @@ def _refuse_different(name: str, old: Mapping[str, Any], new: Mapping[str, Any])
                 f"({_changed_fields(before, now)}: {now.get('proxy_path')}); give the proxy "
                 "it was run with, use another --name, or --fresh to start over"
             )
-        checks.append((f"training set {ts!r}", old_sets[ts], new_sets[ts]))
-    for what, before, now in checks:
+    for what, before, now in protocol_checks(old, new):
         if before != now:
             raise NasproxyError(
                 f"experiment {name!r} was run with {what} {before}, this run asks for {now}; "
@@ -312,20 +324,25 @@ def _refuse_different(name: str, old: Mapping[str, Any], new: Mapping[str, Any])
 def finish_manifest(exp_dir: Path, run_info: dict[str, Any]) -> None:
     """Add this run's provenance, the wall times and the hardware seen to the manifest."""
     manifest = results.read_manifest(exp_dir) or {}
-    table = results.read_trials(exp_dir)
     manifest["runs"] = [*manifest.get("runs", []), run_info]
-    manifest["sweep_wall_s"] = sum(r.get("wall_s", 0.0) for r in manifest["runs"])
+    add_totals(manifest, results.read_trials(exp_dir))
+    ensure_held(exp_dir)
+    results.write_manifest(exp_dir, manifest)
+
+
+def add_totals(manifest: dict[str, Any], table: pd.DataFrame) -> None:
+    """Set the manifest's totals from its runs and the trials ``table``: ``sweep_wall_s``,
+    per training set the summed training seconds (``wall_s``), the hardware seen."""
+    manifest["sweep_wall_s"] = sum(r.get("wall_s", 0.0) for r in manifest.get("runs", []))
     manifest["wall_s"] = {
         name: float(table.loc[table["train_set"] == name, "wall_s"].sum())
         for name in manifest.get("train_sets", {})
     }
     devices = sorted({str(d) for d in table["device"].dropna() if str(d)})
-    clusters = sorted({r["cluster"] for r in manifest["runs"] if "cluster" in r})
+    clusters = sorted({r["cluster"] for r in manifest.get("runs", []) if "cluster" in r})
     if devices or clusters:
         manifest["hardware"] = f"{', '.join(devices) or 'none yet'} ({'; '.join(clusters)})"
     manifest["updated"] = utc_now()
-    ensure_held(exp_dir)
-    results.write_manifest(exp_dir, manifest)
 
 
 def next_run_number(exp_dir: Path) -> int:
