@@ -79,35 +79,51 @@ def top_k_order(scores: np.ndarray, k: int) -> np.ndarray:
     return order[:k]
 
 
+def regret(own_test: np.ndarray, pick_test: float) -> float:
+    """Regret of a pick: the best reference test accuracy among a proxy's own architectures
+    (``own_test``, every one it swept) minus the pick's ``pick_test``.
+
+    NaN unless every one of them has a finite reference test accuracy: one without could be
+    the best. So the regret of one proxy never depends on which architectures another proxy
+    had trained on the reference (e.g. the union of confirmed lists under ``--whole-top``).
+    """
+    own_test = np.asarray(own_test, dtype=float)
+    if own_test.size == 0 or not np.isfinite(own_test).all():
+        return float("nan")
+    return float(own_test.max() - pick_test)
+
+
 def seed_metrics(
     proxy_val: np.ndarray,
     ref_val: np.ndarray,
     ref_test: np.ndarray,
     k: int,
+    own: np.ndarray | None = None,
 ) -> SeedMetrics:
     """Table 1 metrics of one proxy ranking.
 
     ``proxy_val[i]`` is the validation accuracy of architecture ``i`` trained on the
     proxy, ``ref_val[i]`` / ``ref_test[i]`` those of the same architecture trained on the
-    whole set (NaN where absent). Definitions follow Yang et al. (ICLR 2023), Table 1:
+    whole set (NaN where absent); ``own`` marks the proxy's own architectures (default:
+    all). Definitions follow Yang et al. (ICLR 2023), Table 1:
 
     - performance: mean whole-set test accuracy of the top-k architectures by proxy
       validation accuracy (paper: k = 10), plus the top-1 pick's;
     - correlation: Spearman rank correlation between proxy and whole-set validation
       accuracy over the proxy's top-k (the paper's definition), and also Spearman and
       Kendall tau over all architectures, which are less noisy;
-    - regret: best whole-set test accuracy among all architectures that have one, minus
-      the top-1 pick's.
+    - regret: :func:`regret` of the top-1 pick against the ``own`` architectures.
 
     Only architectures with a finite proxy *and* reference validation accuracy are
-    ranked; the regret's "best" ranges over every architecture with a reference test
-    accuracy, since an architecture the proxy failed to score is still one it missed.
+    ranked; the regret's "best" ranges over every own architecture, since one the proxy
+    failed to score is still one it missed.
     """
     proxy_val = np.asarray(proxy_val, dtype=float)
     ref_val = np.asarray(ref_val, dtype=float)
     ref_test = np.asarray(ref_test, dtype=float)
     if not (proxy_val.shape == ref_val.shape == ref_test.shape) or proxy_val.ndim != 1:
         raise ValueError("proxy_val, ref_val and ref_test must be 1-d arrays of equal length")
+    own = np.ones(proxy_val.shape, dtype=bool) if own is None else np.asarray(own, dtype=bool)
     both = np.isfinite(proxy_val) & np.isfinite(ref_val) & np.isfinite(ref_test)
     n = int(both.sum())
     nan = float("nan")
@@ -116,12 +132,11 @@ def seed_metrics(
     masked = np.where(both, proxy_val, np.nan)
     top = top_k_order(masked, k)
     top1_test = float(ref_test[top[0]])
-    best = float(np.nanmax(ref_test))
     return SeedMetrics(
         n_archs=n,
         perf_topk=float(ref_test[top].mean()),
         top1_test=top1_test,
-        regret=best - top1_test,
+        regret=regret(ref_test[own], top1_test),
         spearman_topk=spearman(proxy_val[top], ref_val[top]),
         spearman_all=spearman(proxy_val[both], ref_val[both]),
         kendall_all=kendall(proxy_val[both], ref_val[both]),
@@ -145,6 +160,69 @@ def mean_std(values: np.ndarray) -> tuple[float, float]:
 CORRELATIONS = ("spearman_topk", "spearman_all", "kendall_all")
 
 
+def bootstrap_replicates(
+    proxy_val: np.ndarray, ref_val_seeds: np.ndarray, k: int, n_boot: int, seed: int
+) -> dict[str, np.ndarray]:
+    """The bootstrap replicates behind :func:`bootstrap_correlations`: ``{name: values}``,
+    ``n_boot`` values a name, NaN where a replicate's statistic is undefined.
+
+    ``proxy_val`` is (proxy seeds, archs) and ``ref_val_seeds`` is (whole seeds, archs),
+    NaN where a trial is absent. Each replicate draws, with replacement, the architectures
+    (one draw shared by proxy and reference, so pairs stay paired), the proxy seeds and the
+    whole-set seeds; the reference is the mean over the drawn whole-set seeds, each drawn
+    proxy seed is scored as :func:`seed_metrics` scores it and the replicate value is the
+    mean over the drawn proxy seeds. With one seed only the architectures vary.
+
+    The correlations over all architectures use the draw as it is (the paired bootstrap).
+    The top-k Spearman ranks the *distinct* drawn architectures, so its top k are k
+    different ones (a repeated architecture would be a tie of itself, which the statistic
+    never sees); a replicate that draws fewer than k distinct ranked architectures leaves
+    it undefined, and so does an experiment that ranks k or fewer (the top k is then every
+    architecture, and no draw of k distinct ones varies).
+    """
+    proxy_val = np.atleast_2d(np.asarray(proxy_val, dtype=float))
+    ref_val_seeds = np.atleast_2d(np.asarray(ref_val_seeds, dtype=float))
+    if proxy_val.shape[1] != ref_val_seeds.shape[1]:
+        raise ValueError("proxy and reference must cover the same architectures")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n_archs = proxy_val.shape[1]
+    n_p, n_w = proxy_val.shape[0], ref_val_seeds.shape[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN
+        ranked = np.isfinite(np.nanmean(proxy_val, 0)) & np.isfinite(np.nanmean(ref_val_seeds, 0))
+    topk_defined = int(ranked.sum()) > k
+    rng = np.random.default_rng(seed)
+    reps = {name: np.full(n_boot, np.nan) for name in CORRELATIONS}
+    for b in range(n_boot):
+        archs = rng.integers(0, n_archs, n_archs)
+        p_seeds = rng.integers(0, n_p, n_p) if n_p > 1 else np.zeros(1, dtype=int)
+        w_seeds = rng.integers(0, n_w, n_w) if n_w > 1 else np.zeros(1, dtype=int)
+        distinct = np.unique(archs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN
+            ref = np.nanmean(ref_val_seeds[w_seeds], axis=0)
+        per_seed = {name: np.full(p_seeds.size, np.nan) for name in CORRELATIONS}
+        for j, s in enumerate(p_seeds):
+            pv, rv = proxy_val[s, archs], ref[archs]
+            both = np.isfinite(pv) & np.isfinite(rv)
+            if both.sum() < 2:
+                continue
+            per_seed["spearman_all"][j] = spearman(pv[both], rv[both])
+            per_seed["kendall_all"][j] = kendall(pv[both], rv[both])
+            pv_d, rv_d = proxy_val[s, distinct], ref[distinct]
+            top = top_k_order(np.where(np.isfinite(rv_d), pv_d, np.nan), k)
+            if topk_defined and top.size == k:
+                per_seed["spearman_topk"][j] = spearman(pv_d[top], rv_d[top])
+        for name, values in per_seed.items():
+            defined = values[np.isfinite(values)]
+            if defined.size:
+                reps[name][b] = defined.mean()
+    return reps
+
+
 def bootstrap_correlations(
     proxy_val: np.ndarray,
     ref_val_seeds: np.ndarray,
@@ -153,52 +231,15 @@ def bootstrap_correlations(
     seed: int,
     level: float = 0.95,
 ) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap intervals of the seed-averaged correlations.
-
-    ``proxy_val`` is (proxy seeds, archs) and ``ref_val_seeds`` is (whole seeds, archs),
-    NaN where a trial is absent. Each replicate resamples, with replacement, the
-    architectures (one draw shared by proxy and reference, so pairs stay paired), the
-    proxy seeds and the whole-set seeds; the reference is the mean over the drawn
-    whole-set seeds, each drawn proxy seed is scored with :func:`seed_metrics`'s
-    correlations and the replicate value is their mean. With one seed only the
-    architectures vary. Replicates whose statistic is undefined (e.g. a constant
-    resample) are left out; an interval with no defined replicate is (NaN, NaN).
-    Returns ``{name: (low, high)}`` for the names in :data:`CORRELATIONS`.
+    """Percentile bootstrap intervals of the seed-averaged correlations, from
+    :func:`bootstrap_replicates` (which says how a replicate is drawn). Replicates whose
+    statistic is undefined (e.g. a constant resample) are left out; an interval with no
+    defined replicate is (NaN, NaN). Returns ``{name: (low, high)}`` for the names in
+    :data:`CORRELATIONS`.
     """
-    proxy_val = np.atleast_2d(np.asarray(proxy_val, dtype=float))
-    ref_val_seeds = np.atleast_2d(np.asarray(ref_val_seeds, dtype=float))
-    if proxy_val.shape[1] != ref_val_seeds.shape[1]:
-        raise ValueError("proxy and reference must cover the same architectures")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    n_archs = proxy_val.shape[1]
-    n_p, n_w = proxy_val.shape[0], ref_val_seeds.shape[0]
-    rng = np.random.default_rng(seed)
-    reps = {name: np.full(n_boot, np.nan) for name in CORRELATIONS}
-    for b in range(n_boot):
-        archs = rng.integers(0, n_archs, n_archs)
-        p_seeds = rng.integers(0, n_p, n_p) if n_p > 1 else np.zeros(1, dtype=int)
-        w_seeds = rng.integers(0, n_w, n_w) if n_w > 1 else np.zeros(1, dtype=int)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN
-            ref = np.nanmean(ref_val_seeds[np.ix_(w_seeds, archs)], axis=0)
-        per_seed = {name: np.full(p_seeds.size, np.nan) for name in CORRELATIONS}
-        for j, s in enumerate(p_seeds):
-            pv = proxy_val[s, archs]
-            both = np.isfinite(pv) & np.isfinite(ref)
-            if both.sum() < 2:
-                continue
-            top = top_k_order(np.where(both, pv, np.nan), k)
-            per_seed["spearman_topk"][j] = spearman(pv[top], ref[top])
-            per_seed["spearman_all"][j] = spearman(pv[both], ref[both])
-            per_seed["kendall_all"][j] = kendall(pv[both], ref[both])
-        for name, values in per_seed.items():
-            defined = values[np.isfinite(values)]
-            if defined.size:
-                reps[name][b] = defined.mean()
     alpha = (1.0 - level) / 2.0
     out: dict[str, tuple[float, float]] = {}
-    for name, values in reps.items():
+    for name, values in bootstrap_replicates(proxy_val, ref_val_seeds, k, n_boot, seed).items():
         r = values[np.isfinite(values)]
         if r.size == 0:
             out[name] = (float("nan"), float("nan"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -136,3 +137,62 @@ def test_bootstrap_is_deterministic_and_covers_the_estimate() -> None:
     lo, hi = a["spearman_all"]
     point = np.mean([metrics.spearman(p, ref_seeds.mean(0)) for p in proxy])
     assert lo <= point <= hi
+
+
+def test_regret_is_against_every_own_architecture_or_undefined() -> None:
+    assert metrics.regret(np.array([0.7, 0.9, 0.8]), 0.8) == pytest.approx(0.1)
+    assert np.isnan(metrics.regret(np.array([0.7, np.nan, 0.8]), 0.8))  # the NaN could be best
+    assert np.isnan(metrics.regret(np.array([]), 0.8))
+    # seed_metrics: the best counts only among the proxy's own architectures
+    proxy = np.array([0.6, 0.4, 0.7, np.nan])
+    ref = np.array([0.8, 0.85, 0.7, 0.95])
+    own = np.array([True, True, True, False])
+    assert metrics.seed_metrics(proxy, ref, ref, 2, own).regret == pytest.approx(0.85 - 0.7)
+    assert metrics.seed_metrics(proxy, ref, ref, 2).regret == pytest.approx(0.95 - 0.7)
+
+
+def _exact_topk_distribution(proxy: np.ndarray, ref: np.ndarray, k: int) -> dict[float, float]:
+    """Every draw of n of n architectures with replacement (n^n, equally likely): the
+    probability of each value of Spearman over the top k of the distinct drawn ones, and of
+    None (fewer than k distinct drawn: undefined)."""
+    n = proxy.size
+    dist: dict = {}
+    for draw in itertools.product(range(n), repeat=n):
+        distinct = sorted(set(draw), key=lambda i: -proxy[i])
+        value = None
+        if len(distinct) >= k:
+            top = distinct[:k]  # distinct values: rho = 1 - 6 sum d^2 / (k (k^2 - 1))
+            d = stats.rankdata(proxy[top]) - stats.rankdata(ref[top])
+            value = round(1 - 6 * float((d**2).sum()) / (k * (k * k - 1)), 9)
+        dist[value] = dist.get(value, 0) + 1 / n**n
+    return dist
+
+
+def test_bootstrap_top_k_keeps_k_distinct_architectures_brute_force() -> None:
+    """One seed, 5 architectures, k = 3: the replicates of the top-k Spearman follow the
+    distribution that enumerating all 5^5 draws gives (within 5 binomial sigmas), each
+    value one of k distinct architectures. Drawing with replacement into the top k (a
+    repeated architecture twice in it) does not."""
+    proxy = np.array([0.9, 0.1, 0.5, 0.7, 0.3])
+    ref = np.array([0.6, 0.2, 0.9, 0.3, 0.8])
+    n_boot = 1000
+    exact = _exact_topk_distribution(proxy, ref, 3)
+    reps = metrics.bootstrap_replicates(proxy[None], ref[None], 3, n_boot, seed=2)
+    got = [None if np.isnan(v) else round(float(v), 9) for v in reps["spearman_topk"]]
+    assert set(got) <= set(exact)
+    for value, p in exact.items():
+        sigma = np.sqrt(n_boot * p * (1 - p))
+        assert abs(got.count(value) - n_boot * p) <= 5 * sigma + 1, (value, p)
+
+
+def test_bootstrap_top_k_interval_is_undefined_with_k_or_fewer_ranked() -> None:
+    """With k or fewer ranked architectures the top k is every one of them: no resample
+    of k distinct ones varies, so the interval is (NaN, NaN); the others stay defined."""
+    rng = np.random.default_rng(6)
+    ref = rng.random(8)
+    proxy = ref + rng.normal(0, 0.1, 8)
+    proxy[[1, 4, 6]] = np.nan  # 5 ranked
+    ci = metrics.bootstrap_correlations(proxy[None], ref[None], 5, 200, 0)
+    assert all(np.isnan(ci["spearman_topk"])) and all(np.isfinite(ci["spearman_all"]))
+    ci = metrics.bootstrap_correlations(proxy[None], ref[None], 4, 200, 0)
+    assert all(np.isfinite(ci["spearman_topk"]))

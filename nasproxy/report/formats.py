@@ -164,13 +164,16 @@ def _definitions(k: int) -> list[str]:
         f"Perf. top-{k}: mean whole-set test accuracy of the {k} architectures with the"
         " highest proxy validation accuracy (Yang et al., ICLR 2023, Table 1); Top-1: that"
         " of the single best.",
-        "Regret: best whole-set test accuracy among the swept architectures minus that of"
-        " the proxy's top-1 pick.",
+        "Regret: best whole-set test accuracy among the proxy's own swept architectures"
+        " minus that of its top-1 pick; n/a unless every one of them has a whole-set"
+        " result (one without could be the best), so it never depends on other proxies.",
         f"Spearman top-{k}: rank correlation of proxy and whole-set validation accuracy over"
         f" the proxy's top-{k} (the paper's definition); Spearman/Kendall all: over every"
         " architecture scored by both.",
         "± is the sample std over proxy training seeds; [..] a bootstrap 95% percentile"
-        " interval; seed-to-seed ρ: mean Spearman between the seeds of one training set.",
+        f" interval (the top-{k} one over the distinct resampled architectures, not shown"
+        f" with {k} or fewer ranked); seed-to-seed ρ: mean Spearman between the seeds of one"
+        " training set.",
         "ε: the proxy's ||sum of removed influence|| from the manifest. Train time: sum of"
         " trial training seconds, all statuses; sweep wall: wall-clock of the sweep.",
         "The whole-set row ranks the reference against itself.",

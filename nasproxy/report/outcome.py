@@ -8,14 +8,16 @@ docs/find.md ("The answer: the search outcome") explains it to a reader.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
-from nasproxy import shortlist
+from nasproxy import metrics, shortlist
+from nasproxy.multitrain.planning import unit_cost
 from nasproxy.report.formats import duration, md_escape, pct
 from nasproxy.results import WHOLE
+from nasproxy.spaces import Arch
 
 # search_outcome.csv's columns: per proxy, its shortlist confirmed on the whole split.
 OUTCOME_COLUMNS = (
@@ -40,6 +42,51 @@ OUTCOME_COLUMNS = (
 )
 
 
+def _unit_cost(manifest: Mapping[str, Any]) -> Callable[[str, int], float] | None:
+    """The planner's cost of a unit of (arch id, training images) on the experiment's
+    images (``data_shape`` of the manifest); None for a manifest that does not record it."""
+    shape = manifest.get("data_shape")
+    keys = ("in_channels", "num_classes", "image_size")
+    if not isinstance(shape, dict) or not all(isinstance(shape.get(k), int) for k in keys):
+        return None
+    dims = [int(shape[k]) for k in keys]
+    return lambda arch, n_images: unit_cost(Arch.from_id(arch), n_images, *dims)
+
+
+def exhaustive_cost(
+    whole: pd.DataFrame,
+    archs: Sequence[str],
+    seeds: Sequence[int],
+    n_images: int,
+    cost: Callable[[str, int], float] | None,
+) -> tuple[float, bool]:
+    """What the whole split on every one of ``archs`` x ``seeds`` costs, in training
+    seconds, and whether that is an estimate: (NaN, True) when it cannot be told.
+
+    Measured (the summed wall_s of those units) only when every one of them finished "ok".
+    Else the units that did are counted as measured and each other one is estimated by
+    the planner's cost model (``cost``: MACs x images, per architecture), calibrated on
+    every "ok" unit of ``whole``: seconds per cost unit = their summed wall_s over their
+    summed cost. A failed or diverged unit's time is not that of a finished one, so it
+    counts neither as measured nor in the calibration.
+    """
+    ok = whole[whole["status"] == "ok"].drop_duplicates(["arch", "seed"], keep="last")
+    wanted = {(a, s) for a in archs for s in seeds}
+    keys = list(zip(ok["arch"], ok["seed"], strict=True))
+    done = ok[[key in wanted for key in keys]]
+    measured = float(done["wall_s"].sum())
+    missing = wanted - set(zip(done["arch"], done["seed"], strict=True))
+    if not missing:
+        return measured, False
+    if cost is None or ok.empty:
+        return float("nan"), True
+    spent = sum(cost(a, int(n)) for a, n in zip(ok["arch"], ok["n_train"], strict=True))
+    if spent <= 0:
+        return float("nan"), True
+    rate = float(ok["wall_s"].sum()) / spent
+    return measured + rate * sum(cost(a, n_images) for a, _ in missing), True
+
+
 def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -> pd.DataFrame:
     """Per proxy: its top K (``nasproxy.shortlist``; K of ``--whole-top``, else ``top_k``)
     confirmed on the whole split, the pick and its cost (empty: no proxy, or no "ok"
@@ -51,12 +98,12 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
     pick: the best of the proxy's confirmed shortlist by mean whole-split validation
     accuracy; pick_test/_std: its whole-split test accuracy, mean and sample std over its
     whole-split seeds; rank: its place by mean test accuracy among every confirmed
-    architecture (1 = best; n_confirmed of them); regret: the best mean whole-split test
-    accuracy among the proxy's architectures minus the pick's, only when every one of them
-    has a whole-split result. Cost in training seconds (wall_s of the units, every
-    status): the proxy's sweep, its shortlist's whole-split units, and the whole split on
-    all the proxy's architectures x seeds: measured when all those units exist, else
-    estimated from the per-image rate (wall_s / images_seen) of the confirmed units.
+    architecture (1 = best; n_confirmed of them); regret: ``nasproxy.metrics.regret``, as
+    Table 1's: the best mean whole-split test accuracy among the proxy's own architectures
+    minus the pick's, only when every one of them has an "ok" whole-split unit. Cost in
+    training seconds (wall_s of the units, every status): the proxy's sweep, its
+    shortlist's whole-split units, and the whole split on all the proxy's architectures x
+    seeds (:func:`exhaustive_cost`: measured, or estimated per architecture).
     """
     k = int((manifest.get("whole_top") or {}).get("k") or top_k)
     seeds = list(manifest["protocol"]["seeds"])
@@ -72,6 +119,10 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
     test_mean, test_std, test_n = test.mean(), test.std(ddof=1), test.count()
     lists = shortlist.shortlists(trials, proxies, k)
     every = [a for a in shortlist.confirmed(lists) if a in val.index]
+    n_images = (manifest["train_sets"].get(WHOLE) or {}).get("n_images")
+    if not isinstance(n_images, int):
+        n_images = int(ok["n_train"].max())
+    cost = _unit_cost(manifest)
     rows = []
     for name, archs in proxies.items():
         confirmed = [a for a in lists[name] if a in val.index]
@@ -84,23 +135,17 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
             row.update(pick=a, pick_val=val[a], pick_test=test_mean[a])
             row.update(pick_test_std=test_std[a], pick_seeds=int(test_n[a]))
             row["rank"] = 1 + int((test_mean[every] > test_mean[a]).sum())
-        if pick and set(archs) <= set(test_mean.index):
-            best = test_mean[archs]
-            row["best_arch"] = shortlist.top_k(best, 1)[0]
-            row["regret"] = float(best.max() - test_mean[pick[0]])
+            own = test_mean.reindex(archs)
+            row["regret"] = metrics.regret(own.to_numpy(dtype=float), test_mean[a])
+            if math.isfinite(row["regret"]):
+                row["best_arch"] = shortlist.top_k(own, 1)[0]
         units = whole[whole["arch"].isin(confirmed)]
         row["proxy_s"] = float(trials.loc[trials["train_set"] == name, "wall_s"].sum())
         row["confirm_s"] = float(units["wall_s"].sum())
-        mine = whole[whole["arch"].isin(archs) & whole["seed"].isin(seeds)]
-        if len(set(zip(mine["arch"], mine["seed"], strict=True))) == len(archs) * len(seeds):
-            row["exhaustive_s"], row["exhaustive_estimated"] = float(mine["wall_s"].sum()), False
-        elif units["images_seen"].sum() > 0:
-            rate = row["confirm_s"] / float(units["images_seen"].sum())
-            per_unit = float(whole["images_seen"].mean())
-            row["exhaustive_s"] = rate * per_unit * len(archs) * len(seeds)
-            row["exhaustive_estimated"] = True
-        if "exhaustive_s" in row and row["exhaustive_s"] > 0:
-            row["cost_ratio"] = (row["proxy_s"] + row["confirm_s"]) / row["exhaustive_s"]
+        exhaustive, estimated = exhaustive_cost(whole, archs, seeds, n_images, cost)
+        row["exhaustive_s"], row["exhaustive_estimated"] = exhaustive, estimated
+        if math.isfinite(exhaustive) and exhaustive > 0:
+            row["cost_ratio"] = (row["proxy_s"] + row["confirm_s"]) / exhaustive
         rows.append(row)
     return pd.DataFrame(rows).reindex(columns=list(OUTCOME_COLUMNS))
 
@@ -113,6 +158,9 @@ def outcome_line(r: Mapping[str, Any]) -> str:
         return f"{r['train_set']}: none of its top {r['k']} has a whole-split result yet"
     regret = "" if not math.isfinite(r["regret"]) else f", regret {pct(r['regret'])} pp"
     cost = "cost n/a"
+    if not math.isfinite(r["exhaustive_s"]):
+        cost += " (the manifest does not record the image shape the estimate needs: a rerun"
+        cost += " of the search records it)"
     if math.isfinite(r["cost_ratio"]):
         how = "estimated" if r["exhaustive_estimated"] else "measured"
         cost = (
@@ -138,7 +186,10 @@ def outcome_markdown(outcome: pd.DataFrame) -> str:
         " smaller architecture id) trained on the whole split; its pick is the best of them by"
         " mean whole-split validation accuracy, reported with its whole-split test accuracy"
         " (mean ± sample std over seeds). Rank: by mean test accuracy among every confirmed"
-        " architecture. Regret: against the best of the proxy's architectures, only when all"
-        " of them have a whole-split result. Cost: summed training time of the units.",
+        " architecture. Regret: against the best of the proxy's own architectures, only when"
+        " every one of them has an ok whole-split unit (as Table 1's). Cost: summed training"
+        " time of the units; the exhaustive whole split's is measured when every one of its"
+        " units finished ok, else the missing ones are estimated per architecture (MACs x"
+        " images, calibrated on the ok whole-split units).",
     ]
     return "\n".join(lines) + "\n"

@@ -163,14 +163,16 @@ def _row(
     ref_test: np.ndarray,
     seeds: list[int],
     archs: list[str],
+    own: np.ndarray,
     top_k: int,
     n_boot: int,
     seed: int,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Metrics of one train set whose (seeds, archs) val accuracies are ``rank_val``."""
+    """Metrics of one train set whose (seeds, archs) val accuracies are ``rank_val``;
+    ``own`` marks the train set's own architectures, which its regret is measured against."""
     per_seed = []
     for s, pv in zip(seeds, rank_val, strict=True):
-        m = metrics.seed_metrics(pv, ref_val, ref_test, top_k)
+        m = metrics.seed_metrics(pv, ref_val, ref_test, top_k, own)
         both = np.isfinite(pv) & np.isfinite(ref_val) & np.isfinite(ref_test)
         top1 = metrics.top_k_order(np.where(both, pv, np.nan), 1) if m.n_archs else []
         per_seed.append(
@@ -265,8 +267,9 @@ def compute_table(
             rank_val, run_seeds, boot_ref = mats.val, mats.seeds, whole.val
             seed_spread = _seed_to_seed(mats.val)
             means[name] = _nanmean0(mats.val)
+        own = np.isin(archs, mine)
         stats_row, per_seed = _row(
-            name, rank_val, ref_val, boot_ref, ref_test, run_seeds, archs, top_k, n_boot, seed
+            name, rank_val, ref_val, boot_ref, ref_test, run_seeds, archs, own, top_k, n_boot, seed
         )
         if name == WHOLE:
             stats_row["n_seeds"] = len(whole.seeds)

@@ -207,6 +207,12 @@ def build_manifest(
         "dataset": data.spec,
         "dataset_name": _dataset_name(data.spec),
         "fingerprint": data.fingerprint,
+        # what the planner's cost model needs (the report estimates units that did not run)
+        "data_shape": {
+            "in_channels": data.in_channels,
+            "num_classes": data.num_classes,
+            "image_size": data.image_size,
+        },
         "space": space.name,
         "space_size": len(space),
         "archs": [a for a in space.ids if a in every],

@@ -13,6 +13,7 @@ from typing import Any
 from nasproxy import __version__, results, shortlist, spaces
 from nasproxy.data import Dataset, load_dataset
 from nasproxy.errors import IncompleteError, NasproxyError
+from nasproxy.multitrain.planning import unit_cost
 from nasproxy.provenance import git_commit, utc_now
 from nasproxy.proxies.base import check_budget
 from nasproxy.proxies.build import parse_proxy, proxy_indices, selection_fields, selection_hash
@@ -402,13 +403,11 @@ def _run_pending(
     """Plan the pending units into chunks and run them with ``cfg``'s runner (Ray Tune or
     this process), isolating crashing units; returns run provenance."""
     by_name = {ts.name: ts for ts in train_sets}
-    ids = {key[2] for key in pending}
-    macs = {
-        a: Arch.from_id(a).macs(data.in_channels, data.num_classes, data.image_size) for a in ids
-    }
+    archs = {a: Arch.from_id(a) for a in {key[2] for key in pending}}
+    shape = (data.in_channels, data.num_classes, data.image_size)
 
     def cost(key: UnitKey) -> float:
-        return float(macs[key[2]]) * by_name[key[0]].n_images
+        return unit_cost(archs[key[2]], by_name[key[0]].n_images, *shape)
 
     sweep.plan_cost(cost, pending)
     with open_runner(cfg) as runner:
