@@ -128,7 +128,10 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
     )
     path = write_proxy(record, out)
     if record["epsilon"] is None:
-        epsilon = "epsilon not measured (no scoring run cached; --measure-epsilon makes one)"
+        why = "no scoring run cached; --measure-epsilon makes one"
+        if args.measure_epsilon is False:
+            why = "--no-measure-epsilon"
+        epsilon = f"epsilon not measured ({why})"
     else:
         epsilon = f"epsilon {record['epsilon']:.4g} (from {record['epsilon_from']})"
     print(f"{path}: {record['n_images']} images, {epsilon}")
