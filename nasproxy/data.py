@@ -2,9 +2,10 @@
 
 ``load_dataset`` reads a source spec (digits, torchvision's CIFAR, an ImageFolder folder or
 .tar.gz), decodes it once into an ``.npz`` cache under the data root keyed by the source
-(checked on every read, rebuilt when damaged), and holds a stratified validation split out
-of train with a seed. Proxy indices index the train split that remains. The sources and
-the cache for users: docs/running.md, "Data".
+and the decode rule (checked on every read, rebuilt when damaged), and holds a stratified
+validation split out of train with a seed. An image folder decodes by one rule over the
+whole dataset, never by its first file (``_decode``). Proxy indices index the train split
+that remains. The sources, the decode rule and the cache for users: docs/running.md, "Data".
 """
 
 from __future__ import annotations
