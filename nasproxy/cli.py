@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn
 from rich.progress import Progress as RichProgress
 
 from nasproxy import settings
-from nasproxy.errors import CacheWarning, IncompleteError, NasproxyError
+from nasproxy.errors import IncompleteError, NasproxyError, NasproxyWarning
 from nasproxy.io import check_output_file
 
 if TYPE_CHECKING:
@@ -128,7 +128,10 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
     )
     path = write_proxy(record, out)
     if record["epsilon"] is None:
-        epsilon = "epsilon not measured (no scoring run cached; --measure-epsilon makes one)"
+        why = "no scoring run cached; --measure-epsilon makes one"
+        if args.measure_epsilon is False:
+            why = "--no-measure-epsilon"
+        epsilon = f"epsilon not measured ({why})"
     else:
         epsilon = f"epsilon {record['epsilon']:.4g} (from {record['epsilon_from']})"
     print(f"{path}: {record['n_images']} images, {epsilon}")
@@ -564,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("always", CacheWarning)
+            warnings.simplefilter("always", NasproxyWarning)
             warnings.showwarning = _one_line_warning
             return handler(args)
     except NasproxyError as exc:
@@ -577,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Our own warnings as one line, anyone else's as Python prints them."""
-    if issubclass(category, CacheWarning):
+    if issubclass(category, NasproxyWarning):
         print(f"nasproxy: warning: {message}", file=sys.stderr, flush=True)
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))

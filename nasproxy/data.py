@@ -2,9 +2,10 @@
 
 ``load_dataset`` reads a source spec (digits, torchvision's CIFAR, an ImageFolder folder or
 .tar.gz), decodes it once into an ``.npz`` cache under the data root keyed by the source
-(checked on every read, rebuilt when damaged), and holds a stratified validation split out
-of train with a seed. Proxy indices index the train split that remains. The sources and
-the cache for users: docs/running.md, "Data".
+and the decode rule (checked on every read, rebuilt when damaged), and holds a stratified
+validation split out of train with a seed. An image folder decodes by one rule over the
+whole dataset, never by its first file (``_decode``). Proxy indices index the train split
+that remains. The sources, the decode rule and the cache for users: docs/running.md, "Data".
 """
 
 from __future__ import annotations
@@ -15,18 +16,23 @@ import os
 import tarfile
 import warnings
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nasproxy.errors import CacheWarning, NasproxyError
+from nasproxy.errors import CacheWarning, DataWarning, NasproxyError
 from nasproxy.io import atomic_write_bytes, check_output_dir
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SIZE = 32
+# The rule images are decoded by (``_decode``), part of the decode cache's key: a cache made
+# under another rule is never read. 2: channels, size and 16-bit scaling by a rule over the
+# whole dataset (1 let the first file decide them and clipped 16-bit samples).
+DECODE_RULE = 2
 
 
 def default_data_root() -> Path:
@@ -196,8 +202,9 @@ def _load_torchvision_cifar(name: str, root: Path) -> _Raw:
 
 
 def _source_key(path: Path) -> str:
-    """A cache key from the source's path, size and modification time (files under a dir)."""
-    digest = hashlib.sha256(str(path.resolve()).encode())
+    """A cache key from the decode rule and the source's path, size and modification time
+    (of every file under a folder)."""
+    digest = hashlib.sha256(f"decode rule {DECODE_RULE}\n{path.resolve()}".encode())
     if path.is_file():
         st = path.stat()
         digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
@@ -218,8 +225,8 @@ def _load_imagefolder(path: Path, root: Path) -> _Raw:
         if raw is not None:
             return raw
     check_output_dir(cache.parent, "decode cache folder")  # before decoding, not after
-    files = _list_archive(path) if path.is_file() else _list_tree(path)
-    raw = _decode(files, str(path))
+    files, skipped = _list_archive(path) if path.is_file() else _list_tree(path)
+    raw = _decode(files, str(path), skipped)
     buffer = io.BytesIO()
     np.savez(
         buffer,
@@ -273,38 +280,58 @@ def _check_raw(raw: _Raw) -> None:
         raise ValueError("train and test images differ in shape")
 
 
-# split -> class -> list of (display name, opener returning bytes)
+# split -> class -> list of (display name, the file's bytes)
 _Files = dict[str, dict[str, list[tuple[str, bytes]]]]
 
 
-def _list_tree(path: Path) -> _Files:
+def _is_image_name(name: str) -> bool:
+    """Whether a file is read as an image: an image suffix and no leading '.' (the skip rule,
+    which leaves out hidden files such as macOS's ``._*`` metadata beside each image)."""
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _list_tree(path: Path) -> tuple[_Files, list[str]]:
+    """The images of a folder by split and class, and the files of class folders skipped."""
     files: _Files = {}
+    skipped: list[str] = []
     for split in ("train", "test"):
         split_dir = path / split
         if not split_dir.is_dir():
             raise NasproxyError(f"{path} has no {split}/ folder (expected {split}/<class>/*)")
         files[split] = {}
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            files[split][class_dir.name] = [(str(p), p.read_bytes()) for p in images]
-    return files
+        for class_dir in sorted(split_dir.iterdir()):
+            if not class_dir.is_dir() or class_dir.name.startswith("."):
+                continue
+            images = []
+            for p in sorted(class_dir.iterdir()):
+                if p.is_file() and _is_image_name(p.name):
+                    images.append((str(p), p.read_bytes()))
+                elif p.is_file():
+                    skipped.append(str(p.relative_to(path)))
+            files[split][class_dir.name] = images
+    return files, sorted(skipped)
 
 
-def _list_archive(path: Path) -> _Files:
+def _list_archive(path: Path) -> tuple[_Files, list[str]]:
+    """The images of a .tar.gz by split and class, and the files of class folders skipped."""
     if not tarfile.is_tarfile(path):
         raise NasproxyError(f"{path} is neither a folder nor a .tar.gz archive")
     files: _Files = {"train": {}, "test": {}}
+    skipped: list[str] = []
     try:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
                 parts = Path(member.name).parts
                 # .../{train,test}/<class>/<image>, with any leading folders
-                if len(parts) < 3 or parts[-3] not in files:
+                if len(parts) < 3 or parts[-3] not in files or parts[-2].startswith("."):
                     continue
                 if member.isdir():
                     files[parts[-3]].setdefault(parts[-2], [])
                     continue
-                if not member.isfile() or Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
+                if not member.isfile():
+                    continue
+                if not _is_image_name(parts[-1]):
+                    skipped.append(member.name)
                     continue
                 handle = tar.extractfile(member)
                 assert handle is not None
@@ -318,11 +345,72 @@ def _list_archive(path: Path) -> _Files:
             raise NasproxyError(f"{path} has no {split}/<class>/ folders")
         for images in files[split].values():
             images.sort()
-    return files
+    return files, sorted(skipped)
 
 
-def _decode(files: _Files, source: str) -> _Raw:
+# Modes PIL reads grayscale images in (the I modes hold 16-bit samples); every other mode
+# but F is a colour mode. Modes whose alpha channel the decode drops.
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+@dataclass(frozen=True)
+class _Image:
+    """One decoded image: uint8 H x W (grayscale) or H x W x 3 (colour), and its source."""
+
+    pixels: np.ndarray
+    mode: str  # PIL's mode of the file
+    wide: bool  # 16 bits per sample, scaled to 8
+
+
+def _decode_image(blob: bytes, display: str) -> _Image:
+    """Decode one file by the dataset's rule, independent of every other file: grayscale
+    modes to 8-bit L, colour modes to RGB (alpha dropped), 16-bit samples scaled to 8 bits
+    by their high byte (v >> 8, as PIL reads 16-bit colour PNGs), never clipped."""
     from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(blob)) as img:
+            mode = img.mode
+            wide = mode.startswith("I") or any(";16" in str(tile[3]) for tile in img.tile)
+            img.load()
+            if mode == "F":
+                raise NasproxyError(f"cannot decode image {display} (floating-point pixels)")
+            if mode.startswith("I"):
+                values = np.asarray(img).astype(np.int64)
+                if values.size and (values.min() < 0 or values.max() > 0xFFFF):
+                    raise NasproxyError(
+                        f"cannot decode image {display} (integer pixels outside 0..65535)"
+                    )
+                pixels = (values >> 8).astype(np.uint8)
+            else:
+                pixels = np.asarray(img.convert("L" if mode in _GRAY_MODES else "RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise NasproxyError(f"cannot decode image {display} ({exc})") from None
+    return _Image(np.asarray(pixels, dtype=np.uint8), mode, wide)
+
+
+def _dataset_size(images: list[_Image], source: str) -> int:
+    """The side every image is brought to: the most common size (ties: the smaller area,
+    then the narrower), which must be square."""
+    counts: dict[tuple[int, int], int] = {}
+    for image in images:
+        height, width = image.pixels.shape[:2]
+        counts[(width, height)] = counts.get((width, height), 0) + 1
+    width, height = min(counts, key=lambda s: (-counts[s], s[0] * s[1], s))
+    if width != height:
+        raise NasproxyError(
+            f"{source}: most images ({counts[(width, height)]} of {len(images)}) are "
+            f"{width}x{height}, not square; the networks need square images"
+        )
+    return width
+
+
+def _decode(files: _Files, source: str, skipped: Sequence[str] = ()) -> _Raw:
+    """Decode every image by a rule that does not depend on file order (docs/running.md,
+    "Data"): 3 channels if any image has a colour mode, else 1; every image brought to the
+    most common size; one warning line says what was converted or skipped."""
+    from PIL import Image
 
     classes = tuple(sorted(files["train"]))
     if tuple(sorted(files["test"])) != classes:
@@ -337,29 +425,72 @@ def _decode(files: _Files, source: str) -> _Raw:
             if not files[split][name]:
                 raise NasproxyError(f"{source}: class folder {split}/{name} has no images")
 
-    size: tuple[int, int] | None = None
-    mode: str | None = None
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for split in ("train", "test"):
-        arrays, labels = [], []
-        for label, name in enumerate(classes):
-            for display, blob in files[split][name]:
-                try:
-                    with Image.open(io.BytesIO(blob)) as img:
-                        img.load()
-                        if mode is None:  # the first image sets channels and size
-                            mode = "L" if img.mode in ("L", "1", "I", "I;16") else "RGB"
-                            size = img.size
-                        img = img.convert(mode)
-                        if img.size != size:
-                            img = img.resize(size, Image.Resampling.BILINEAR)
-                        array = np.asarray(img, dtype=np.uint8)
-                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-                    raise NasproxyError(f"cannot decode image {display} ({exc})") from None
-                arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
-                labels.append(label)
-        out[split] = (np.stack(arrays), np.asarray(labels, dtype=np.int64))
-    assert size is not None
-    if size[0] != size[1]:
-        raise NasproxyError(f"{source}: images must be square, first image is {size[0]}x{size[1]}")
-    return _Raw(classes, out["train"][0], out["train"][1], out["test"][0], out["test"][1])
+    decoded = {
+        split: [
+            _decode_image(blob, display) for name in classes for display, blob in files[split][name]
+        ]
+        for split in ("train", "test")
+    }
+    every = decoded["train"] + decoded["test"]
+    colour = any(image.pixels.ndim == 3 for image in every)
+    side = _dataset_size(every, source)
+    out: dict[str, np.ndarray] = {}
+    for split, images in decoded.items():
+        arrays = []
+        for image in images:
+            pixels = image.pixels
+            if pixels.shape[:2] != (side, side):
+                resized = Image.fromarray(pixels).resize((side, side), Image.Resampling.BILINEAR)
+                pixels = np.asarray(resized, dtype=np.uint8)
+            if colour and pixels.ndim == 2:  # as PIL converts L to RGB: the value thrice
+                pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+            arrays.append(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
+        out[split] = np.stack(arrays)
+    labels = {
+        split: np.repeat(
+            np.arange(len(classes), dtype=np.int64), [len(files[split][c]) for c in classes]
+        )
+        for split in ("train", "test")
+    }
+    note = _conversions(every, colour, side, skipped)
+    if note:
+        warnings.warn(
+            f"{source}: decoded {len(every)} images as {'RGB' if colour else 'grayscale'} "
+            f"{side}x{side}; {note}",
+            DataWarning,
+            stacklevel=2,
+        )
+    return _Raw(classes, out["train"], labels["train"], out["test"], labels["test"])
+
+
+def _conversions(images: list[_Image], colour: bool, side: int, skipped: Sequence[str]) -> str:
+    """What the decode changed, in words ('' when every image was read as it is)."""
+    target = "RGB" if colour else "L"
+    modes: dict[str, int] = {}
+    for image in images:
+        if image.mode != target:
+            modes[image.mode] = modes.get(image.mode, 0) + 1
+    parts = []
+    if modes:
+        froms = ", ".join(f"{n} {mode}" for mode, n in sorted(modes.items()))
+        parts.append(f"converted to {target}: {sum(modes.values())} ({froms})")
+    wide = sum(image.wide for image in images)
+    if wide:
+        parts.append(f"16-bit scaled to 8 bits: {wide}")
+    alpha = sum(image.mode in _ALPHA_MODES for image in images)
+    if alpha:
+        parts.append(f"alpha dropped: {alpha}")
+    shapes = [image.pixels.shape[:2] for image in images]
+    resized = sum(shape != (side, side) for shape in shapes)
+    if resized:
+        stretched = sum(shape[0] != shape[1] for shape in shapes)
+        parts.append(
+            f"resized to {side}x{side}: {resized}"
+            + (f" ({stretched} stretched, not square)" if stretched else "")
+        )
+    if skipped:
+        parts.append(
+            f"skipped as not images by name (hidden, or no image suffix): {len(skipped)}, "
+            f"e.g. {skipped[0]}"
+        )
+    return "; ".join(parts)

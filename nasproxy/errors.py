@@ -1,4 +1,4 @@
-"""The exception types for user mistakes and unfinished work, the cache warning, and
+"""The exception types for user mistakes and unfinished work, the warnings, and
 ``first_line``, an exception as one line.
 
 The CLI turns each error into a single line and exits with its ``exit_code``
@@ -19,8 +19,16 @@ class IncompleteError(NasproxyError):
     exit_code = 3
 
 
-class CacheWarning(UserWarning):
+class NasproxyWarning(UserWarning):
+    """A warning the CLI prints as one line."""
+
+
+class CacheWarning(NasproxyWarning):
     """A damaged cache entry was found and is being rebuilt (the result is unaffected)."""
+
+
+class DataWarning(NasproxyWarning):
+    """Images were converted or skipped as they were decoded (one line says which)."""
 
 
 def first_line(exc: BaseException, with_type: bool = False) -> str:

@@ -4,6 +4,8 @@ A space file (``search_spaces/NAME.yaml``, installed with the package as
 ``nasproxy.search_spaces``) lists the options of each field of the ConvNet
 family; the space is their Cartesian product in a fixed order, so an index and an id
 (``w128-d3-relu-instancenorm-avgpooling``) name the same architecture on every machine.
+``load`` checks the whole file (keys, types, values, family, name) before any architecture
+is made, so a mistake is one line before any work.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ ACTIVATIONS = ("sigmoid", "relu", "leakyrelu")
 NORMS = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
 POOLINGS = ("none", "maxpooling", "avgpooling")
 GROUPNORM_GROUPS = 4  # Dataset Condensation's "groupnorm" is GroupNorm(4, C)
+FAMILIES = ("convnet",)  # a space file's ``family`` (optional; this is the only one)
+SPACE_KEYS = ("name", "family", "options")  # a space file's top-level keys
 
 
 @dataclass(frozen=True, order=True)
@@ -37,6 +41,10 @@ class Arch:
     pool: str
 
     def __post_init__(self) -> None:
+        if type(self.width) is not int or type(self.depth) is not int:
+            raise NasproxyError(
+                f"width and depth must be integers, got {self.width!r}, {self.depth!r}"
+            )
         if self.width < 1 or self.depth < 1:
             raise NasproxyError(f"width and depth must be positive, got {self.width}, {self.depth}")
         for value, allowed, what in (
@@ -175,25 +183,67 @@ def resolve_path(name_or_path: str | Path) -> Path:
 
 
 def load(name_or_path: str | Path, image_size: int = 32) -> Space:
-    """Load a space by name or YAML path, checking every architecture fits ``image_size``."""
+    """Load a space by name or YAML path, checking the file's schema (``_check_spec``) and
+    that every architecture fits ``image_size``."""
     path = resolve_path(name_or_path)
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise NasproxyError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("options"), dict):
-        raise NasproxyError(f"{path}: expected a mapping with an 'options' mapping")
-    options = spec["options"]
+    name, lists = _check_spec(spec, path)
+    archs = [Arch(*combo) for combo in itertools.product(*lists)]
+    for arch in archs:
+        arch.check_input(image_size)
+    return Space(name, archs)
+
+
+def _check_spec(spec: object, path: str | Path) -> tuple[str, list[list[int | str]]]:
+    """The name and the option lists (in ``FIELDS`` order) of a parsed space file, or one
+    line naming what is wrong: an unknown key, a missing or non-string name, a family other
+    than convnet, a missing or unknown field, or an option of the wrong type or value."""
+    if not isinstance(spec, dict):
+        raise NasproxyError(f"{path}: expected a mapping of {', '.join(SPACE_KEYS)}")
+    unknown = sorted(str(k) for k in spec if k not in SPACE_KEYS)
+    if unknown:
+        raise NasproxyError(
+            f"{path}: unknown key {', '.join(unknown)}; a space file has {', '.join(SPACE_KEYS)}"
+        )
+    name = spec.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise NasproxyError(f"{path}: 'name' must be a non-empty string, got {name!r}")
+    family = spec.get("family", FAMILIES[0])
+    if family not in FAMILIES:
+        raise NasproxyError(
+            f"{path}: unknown family {family!r}; the family is {', '.join(FAMILIES)}"
+        )
+    options = spec.get("options")
+    if not isinstance(options, dict):
+        raise NasproxyError(f"{path}: expected an 'options' mapping of {', '.join(FIELDS)}")
+    unknown = sorted(str(k) for k in options if k not in FIELDS)
+    if unknown:
+        raise NasproxyError(
+            f"{path}: unknown option {', '.join(unknown)}; the fields are {', '.join(FIELDS)}"
+        )
     missing = [f for f in FIELDS if f not in options]
     if missing:
         raise NasproxyError(f"{path}: options lack {', '.join(missing)}")
+    choices = {"act": ACTIVATIONS, "norm": NORMS, "pool": POOLINGS}
     lists = []
     for field in FIELDS:
         values = options[field]
         if not isinstance(values, list) or not values:
             raise NasproxyError(f"{path}: options.{field} must be a non-empty list")
+        for value in values:
+            if field in choices and value not in choices[field]:
+                raise NasproxyError(
+                    f"{path}: options.{field} holds {value!r}; choose from "
+                    f"{', '.join(choices[field])}"
+                )
+            if field not in choices and (type(value) is not int or value < 1):
+                raise NasproxyError(
+                    f"{path}: options.{field} holds {value!r}; it takes positive integers"
+                )
+            if values.count(value) > 1:
+                raise NasproxyError(f"{path}: options.{field} lists {value!r} twice")
         lists.append(values)
-    archs = [Arch(*combo) for combo in itertools.product(*lists)]
-    for arch in archs:
-        arch.check_input(image_size)
-    return Space(str(spec.get("name", path.stem)), archs)
+    return name, lists

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from nasproxy.data import Dataset, load_dataset, stratified_split
-from nasproxy.errors import CacheWarning, NasproxyError
+from nasproxy.errors import CacheWarning, DataWarning, NasproxyError
 
 
 def write_tree(root: Path, classes=("cat", "dog"), per_class=6, size=8, mode="RGB") -> Path:
@@ -193,3 +193,113 @@ def test_decode_cache_under_a_file_is_refused_before_decoding(tmp_path: Path, mo
     monkeypatch.setattr(data_module, "_decode", no_decoding)
     with pytest.raises(NasproxyError, match="is a file, not a folder"):
         load_dataset(f"imagefolder:{tree}", data_root=tmp_path / "root")
+
+
+# --- the decode rule: the same images decode the same whatever their names' order ----------
+
+
+def save(path: Path, pixels: np.ndarray, mode: str | None = None) -> np.ndarray:
+    """Write ``pixels`` as an image file (folders made); the pixels, for comparison."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode).save(path)
+    return pixels
+
+
+def test_16bit_pngs_are_scaled_to_8_bits_not_clipped(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    truth = {}
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            for i in range(3):
+                values = rng.integers(0, 65536, (6, 6)).astype(np.uint16)
+                save(tmp_path / "t" / split / c / f"{i}.png", values)
+                truth[(split, c, i)] = values
+    with pytest.warns(DataWarning, match="16-bit scaled to 8 bits: 12"):
+        data = load_dataset(f"imagefolder:{tmp_path / 't'}", tmp_path / "c", val_fraction=0.0)
+    assert data.in_channels == 1
+    expected = np.stack([truth[("test", c, i)] >> 8 for c in ("cat", "dog") for i in range(3)])
+    assert np.array_equal(data.x_test[:, 0].numpy(), expected.astype(np.uint8))
+    assert (data.x_train.numpy() == 255).mean() < 0.05  # not clipped to white
+
+
+@pytest.mark.parametrize("gray_name", ["-gray.png", "zzz.png"])
+def test_one_grayscale_image_does_not_decide_the_channels(tmp_path: Path, gray_name: str) -> None:
+    """3 channels when any image has colour, the grayscale one repeated: wherever it sorts."""
+    tree = write_tree(tmp_path / "t", per_class=3)
+    gray = save(tree / "train" / "cat" / gray_name, np.arange(64, dtype=np.uint8).reshape(8, 8))
+    with pytest.warns(DataWarning, match=r"converted to RGB: 1 \(1 L\)"):
+        data = load_dataset(f"imagefolder:{tree}", tmp_path / "c", val_fraction=0.0)
+    assert data.in_channels == 3
+    position = 0 if gray_name == "-gray.png" else 3  # among the cat folder's 4 files, sorted
+    assert np.array_equal(data.x_train[position].numpy(), np.stack([gray] * 3))
+    rgb = np.asarray(Image.open(tree / "train" / "dog" / "000.png"))
+    assert np.array_equal(data.x_train[4].numpy(), rgb.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("odd", [(10, 6), (16, 16)])
+def test_the_most_common_size_wins_whatever_sorts_first(
+    tmp_path: Path, odd: tuple[int, int]
+) -> None:
+    """An image of another size, first in order, is resized to the common size (8x8)."""
+    tree = write_tree(tmp_path / "t", per_class=3)
+    width, height = odd
+    first = tree / "train" / "cat" / "000-first.png"
+    odd_pixels = save(first, np.full((height, width, 3), 77, dtype=np.uint8))
+    with pytest.warns(DataWarning, match="resized to 8x8: 1"):
+        data = load_dataset(f"imagefolder:{tree}", tmp_path / "c", val_fraction=0.0)
+    assert data.image_size == 8 and data.x_train.shape == (7, 3, 8, 8)
+    assert np.all(data.x_train[0].numpy() == odd_pixels[0, 0, 0])  # a flat image stays flat
+    for position, name in ((1, "cat/000.png"), (4, "dog/000.png")):
+        original = np.asarray(Image.open(tree / "train" / name)).transpose(2, 0, 1)
+        assert np.array_equal(data.x_train[position].numpy(), original)
+
+
+def test_a_dataset_of_mostly_non_square_images_is_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            for i in range(2):
+                save(
+                    tmp_path / "t" / split / c / f"{i}.png",
+                    rng.integers(0, 256, (6, 10, 3), np.uint8),
+                )
+    save(tmp_path / "t" / "train" / "cat" / "2.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(NasproxyError, match=r"most images \(8 of 9\) are 10x6, not square"):
+        load_dataset(f"imagefolder:{tmp_path / 't'}", tmp_path / "c")
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_hidden_files_and_folders_are_skipped_and_said(tmp_path: Path, packed: bool) -> None:
+    """macOS's ._* metadata beside each image (and .DS_Store, hidden folders) are no images."""
+    tree = write_tree(tmp_path / "src" / "mini")
+    plain = load_dataset(f"imagefolder:{tree}", tmp_path / "plain")
+    (tree / "train" / "cat" / "._000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tree / "test" / "dog" / ".DS_Store").write_bytes(b"Bud1")
+    save(tree / "train" / ".ipynb_checkpoints" / "x.png", np.zeros((8, 8, 3), np.uint8))
+    source = tree
+    if packed:
+        source = tmp_path / "mini.tar.gz"
+        with tarfile.open(source, "w:gz") as tar:
+            tar.add(tree, arcname="mini")
+    with pytest.warns(DataWarning, match="not images by name .*: 2, e.g.") as caught:
+        data = load_dataset(f"imagefolder:{source}", tmp_path / "c")
+    (line,) = [str(w.message) for w in caught if w.category is DataWarning]
+    assert "\n" not in line and line.endswith(str(Path("test", "dog", ".DS_Store")))
+    assert data.classes == plain.classes and data.fingerprint == plain.fingerprint
+
+
+def test_a_cache_made_under_another_decode_rule_is_not_read(tmp_path: Path, monkeypatch) -> None:
+    import nasproxy.data as data_module
+
+    tree = write_tree(tmp_path / "mini")
+    load_dataset(f"imagefolder:{tree}", tmp_path / "c")
+    (old_cache,) = (tmp_path / "c" / "decoded").glob("*.npz")
+    calls = []
+    real_decode = data_module._decode
+    monkeypatch.setattr(data_module, "_decode", lambda *a: calls.append(1) or real_decode(*a))
+    load_dataset(f"imagefolder:{tree}", tmp_path / "c")
+    assert calls == []  # same rule: the cache is read
+    monkeypatch.setattr(data_module, "DECODE_RULE", data_module.DECODE_RULE + 1)
+    load_dataset(f"imagefolder:{tree}", tmp_path / "c")
+    assert calls == [1]  # another rule: decoded again, into a cache of its own
+    assert len(list((tmp_path / "c" / "decoded").glob("*.npz"))) == 2 and old_cache.exists()

@@ -139,3 +139,70 @@ def test_the_shipped_spaces_are_the_repository_files() -> None:
     assert "convnet720" in spaces.available()
     shipped = spaces.resolve_path("convnet720")
     assert shipped.read_bytes() == (REPO / "search_spaces" / "convnet720.yaml").read_bytes()
+
+
+GOOD_OPTIONS = {"width": "[8]", "depth": "[1]", "act": "[relu]", "norm": "[none]", "pool": "[none]"}
+
+
+def space_file(tmp_path: Path, head: str = "name: s\nfamily: convnet\n", **options: str) -> Path:
+    """A space file: ``head`` then an options mapping (GOOD_OPTIONS with ``options`` over it)."""
+    merged = {**GOOD_OPTIONS, **options}
+    body = "".join(f"  {k}: {v}\n" for k, v in merged.items() if v is not None)
+    path = tmp_path / "s.yaml"
+    path.write_text(f"{head}options:\n{body}")
+    return path
+
+
+@pytest.mark.parametrize(
+    "head, options, message",
+    [
+        ("name: s\n", {"width": '["32"]'}, "options.width holds '32'; it takes positive integers"),
+        ("name: s\n", {"depth": "[1.5]"}, "options.depth holds 1.5; it takes positive integers"),
+        ("name: s\n", {"width": "[true]"}, "options.width holds True; it takes positive"),
+        ("name: s\n", {"depth": "[0]"}, "options.depth holds 0"),
+        ("name: s\n", {"act": "[1]"}, "options.act holds 1; choose from sigmoid"),
+        ("name: s\n", {"norm": "[null]"}, "options.norm holds None"),
+        ("name: s\n", {"pool": "maxpooling"}, "options.pool must be a non-empty list"),
+        ("name: s\n", {"width": "[8, 8]"}, "options.width lists 8 twice"),
+        ("name: s\n", {"kernel": "[3]"}, "unknown option kernel; the fields are width"),
+        ("name: s\nwidths: [8]\n", {}, "unknown key widths; a space file has name, family"),
+        ("name: s\nfamily: resnet\n", {}, "unknown family 'resnet'; the family is convnet"),
+        ("family: convnet\n", {}, "'name' must be a non-empty string, got None"),
+        ("name: 720\n", {}, "'name' must be a non-empty string, got 720"),
+        ("name: ''\n", {}, "'name' must be a non-empty string"),
+    ],
+)
+def test_every_schema_mistake_is_one_clear_error(
+    tmp_path: Path, head: str, options: dict, message: str
+) -> None:
+    path = space_file(tmp_path, head, **options)
+    with pytest.raises(NasproxyError) as caught:
+        spaces.load(path)
+    assert message in str(caught.value) and str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_good_file_loads_with_or_without_a_family(tmp_path: Path) -> None:
+    """family is optional (convnet, the only one); the product is in FIELDS order."""
+    path = space_file(tmp_path, "name: two\n", act="[relu, sigmoid]")
+    assert spaces.load(path).name == "two"
+    assert spaces.load(path).ids == ["w8-d1-relu-none-none", "w8-d1-sigmoid-none-none"]
+    assert len(spaces.load(space_file(tmp_path, "name: two\nfamily: convnet\n"))) == 1
+    with pytest.raises(NasproxyError, match="must be integers"):
+        spaces.Arch(True, 1, "relu", "none", "none")  # type: ignore[arg-type]
+
+
+def test_a_bad_space_file_stops_the_search_before_anything_is_written(
+    tmp_path: Path, cache_root: Path, capsys
+) -> None:
+    """`width: [true]` used to pass the load and fail after the manifest was written."""
+    from nasproxy.cli import main
+
+    path = space_file(tmp_path, width="[true]")
+    results = tmp_path / "results"
+    argv = ["search", "--dataset", "digits", "--whole", "--name", "e", "--space", str(path)]
+    argv += ["--runner", "local", "--results-dir", str(results), "--data-root", str(cache_root)]
+    assert main(argv) == 2
+    assert not (results / "e").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "options.width holds True" in err[0], err

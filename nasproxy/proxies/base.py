@@ -60,22 +60,23 @@ class SelectionContext:
 
     The scoring run (``artifact``) and the refitted head (``head``) are made on first use,
     so a method that reads neither (random, most selections made elsewhere) costs no
-    training.
+    training, and one that reads only the scoring run (herding, forgetting, ...) no head.
     """
 
     data: Dataset
     per_class: int | None  # None only for the influence method under an epsilon budget
     seed: int
     options: ProxyOptions
-    scoring: Callable[[], tuple[ScoringArtifact, RefitHead]]  # runs or reads it, once
+    scoring: Callable[[], ScoringArtifact]  # runs or reads the scoring run, once
+    refit: Callable[[], RefitHead]  # refits the head on it (or reads it), once
 
     @cached_property
     def artifact(self) -> ScoringArtifact:
-        return self.scoring()[0]
+        return self.scoring()
 
     @cached_property
     def head(self) -> RefitHead:
-        return self.scoring()[1]
+        return self.refit()
 
     @property
     def labels(self) -> np.ndarray:

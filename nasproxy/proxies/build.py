@@ -53,8 +53,9 @@ Progress = Callable[[str], None]
 
 
 class _Scoring:
-    """The scoring run and the refitted head of a build, made (or read from the cache) on
-    first use, with the seconds each took."""
+    """The scoring run and the refitted head of a build, each made (or read from the cache)
+    on first use, with the seconds each took: a method that reads only the scoring run
+    (herding, forgetting, ...) does not refit the head, which only epsilon then needs."""
 
     def __init__(
         self,
@@ -68,24 +69,28 @@ class _Scoring:
         self.data, self.cfg, self.l2 = data, cfg, l2
         self.cache_dir, self.device, self.progress = cache_dir, device, progress
         self.cached = artifact_dir(cache_dir, data, cfg).is_dir()  # before this build
-        self.artifact: ScoringArtifact | None = None
-        self.head: RefitHead | None = None
+        self.made_artifact: ScoringArtifact | None = None
+        self.made_head: RefitHead | None = None
         self.scoring_s = self.head_s = 0.0
 
-    def __call__(self) -> tuple[ScoringArtifact, RefitHead]:
-        if self.artifact is None or self.head is None:
+    def artifact(self) -> ScoringArtifact:
+        """The scoring run, trained or read from the cache."""
+        if self.made_artifact is None:
             start = time.perf_counter()
-            self.artifact = scoring_run(
+            self.made_artifact = scoring_run(
                 self.data, self.cfg, self.cache_dir, self.device, self.progress
             )
-            scored = time.perf_counter()
-            self.head = RefitHead.load_or_fit(self.artifact, self.l2, self.device, self.progress)
-            self.scoring_s, self.head_s = scored - start, time.perf_counter() - scored
-        return self.artifact, self.head
+            self.scoring_s = time.perf_counter() - start
+        return self.made_artifact
 
-    @property
-    def used(self) -> bool:
-        return self.head is not None
+    def head(self) -> RefitHead:
+        """The head refitted on the scoring run (which it makes first if needed)."""
+        if self.made_head is None:
+            artifact = self.artifact()
+            start = time.perf_counter()
+            self.made_head = RefitHead.load_or_fit(artifact, self.l2, self.device, self.progress)
+            self.head_s = time.perf_counter() - start
+        return self.made_head
 
 
 def build_proxy(
@@ -122,12 +127,13 @@ def build_proxy(
     run = _Scoring(data, scoring, l2, cache_dir, device, progress)
     if progress is not None:
         progress(f"selecting with {chosen.name}")
-    ctx = SelectionContext(data, per_class, seed, options, run)
+    ctx = SelectionContext(data, per_class, seed, options, run.artifact, run.head)
     kept = run_method(chosen, ctx)
     select_s = time.perf_counter() - start - run.scoring_s - run.head_s
     method = chosen.name
-    ran_for_method = run.used
-    if ran_for_method:
+    # the method's own scoring run is measured on unless told not to (the head refit that
+    # epsilon needs may be all the memory it costs); a head the method refitted, always
+    if run.made_head is not None or (run.made_artifact is not None and measure is not False):
         epsilon_from = "the scoring run the method used"
     elif measure or (measure is None and run.cached):
         epsilon_from = "a cached scoring run" if run.cached else "a scoring run made to measure it"
@@ -151,7 +157,7 @@ def build_proxy(
     if not chosen.builtin:
         params["source"] = chosen.source
     if method == "influence":
-        assert run.head is not None  # the influence method reads the head
+        assert run.made_head is not None  # the influence method reads the head
         params |= {
             "solver": options.solver,
             "project_dim": options.project_dim,
@@ -162,9 +168,9 @@ def build_proxy(
         if options.epsilon is None:
             params["objective"] = options.objective
             params["objective_value"] = objective_value(
-                run.head.influence(), kept, options.objective
+                run.made_head.influence(), kept, options.objective
             )
-    artifact = run.artifact
+    artifact = run.made_artifact
     return proxy_record(
         data,
         kept,
@@ -247,16 +253,17 @@ def _measure(
 ) -> tuple[float, dict[str, dict[str, float]], RefitHead]:
     """epsilon and the diagnostics of ``kept``, with the head (refitted now if the method
     did not); for a method other than influence, work that does not fit in memory is
-    refused with epsilon named as the reason."""
+    refused with epsilon named as the reason, and how to build the proxy without it."""
     try:
-        _, head = run()
+        head = run.head()
         epsilon = head.epsilon(kept)
     except NasproxyError as exc:
         if method == "influence":
             raise
         raise NasproxyError(
-            f"measuring the proxy's epsilon (which needs the refitted head and S): {exc}; or "
-            "build it without measuring epsilon (--no-measure-epsilon)"
+            f"measuring the proxy's epsilon (which needs the refitted head's Hessian; {method} "
+            f"itself does not): {exc}; or build the proxy without epsilon "
+            "(build-proxy --no-measure-epsilon; run always measures it for Table 1)"
         ) from None
     diagnostics = {
         "kept": head.diagnostics(kept),

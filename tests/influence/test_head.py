@@ -9,10 +9,11 @@ from threadpoolctl import threadpool_limits
 
 from nasproxy.errors import NasproxyError
 from nasproxy.influence.head import RefitHead, check_memory, head_cache
-from nasproxy.proxies.build import build_proxy
+from nasproxy.proxies.build import build_proxy, read_proxy
+from nasproxy.proxies.herding import herding_per_class
 from nasproxy.proxies.random import random_per_class
 from nasproxy.scoring import DEFAULT_BACKBONE, build_backbone, scoring_run
-from tests.proxies.common import TINY, K, build
+from tests.proxies.common import TINY, K, build, cli, flat
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -113,3 +114,26 @@ def test_damaged_cache_is_rebuilt(digits, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         _forbid_recomputation(m)
         assert build(digits, tmp_path, "influence")["indices"] == reference["indices"]
+
+
+def test_herding_on_a_head_too_large_says_epsilon_needs_it_and_skips_it(
+    digits, cache, tmp_path, monkeypatch, capsys
+):
+    """herding reads the scoring run's features, never the head: only measuring epsilon
+    needs the head's memory, the message says so, and --no-measure-epsilon builds it."""
+    artifact = scoring_run(digits, TINY, cache, device="cpu")
+    monkeypatch.setattr("nasproxy.influence.head._MEMORY_SHARE", 1e-12)  # nothing fits
+    assert cli(cache, tmp_path / "h.json", "--method", "herding") == 2
+    err = capsys.readouterr().err  # progress lines, then one error line
+    (line,) = [line for line in err.splitlines() if line.startswith("nasproxy: error:")]
+    assert err.rstrip().endswith(line) and "Traceback" not in err
+    assert line.startswith("nasproxy: error: measuring the proxy's epsilon (which needs the ")
+    assert "herding itself does not" in line and "--no-measure-epsilon" in line
+    assert not (tmp_path / "h.json").exists()
+    assert cli(cache, tmp_path / "h.json", "--method", "herding", "--no-measure-epsilon") == 0
+    assert "epsilon not measured (--no-measure-epsilon)" in capsys.readouterr().out
+    record = read_proxy(tmp_path / "h.json")
+    assert record["epsilon"] is None and record["epsilon_from"] is None
+    expected = herding_per_class(artifact.features, artifact.labels, K)
+    assert flat(record) == sorted(expected.tolist())
+    assert record["backbone_hash"] == artifact.hash
