@@ -174,7 +174,8 @@ def fit(
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    steps_per_epoch = sum(1 for _ in range(0, len(y), cfg.batch_size))
+    # the steps taken (a dropped trailing batch is none), so the rate reaches 0 at the end
+    steps_per_epoch = len(batch_bounds(len(y), cfg.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     history: list[dict[str, float]] = []
     seen = 0

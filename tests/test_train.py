@@ -1,6 +1,9 @@
-"""The trainer: it learns real data, is deterministic, and reports divergence."""
+"""The trainer: it learns real data, is deterministic, and reports divergence; its
+learning rate ends at 0."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -96,3 +99,27 @@ def test_a_failed_run_is_a_one_line_reason_even_for_an_empty_message(
     monkeypatch.setattr(train_module, "fit", fail)
     rec = train("w32-d1-relu-none-none", digits, np.arange(64), TrainConfig(epochs=1))
     assert rec.status == "failed" and rec.reason == reason
+
+
+def test_the_learning_rate_reaches_zero_when_a_batch_of_one_is_dropped(
+    digits: Dataset, monkeypatch
+) -> None:
+    """9 images in batches of 4: the trailing batch of one is dropped, so 2 steps an epoch;
+    the rates follow the closed-form cosine over the 6 steps taken and end at 0."""
+    rates: list[float] = []
+    optimizers: list[torch.optim.Optimizer] = []
+    real_step = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        optimizers.append(self)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=0.1)
+    rec = train("w8-d1-relu-batchnorm-none", digits, np.arange(9), cfg)
+    assert rec.status == "ok" and rec.images_seen == 3 * 8
+    total = 3 * 2
+    want = [0.1 * (1 + math.cos(math.pi * t / total)) / 2 for t in range(total)]
+    assert rates == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert optimizers[-1].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-15)

@@ -312,7 +312,7 @@ class _Lockstep:
         """
         cfg = self.cfg
         bounds = batch_bounds(self.n, cfg.batch_size)
-        total = cfg.epochs * math.ceil(self.n / cfg.batch_size)  # fit's T_max
+        total = cfg.epochs * len(bounds)  # fit's T_max: the steps taken
         histories: list[list[dict[str, float]]] = [[] for _ in range(self.m)]
         seen = [0] * self.m
         alive = [True] * self.m

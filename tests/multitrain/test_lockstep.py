@@ -8,6 +8,7 @@ same seeds and training sets (step level in float64, where the two paths agree t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -288,3 +289,27 @@ def test_a_failing_stack_splits_down_to_the_plain_trainer(
     plain = train(arch, digits, sets[2], cfgs[2])  # the one that went down to train()
     assert (records[2].val_acc, records[2].history) == (plain.val_acc, plain.history)
     assert records[2].trainer == "plain" and records[2].status == "ok"
+
+
+def test_the_stack_takes_the_plain_trainers_rates_when_a_batch_of_one_is_dropped(
+    digits: Dataset, monkeypatch
+) -> None:
+    """9 images in batches of 4 (the trailing one dropped): every step of the stack uses
+    the closed-form cosine over the 2 x 3 steps taken, as fit() does, ending at 0."""
+    rates: list[float] = []
+    real = lockstep.sgd_step_
+
+    def spy(params, grads, momenta, lr, momentum, weight_decay):
+        rates.append(float(lr))
+        return real(params, grads, momenta, lr, momentum, weight_decay)
+
+    monkeypatch.setattr(lockstep, "sgd_step_", spy)
+    cfgs = [TrainConfig(epochs=3, batch_size=4, lr=0.1, seed=s) for s in (0, 1)]
+    sets = [np.arange(9), np.arange(9, 18)]
+    records = train_many("w8-d1-relu-batchnorm-none", digits, sets, cfgs)
+    assert [r.stack_size for r in records] == [2, 2]
+    assert [r.images_seen for r in records] == [3 * 8, 3 * 8]
+    total = 3 * 2
+    want = [0.1 * (1 + math.cos(math.pi * t / total)) / 2 for t in range(total)]
+    assert rates == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert cosine_lr(0.1, total, total) == 0.0  # where the next step would be
