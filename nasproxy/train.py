@@ -236,9 +236,15 @@ def init_model(arch: Arch, data: Dataset, seed: int, device: torch.device) -> nn
 
 
 def train(
-    arch: Arch | str, data: Dataset, indices: np.ndarray | None, cfg: TrainConfig
+    arch: Arch | str,
+    data: Dataset,
+    indices: np.ndarray | None,
+    cfg: TrainConfig,
+    test: bool = True,
 ) -> TrainRecord:
-    """Train ``arch`` on the train-split ``indices`` and evaluate on val and test."""
+    """Train ``arch`` on the train-split ``indices`` and evaluate on val and, when ``test``,
+    on test (else ``test_acc`` is NaN: a search skips it for proxy units, whose test
+    accuracy nothing reads)."""
     arch = Arch.from_id(arch) if isinstance(arch, str) else arch
     device = resolve_device(cfg.device)
     n_train = len(data.y_train) if indices is None else len(indices)
@@ -263,7 +269,8 @@ def train(
             record.reason = f"non-finite training loss in epoch {len(record.history)}"
         else:
             record.val_acc = accuracy(model, data, data.x_val, data.y_val)
-            record.test_acc = accuracy(model, data, data.x_test, data.y_test)
+            if test:
+                record.test_acc = accuracy(model, data, data.x_test, data.y_test)
     except torch.OutOfMemoryError as exc:
         record.status, record.reason = "failed", f"out of memory: {first_line(exc)}"
     except RuntimeError as exc:

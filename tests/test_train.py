@@ -1,5 +1,5 @@
 """The trainer: it learns real data, is deterministic, and reports divergence; its
-learning rate ends at 0."""
+learning rate ends at 0, and the test split is evaluated only when asked."""
 
 from __future__ import annotations
 
@@ -123,3 +123,24 @@ def test_the_learning_rate_reaches_zero_when_a_batch_of_one_is_dropped(
     want = [0.1 * (1 + math.cos(math.pi * t / total)) / 2 for t in range(total)]
     assert rates == pytest.approx(want, rel=1e-12, abs=1e-15)
     assert optimizers[-1].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-15)
+
+
+def test_a_run_without_test_never_evaluates_the_test_split(digits: Dataset, monkeypatch) -> None:
+    """``test=False`` (a proxy unit): no prediction on the test images, test_acc is NaN,
+    and the rest of the record is what the run with the test split gives."""
+    idx = np.arange(0, len(digits.y_train), 4)
+    cfg = TrainConfig(epochs=1, seed=3)
+    arch = "w8-d1-relu-batchnorm-maxpooling"
+    full = train(arch, digits, idx, cfg)
+    evaluated: list[int] = []
+    real = train_module.accuracy
+
+    def spy(model, data, x, y):
+        evaluated.append(len(y))
+        return real(model, data, x, y)
+
+    monkeypatch.setattr(train_module, "accuracy", spy)
+    lean = train(arch, digits, idx, cfg, test=False)
+    assert evaluated == [len(digits.y_val)]  # the validation split only
+    assert math.isnan(lean.test_acc) and 0 <= full.test_acc <= 1
+    assert (lean.val_acc, lean.history) == (full.val_acc, full.history)

@@ -270,11 +270,11 @@ def test_a_failing_stack_splits_down_to_the_plain_trainer(
     real = lockstep._train_stack
     sizes: list[int] = []
 
-    def failing(arch, data, index_sets, cfgs, options):
+    def failing(arch, data, index_sets, cfgs, *rest):
         sizes.append(len(cfgs))
         if len(cfgs) > 2:
             raise error
-        return real(arch, data, index_sets, cfgs, options)
+        return real(arch, data, index_sets, cfgs, *rest)
 
     monkeypatch.setattr(lockstep, "_train_stack", failing)
     sets = _sets(digits, 5, 32, seed=5)
@@ -313,3 +313,29 @@ def test_the_stack_takes_the_plain_trainers_rates_when_a_batch_of_one_is_dropped
     want = [0.1 * (1 + math.cos(math.pi * t / total)) / 2 for t in range(total)]
     assert rates == pytest.approx(want, rel=1e-12, abs=1e-15)
     assert cosine_lr(0.1, total, total) == 0.0  # where the next step would be
+
+
+def test_the_test_split_is_evaluated_only_for_the_runs_that_ask(
+    digits: Dataset, monkeypatch
+) -> None:
+    """``test`` per run: NaN for the runs that skip it, the same accuracy as with
+    ``test=True`` for the others, and no pass over the test images when none asks."""
+    sets = _sets(digits, 2, 48, seed=3)
+    cfgs = [TrainConfig(epochs=1, batch_size=16, seed=s) for s in (0, 1)]
+    arch = "w8-d1-relu-batchnorm-maxpooling"
+    full = train_many(arch, digits, sets, cfgs)
+    mixed = train_many(arch, digits, sets, cfgs, test=[False, True])
+    assert math.isnan(mixed[0].test_acc) and mixed[1].test_acc == full[1].test_acc
+    assert [r.val_acc for r in mixed] == [r.val_acc for r in full]
+    evaluated: list[int] = []
+    real = lockstep.accuracies
+
+    def spy(model, data, x, y, options=None):
+        evaluated.append(len(y))
+        return real(model, data, x, y, options)
+
+    monkeypatch.setattr(lockstep, "accuracies", spy)
+    none = train_many(arch, digits, sets, cfgs, test=False)
+    assert evaluated == [len(digits.y_val)] and all(math.isnan(r.test_acc) for r in none)
+    with pytest.raises(NasproxyError, match="2 runs but 1 test choices"):
+        train_many(arch, digits, sets, cfgs, test=[True])

@@ -1,5 +1,6 @@
 """nasproxy.search.trial: a diverging unit, fused against plain training (float64 exact,
-float32 through Ray), a failing stack split down, a stack cut to its GPU memory share."""
+float32 through Ray), a failing stack split down, a stack cut to its GPU memory share, the
+test split for whole-split units only."""
 
 from __future__ import annotations
 
@@ -100,8 +101,8 @@ def test_fused_and_plain_sweeps_agree_exactly_in_float64(inputs, digits, norm_po
     assert fused["stack_size"].max() == 8  # one shape stacks both activations
     assert fused["trainer"].str.startswith("stacked").all()
     assert (fused["fallback"] == "").all()
-    for column in ("val_acc", "test_acc"):
-        assert np.abs(plain[column] - fused[column]).max() <= 1e-9
+    assert np.abs(plain["val_acc"] - fused["val_acc"]).max() <= 1e-9
+    assert plain["test_acc"].isna().all() and fused["test_acc"].isna().all()  # proxy units
     assert np.allclose(plain["train_loss"], fused["train_loss"], rtol=1e-9, atol=0)
     assert (plain["images_seen"] == fused["images_seen"]).all()
 
@@ -132,7 +133,7 @@ def test_fused_and_plain_sweeps_agree_in_float32_through_ray(
     assert (fused["stack_size"] == _stack_sizes(fused, 2 * 2)).all()
     assert (plain["stack_size"] == 1).all()
     assert np.abs(plain["val_acc"] - fused["val_acc"]).max() <= 3 / len(digits.y_val)
-    assert np.abs(plain["test_acc"] - fused["test_acc"]).max() <= 3 / len(digits.y_test)
+    assert plain["test_acc"].isna().all() and fused["test_acc"].isna().all()  # proxy units
 
 
 def test_an_injected_stack_failure_is_split_down_and_recorded(
@@ -145,11 +146,11 @@ def test_an_injected_stack_failure_is_split_down_and_recorded(
     real = lockstep._train_stack
     attempts: list[int] = []
 
-    def failing(archs, data, index_sets, cfgs, options):
+    def failing(archs, data, index_sets, cfgs, *rest):
         if victim in [a.id for a in archs]:
             attempts.append(len(cfgs))
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real(archs, data, index_sets, cfgs, options)
+        return real(archs, data, index_sets, cfgs, *rest)
 
     monkeypatch.setattr(lockstep, "_train_stack", failing)
     cfg = _config(
