@@ -48,6 +48,7 @@ from nasproxy.train import (
     normalize,
     resolve_device,
     train,
+    warm_up,
 )
 
 RNG_MODES = ("exact", "shared")
@@ -431,8 +432,9 @@ def train_many(
     whether to evaluate on the test split, likewise (``train``'s ``test``). The runs must
     pass :func:`fallback_reason` (else NasproxyError). A record's ``wall_s`` is its share
     (1/M) of its stack's time, ``stack_size`` the M it trained in, and ``trainer`` the
-    stacked path's options. A stack that fails (out of memory, or any error of the stacked
-    path) is retried as two halves; a half of one model trains with the plain
+    stacked path's options; the process's warm-up (:func:`nasproxy.train.warm_up`) is in
+    the first record's ``warmup_s``. A stack that fails (out of memory, or any error of
+    the stacked path) is retried as two halves; a half of one model trains with the plain
     :func:`nasproxy.train.train`. The failure that sent a run down is kept in its record's
     ``fallback``.
     """
@@ -541,6 +543,7 @@ def _train_stack(
     records = [
         _blank_record(a, data, s, cfg) for a, s, cfg in zip(archs, index_sets, cfgs, strict=True)
     ]
+    records[0].warmup_s = warm_up(data, device)
     start = time.perf_counter()
     singles = [init_model(a, data, cfg.seed, device) for a, cfg in zip(archs, cfgs, strict=True)]
     model = StackedConvNet.from_models(singles, data.image_size)

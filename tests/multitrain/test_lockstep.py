@@ -9,6 +9,7 @@ same seeds and training sets (step level in float64, where the two paths agree t
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import nasproxy.train as train_module
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.multitrain import lockstep
@@ -39,6 +41,7 @@ from nasproxy.train import (
     fit,
     init_model,
     train,
+    warm_up,
 )
 
 CPU = torch.device("cpu")
@@ -339,3 +342,33 @@ def test_the_test_split_is_evaluated_only_for_the_runs_that_ask(
     assert evaluated == [len(digits.y_val)] and all(math.isnan(r.test_acc) for r in none)
     with pytest.raises(NasproxyError, match="2 runs but 1 test choices"):
         train_many(arch, digits, sets, cfgs, test=[True])
+
+
+def test_the_warm_up_is_in_the_first_record_not_in_the_stacks_time(
+    digits: Dataset, monkeypatch
+) -> None:
+    """A fake warm-up of 1000 s on a clock only the test moves: the stack's first record
+    holds it as ``warmup_s``; ``wall_s`` is each run's share of the stack's own 8 s."""
+    now = [0.0]
+    clock = types.SimpleNamespace(perf_counter=lambda: now[0])
+    monkeypatch.setattr(lockstep, "time", clock)
+    monkeypatch.setattr(train_module, "time", clock)
+    real_fit_many = lockstep.fit_many
+
+    def work(*args, **kwargs):
+        now[0] += 8.0
+        return real_fit_many(*args, **kwargs)
+
+    def warm(data, device):
+        now[0] += 1000.0
+
+    monkeypatch.setattr(lockstep, "fit_many", work)
+    monkeypatch.setattr(train_module, "_warm_up_work", warm)
+    monkeypatch.setattr(train_module, "_warm_devices", set())
+    cfgs = [TrainConfig(epochs=1, batch_size=16, seed=s) for s in (0, 1)]
+    sets = _sets(digits, 2, 32, seed=4)
+    first = train_many("w8-d1-relu-none-none", digits, sets, cfgs)
+    again = train_many("w8-d1-relu-none-none", digits, sets, cfgs)
+    assert [(r.warmup_s, r.wall_s) for r in first] == [(1000.0, 4.0), (0.0, 4.0)]
+    assert [(r.warmup_s, r.wall_s) for r in again] == [(0.0, 4.0), (0.0, 4.0)]
+    assert warm_up(digits, CPU) == 0.0
