@@ -85,6 +85,7 @@ COLUMNS: dict[str, str] = {
     "status": "string",
     "reason": "string",
     "wall_s": "float64",
+    "warmup_s": "float64",
     "images_seen": "int64",
     "n_train": "int64",
     "device": "string",
@@ -94,7 +95,13 @@ COLUMNS: dict[str, str] = {
 }
 # Columns added after the first unit files were written, and their value in those files
 # (all such units trained one at a time with the plain trainer).
-LATER_COLUMNS: dict[str, Any] = {"stack_size": 1, "trainer": "plain", "fallback": ""}
+# warmup_s: 0.0, as those units' wall_s still holds their process's warm-up.
+LATER_COLUMNS: dict[str, Any] = {
+    "stack_size": 1,
+    "trainer": "plain",
+    "fallback": "",
+    "warmup_s": 0.0,
+}
 STATUSES = ("ok", "diverged", "failed")
 
 UnitKey = tuple[str, int, str]  # (train_set, seed, arch id)
@@ -119,6 +126,7 @@ def make_row(arch: Arch, train_set: str, proxy_hash: str, record: TrainRecord) -
         "status": record.status,
         "reason": record.reason,
         "wall_s": float(record.wall_s),
+        "warmup_s": float(record.warmup_s),
         "images_seen": int(record.images_seen),
         "n_train": int(record.n_train),
         "device": record.device,

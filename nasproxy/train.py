@@ -3,11 +3,17 @@
 The data lives on the device as one tensor; a batch is a slice of a permutation, and the
 augmentation (random crop with 4-pixel padding, horizontal flip) is batched tensor work on
 the device. The loop reads nothing back to the host within an epoch.
+
+A process's first run on a device pays a one-time warm-up (on the CPU mostly the import of
+torch's compiler stack by the first optimizer; on a GPU also the CUDA context and library
+handles). :func:`warm_up` runs it apart, on a tiny network, so that a run's ``wall_s`` is
+its own work and the warm-up is the ``warmup_s`` of the run that waited for it.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +32,7 @@ from nasproxy.spaces import Arch
 
 CROP_PADDING = 4
 EVAL_BATCH = 1024
+WARM_UP_ARCH = "w8-d1-relu-none-none"  # the network of the warm-up (no norm: any batch size)
 
 # observer(batch_indices, correct): called each step with train-split indices of the batch
 # and whether each was classified correctly (forgetting events are read off this).
@@ -68,7 +75,8 @@ class TrainRecord:
     train_loss: float = math.nan
     val_acc: float = math.nan
     test_acc: float = math.nan
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the run's own work: initialisation, training, evaluation
+    warmup_s: float = 0.0  # the process's one-time warm-up on the device, paid before this run
     images_seen: int = 0
     images_per_s: float = 0.0
     params: int = 0
@@ -174,7 +182,8 @@ def fit(
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    steps_per_epoch = sum(1 for _ in range(0, len(y), cfg.batch_size))
+    # the steps taken (a dropped trailing batch is none), so the rate reaches 0 at the end
+    steps_per_epoch = len(batch_bounds(len(y), cfg.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     history: list[dict[str, float]] = []
     seen = 0
@@ -234,10 +243,44 @@ def init_model(arch: Arch, data: Dataset, seed: int, device: torch.device) -> nn
     return model.to(device)
 
 
+_warm_devices: set[str] = set()  # the devices this process has warmed up
+_warm_lock = threading.Lock()
+
+
+def _warm_up_work(data: Dataset, device: torch.device) -> None:
+    """One step of the trainer's code on a tiny network and two images, then a prediction."""
+    model = init_model(Arch.from_id(WARM_UP_ARCH), data, 0, device)
+    n = min(2, len(data.y_train))
+    fit(model, data, np.arange(n), TrainConfig(epochs=1, batch_size=2))
+    accuracy(model, data, data.x_val[:2], data.y_val[:2])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def warm_up(data: Dataset, device: torch.device) -> float:
+    """Run the process's one-time warm-up on ``device`` unless done; the seconds it took
+    now (0.0 when it was done before), which a run records as ``warmup_s``, not ``wall_s``."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    with _warm_lock:
+        if str(device) in _warm_devices:
+            return 0.0
+        start = time.perf_counter()
+        _warm_up_work(data, device)
+        _warm_devices.add(str(device))
+        return time.perf_counter() - start
+
+
 def train(
-    arch: Arch | str, data: Dataset, indices: np.ndarray | None, cfg: TrainConfig
+    arch: Arch | str,
+    data: Dataset,
+    indices: np.ndarray | None,
+    cfg: TrainConfig,
+    test: bool = True,
 ) -> TrainRecord:
-    """Train ``arch`` on the train-split ``indices`` and evaluate on val and test."""
+    """Train ``arch`` on the train-split ``indices`` and evaluate on val and, when ``test``,
+    on test (else ``test_acc`` is NaN: a search skips it for proxy units, whose test
+    accuracy nothing reads). A first run on a device warms it up first (:func:`warm_up`)."""
     arch = Arch.from_id(arch) if isinstance(arch, str) else arch
     device = resolve_device(cfg.device)
     n_train = len(data.y_train) if indices is None else len(indices)
@@ -254,6 +297,8 @@ def train(
     )
     start = time.perf_counter()
     try:
+        record.warmup_s = warm_up(data, device)
+        start = time.perf_counter()
         model = init_model(arch, data, cfg.seed, device)
         record.history, record.images_seen = fit(model, data, indices, cfg)
         record.train_loss = record.history[-1]["train_loss"]
@@ -262,7 +307,8 @@ def train(
             record.reason = f"non-finite training loss in epoch {len(record.history)}"
         else:
             record.val_acc = accuracy(model, data, data.x_val, data.y_val)
-            record.test_acc = accuracy(model, data, data.x_test, data.y_test)
+            if test:
+                record.test_acc = accuracy(model, data, data.x_test, data.y_test)
     except torch.OutOfMemoryError as exc:
         record.status, record.reason = "failed", f"out of memory: {first_line(exc)}"
     except RuntimeError as exc:

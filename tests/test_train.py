@@ -1,6 +1,10 @@
-"""The trainer: it learns real data, is deterministic, and reports divergence."""
+"""The trainer: it learns real data, is deterministic, and reports divergence; its
+schedule ends at 0, the test split is evaluated only when asked, the warm-up is timed apart."""
 
 from __future__ import annotations
+
+import math
+import types
 
 import numpy as np
 import pytest
@@ -10,7 +14,9 @@ import nasproxy.train as train_module
 from nasproxy.data import Dataset
 from nasproxy.models import build_model
 from nasproxy.spaces import Arch
-from nasproxy.train import TrainConfig, augment_batch, batches, train
+from nasproxy.train import TrainConfig, augment_batch, batches, train, warm_up
+
+CPU = torch.device("cpu")
 
 
 def test_learns_digits_above_80_percent(digits: Dataset) -> None:
@@ -96,3 +102,102 @@ def test_a_failed_run_is_a_one_line_reason_even_for_an_empty_message(
     monkeypatch.setattr(train_module, "fit", fail)
     rec = train("w32-d1-relu-none-none", digits, np.arange(64), TrainConfig(epochs=1))
     assert rec.status == "failed" and rec.reason == reason
+
+
+def test_the_learning_rate_reaches_zero_when_a_batch_of_one_is_dropped(
+    digits: Dataset, monkeypatch
+) -> None:
+    """9 images in batches of 4: the trailing batch of one is dropped, so 2 steps an epoch;
+    the rates follow the closed-form cosine over the 6 steps taken and end at 0."""
+    warm_up(digits, CPU)  # its own optimizer steps are not this run's
+    rates: list[float] = []
+    optimizers: list[torch.optim.Optimizer] = []
+    real_step = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        optimizers.append(self)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=0.1)
+    rec = train("w8-d1-relu-batchnorm-none", digits, np.arange(9), cfg)
+    assert rec.status == "ok" and rec.images_seen == 3 * 8
+    total = 3 * 2
+    want = [0.1 * (1 + math.cos(math.pi * t / total)) / 2 for t in range(total)]
+    assert rates == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert optimizers[-1].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-15)
+
+
+def test_a_run_without_test_never_evaluates_the_test_split(digits: Dataset, monkeypatch) -> None:
+    """``test=False`` (a proxy unit): no prediction on the test images, test_acc is NaN,
+    and the rest of the record is what the run with the test split gives."""
+    idx = np.arange(0, len(digits.y_train), 4)
+    cfg = TrainConfig(epochs=1, seed=3)
+    arch = "w8-d1-relu-batchnorm-maxpooling"
+    full = train(arch, digits, idx, cfg)
+    evaluated: list[int] = []
+    real = train_module.accuracy
+
+    def spy(model, data, x, y):
+        evaluated.append(len(y))
+        return real(model, data, x, y)
+
+    monkeypatch.setattr(train_module, "accuracy", spy)
+    lean = train(arch, digits, idx, cfg, test=False)
+    assert evaluated == [len(digits.y_val)]  # the validation split only
+    assert math.isnan(lean.test_acc) and 0 <= full.test_acc <= 1
+    assert (lean.val_acc, lean.history) == (full.val_acc, full.history)
+
+
+def _fake_clock(monkeypatch, module) -> list[float]:
+    """``module``'s clock stands still but for what the test adds to the returned list."""
+    now = [0.0]
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    return now
+
+
+def test_the_warm_up_is_timed_apart_from_the_run(digits: Dataset, monkeypatch) -> None:
+    """A process's first run on a device pays the warm-up (here a fake one of 1000 s) in
+    ``warmup_s``, not in ``wall_s``, which holds the run's own work (here 7 s of training);
+    the next run on the device pays none."""
+    now = _fake_clock(monkeypatch, train_module)
+    real_fit = train_module.fit
+
+    def work(*args, **kwargs):
+        now[0] += 7.0
+        return real_fit(*args, **kwargs)
+
+    def warm(data, device):
+        now[0] += 1000.0
+
+    monkeypatch.setattr(train_module, "fit", work)
+    monkeypatch.setattr(train_module, "_warm_up_work", warm)
+    monkeypatch.setattr(train_module, "_warm_devices", set())
+    cfg = TrainConfig(epochs=1)
+    first, second = (train("w8-d1-relu-none-none", digits, np.arange(32), cfg) for _ in "ab")
+    assert first.status == second.status == "ok"
+    assert (first.warmup_s, first.wall_s) == (1000.0, 7.0)
+    assert (second.warmup_s, second.wall_s) == (0.0, 7.0)
+    assert first.images_per_s == 32 / 7.0
+
+
+def test_the_warm_up_runs_once_a_device_and_changes_no_result(digits: Dataset, monkeypatch) -> None:
+    """The real warm-up: once per device and process, and a run after it is the run
+    without it (it draws from no generator a run uses)."""
+    idx = np.arange(0, len(digits.y_train), 5)
+    cfg = TrainConfig(epochs=1, seed=2)
+    arch = "w8-d1-leakyrelu-batchnorm-avgpooling"
+    warm_up(digits, CPU)
+    before = train(arch, digits, idx, cfg)
+    monkeypatch.setattr(train_module, "_warm_devices", set())
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    after = train(arch, digits, idx, cfg)  # warms up again, first
+    assert torch.equal(torch.get_rng_state(), state)
+    assert after.warmup_s > 0 and warm_up(digits, CPU) == 0.0 and before.warmup_s == 0.0
+    assert (after.history, after.val_acc, after.test_acc) == (
+        before.history,
+        before.val_acc,
+        before.test_acc,
+    )

@@ -48,6 +48,7 @@ from nasproxy.train import (
     normalize,
     resolve_device,
     train,
+    warm_up,
 )
 
 RNG_MODES = ("exact", "shared")
@@ -312,7 +313,7 @@ class _Lockstep:
         """
         cfg = self.cfg
         bounds = batch_bounds(self.n, cfg.batch_size)
-        total = cfg.epochs * math.ceil(self.n / cfg.batch_size)  # fit's T_max
+        total = cfg.epochs * len(bounds)  # fit's T_max: the steps taken
         histories: list[list[dict[str, float]]] = [[] for _ in range(self.m)]
         seen = [0] * self.m
         alive = [True] * self.m
@@ -422,19 +423,25 @@ def train_many(
     index_sets: Sequence[np.ndarray | None],
     cfgs: Sequence[TrainConfig],
     options: FastOptions | None = None,
+    test: bool | Sequence[bool] = True,
 ) -> list[TrainRecord]:
     """Train once per (architecture, training set, config), all in one stack; one
     :class:`TrainRecord` each, in order, as :func:`nasproxy.train.train` would give.
 
-    ``arch`` is one architecture for every run or one a run (of one shape). The runs must
+    ``arch`` is one architecture for every run or one a run (of one shape); ``test``,
+    whether to evaluate on the test split, likewise (``train``'s ``test``). The runs must
     pass :func:`fallback_reason` (else NasproxyError). A record's ``wall_s`` is its share
     (1/M) of its stack's time, ``stack_size`` the M it trained in, and ``trainer`` the
-    stacked path's options. A stack that fails (out of memory, or any error of the stacked
-    path) is retried as two halves; a half of one model trains with the plain
+    stacked path's options; the process's warm-up (:func:`nasproxy.train.warm_up`) is in
+    the first record's ``warmup_s``. A stack that fails (out of memory, or any error of
+    the stacked path) is retried as two halves; a half of one model trains with the plain
     :func:`nasproxy.train.train`. The failure that sent a run down is kept in its record's
     ``fallback``.
     """
     archs = as_archs(arch, len(cfgs))
+    tests = [test] * len(cfgs) if isinstance(test, bool) else list(test)
+    if len(tests) != len(cfgs):
+        raise NasproxyError(f"{len(cfgs)} runs but {len(tests)} test choices")
     options = options or FastOptions()
     reason = fallback_reason(archs, data, index_sets, cfgs)
     if reason is not None:
@@ -446,6 +453,7 @@ def train_many(
         data,
         [index_sets[i] for i in order],
         [cfgs[i] for i in order],
+        [tests[i] for i in order],
         options,
         "",
     )
@@ -460,12 +468,13 @@ def _train_or_split(
     data: Dataset,
     index_sets: list[np.ndarray | None],
     cfgs: list[TrainConfig],
+    tests: list[bool],
     options: FastOptions,
     fallback: str,
 ) -> list[TrainRecord]:
     """One stack, else its halves (recursively), else the plain trainer for one run."""
     try:
-        records = _train_stack(archs, data, index_sets, cfgs, options)
+        records = _train_stack(archs, data, index_sets, cfgs, tests, options)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         kind = "out of memory" if isinstance(exc, torch.OutOfMemoryError) else "error"
         fallback = f"stack of {len(cfgs)} failed ({kind}: {first_line(exc)[:200]})"
@@ -477,22 +486,28 @@ def _train_or_split(
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if len(cfgs) == 1:  # a planned stack of one
-        return [_train_plain(archs[0], data, index_sets[0], cfgs[0], fallback)]
+        return [_train_plain(archs[0], data, index_sets[0], cfgs[0], tests[0], fallback)]
     records = []
     half = len(cfgs) // 2
     for a, b in ((0, half), (half, len(cfgs))):
         if b - a == 1:
-            records.append(_train_plain(archs[a], data, index_sets[a], cfgs[a], fallback))
+            records.append(_train_plain(archs[a], data, index_sets[a], cfgs[a], tests[a], fallback))
         else:
-            part = _train_or_split(archs[a:b], data, index_sets[a:b], cfgs[a:b], options, fallback)
-            records += part
+            records += _train_or_split(
+                archs[a:b], data, index_sets[a:b], cfgs[a:b], tests[a:b], options, fallback
+            )
     return records
 
 
 def _train_plain(
-    arch: Arch, data: Dataset, indices: np.ndarray | None, cfg: TrainConfig, fallback: str
+    arch: Arch,
+    data: Dataset,
+    indices: np.ndarray | None,
+    cfg: TrainConfig,
+    test: bool,
+    fallback: str,
 ) -> TrainRecord:
-    record = train(arch, data, indices, cfg)
+    record = train(arch, data, indices, cfg, test)
     record.fallback = fallback
     return record
 
@@ -519,6 +534,7 @@ def _train_stack(
     data: Dataset,
     index_sets: Sequence[np.ndarray | None],
     cfgs: Sequence[TrainConfig],
+    tests: Sequence[bool],
     options: FastOptions,
 ) -> list[TrainRecord]:
     """One stacked run; raises what the stacked path raises (the caller falls back)."""
@@ -527,13 +543,15 @@ def _train_stack(
     records = [
         _blank_record(a, data, s, cfg) for a, s, cfg in zip(archs, index_sets, cfgs, strict=True)
     ]
+    records[0].warmup_s = warm_up(data, device)
     start = time.perf_counter()
     singles = [init_model(a, data, cfg.seed, device) for a, cfg in zip(archs, cfgs, strict=True)]
     model = StackedConvNet.from_models(singles, data.image_size)
     del singles
     histories, seen = fit_many(model, data, index_sets, cfgs, options)
     val = accuracies(model, data, data.x_val, data.y_val, options)
-    test = accuracies(model, data, data.x_test, data.y_test, options)
+    # one pass evaluates the whole stack, so it runs when any run asks for test
+    test = accuracies(model, data, data.x_test, data.y_test, options) if any(tests) else []
     wall = (time.perf_counter() - start) / len(records)
     for i, record in enumerate(records):
         record.history, record.images_seen = histories[i], seen[i]
@@ -542,7 +560,8 @@ def _train_stack(
             record.status = "diverged"
             record.reason = f"non-finite training loss in epoch {len(histories[i])}"
         else:
-            record.val_acc, record.test_acc = val[i], test[i]
+            record.val_acc = val[i]
+            record.test_acc = test[i] if tests[i] else math.nan
         record.stack_size, record.trainer = len(records), trainer
         record.wall_s = wall
         record.images_per_s = record.images_seen / wall if wall > 0 else 0.0

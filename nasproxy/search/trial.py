@@ -25,7 +25,7 @@ from nasproxy.data import Dataset
 from nasproxy.errors import first_line
 from nasproxy.multitrain import largest_stack, train_many
 from nasproxy.provenance import utc_now
-from nasproxy.results import UnitKey
+from nasproxy.results import WHOLE, UnitKey
 from nasproxy.search.config import FastChoice
 from nasproxy.search.lock import check_token
 from nasproxy.search.plan import Chunk
@@ -103,19 +103,20 @@ def _train_fused(
     cfgs = [replace(plan.train, seed=seed, device=device) for _, seed, _ in keys]
     sets = [plan.indices[train_set] for train_set, _, _ in keys]
     options = plan.fast.resolve(torch.device(device).type)
+    tests = [train_set == WHOLE for train_set, _, _ in keys]  # only the whole split's is read
     try:
-        return train_many(archs, data, sets, cfgs, options)
+        return train_many(archs, data, sets, cfgs, options, tests)
     except Exception as exc:  # one stack's error must not take its chunk down
         return [_failed(plan, data, key, device, exc) for key in keys]
 
 
 def _train_plain(plan: TrialPlan, data: Dataset, key: UnitKey, device: str) -> TrainRecord:
-    """One unit with the plain trainer; any error becomes a ``failed`` record."""
+    """One unit with the plain trainer; any error becomes a ``failed`` record. A proxy
+    unit skips the test split: only the whole split's test accuracy is read."""
     train_set, seed, arch_id = key
     try:
-        return train(
-            arch_id, data, plan.indices[train_set], replace(plan.train, seed=seed, device=device)
-        )
+        cfg = replace(plan.train, seed=seed, device=device)
+        return train(arch_id, data, plan.indices[train_set], cfg, test=train_set == WHOLE)
     except Exception as exc:  # one unit's error must not take its chunk down
         return _failed(plan, data, key, device, exc)
 

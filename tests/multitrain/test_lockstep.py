@@ -8,6 +8,8 @@ same seeds and training sets (step level in float64, where the two paths agree t
 
 from __future__ import annotations
 
+import math
+import types
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import nasproxy.train as train_module
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.multitrain import lockstep
@@ -38,6 +41,7 @@ from nasproxy.train import (
     fit,
     init_model,
     train,
+    warm_up,
 )
 
 CPU = torch.device("cpu")
@@ -269,11 +273,11 @@ def test_a_failing_stack_splits_down_to_the_plain_trainer(
     real = lockstep._train_stack
     sizes: list[int] = []
 
-    def failing(arch, data, index_sets, cfgs, options):
+    def failing(arch, data, index_sets, cfgs, *rest):
         sizes.append(len(cfgs))
         if len(cfgs) > 2:
             raise error
-        return real(arch, data, index_sets, cfgs, options)
+        return real(arch, data, index_sets, cfgs, *rest)
 
     monkeypatch.setattr(lockstep, "_train_stack", failing)
     sets = _sets(digits, 5, 32, seed=5)
@@ -288,3 +292,83 @@ def test_a_failing_stack_splits_down_to_the_plain_trainer(
     plain = train(arch, digits, sets[2], cfgs[2])  # the one that went down to train()
     assert (records[2].val_acc, records[2].history) == (plain.val_acc, plain.history)
     assert records[2].trainer == "plain" and records[2].status == "ok"
+
+
+def test_the_stack_takes_the_plain_trainers_rates_when_a_batch_of_one_is_dropped(
+    digits: Dataset, monkeypatch
+) -> None:
+    """9 images in batches of 4 (the trailing one dropped): every step of the stack uses
+    the closed-form cosine over the 2 x 3 steps taken, as fit() does, ending at 0."""
+    rates: list[float] = []
+    real = lockstep.sgd_step_
+
+    def spy(params, grads, momenta, lr, momentum, weight_decay):
+        rates.append(float(lr))
+        return real(params, grads, momenta, lr, momentum, weight_decay)
+
+    monkeypatch.setattr(lockstep, "sgd_step_", spy)
+    cfgs = [TrainConfig(epochs=3, batch_size=4, lr=0.1, seed=s) for s in (0, 1)]
+    sets = [np.arange(9), np.arange(9, 18)]
+    records = train_many("w8-d1-relu-batchnorm-none", digits, sets, cfgs)
+    assert [r.stack_size for r in records] == [2, 2]
+    assert [r.images_seen for r in records] == [3 * 8, 3 * 8]
+    total = 3 * 2
+    want = [0.1 * (1 + math.cos(math.pi * t / total)) / 2 for t in range(total)]
+    assert rates == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert cosine_lr(0.1, total, total) == 0.0  # where the next step would be
+
+
+def test_the_test_split_is_evaluated_only_for_the_runs_that_ask(
+    digits: Dataset, monkeypatch
+) -> None:
+    """``test`` per run: NaN for the runs that skip it, the same accuracy as with
+    ``test=True`` for the others, and no pass over the test images when none asks."""
+    sets = _sets(digits, 2, 48, seed=3)
+    cfgs = [TrainConfig(epochs=1, batch_size=16, seed=s) for s in (0, 1)]
+    arch = "w8-d1-relu-batchnorm-maxpooling"
+    full = train_many(arch, digits, sets, cfgs)
+    mixed = train_many(arch, digits, sets, cfgs, test=[False, True])
+    assert math.isnan(mixed[0].test_acc) and mixed[1].test_acc == full[1].test_acc
+    assert [r.val_acc for r in mixed] == [r.val_acc for r in full]
+    evaluated: list[int] = []
+    real = lockstep.accuracies
+
+    def spy(model, data, x, y, options=None):
+        evaluated.append(len(y))
+        return real(model, data, x, y, options)
+
+    monkeypatch.setattr(lockstep, "accuracies", spy)
+    none = train_many(arch, digits, sets, cfgs, test=False)
+    assert evaluated == [len(digits.y_val)] and all(math.isnan(r.test_acc) for r in none)
+    with pytest.raises(NasproxyError, match="2 runs but 1 test choices"):
+        train_many(arch, digits, sets, cfgs, test=[True])
+
+
+def test_the_warm_up_is_in_the_first_record_not_in_the_stacks_time(
+    digits: Dataset, monkeypatch
+) -> None:
+    """A fake warm-up of 1000 s on a clock only the test moves: the stack's first record
+    holds it as ``warmup_s``; ``wall_s`` is each run's share of the stack's own 8 s."""
+    now = [0.0]
+    clock = types.SimpleNamespace(perf_counter=lambda: now[0])
+    monkeypatch.setattr(lockstep, "time", clock)
+    monkeypatch.setattr(train_module, "time", clock)
+    real_fit_many = lockstep.fit_many
+
+    def work(*args, **kwargs):
+        now[0] += 8.0
+        return real_fit_many(*args, **kwargs)
+
+    def warm(data, device):
+        now[0] += 1000.0
+
+    monkeypatch.setattr(lockstep, "fit_many", work)
+    monkeypatch.setattr(train_module, "_warm_up_work", warm)
+    monkeypatch.setattr(train_module, "_warm_devices", set())
+    cfgs = [TrainConfig(epochs=1, batch_size=16, seed=s) for s in (0, 1)]
+    sets = _sets(digits, 2, 32, seed=4)
+    first = train_many("w8-d1-relu-none-none", digits, sets, cfgs)
+    again = train_many("w8-d1-relu-none-none", digits, sets, cfgs)
+    assert [(r.warmup_s, r.wall_s) for r in first] == [(1000.0, 4.0), (0.0, 4.0)]
+    assert [(r.warmup_s, r.wall_s) for r in again] == [(0.0, 4.0), (0.0, 4.0)]
+    assert warm_up(digits, CPU) == 0.0

@@ -50,7 +50,7 @@ def test_cifar_sized_data_reaches_the_trials(cluster, inputs, cifar, cache_root,
     exp_dir = run_search(cfg)
     table = results.read_trials(exp_dir)
     assert len(table) == 2 and (table["status"] == "ok").all()
-    assert (table["n_train"] == 100).all() and table["test_acc"].between(0, 1).all()
+    assert (table["n_train"] == 100).all() and table["val_acc"].between(0, 1).all()
     manifest = results.read_manifest(exp_dir)
     assert manifest["fingerprint"] == cifar.fingerprint
     assert manifest["train_sets"]["random"]["bytes"] == 100 * 3 * 32 * 32

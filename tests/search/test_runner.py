@@ -17,7 +17,9 @@ from tests.search.conftest import REPO, _accuracy_table, _config, _units
 
 # what a unit's training gives; the rest of a row says where and how fast it ran
 RESULT_COLUMNS = [
-    c for c in results.COLUMNS if c not in ("wall_s", "device", "arch", "train_set", "seed")
+    c
+    for c in results.COLUMNS
+    if c not in ("wall_s", "warmup_s", "device", "arch", "train_set", "seed")
 ]
 
 
