@@ -248,10 +248,11 @@ def test_a_driver_that_lost_its_lock_stops_in_one_line_and_writes_nothing_more(
     name = "taken"
     exp_dir = tmp_path / name
     command = _search_command(inputs, tmp_path, name, "--address", cluster, "--epochs", "3")
-    driver = (
+    driver = (  # no periodic table: a pause in the middle of writing it would land after
         "import sys\n"
-        "from nasproxy.search import lock\n"
+        "from nasproxy.search import lock, sweep\n"
         "lock.HEARTBEAT_S = 0.2\n"
+        "sweep.CONSOLIDATE_EVERY_S = 1e9\n"
         "from nasproxy.cli import main\n"
         f"sys.exit(main({command[3:]!r}))\n"
     )
