@@ -139,13 +139,14 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from nasproxy.results import read_manifest
     from nasproxy.search import SearchConfig, run_search
 
     cfg = settings.from_flags(SearchConfig, args)
     with SearchProgress() as progress:
         exp_dir = run_search(cfg, progress=progress)
     print(exp_dir)
-    if cfg.whole_top:
+    if "whole_top" in (read_manifest(exp_dir) or {}):  # also when a resume kept it as recorded
         from nasproxy.report import outcome_lines
 
         for line in outcome_lines(exp_dir):

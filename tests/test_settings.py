@@ -73,6 +73,7 @@ SAME = [
     (["--by", "random"], ["whole_by=random"], "whole_by", "random"),
     (["--whole-archs", "w32-*"], ["whole_archs=w32-*"], "whole_archs", ("w32-*",)),
     (["--whole-sample", "4"], ["whole_sample=4"], "whole_sample", 4),
+    (["--grow-whole"], ["grow_whole=true"], "grow_whole", True),
     (["--whole"], ["whole=true"], "whole", True),
     (["--space", SPACE_FILE], [f"space={SPACE_FILE}"], "space", SPACE_FILE),
     (["--weight-decay", "0.001"], ["weight_decay=0.001"], "train.weight_decay", 0.001),

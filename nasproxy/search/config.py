@@ -133,6 +133,12 @@ class SearchSettings:
         help="with --whole-top: the proxy (training-set name) whose top K are confirmed, or "
         "all (default): the union of every proxy's top K",
     )
+    grow_whole: bool = setting(
+        False,
+        help="on a resume, choose the whole split's architectures as this command says "
+        "(--whole-archs, --whole-sample, --whole-top, --by) where the experiment recorded "
+        "another choice; without it the recorded choice is kept, and a line says so",
+    )
     seeds: tuple[int, ...] = setting(
         (0,),
         parse=parse_seeds,

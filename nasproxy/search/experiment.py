@@ -1,6 +1,7 @@
 """The experiment directory on top of ``nasproxy.results``: its protocol and manifest,
 the refusal of a changed protocol, growth by training set, a manifest rebuilt from the unit
-files, removal (--fresh) and run numbering. See docs/search.md#resume-and-the-manifest.
+files, the whole split's recorded choice of architectures, removal (--fresh) and run
+numbering. See docs/search.md#resume-and-the-manifest.
 """
 
 from __future__ import annotations
@@ -8,22 +9,24 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from nasproxy import __version__, results, shortlist
+from nasproxy import __version__, results, settings, shortlist
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.provenance import git_commit, utc_now
-from nasproxy.results import UnitKey
+from nasproxy.results import WHOLE, UnitKey
 from nasproxy.search.config import SearchConfig, TrainSet
 from nasproxy.search.lock import BREAK_NAME, LOCK_NAME, ensure_held, experiment_lock
 from nasproxy.spaces import Arch, Space
 
 RAY_DIR = "ray"
+# the settings that choose the whole split's architectures (nasproxy.search.sweep.whole_archs)
+WHOLE_CHOICE = ("whole_archs", "whole_sample", "whole_top", "whole_by")
 
 
 def protocol(cfg: SearchConfig) -> dict[str, Any]:
@@ -226,6 +229,8 @@ def build_manifest(
         "runs": [],
         "created": utc_now(),
     }
+    if cfg.whole:
+        manifest["whole_choice"] = whole_choice(cfg)
     if previous is None:
         return manifest
     _carry_hashes(previous, manifest, train_sets)
@@ -325,6 +330,78 @@ def _refuse_different(name: str, old: Mapping[str, Any], new: Mapping[str, Any])
             f"lacks {lacking}; give every stored one (new ones may be added), use another "
             "--name, or --fresh to start over"
         )
+
+
+def whole_choice(cfg: SearchConfig) -> dict[str, Any]:
+    """How ``cfg`` chooses the whole split's architectures, as the manifest records it."""
+    choice = {key: getattr(cfg, key) for key in WHOLE_CHOICE}
+    return choice | {"whole_archs": list(cfg.whole_archs)}
+
+
+def recorded_whole_choice(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The choice of the whole split's architectures a stored manifest records, or {} (no
+    whole split; or an older manifest without ``--whole-top``, which records none: of
+    ``--whole-top`` it records K and ``--by``)."""
+    if WHOLE not in (manifest.get("train_sets") or {}):
+        return {}
+    choice = manifest.get("whole_choice")
+    top = manifest.get("whole_top")
+    if choice is None and isinstance(top, dict):
+        choice = {"whole_top": top.get("k"), "whole_by": top.get("by", shortlist.ALL)}
+    if choice is None:
+        return {}
+    if not isinstance(choice, dict) or not all(_fits(k, v) for k, v in choice.items()):
+        raise NasproxyError(
+            f"manifest.json's record of how the whole split's architectures are chosen is "
+            f"damaged ({choice!r}); give --grow-whole to choose them as this command says"
+        )
+    return choice
+
+
+def keep_whole_choice(
+    cfg: SearchConfig, previous: Mapping[str, Any] | None
+) -> tuple[SearchConfig, str]:
+    """``cfg`` choosing the whole split's architectures as the stored manifest ``previous``
+    recorded, with a line that says so, when the command asks for another choice and not
+    for ``grow_whole``; else ``cfg`` as it is and "".
+
+    A resume that leaves out ``--whole-top`` would otherwise train every architecture of
+    the proxies on the whole split (at paper scale 720 x seeds units instead of K)."""
+    if previous is None or not cfg.whole or cfg.grow_whole:
+        return cfg, ""
+    recorded = recorded_whole_choice(previous)
+    asked = whole_choice(cfg)
+    if all(asked[key] == value for key, value in recorded.items()):
+        return cfg, ""
+    changes = dict(recorded)
+    if "whole_archs" in changes:
+        changes["whole_archs"] = tuple(changes["whole_archs"])
+    return replace(cfg, **changes), (
+        f"experiment {cfg.name!r} chose the whole split's architectures with "
+        f"{_describe(recorded)}; this command asks for {_describe(asked)}: the recorded "
+        "choice is kept (--grow-whole, or run --set grow_whole=true, takes this command's)"
+    )
+
+
+def _fits(key: str, value: Any) -> bool:
+    """Whether ``value`` may be the recorded setting ``key`` of the whole split's choice."""
+    if key == "whole_archs":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if key in ("whole_sample", "whole_top"):
+        return value is None or isinstance(value, int) and not isinstance(value, bool)
+    return key == "whole_by" and isinstance(value, str)
+
+
+def _describe(choice: Mapping[str, Any]) -> str:
+    """A choice of the whole split's architectures as the flags that give it."""
+    flags = settings.leaves(SearchConfig)
+    parts = []
+    for key in WHOLE_CHOICE:
+        value = choice.get(key)
+        values = value if isinstance(value, list) else [] if value is None else [value]
+        if key != "whole_by" or value != shortlist.ALL:
+            parts += [f"{flags[key].flag} {v}" for v in values]
+    return " ".join(parts) or "the proxies' architectures"
 
 
 def finish_manifest(exp_dir: Path, run_info: dict[str, Any]) -> None:

@@ -147,11 +147,15 @@ def held_token(exp_dir: Path | str) -> str:
 
 def check_token(exp_dir: Path | str, token: str) -> None:
     """Raise ``LockLostError`` when ``exp_dir``'s lock file names a holder other than
-    ``token``: a trial's check, in its own process, that its driver still holds the
-    experiment. No lock file passes: a node that does not share the results directory
-    has none (the driver itself notices a lock that was deleted)."""
+    ``token``: a trial's check, in its own process or the driver's, that its driver still
+    holds the experiment. A missing lock file is lost where the experiment's manifest is
+    seen (the driver writes it before any trial: the results directory is shared); a node
+    that does not share the results directory has neither, and passes."""
     path = Path(exp_dir) / LOCK_NAME
-    if path.exists() and _token(path) != token:
+    if path.exists():
+        if _token(path) != token:
+            raise LockLostError(lost_message(path))
+    elif (path.parent / results.MANIFEST).exists():
         raise LockLostError(lost_message(path))
 
 
@@ -207,6 +211,11 @@ def _acquire(path: Path) -> _Lock:
         for _ in range(20):  # each pass either takes the lock, refuses, or clears a stale one
             if _create(tmp, path):
                 return _Lock(path, token, created_dir)
+            if path.is_dir():  # no driver's lock: never judged stale, never removed
+                raise NasproxyError(
+                    f"the lock {path} is a directory, not a nasproxy lock file; if no driver "
+                    "runs this experiment, remove it"
+                )
             holder = _read(path)
             if holder is None and not path.exists():
                 continue  # released between the link and the read

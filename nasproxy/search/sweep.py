@@ -33,6 +33,7 @@ from nasproxy.search.experiment import (
     check_existing,
     check_units_fit,
     finish_manifest,
+    keep_whole_choice,
     next_run_number,
     remove_experiment,
 )
@@ -256,12 +257,8 @@ def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
             f"--by {cfg.whole_by!r} is not a training set of this sweep; choose from "
             f"{', '.join([*proxy_names, shortlist.ALL])}"
         )
-    archs_by_set = {name: archs for name in proxy_names}
-    if cfg.whole:
-        archs_by_set[WHOLE] = whole_archs(cfg, space, archs)
-
     with experiment_lock(cfg.exp_dir):
-        return _run_locked(cfg, data, space, archs_by_set, train_sets, progress)
+        return _run_locked(cfg, data, space, archs, train_sets, progress)
 
 
 def whole_archs(cfg: SearchConfig, space: spaces.Space, proxy_archs: Sequence[Arch]) -> list[Arch]:
@@ -279,15 +276,20 @@ def _run_locked(
     cfg: SearchConfig,
     data: Dataset,
     space: spaces.Space,
-    archs_by_set: dict[str, Sequence[Arch]],
+    archs: Sequence[Arch],
     train_sets: Sequence[TrainSet],
     progress: ProgressFn | None,
 ) -> Path:
-    """The part of ``run_search`` that writes to the experiment (its lock held)."""
+    """The part of ``run_search`` that writes to the experiment (its lock held): the proxies
+    sweep ``archs``, the whole split its own (as the experiment recorded them chosen)."""
     exp_dir = cfg.exp_dir
     if cfg.fresh:
         remove_experiment(exp_dir)
     previous = check_existing(exp_dir, cfg.rebuild_manifest)
+    cfg, kept = keep_whole_choice(cfg, previous)
+    archs_by_set = {ts.name: archs for ts in train_sets if ts.name != WHOLE}
+    if cfg.whole:
+        archs_by_set[WHOLE] = whole_archs(cfg, space, archs)
     manifest = build_manifest(cfg, data, space, archs_by_set, train_sets, previous)
     # every stored unit must fit the manifest: it is rebuilt from them, or they resume
     check_units_fit(
@@ -305,6 +307,12 @@ def _run_locked(
     ]
     damaged: list[Path] = []
     stored = results.read_units(exp_dir, skipped=damaged)
+    # every failed unit of the experiment trains again, also one this command does not
+    # select (an earlier command's, or confirmed by an earlier shortlist): a rerun retries
+    # every failure the exit code counts
+    planned = set(all_keys)
+    retry = [k for k in sorted(stored) if k not in planned and stored[k]["status"] == "failed"]
+    all_keys += retry
     # failed units (out of memory, crashed worker: often transient) run again; ok and
     # diverged ones are final
     done = {k: stored[k] for k in all_keys if k in stored and stored[k]["status"] != "failed"}
@@ -312,8 +320,15 @@ def _run_locked(
     sweep = _Sweep(
         exp_dir, done, len(all_keys), progress, manifest["train_sets"], manifest["archs"]
     )
+    if kept:
+        sweep.emit(message=kept)
     if cfg.rebuild_manifest and previous is not None:
         sweep.emit(message="manifest.json is intact; --rebuild-manifest leaves it as it is")
+    if retry:
+        sweep.emit(
+            message=f"retrying {len(retry)} failed work unit{'s' * (len(retry) > 1)} outside "
+            "this command's architectures (stored by an earlier command or shortlist)"
+        )
     for path in damaged:
         sweep.emit(
             message=f"unit file {path} is damaged or misplaced; it is ignored, and its unit "

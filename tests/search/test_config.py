@@ -22,7 +22,9 @@ def test_fast_options_take_the_device_defaults_and_the_cli_flags(monkeypatch, in
         SearchConfig(name="x", whole=True, max_stack=0)
 
     seen = []
-    monkeypatch.setattr(search, "run_search", lambda cfg, progress=None: seen.append(cfg))
+    monkeypatch.setattr(
+        search, "run_search", lambda cfg, progress=None: seen.append(cfg) or cfg.exp_dir
+    )
     monkeypatch.setattr(cli, "_refuse_failed_units", lambda exp_dir: None)  # no sweep ran
     args = ["search", "--whole", "--name", "flags", "--results-dir", str(tmp_path)]
     assert cli.main([*args, "--fuse", "on", "--max-stack", "8", "--rng", "shared",

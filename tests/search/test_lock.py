@@ -248,10 +248,11 @@ def test_a_driver_that_lost_its_lock_stops_in_one_line_and_writes_nothing_more(
     name = "taken"
     exp_dir = tmp_path / name
     command = _search_command(inputs, tmp_path, name, "--address", cluster, "--epochs", "3")
-    driver = (
+    driver = (  # no periodic table: a pause in the middle of writing it would land after
         "import sys\n"
-        "from nasproxy.search import lock\n"
+        "from nasproxy.search import lock, sweep\n"
         "lock.HEARTBEAT_S = 0.2\n"
+        "sweep.CONSOLIDATE_EVERY_S = 1e9\n"
         "from nasproxy.cli import main\n"
         f"sys.exit(main({command[3:]!r}))\n"
     )
@@ -306,3 +307,35 @@ def test_a_trial_checks_the_token_where_the_results_are_shared(tmp_path):
         with pytest.raises(lock.LockLostError, match="lost the lock"):
             lock.check_token(exp_dir, "another")
     lock.check_token(tmp_path / "elsewhere", token)  # no such folder on this node
+    (tmp_path / "elsewhere" / "units").mkdir(parents=True)
+    lock.check_token(tmp_path / "elsewhere", token)  # units written there, but no manifest
+
+
+def test_a_trial_takes_a_deleted_lock_in_a_shared_folder_as_lost(tmp_path):
+    """Where the experiment's manifest is seen the results folder is shared with the driver,
+    so a lock file missing there was deleted: the trial stops rather than write a unit."""
+    exp_dir = tmp_path / "shared"
+    with experiment_lock(exp_dir):
+        token = lock.held_token(exp_dir)
+        results.write_manifest(exp_dir, {"protocol": {}, "train_sets": {}})
+        (exp_dir / LOCK_NAME).unlink()
+        with pytest.raises(lock.LockLostError, match="nobody holds it now"):
+            lock.check_token(exp_dir, token)
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_a_lock_that_is_a_directory_is_refused_in_one_line(tmp_path, old):
+    """A directory where the lock file belongs (stale by its age, or not) is no driver's
+    lock: one line that says so, exit code 2, and the directory is left as it is."""
+    exp_dir = tmp_path / "dir-lock"
+    (exp_dir / LOCK_NAME / "inside").mkdir(parents=True)
+    if old:
+        then = time.time() - STALE_S - 5
+        os.utime(exp_dir / LOCK_NAME, (then, then))
+    with pytest.raises(NasproxyError) as info:
+        with experiment_lock(exp_dir):
+            pass
+    assert "is a directory" in str(info.value) and "\n" not in str(info.value)
+    assert info.value.exit_code == 2
+    assert (exp_dir / LOCK_NAME / "inside").is_dir()
+    assert sorted(p.name for p in exp_dir.iterdir()) == [LOCK_NAME]

@@ -13,7 +13,7 @@ import pytest
 
 from nasproxy import results
 from nasproxy.search import lock, run_search, trial
-from tests.search.conftest import REPO, _accuracy_table, _config, _units
+from tests.search.conftest import REPO, SMALL, _accuracy_table, _config, _units
 
 # what a unit's training gives; the rest of a row says where and how fast it ran
 RESULT_COLUMNS = [
@@ -125,3 +125,20 @@ def test_a_local_run_stops_on_ctrl_c_and_on_a_lost_lock(inputs, monkeypatch, tmp
     table = results.read_trials(cfg.exp_dir)
     assert len(table) == 12 and (table["status"] == "ok").all()
     assert len(results.read_manifest(cfg.exp_dir)["runs"]) == 2  # the lost run wrote none
+
+
+def test_a_local_run_writes_no_unit_once_its_lock_file_is_deleted(inputs, monkeypatch, tmp_path):
+    """The lock file deleted while a unit trains: that unit is not stored, nor any after it
+    (the trial's own check takes a missing lock in a shared results folder as lost)."""
+    cfg = _config(inputs, tmp_path, "deleted", whole=False, runner="local", archs=(SMALL,))
+    real = trial.train
+
+    def train(*args, **kwargs):
+        (cfg.exp_dir / lock.LOCK_NAME).unlink(missing_ok=True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trial, "train", train)
+    with pytest.raises(lock.LockLostError, match="nobody holds it now"):
+        run_search(cfg)
+    assert _units(cfg.exp_dir) == {}
+    assert results.read_manifest(cfg.exp_dir)["runs"] == []  # the lost run wrote no record

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nasproxy import cli, results, spaces
+from nasproxy import cli, results, shortlist, spaces
 from nasproxy.errors import NasproxyError
 from nasproxy.proxies.build import selection_hash, write_proxy
 from nasproxy.report import make_report
@@ -221,9 +221,10 @@ def wall(key: tuple[str, int, str]) -> float:
     return 1.0 if key[0] != "whole" else 10.0 + sum(key[2].encode()) % 7
 
 
-def stub_runner(kill_in_call: int | None = None, kill_after: int = 0):
+def stub_runner(kill_in_call: int | None = None, kill_after: int = 0, failing: set = frozenset()):
     """A stand-in for ``sweep._run_pending`` storing rows of ``accuracy``; it kills its own
-    process (SIGKILL) in call ``kill_in_call`` after ``kill_after`` units. Returns the
+    process (SIGKILL) in call ``kill_in_call`` after ``kill_after`` units, and stores the
+    units of ``failing`` (a set the test may change between runs) as failed. Returns the
     function and the list of the units each call was given."""
     calls: list[list[tuple[str, int, str]]] = []
 
@@ -241,7 +242,12 @@ def stub_runner(kill_in_call: int | None = None, kill_after: int = 0):
                 n_train=n, train_loss=0.1, val_acc=val, test_acc=test, wall_s=wall(key),
                 images_seen=n * cfg.train.epochs, device="stub",
             )  # fmt: skip
-            sweep.record(results.make_row(Arch.from_id(arch), name, by[name].proxy_hash, record))
+            if key in failing:
+                record = TrainRecord(arch, "failed", "out of memory (stub)", seed=seed,
+                                     epochs=cfg.train.epochs, n_train=n, device="stub")  # fmt: skip
+            row = results.make_row(Arch.from_id(arch), name, by[name].proxy_hash, record)
+            results.write_unit(sweep.exp_dir, row)  # as a trial does, over a failed unit's
+            sweep.record(row)
         return {}
 
     return run, calls
@@ -277,8 +283,9 @@ def test_each_training_set_sweeps_its_own_architectures_and_the_whole_set_only_g
     assert manifest["train_sets"]["random"]["archs"] == ids == manifest["archs"]
     stored = {p: p.read_bytes() for p in _units(exp_dir)}
 
-    # grow the whole split's set: only the new units train, the stored files stay as they are
-    grown = replace(cfg, whole_archs=("w8-d1-relu-*", "w8-d1-sigmoid-*"))
+    # grow the whole split's set (asked for: another choice than the recorded one): only the
+    # new units train, the stored files stay as they are
+    grown = replace(cfg, whole_archs=("w8-d1-relu-*", "w8-d1-sigmoid-*"), grow_whole=True)
     run_search(grown)
     sigmoid = [a for a in ids if "-sigmoid-" in a]
     assert set(calls[1]) == {("whole", s, a) for s in (0, 1) for a in sigmoid}
@@ -347,6 +354,79 @@ def test_by_must_name_a_proxy_of_the_sweep(inputs, tmp_path):
         run_search(_config(inputs, tmp_path, "by", whole_top=2, whole_by="nope"))
     with pytest.raises(NasproxyError, match="need --whole"):
         _config(inputs, tmp_path, "no-whole", whole=False, whole_top=2)
+
+
+def test_a_rerun_that_would_change_the_whole_choice_keeps_the_recorded_one(
+    inputs, monkeypatch, tmp_path, capsys
+):
+    """A --whole-top experiment resumed without the flag confirms as recorded (one line
+    says so, before any work) instead of training every architecture on the whole split;
+    --grow-whole takes the command's choice, and so does a manifest's older record."""
+    run, calls = stub_runner()
+    monkeypatch.setattr(sweep_module, "_run_pending", run)
+    ids = spaces.load(inputs["space"]).ids
+    cfg = _config(inputs, tmp_path, "keep", whole_top=1)
+    exp_dir = run_search(cfg)
+    confirmed = {a for ts, _, a in results.read_units(exp_dir) if ts == "whole"}
+    assert 1 <= len(confirmed) <= 2 and len(calls) == 2
+
+    def rerun(changed, old_manifest: bool = False) -> list[str]:
+        if old_manifest:  # as an older nasproxy wrote it: the choice only in "whole_top"
+            manifest = results.read_manifest(exp_dir)
+            del manifest["whole_choice"]
+            results.write_manifest(exp_dir, manifest)
+        events = []
+        monkeypatch.setattr(sweep_module, "_run_pending", lambda *a: pytest.fail("trained"))
+        run_search(changed, progress=events.append)
+        monkeypatch.setattr(sweep_module, "_run_pending", run)
+        return [e.message for e in events if e.message]
+
+    without, by = replace(cfg, whole_top=None), replace(cfg, whole_by="random")
+    for changed, old in ((without, False), (without, True), (by, False)):
+        messages = rerun(changed, old)
+        assert "chose the whole split's architectures with --whole-top 1" in messages[0]
+        assert "--grow-whole" in messages[0] and "\n" not in messages[0]
+        assert {a for ts, _, a in results.read_units(exp_dir) if ts == "whole"} == confirmed
+        assert results.read_manifest(exp_dir)["whole_choice"]["whole_top"] == 1
+    assert not [m for m in rerun(cfg) if "chose" in m]  # the same choice: no note
+    argv = [
+        "search", "--dataset", "digits", "--space", inputs["space"], "--whole",
+        "--proxy", str(inputs["proxies"][0]), "--proxy", str(inputs["proxies"][1]),
+        "--epochs", "1", "--name", "keep", "--results-dir", str(tmp_path),
+    ]  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(argv) == 0  # the command line says so, and gives the kept outcome
+    out, err = capsys.readouterr()
+    assert "the recorded choice is kept" in err
+    assert len([ln for ln in out.splitlines() if ln.startswith("search outcome")]) == 2
+
+    run_search(replace(cfg, whole_top=None, grow_whole=True))  # asked for: the proxies' archs
+    assert set(calls[2]) == {("whole", 0, a) for a in ids if a not in confirmed}
+    assert results.read_manifest(exp_dir)["whole_choice"]["whole_top"] is None
+
+
+def test_a_failed_unit_outside_the_current_lists_trains_again(inputs, monkeypatch, tmp_path):
+    """A whole-split unit confirmed by an earlier shortlist that failed is retried after the
+    shortlist moved on (here: a proxy unit that failed succeeds and outranks it), so the
+    rerun the exit code asks for ends the failures rather than repeating forever."""
+    ids = spaces.load(inputs["space"]).ids
+    score = pd.Series(_mean_val("random", ids, (0,)))
+    best = shortlist.top_k(score, 1)[0]
+    second = shortlist.top_k(score.drop(best), 1)[0]
+    failing = {("random", 0, best), ("whole", 0, second)}
+    run, calls = stub_runner(failing=failing)
+    monkeypatch.setattr(sweep_module, "_run_pending", run)
+    cfg = _config(inputs, tmp_path, "moved", whole_top=1, whole_by="random")
+    exp_dir = run_search(cfg)
+    assert results.read_manifest(exp_dir)["whole_top"]["shortlists"]["random"] == [second]
+    failing.clear()  # what failed was transient
+    events = []
+    run_search(cfg, progress=events.append)
+    assert results.read_manifest(exp_dir)["whole_top"]["shortlists"]["random"] == [best]
+    table = results.read_trials(exp_dir)
+    assert (table["status"] == "ok").all() and len(table) == 2 * len(ids) + 2
+    assert ("whole", 0, second) in calls[2]
+    assert any("1 failed work unit outside" in e.message for e in events)
 
 
 # --- a stopped sweep resumes -----------------------------------------------------------------
