@@ -31,11 +31,11 @@ WHOLE_CHOICE = ("whole_archs", "whole_sample", "whole_top", "whole_by")
 
 def protocol(cfg: SearchConfig) -> dict[str, Any]:
     """What makes two runs comparable: the training settings, seeds and data split."""
-    settings = asdict(cfg.train)
-    settings.pop("seed")
-    settings.pop("device")
+    train = asdict(cfg.train)
+    train.pop("seed")
+    train.pop("device")
     return {
-        **settings,
+        **train,
         "seeds": list(cfg.seeds),
         "whole_per_class": cfg.whole_per_class,
         "val_fraction": cfg.val_fraction,
