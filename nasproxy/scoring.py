@@ -271,8 +271,9 @@ def scoring_run(
     """The cached artifact for (``data``, ``cfg``); trains and stores it on first use.
 
     ``threads``: torch's CPU threads while it trains (default one, so that the bytes do not
-    depend on the machine; None: torch's setting, faster on many cores, the bytes then
-    depend on the count). Not part of the key: a cached run is reused whatever its count.
+    depend on the machine; None: torch's setting, which can be faster on many cores, the
+    bytes then depend on the count). Not part of the key: a cached run is reused whatever
+    its count.
     """
     if threads is not None and threads < 1:
         raise NasproxyError(f"scoring threads must be at least 1, got {threads}")
