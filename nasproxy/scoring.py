@@ -10,13 +10,22 @@ trained once per (dataset fingerprint, backbone, training settings, seed) and st
                    outputs, ``labels`` (n,), ``head_weight`` / ``head_bias`` of the trained
                    classifier, and the forgetting statistics recorded during that same
                    training: ``forgetting_events`` (n,) int64 and ``ever_learned`` (n,) bool
-  ``meta.json``    the key, the per-epoch history, timings and the artifact ``hash``
+  ``meta.json``    the key, the per-epoch history, timings, the artifact ``hash`` and
+                   where it ran (``platform``: device, CPU threads, machine, CPU model,
+                   torch version; absent from runs cached by earlier versions)
 
 The directory is written under a temporary name and renamed into place, so a reader sees
 all of it or none of it. The hash is the sha256 of the key and of both data files; it is
 checked on every load and recorded in every proxy file built from the artifact. A damaged
 artifact (unreadable, or not matching its hash) is discarded and trained again, with a
 one-line warning.
+
+On a CPU the run uses one thread (``SCORING_THREADS``) whatever torch's setting: with more,
+the order of the floating-point sums in the convolutions depends on the thread count, and
+so do the features and every scoring-based proxy (docs/reliability.md, "Same seed, same
+bytes"; ``scripts/bench_scoring_threads.py`` measures what the pinning costs). The thread
+count is not part of the cache key, as the device is not: a cached run is reused
+wherever it was made, and its ``platform`` says where that was.
 """
 
 from __future__ import annotations
@@ -25,12 +34,14 @@ import hashlib
 import io
 import json
 import math
+import platform
 import shutil
 import tempfile
 import time
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +58,7 @@ from nasproxy.io import (
     check_output_dir,
     private_to_default,
 )
-from nasproxy.provenance import device_name
+from nasproxy.provenance import cpu_model, device_name
 from nasproxy.spaces import Arch
 from nasproxy.train import (
     EVAL_BATCH,
@@ -68,6 +79,9 @@ RESNET18 = "resnet18"
 # Long enough for the backbone to fit its training split, so that forgetting statistics
 # and herding features describe a trained network; half the search protocol's 100 epochs.
 DEFAULT_EPOCHS = 50
+# The CPU threads of a scoring run: one, so that its bytes do not depend on the machine's
+# core count or torch's thread setting (docs/reliability.md, "Same seed, same bytes").
+SCORING_THREADS = 1
 FILES = ("model.pt", "arrays.npz")
 ARRAYS = (
     "features",
@@ -220,14 +234,49 @@ def artifact_dir(cache_dir: str | Path, data: Dataset, cfg: ScoringConfig) -> Pa
     return Path(cache_dir) / "scoring" / name
 
 
+def platform_record(device: torch.device) -> dict[str, Any]:
+    """Where torch work runs now: the device's name, torch's CPU threads, the machine, the
+    CPU model and the torch version (what a scoring run's and a proxy's bytes depend on
+    beyond their settings)."""
+    return {
+        "device": device_name(device),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model(),
+        "torch": torch.__version__,
+    }
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` inside the block (None: left as they are)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def scoring_run(
     data: Dataset,
     cfg: ScoringConfig,
     cache_dir: str | Path,
     device: str = "auto",
     progress: Progress | None = None,
+    *,
+    threads: int | None = SCORING_THREADS,
 ) -> ScoringArtifact:
-    """The cached artifact for (``data``, ``cfg``); trains and stores it on first use."""
+    """The cached artifact for (``data``, ``cfg``); trains and stores it on first use.
+
+    ``threads``: torch's CPU threads while it trains (default one, so that the bytes do not
+    depend on the machine; None: torch's setting, which can be faster on many cores, the
+    bytes then depend on the count). Not part of the key: a cached run is reused whatever
+    its count.
+    """
+    if threads is not None and threads < 1:
+        raise NasproxyError(f"scoring threads must be at least 1, got {threads}")
     path = artifact_dir(cache_dir, data, cfg)
     if path.exists():
         try:
@@ -243,7 +292,8 @@ def scoring_run(
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=_mkdir(path.parent)))
     try:
         private_to_default(tmp)  # the folder is renamed into place: not private
-        _train_into(tmp, data, cfg, device, progress)
+        with torch_threads(threads):
+            _train_into(tmp, data, cfg, device, progress)
         try:
             tmp.rename(path)
         except OSError:  # another process stored the same run first: keep theirs
@@ -346,6 +396,7 @@ def _train_into(
         "images_seen": seen,
         "train_s": train_s,
         "device": device_name(dev),
+        "platform": platform_record(dev),
         "train_acc_eval": float((logits.argmax(1) == arrays["labels"]).mean()),
         "feature_dim": int(features.shape[1]),
     }

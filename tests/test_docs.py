@@ -109,8 +109,20 @@ def code_blocks(section: list[str]) -> list[str]:
     return ["\n".join(block) + "\n" for block in blocks if block]
 
 
+# How far the influence line of README's Python example moved when only the order of the
+# floating-point sums of its scoring run changed: 0.371 to 0.462 val accuracy with the
+# scoring run at 1, 2, 3 and 4 threads, unpinned (results/bench/scoring-threads-cpu.json).
+# Another processor changes that order as a thread count does, so README's number holds on
+# another machine to within this spread only; the whole split's line (no scoring run) held
+# at 0.818 at every count, and keeps the tolerance of a few validation images.
+PROXY_LINE_SPREAD = 0.10
+WHOLE_LINE_TOLERANCE = 0.02
+
+
 @pytest.mark.slow
 def test_readme_python_example_prints_what_readme_shows(tmp_path: Path) -> None:
+    """What holds on any machine and thread count: the lines and their image counts, the
+    whole split's accuracy, the proxy's within the spread measured across thread counts."""
     example, shown = code_blocks(readme_section("Using it from Python"))
     env = {**os.environ, "NASPROXY_DATA_ROOT": str(tmp_path)}
     out = subprocess.run(
@@ -127,6 +139,9 @@ def test_readme_python_example_prints_what_readme_shows(tmp_path: Path) -> None:
     expected = [m.groups() for m in pattern.finditer(shown)]
     assert [(n, c) for n, c, _ in printed] == [(n, c) for n, c, _ in expected]
     # the influence proxy keeps 20 images of each of the 10 digits
-    assert [int(c) for _, c, _ in printed][0] == 20 * 10
-    for (_, _, acc), (_, _, want) in zip(printed, expected, strict=True):
-        assert float(acc) == pytest.approx(float(want), abs=0.02)
+    assert [(n, int(c)) for n, c, _ in printed][0] == ("influence", 20 * 10)
+    (_, _, proxy), (_, _, whole) = printed
+    (_, _, proxy_shown), (_, _, whole_shown) = expected
+    assert float(whole) == pytest.approx(float(whole_shown), abs=WHOLE_LINE_TOLERANCE)
+    assert float(proxy) == pytest.approx(float(proxy_shown), abs=PROXY_LINE_SPREAD)
+    assert float(proxy) < float(whole)  # 200 images against 1,295

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 
 import numpy as np
@@ -15,6 +16,7 @@ import nasproxy.scoring as scoring
 from nasproxy.data import load_dataset
 from nasproxy.errors import CacheWarning, NasproxyError
 from nasproxy.models_resnet import CifarResNet18
+from nasproxy.provenance import cpu_model
 from nasproxy.proxies.base import top_per_class
 from nasproxy.proxies.forgetting import forgetting_scores
 from nasproxy.scoring import ForgettingTracker, ScoringConfig, load_artifact, scoring_run
@@ -253,3 +255,56 @@ def test_the_cached_scoring_run_gets_the_modes_the_umask_gives(digits, tmp_path)
     assert stat.S_IMODE(artifact.path.stat().st_mode) == 0o755
     files = [p for p in artifact.path.iterdir() if p.is_file()]
     assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}
+
+
+@pytest.fixture
+def torch_threads_restored():
+    """Tests that set torch's thread count leave it as they found it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_scoring_bytes_do_not_depend_on_torchs_thread_count(
+    run, digits, tmp_path, torch_threads_restored
+):
+    """Trained with torch at 1 and at 2 threads, the run is the same bytes (it is pinned to
+    one thread, which its record says) and torch's setting is left as it was; with the pin
+    off (threads=None) the record says the count that trained it."""
+    artifact, _, _ = run
+    hashes = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        again = scoring_run(digits, TINY, tmp_path / f"t{threads}", device="cpu")
+        assert torch.get_num_threads() == threads
+        assert again.meta["platform"]["threads"] == scoring.SCORING_THREADS == 1
+        hashes.append(again.hash)
+    assert hashes == [artifact.hash, artifact.hash]
+
+
+def test_an_unpinned_scoring_run_records_torchs_thread_count(
+    digits, tmp_path, torch_threads_restored
+):
+    torch.set_num_threads(2)
+    artifact = scoring_run(digits, TINY, tmp_path, device="cpu", threads=None)
+    meta = json.loads((artifact.path / "meta.json").read_text())
+    where = meta["platform"]
+    assert where["threads"] == 2 and where["device"] == "cpu"
+    assert where["machine"] == platform.machine() and where["torch"] == torch.__version__
+    assert where["cpu_model"] == cpu_model()
+    with pytest.raises(NasproxyError, match="at least 1"):
+        scoring_run(digits, TINY, tmp_path / "zero", device="cpu", threads=0)
+
+
+def test_a_run_cached_without_a_platform_record_is_reused(run, digits, tmp_path, monkeypatch):
+    """A run cached by an earlier version (no ``platform`` in meta.json) still reads back."""
+    artifact, _, _ = run
+    path = scoring.artifact_dir(tmp_path, digits, TINY)
+    path.parent.mkdir(parents=True)
+    shutil.copytree(artifact.path, path)
+    meta = json.loads((path / "meta.json").read_text())
+    del meta["platform"]
+    (path / "meta.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(scoring, "fit", None)  # reused, not trained again
+    again = scoring_run(digits, TINY, tmp_path, device="cpu")
+    assert again.hash == artifact.hash and "platform" not in again.meta

@@ -9,7 +9,9 @@ mean loss and gradient norm of the kept examples beside those of the whole train
 
 The proxy file (JSON, format ``nasproxy-proxy/1``) records the method, its options, the
 seed, the dataset and its fingerprint, the backbone and the scoring artifact's hash, the
-kept train-split indices per class name, n_images, epsilon, diagnostics and timings.
+kept train-split indices per class name, n_images, epsilon, diagnostics and timings, and
+where the build ran (``platform``: device, CPU threads, machine, CPU model, torch; the
+scoring run's own is ``backbone.platform``, null for runs cached by earlier versions).
 ``proxy_record`` is the one place a record is made (by ``build_proxy``, and by scripts and
 tests that need a proxy file without a build), ``write_proxy`` the one writer, and
 ``load_proxy`` the canonical reader: it checks the format, the dataset fingerprint and
@@ -45,7 +47,14 @@ from nasproxy.provenance import utc_now
 from nasproxy.proxies import registry
 from nasproxy.proxies.base import ProxyOptions, SelectionContext, check_budget
 from nasproxy.proxies.registry import Method
-from nasproxy.scoring import ScoringArtifact, ScoringConfig, artifact_dir, scoring_run
+from nasproxy.scoring import (
+    ScoringArtifact,
+    ScoringConfig,
+    artifact_dir,
+    platform_record,
+    scoring_run,
+)
+from nasproxy.train import resolve_device
 
 FORMAT = "nasproxy-proxy/1"
 
@@ -122,6 +131,7 @@ def build_proxy(
     options = options or ProxyOptions()
     chosen = method if isinstance(method, Method) else registry.resolve(method)
     _check_request(data, chosen.name, per_class, options)
+    where = platform_record(resolve_device(device))  # a device it lacks: refused before work
     start = time.perf_counter()
     l2 = options.head_l2 if options.head_l2 is not None else scoring.weight_decay
     run = _Scoring(data, scoring, l2, cache_dir, device, progress)
@@ -194,6 +204,7 @@ def build_proxy(
             "train_s": artifact.meta.get("train_s"),
             "train_acc_eval": artifact.meta.get("train_acc_eval"),
             "feature_dim": int(artifact.features.shape[1]),
+            "platform": artifact.meta.get("platform"),
         },
         backbone_hash=None if artifact is None else artifact.hash,
         epsilon_from=epsilon_from,
@@ -206,6 +217,7 @@ def build_proxy(
             "total_s": time.perf_counter() - start,
         },
         nasproxy_version=__version__,
+        platform=where,
         created=utc_now(),
     )
 

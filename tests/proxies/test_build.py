@@ -4,6 +4,8 @@ writing and reading the proxy file."""
 from __future__ import annotations
 
 import json
+import platform
+import shutil
 import subprocess
 import sys
 
@@ -18,6 +20,7 @@ from nasproxy.data import load_dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.influence.estimate import parameter_influence, per_example_gradients, refit_head
 from nasproxy.influence.head import RefitHead
+from nasproxy.provenance import cpu_model
 from nasproxy.proxies.build import (
     build_proxy,
     load_proxy,
@@ -27,7 +30,7 @@ from nasproxy.proxies.build import (
     write_proxy,
 )
 from nasproxy.proxies.random import random_per_class
-from nasproxy.scoring import DEFAULT_BACKBONE, scoring_run
+from nasproxy.scoring import DEFAULT_BACKBONE, artifact_dir, scoring_run
 from tests.proxies.common import NEW, TINY, K, build, cli, first_k, flat
 
 
@@ -62,6 +65,44 @@ def test_records_name_the_scoring_run_they_read(records, artifact):
     for record in records.values():
         assert record["backbone_hash"] == artifact.hash
         assert record["backbone"]["id"] == TINY.backbone
+
+
+def test_a_proxy_file_records_where_it_and_its_scoring_run_ran(digits, cache, artifact):
+    """The build's threads, machine, CPU model and torch, and its scoring run's (one thread,
+    whatever the build's count); a cheap proxy without a scoring run records its own."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        records = [build(digits, cache, m) for m in ("herding", "random")]
+    finally:
+        torch.set_num_threads(before)
+    here = {
+        "device": "cpu",
+        "threads": 2,
+        "machine": platform.machine(),
+        "cpu_model": cpu_model(),
+        "torch": torch.__version__,
+    }
+    assert [r["platform"] for r in records] == [here, here]
+    assert records[0]["backbone"]["platform"] == {**here, "threads": 1}
+    assert records[0]["backbone"]["platform"] == artifact.meta["platform"]
+    # the selection's hash does not read where it ran
+    assert selection_hash(records[0]) == selection_hash({**records[0], "platform": None})
+
+
+def test_a_scoring_run_cached_by_an_earlier_version_builds_with_no_platform(
+    digits, artifact, tmp_path
+):
+    """meta.json of an earlier version has no platform: the proxy says null, not a guess."""
+    path = artifact_dir(tmp_path, digits, TINY)
+    path.parent.mkdir(parents=True)
+    shutil.copytree(artifact.path, path)
+    meta = json.loads((path / "meta.json").read_text())
+    del meta["platform"]
+    (path / "meta.json").write_text(json.dumps(meta))
+    record = build_proxy(digits, "herding", K, 0, tmp_path, TINY, device="cpu")
+    assert record["backbone_hash"] == artifact.hash
+    assert record["backbone"]["platform"] is None and record["platform"]["threads"] >= 1
 
 
 def test_epsilon_and_diagnostics_match_a_direct_recomputation(records, digits, cache):
