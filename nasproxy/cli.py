@@ -140,7 +140,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     cfg = settings.from_flags(SearchConfig, args)
     with SearchProgress() as progress:
-        exp_dir = run_search(cfg, progress=progress)
+        try:
+            exp_dir = run_search(cfg, progress=progress)
+        except settings.SettingError as exc:
+            raise exc.named(settings.flag_names(SearchConfig)) from None
     print(exp_dir)
     if cfg.whole_top:
         from nasproxy.report import outcome_lines
@@ -248,22 +251,35 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from nasproxy.pipeline import run_pipeline
-    from nasproxy.presets import PRESETS, parse_overrides
+    from nasproxy.presets import PRESETS, Preset, parse_overrides
     from nasproxy.report import format_summary
     from nasproxy.search import SearchSettings
 
     preset = parse_overrides(PRESETS[args.preset], args.set)
     _seeds_notice(args.set)
-    flags = settings.parse_values(SearchSettings, settings.given(args, SearchSettings))
-    preset = dataclasses.replace(preset, search=settings.replace_settings(preset.search, flags))
-    with SearchProgress() as search_progress:
-        result = run_pipeline(
-            preset,
-            args.name or args.preset,
-            device=args.device,
-            progress=lambda line: print(f"nasproxy run: {line}", file=sys.stderr, flush=True),
-            search_progress=search_progress,
+    given = settings.given(args, SearchSettings)
+    # a refusal names each setting as it was given: a flag, else a --set key
+    names = {key: settings.leaves(SearchSettings)[key].flag for key in given}
+    twice = [key for key in given if key in settings.parse_overrides(Preset, args.set)]
+    if twice:
+        raise NasproxyError(
+            f"{', '.join(names[k] for k in twice)} and --set {', '.join(twice)} give the same "
+            "setting: give it once"
         )
+    try:
+        flags = settings.parse_values(SearchSettings, given)
+        search = settings.replace_settings(preset.search, flags)
+        preset = dataclasses.replace(preset, search=search)
+        with SearchProgress() as search_progress:
+            result = run_pipeline(
+                preset,
+                args.name or args.preset,
+                device=args.device,
+                progress=lambda line: print(f"nasproxy run: {line}", file=sys.stderr, flush=True),
+                search_progress=search_progress,
+            )
+    except settings.SettingError as exc:
+        raise exc.named(names) from None
     print(format_summary(result))
     print(f"\nThe report is in {result.paths['md']}")
     _refuse_failed_units(result.exp_dir)
