@@ -363,11 +363,16 @@ def get(obj: Any, key: str) -> Any:
 def check_fields(obj: Any) -> None:
     """Refuse, as one ``SettingError``, a setting of ``obj`` (its own fields; a nested
     dataclass checks its own) whose value breaks its declaration (module docstring)."""
-    hints = typing.get_type_hints(type(obj))
+    hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
         hint = hints[f.name]
         if "help" in f.metadata and not dataclasses.is_dataclass(hint):
             _check(f, hint, getattr(obj, f.name))
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # once a class: settings are made per unit
 
 
 def _check(f: dataclasses.Field, hint: Any, value: Any) -> None:
