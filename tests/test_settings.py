@@ -328,4 +328,9 @@ def test_every_train_and_build_proxy_flag_refuses_its_bad_values(stop_at_work, t
     build += ["--out", str(tmp_path / "results" / "p.json")]
     keys = settings.leaves(ProxyOptions)
     accepted |= _walk(build, ProxyOptions, keys, True, tmp_path, capsys)
+    data = ["dataset", "data_root", "val_fraction", "split_seed"]  # as the search's
+    for command in (train, build):
+        accepted |= _walk(command[:-2], SearchSettings, data, True, tmp_path, capsys)
+        for flag in ("--seed", "--backbone-seed")[: 1 + (command is build)]:
+            assert _outcome([*command, flag, "-1"], tmp_path, capsys) == "refused"
     assert accepted == set()
