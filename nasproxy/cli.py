@@ -270,7 +270,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _seeds_notice(args.set)
     given = settings.given(args, SearchSettings)
     # a refusal names each setting as it was given: a flag, else a --set key
-    names = {key: settings.leaves(SearchSettings)[key].flag for key in given}
+    names = {k: v for k, v in settings.flag_names(SearchSettings).items() if k in given}
     twice = [key for key in given if key in settings.parse_overrides(Preset, args.set)]
     if twice:
         raise NasproxyError(
