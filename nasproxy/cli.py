@@ -24,7 +24,9 @@ from nasproxy.errors import IncompleteError, NasproxyError, NasproxyWarning
 from nasproxy.io import check_output_file
 
 if TYPE_CHECKING:
+    from nasproxy.data import Dataset
     from nasproxy.search import Progress as SearchEvent
+    from nasproxy.search import SearchSettings
 
 Handler = Callable[[argparse.Namespace], int]
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -32,25 +34,27 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 RUN_FLAGS = ("results_dir", "data_root", "address", "fresh")
 
 
+DATA_KEYS = ("dataset", "data_root", "val_fraction", "split_seed")  # train's, build-proxy's
+
+
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dataset",
-        default="digits",
-        help="digits (embedded), cifar10, cifar100 or imagefolder:PATH (folder or .tar.gz)",
-    )
-    p.add_argument(
-        "--data-root",
-        default=None,
-        help="download and cache folder (default $NASPROXY_DATA_ROOT or ~/.cache/nasproxy)",
-    )
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held out of train per class")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
+    """The dataset's flags: the search settings of those names, read and checked as theirs."""
+    from nasproxy.search import SearchSettings
+
+    settings.add_flags(p, SearchSettings, DATA_KEYS)
 
 
-def _load_data(args: argparse.Namespace):
+def _data_settings(args: argparse.Namespace) -> SearchSettings:
+    """The dataset's settings from its flags (``_add_dataset_args``), checked."""
+    from nasproxy.search import SearchSettings
+
+    return settings.from_flags(SearchSettings, args)
+
+
+def _load_data(cfg: SearchSettings) -> Dataset:
     from nasproxy.data import load_dataset
 
-    return load_dataset(args.dataset, args.data_root, args.val_fraction, args.split_seed)
+    return load_dataset(cfg.dataset, cfg.data_root, cfg.val_fraction, cfg.split_seed)
 
 
 def cmd_space(args: argparse.Namespace) -> int:
@@ -74,8 +78,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nasproxy.train import TrainConfig, train
 
     arch = Arch.from_id(args.arch)
-    data = _load_data(args)
+    data_cfg = _data_settings(args)
     cfg = settings.from_flags(TrainConfig, args, seed=args.seed, device=args.device)
+    data = _load_data(data_cfg)
     record = train(arch, data, None, cfg)
     print(json.dumps(record.to_dict(), indent=2))
     if record.status == "failed":
@@ -96,6 +101,10 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
 
     if (args.method is None) == (args.from_indices is None):
         raise NasproxyError("give either --method or --from-indices")
+    for flag, seed in (("--seed", args.seed), ("--backbone-seed", args.backbone_seed)):
+        if seed is not None and not settings.SEED.holds(seed):
+            raise NasproxyError(f"{flag} must be {settings.SEED.want}, got {seed}")
+    data_cfg = _data_settings(args)
     options = settings.from_flags(ProxyOptions, args)
     per_class = args.per_class
     if per_class is None and options.epsilon is None and args.from_indices is None:
@@ -107,19 +116,21 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
         backbone["epochs"] = args.backbone_epochs
     if args.out is not None:
         check_output_file(args.out, "proxy file")  # before the dataset and the scoring run
-    data = _load_data(args)
+    data = _load_data(data_cfg)
     method = args.method
     if args.from_indices is not None:
         method, per_class = indices_method(args.from_indices, data, per_class)
     label = "from-indices" if args.from_indices is not None else args.method
-    out = args.out or default_proxy_path(args.dataset, label, per_class, args.seed, options.epsilon)
+    out = args.out or default_proxy_path(
+        data_cfg.dataset, label, per_class, args.seed, options.epsilon
+    )
     check_output_file(out, "proxy file")  # before the scoring run, not after it
     record = build_proxy(
         data,
         method,
         per_class,
         args.seed,
-        cache_dir=args.data_root or default_data_root(),
+        cache_dir=data_cfg.data_root or default_data_root(),
         scoring=ScoringConfig(**backbone),
         options=options,
         device=args.device,
@@ -144,7 +155,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     cfg = settings.from_flags(SearchConfig, args)
     with SearchProgress() as progress:
-        exp_dir = run_search(cfg, progress=progress)
+        try:
+            exp_dir = run_search(cfg, progress=progress)
+        except settings.SettingError as exc:
+            raise exc.named(settings.flag_names(SearchConfig)) from None
     print(exp_dir)
     if "whole_top" in (read_manifest(exp_dir) or {}):  # also when a resume kept it as recorded
         from nasproxy.report import outcome_lines
@@ -252,22 +266,35 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from nasproxy.pipeline import run_pipeline
-    from nasproxy.presets import PRESETS, parse_overrides
+    from nasproxy.presets import PRESETS, Preset, parse_overrides
     from nasproxy.report import format_summary
     from nasproxy.search import SearchSettings
 
     preset = parse_overrides(PRESETS[args.preset], args.set)
     _seeds_notice(args.set)
-    flags = settings.parse_values(SearchSettings, settings.given(args, SearchSettings))
-    preset = dataclasses.replace(preset, search=settings.replace_settings(preset.search, flags))
-    with SearchProgress() as search_progress:
-        result = run_pipeline(
-            preset,
-            args.name or args.preset,
-            device=args.device,
-            progress=lambda line: print(f"nasproxy run: {line}", file=sys.stderr, flush=True),
-            search_progress=search_progress,
+    given = settings.given(args, SearchSettings)
+    # a refusal names each setting as it was given: a flag, else a --set key
+    names = {k: v for k, v in settings.flag_names(SearchSettings).items() if k in given}
+    twice = [key for key in given if key in settings.parse_overrides(Preset, args.set)]
+    if twice:
+        raise NasproxyError(
+            f"{', '.join(names[k] for k in twice)} and --set {', '.join(twice)} give the same "
+            "setting: give it once"
         )
+    try:
+        flags = settings.parse_values(SearchSettings, given)
+        search = settings.replace_settings(preset.search, flags)
+        preset = dataclasses.replace(preset, search=search)
+        with SearchProgress() as search_progress:
+            result = run_pipeline(
+                preset,
+                args.name or args.preset,
+                device=args.device,
+                progress=lambda line: print(f"nasproxy run: {line}", file=sys.stderr, flush=True),
+                search_progress=search_progress,
+            )
+    except settings.SettingError as exc:
+        raise exc.named(names) from None
     print(format_summary(result))
     print(f"\nThe report is in {result.paths['md']}")
     _refuse_failed_units(result.exp_dir)
@@ -386,9 +413,11 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _option_flags(p: argparse.ArgumentParser) -> None:
-    """One flag an option of the influence method and of its head (``ProxyOptions``)."""
+    """The dataset's flags, and one flag an option of the influence method and of its head
+    (``ProxyOptions``)."""
     from nasproxy.proxies.base import ProxyOptions
 
+    _add_dataset_args(p)
     settings.add_flags(p, ProxyOptions)
 
 
@@ -469,7 +498,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="images kept per class (default 100; with --from-indices, the file's)",
     )
-    _add_dataset_args(p)
     p.add_argument("--seed", type=int, default=0, help="selection seed (and backbone seed)")
     p.add_argument("--out", default=None, help="default results/proxies/NAME-METHOD-K-sSEED.json")
     p.add_argument(

@@ -97,6 +97,9 @@ def load_dataset(
     if not 0.0 <= val_fraction < 1.0:
         raise NasproxyError(f"val fraction must be in [0, 1), got {val_fraction}")
     root = Path(data_root) if data_root is not None else default_data_root()
+    blocked = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:  # refused even for a dataset that needs no data root (digits)
+        raise NasproxyError(f"data root {root}: {blocked} is a file, not a folder")
     if spec == "digits":
         raw = _load_digits()
     elif spec in ("cifar10", "cifar100"):

@@ -18,8 +18,10 @@ from typing import Any
 from nasproxy import settings, spaces
 from nasproxy.data import Dataset, default_data_root, load_dataset
 from nasproxy.errors import NasproxyError
+from nasproxy.io import check_output_dir
 from nasproxy.presets import Preset
 from nasproxy.proxies import registry
+from nasproxy.proxies.base import check_budget
 from nasproxy.proxies.build import build_proxy, read_proxy, write_proxy
 from nasproxy.report import ReportResult, make_report
 from nasproxy.results import experiment_dir
@@ -33,6 +35,8 @@ from nasproxy.search import (
 )
 from nasproxy.search.address import check_address
 from nasproxy.search.lock import ensure_held
+from nasproxy.search.runner import check_runner
+from nasproxy.settings import SettingError, ref
 from nasproxy.train import resolve_device
 
 Message = Callable[[str], None]
@@ -142,9 +146,8 @@ def run_pipeline(
         search = settings.replace_settings(search, search_options)
     exp_dir = experiment_dir(search.results_dir, name)
     check_methods(preset.methods)
-    if preset.top_k < 1:
-        raise NasproxyError(f"top_k must be at least 1, got {preset.top_k}")
     root = Path(search.data_root) if search.data_root is not None else default_data_root()
+    check_output_dir(root, "data root")  # the scoring runs are cached there
     resolve_device(device)
     proxies_dir = exp_dir / "proxies"
     cfg = search.config(  # the proxy files it names are built below
@@ -157,13 +160,20 @@ def run_pipeline(
     # the experiment goes before its proxies are built, not by the search (after the build)
     cfg = replace(cfg, fresh=False)
     check_address(cfg.address)  # a cluster that does not answer fails before the proxies
+    check_runner(cfg)
     data = load_dataset(cfg.dataset, root, cfg.val_fraction, cfg.split_seed)
+    for key, budget in (("per_class", preset.per_class), ("whole_per_class", cfg.whole_per_class)):
+        if budget is not None:
+            try:
+                check_budget(data, budget)
+            except NasproxyError as exc:
+                raise SettingError(f"{ref(key)}: {exc}") from None
     space = spaces.load(cfg.space, data.image_size)
     select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)
     select_archs(space, cfg.whole_archs, cfg.whole_sample, cfg.sample_seed)
     if cfg.whole_by not in ("all", *preset.methods):
-        raise NasproxyError(
-            f"whole_by {cfg.whole_by!r} is not a method of this experiment; choose from "
+        raise SettingError(
+            f"{ref('whole_by')} {cfg.whole_by!r} is not a method of this experiment; choose from "
             f"{', '.join(['all', *preset.methods])}"
         )
     with experiment_lock(exp_dir):  # no other driver builds, searches or deletes meanwhile

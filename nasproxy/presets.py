@@ -12,8 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from nasproxy import settings
+from nasproxy.errors import NasproxyError
+from nasproxy.scoring import RESNET18
 from nasproxy.search.config import SearchSettings, parse_seeds
-from nasproxy.settings import setting
+from nasproxy.settings import SEED, Check, SettingError, at_least, check_fields, ref, setting
+from nasproxy.spaces import Arch
 
 __all__ = ["PRESETS", "POOLED_W32", "SMALL_BACKBONE", "Preset", "parse_overrides", "parse_seeds"]
 
@@ -24,6 +27,14 @@ SMALL_BACKBONE = "w32-d3-relu-instancenorm-avgpooling"
 POOLED_W32 = ("w32-*-maxpooling", "w32-*-avgpooling")
 
 
+def _is_backbone(name: str) -> bool:
+    """Whether ``name`` names a scoring network: a ConvNet id or resnet18."""
+    try:
+        return name == RESNET18 or bool(Arch.from_id(name))
+    except NasproxyError:
+        return False
+
+
 @dataclass(frozen=True)
 class Preset:
     """One whole experiment: the proxies' settings, then the search's, nested rather than
@@ -32,14 +43,26 @@ class Preset:
     A search setting reads as an attribute too (``preset.epochs``)."""
 
     methods: tuple[str, ...] = setting(
-        ("influence", "random", "herding", "forgetting"), help="proxy methods, one proxy each"
+        ("influence", "random", "herding", "forgetting"),
+        nonempty=True,
+        help="proxy methods, one proxy each",
     )
-    per_class: int = setting(100, help="proxy budget: images kept per class")
-    proxy_seed: int = setting(0, help="seed of every proxy method")
-    backbone: str = setting("resnet18", help="scoring network: a ConvNet id or resnet18")
-    backbone_epochs: int = setting(50, help="epochs of the scoring network")
-    top_k: int = setting(10, help="Table 1's top-k by proxy")
+    per_class: int = setting(100, check=at_least(1), help="proxy budget: images kept per class")
+    proxy_seed: int = setting(0, check=SEED, help="seed of every proxy method")
+    backbone: str = setting(
+        RESNET18,
+        check=Check(_is_backbone, "a ConvNet id (w32-d3-relu-instancenorm-avgpooling) or resnet18"),
+        help="scoring network: a ConvNet id or resnet18",
+    )
+    backbone_epochs: int = setting(50, check=at_least(1), help="epochs of the scoring network")
+    top_k: int = setting(10, check=at_least(1), help="Table 1's top-k by proxy")
     search: SearchSettings = SearchSettings(whole=True)  # the sweep (the whole split: on)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if repeated:
+            raise SettingError(f"{ref('methods')} names {', '.join(repeated)} more than once")
 
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_") or key not in settings.leaves(SearchSettings):

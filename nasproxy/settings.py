@@ -9,6 +9,13 @@ field's own ``parse=``. A field whose type is itself a dataclass (``SearchConfig
 contributes its fields under their own names, so the keys of a tree of settings are flat
 and must be unique. Fields marked ``internal=True`` (or made without ``setting``) get no
 flag and no key. How users set them: docs/search.md, "Presets of nasproxy run".
+
+Every value is checked in one place, ``check_fields``, which each settings dataclass calls
+from its ``__post_init__``: so a flag, a ``--set`` item, a preset and a Python caller get
+the same refusal. It checks the type, the field's ``check=`` (``at_least(1)``, ...; for a
+tuple, each item), ``choices``, and by type: a float is finite, a str (unless optional) and
+a tuple declared ``nonempty`` are not empty. A refusal is a ``SettingError``, which names
+settings by key until the command that read them names them as its user wrote them.
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
+import numbers
+import os
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,6 +38,62 @@ from nasproxy.errors import NasproxyError
 T = TypeVar("T")
 TRUE = ("true", "1", "yes")
 FALSE = ("false", "0", "no")
+_REF = re.compile("\x00([a-z_0-9]+)\x00")
+
+
+def ref(key: str) -> str:
+    """The setting ``key`` inside a ``SettingError``'s message, named when it is shown."""
+    return f"\x00{key}\x00"
+
+
+class SettingError(NasproxyError):
+    """A setting's value, or a combination of settings, refused. Its message refers to
+    settings with ``ref(key)``; each shows as its key (``whole_top``, as ``run --set`` and
+    Python callers write it) unless ``named`` gives another name (``--whole-top``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.names: dict[str, str] = {}
+
+    def named(self, names: Mapping[str, str]) -> SettingError:
+        """This error, its settings shown by ``names`` where given (else by key)."""
+        self.names = {**self.names, **names}
+        return self
+
+    def __str__(self) -> str:
+        return _REF.sub(lambda m: self.names.get(m[1], m[1]), str(self.args[0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A constraint on a setting's value (on each item of a tuple): ``holds`` tells whether
+    a value meets it, ``want`` says what it wants ("at least 1")."""
+
+    holds: Callable[[Any], bool]
+    want: str
+
+
+def at_least(low: float) -> Check:
+    """A number of at least ``low``."""
+    return Check(lambda v: v >= low, f"at least {low:g}")
+
+
+def above(low: float) -> Check:
+    """A number greater than ``low``."""
+    return Check(lambda v: v > low, f"greater than {low:g}")
+
+
+def within(low: float, high: float, *, low_open: bool, high_open: bool) -> Check:
+    """A number between ``low`` and ``high``, each bound open or closed, e.g. [0, 1)."""
+
+    def holds(v: float) -> bool:
+        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+
+    return Check(holds, f"in {'(['[not low_open]}{low:g}, {high:g}{')]'[not high_open]}")
+
+
+# a seed: what numpy's and torch's generators all take (no negatives; 32 bits)
+SEED = Check(lambda v: 0 <= v < 2**32, "from 0 to 2**32 - 1")
 
 
 def setting(
@@ -37,15 +104,20 @@ def setting(
     metavar: str | None = None,
     choices: Sequence[str] | None = None,
     parse: Callable[[str], Any] | None = None,
+    check: Check | None = None,
+    nonempty: bool = False,
     repeat: bool = False,
     default_text: str | None = None,
     internal: bool = False,
     kw_only: bool = False,
 ) -> Any:
-    """A dataclass field that is a setting (module docstring): ``repeat`` makes a tuple's flag
-    repeatable (one item each time); ``flag="--no-X"`` makes a bool's flag set it False;
-    ``default_text`` is how --help shows the default."""
+    """A dataclass field that is a setting (module docstring): ``check`` constrains its value
+    (each item of a tuple), ``nonempty`` refuses an empty tuple; ``repeat`` makes a tuple's
+    flag repeatable (one item each time); ``flag="--no-X"`` makes a bool's flag set it
+    False; ``default_text`` is how --help shows the default."""
     metadata = {
+        "check": check,
+        "nonempty": nonempty,
         "help": help,
         "flag": flag,
         "metavar": metavar,
@@ -127,8 +199,8 @@ def add_flags(
         else:
             if meta["repeat"]:
                 kwargs["action"] = "append"
-            if meta["choices"] is not None:
-                kwargs["choices"] = meta["choices"]
+            if meta["choices"] is not None:  # shown as argparse does; refused by check_fields
+                kwargs["metavar"] = "{" + ",".join(meta["choices"]) + "}"
             if meta["metavar"] is not None:
                 kwargs["metavar"] = meta["metavar"]
             if leaf.field.default is MISSING and _outermost(leaf):
@@ -163,8 +235,16 @@ def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 def from_flags(cls: type[T], args: argparse.Namespace, **fixed: Any) -> T:
     """A ``cls`` from the flags ``add_flags`` made (the given ones over the defaults), with
-    ``fixed`` settings (parsed values) on top."""
-    return build(cls, {**parse_values(cls, given(args, cls)), **fixed})
+    ``fixed`` settings (parsed values) on top. A refusal names the settings by their flags."""
+    try:
+        return build(cls, {**parse_values(cls, given(args, cls)), **fixed})
+    except SettingError as exc:
+        raise exc.named(flag_names(cls)) from None
+
+
+def flag_names(cls: type) -> dict[str, str]:
+    """The flag of every setting of ``cls``, by key (``whole_by``: ``--by``)."""
+    return {key: leaf.flag for key, leaf in leaves(cls).items()}
 
 
 def parse_values(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -196,7 +276,18 @@ def parse_value(leaf: Leaf, raw: Any) -> Any:
             return parse(raw)
         return _by_type(leaf.hint, raw)
     except ValueError:
-        raise NasproxyError(f"bad value {raw!r} for {leaf.key}") from None
+        raise SettingError(
+            f"bad value {raw!r} for {ref(leaf.key)}: want {_want(leaf.hint)}"
+        ) from None
+
+
+def _want(hint: Any) -> str:
+    """What text a setting of type ``hint`` reads, in words."""
+    if _is_optional(hint):
+        return f"{_want(_strip_optional(hint))} or none"
+    if typing.get_origin(hint) is tuple:
+        return f"a comma list, each {_want(typing.get_args(hint)[0])}"
+    return _KIND_WORDS.get(hint, str(hint))
 
 
 def _by_type(hint: Any, raw: Any) -> Any:
@@ -267,3 +358,64 @@ def get(obj: Any, key: str) -> Any:
     for name in leaf.path:
         obj = getattr(obj, name)
     return obj
+
+
+def check_fields(obj: Any) -> None:
+    """Refuse, as one ``SettingError``, a setting of ``obj`` (its own fields; a nested
+    dataclass checks its own) whose value breaks its declaration (module docstring)."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        hint = hints[f.name]
+        if "help" in f.metadata and not dataclasses.is_dataclass(hint):
+            _check(f, hint, getattr(obj, f.name))
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # once a class: settings are made per unit
+
+
+def _check(f: dataclasses.Field, hint: Any, value: Any) -> None:
+    meta, name = f.metadata, ref(f.name)
+    if value is None and _is_optional(hint):
+        return
+    base = _strip_optional(hint)
+    if typing.get_origin(base) is tuple:
+        if not isinstance(value, tuple | list):
+            raise SettingError(f"{name} must be a list, got {value!r}")
+        if meta["nonempty"] and not value:
+            raise SettingError(f"{name} needs at least one item, got none")
+        for item in value:
+            _check_one(meta, typing.get_args(base)[0], item, f"{name} items")
+    else:
+        _check_one(meta, base, value, name)
+
+
+def _check_one(meta: Mapping[str, Any], kind: Any, value: Any, name: str) -> None:
+    if not _fits(kind, value):
+        raise SettingError(f"{name} must be {_KIND_WORDS.get(kind, kind)}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise SettingError(f"{name} must be a finite number, got {value!r}")
+    if kind is str and not str(value).strip():
+        raise SettingError(f"{name} must not be empty")
+    choices = meta["choices"]
+    if choices is not None and value not in choices:
+        raise SettingError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    check = meta["check"]
+    if check is not None and not check.holds(value):
+        raise SettingError(f"{name} must be {check.want}, got {value!r}")
+
+
+_KIND_WORDS = {int: "an integer", float: "a number", str: "text", bool: "true or false"}
+
+
+def _fits(kind: Any, value: Any) -> bool:
+    if isinstance(value, bool) or kind is bool:
+        return kind is bool and isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, numbers.Integral)
+    if kind is float:
+        return isinstance(value, numbers.Real)
+    if kind is str:
+        return isinstance(value, str | os.PathLike)  # a folder may be given as a Path
+    return isinstance(value, kind)

@@ -27,7 +27,7 @@ from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError, first_line
 from nasproxy.models import build_model
 from nasproxy.provenance import device_name
-from nasproxy.settings import setting
+from nasproxy.settings import SEED, above, at_least, check_fields, setting, within
 from nasproxy.spaces import Arch
 
 CROP_PADDING = 4
@@ -43,22 +43,24 @@ Observer = Callable[[torch.Tensor, torch.Tensor], None]
 class TrainConfig:
     """How to train one network; saved into every result."""
 
-    epochs: int = setting(100, help="training epochs of every architecture")
-    batch_size: int = setting(128, help="training batch size")
-    lr: float = setting(0.01, help="SGD learning rate, cosine decay to 0 over all steps")
-    momentum: float = setting(0.9, help="SGD momentum")
-    weight_decay: float = setting(5e-4, help="SGD weight decay")
+    epochs: int = setting(100, check=at_least(1), help="training epochs of every architecture")
+    # a batch of one is dropped (batch norm cannot take it): one image a batch trains nothing
+    batch_size: int = setting(128, check=at_least(2), help="training batch size")
+    lr: float = setting(
+        0.01, check=above(0), help="SGD learning rate, cosine decay to 0 over all steps"
+    )
+    momentum: float = setting(
+        0.9, check=within(0, 1, low_open=False, high_open=True), help="SGD momentum"
+    )
+    weight_decay: float = setting(5e-4, check=at_least(0), help="SGD weight decay")
     augment: bool = setting(True, flag="--no-augment", help="no random crop and flip")
     # initialisation, batch order and augmentation; a search sets it per unit
-    seed: int = setting(0, help="training seed", internal=True)
+    seed: int = setting(0, check=SEED, help="training seed", internal=True)
     # "auto" = cuda when available, else cpu; a search sets it per trial
     device: str = setting("auto", help="auto, cpu, cuda, cuda:1, ...", internal=True)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise NasproxyError("epochs and batch size must be at least 1")
-        if not self.lr > 0:
-            raise NasproxyError(f"learning rate must be positive, got {self.lr}")
+        check_fields(self)
 
 
 @dataclass

@@ -319,3 +319,101 @@ def test_bad_seeds_are_one_line(capsys, seeds, message):
     assert main(["search", "--name", "x", "--seeds", seeds]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder this process cannot write in: a read-only one, or for root (who writes
+    anywhere) /proc/self, which the kernel keeps unwritable."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+    elif Path("/proc/self").is_dir() and not os.access("/proc/self", os.W_OK):
+        yield Path("/proc/self")
+    else:
+        pytest.skip("no folder here that this process cannot write")
+
+
+def test_every_path_argument_refuses_a_file_a_folder_and_an_unwritable_place(
+    tmp_path, cache_root, unwritable, capsys, monkeypatch
+):
+    """Each path argument of search, run, report, build-proxy and train, given a file where
+    a folder belongs, a folder where a file belongs, a missing input or a place that
+    cannot be written: one line, exit code 2, nothing written, no work started."""
+    from tests.test_settings import _reach, _Reached
+
+    monkeypatch.setattr(sweep_module, "experiment_lock", _reach)
+    monkeypatch.setattr(pipeline_module, "experiment_lock", _reach)
+    monkeypatch.setattr(build_module, "scoring_run", _reach)
+    monkeypatch.setattr(build_module, "write_proxy", _reach)
+    monkeypatch.setattr("nasproxy.train.train", _reach)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    a_folder = tmp_path / "a-folder.yaml"  # a folder with a file's name
+    a_folder.mkdir()
+    missing = tmp_path / "missing.json"
+    a_module = tmp_path / "a-folder.py"
+    a_module.mkdir()
+    cannot = unwritable / "nasproxy-cannot"
+    data = ["--dataset", "digits", "--data-root", str(cache_root)]
+    search = ["search", "--name", "e", "--whole", *data]
+    run = ["run", "--preset", "smoke", "--set", "methods=random"]
+    build = ["build-proxy", "--method", "random", "--dataset", "digits"]
+    train = ["train", "--arch", "w8-d1-relu-none-none", "--dataset", "digits"]
+    folders = [a_file, a_file / "under", cannot]  # outputs that must be writable folders
+    cases = [
+        *[[*search, "--results-dir", str(p)] for p in folders],
+        *[[*run, "--data-root", str(cache_root), "--results-dir", str(p)] for p in folders],
+        *[[*run, "--data-root", str(p)] for p in folders],  # the scoring cache is written
+        # read-only data roots are read (search, train, build-proxy); run writes its cache
+        *[[*build, "--data-root", str(p), "--out", "p.json"] for p in folders[:2]],
+        *[[*command, "--data-root", str(p)] for command in (search, train) for p in folders[:2]],
+        *[[*build, *data, "--out", str(p)] for p in (a_folder, a_file / "p.json", cannot)],
+        *[[*build, *data, "--from-indices", str(p)] for p in (a_folder, missing)],
+        *[[*build, *data, "--method", f"{p}:select"] for p in (a_module, tmp_path / "no.py")],
+        *[[*search, "--proxy", str(p)] for p in (a_folder, missing)],
+        *[[*search, "--space", str(p)] for p in (a_folder, tmp_path / "missing.yaml")],
+        *[[*search, "--dataset", f"imagefolder:{p}"] for p in (a_file, missing)],
+        *[["report", "e", "--results-dir", str(p)] for p in (a_file, missing, unwritable)],
+    ]
+    for argv in cases:
+        try:
+            assert main(argv) == 2, argv
+        except _Reached:
+            raise AssertionError(f"{argv}: the work started") from None
+        assert _one_line_error(capsys), argv
+    assert a_file.read_text() == "x" and not list(a_folder.iterdir())
+    assert not list(work.iterdir()) and not missing.exists()
+
+
+def test_run_refuses_a_setting_given_both_as_a_flag_and_as_set(tmp_path, capsys, monkeypatch):
+    """``--results-dir A`` beside ``--set results_dir=B``: neither silently wins."""
+    from tests.test_settings import _reach
+
+    monkeypatch.setattr(pipeline_module, "experiment_lock", _reach)  # no run, ever
+    argv = ["run", "--preset", "smoke", "--results-dir", str(tmp_path / "a")]
+    assert main([*argv, "--set", f"results_dir={tmp_path / 'b'}"]) == 2
+    assert "--results-dir and --set results_dir give the same setting" in _one_line_error(capsys)
+    assert not list(tmp_path.iterdir())
+
+
+def test_refusals_name_the_settings_as_the_user_wrote_them(tmp_path, capsys):
+    """``run --set`` keys by key, ``search`` flags by flag, ``run``'s own flags by flag."""
+    results = ["--results-dir", str(tmp_path)]
+    assert main(["run", "--preset", "find", "--set", "whole=false", *results]) == 2
+    line = _one_line_error(capsys)
+    assert "whole_archs, whole_sample and whole_top need whole" in line and "--" not in line
+    assert main(["search", "--name", "e", "--proxy", "p.json", "--whole-top", "3", *results]) == 2
+    assert "--whole-archs, --whole-sample and --whole-top need --whole" in _one_line_error(capsys)
+    assert main(["run", "--preset", "smoke", "--set", "methods=", *results]) == 2
+    assert "methods needs at least one item" in _one_line_error(capsys)
+    assert main(["run", "--preset", "find", "--set", "whole_by=random", "--set", "whole_top=none",
+                 *results]) == 2  # fmt: skip
+    assert "whole_by chooses the proxy of whole_top: give whole_top K" in _one_line_error(capsys)
+    assert not list(tmp_path.iterdir())

@@ -156,3 +156,49 @@ def test_search_options_of_run_pipeline_still_work_with_a_deprecation_warning(
         pipeline_module.run_pipeline(
             PRESETS["smoke"], "s", tmp_path, cache_root, search_options={"trial": 3}
         )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--set", "methods=random,random"],
+        ["--set", "whole_per_class=100000"],  # above every class's size
+        ["--set", "per_class=100000"],
+        ["--set", "runner=local", "--set", "gpus_per_trial=0.5"],  # on a host without a GPU
+        ["--set", "weight_decay=-0.1"],
+        ["--set", "momentum=nan"],
+        ["--set", "gpus_per_trial=nan"],
+        ["--set", "val_fraction=0"],  # the ranking reads the validation split
+        ["--set", "seeds=1,1"],
+    ],
+)
+def test_run_refuses_every_setting_before_any_work_or_write(
+    tmp_path, cache_root, capsys, monkeypatch, argv
+):
+    """As ``run_pipeline``'s docstring promises: before the proxies, the lock, any file."""
+    from tests.test_settings import _reach, _Reached
+
+    monkeypatch.setattr(pipeline_module, "experiment_lock", _reach)
+    monkeypatch.setattr(pipeline_module, "build_proxies", _reach)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    results = tmp_path / "results"
+    command = ["run", "--preset", "smoke", "--results-dir", str(results)]
+    try:
+        assert main([*command, "--data-root", str(cache_root), *argv]) == 2
+    except _Reached:
+        raise AssertionError("the work started") from None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nasproxy: error: "), err
+    assert not results.exists()
+
+
+def test_search_refuses_a_validation_fraction_of_zero(tmp_path, capsys, monkeypatch):
+    """With no validation split every accuracy the ranking reads would be NaN."""
+    from tests.test_settings import _reach
+
+    monkeypatch.setattr("nasproxy.search.sweep.experiment_lock", _reach)  # no sweep, ever
+    argv = ["search", "--name", "e", "--whole", "--results-dir", str(tmp_path / "r")]
+    assert main([*argv, "--val-fraction", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "nasproxy: error: --val-fraction must be in (0, 1), got 0.0\n"
+    assert not (tmp_path / "r").exists()

@@ -52,7 +52,7 @@ def _at(obj: object, path: str) -> object:
 # search flags, the run --set items meaning the same, and the value both must give
 SAME = [
     (["--trial-size", "4"], ["trial_size=4"], "trial_size", 4),
-    (["--gpus-per-trial", "0.5"], ["gpus_per_trial=0.5"], "gpus_per_trial", 0.5),
+    (["--gpus-per-trial", "0"], ["gpus_per_trial=0"], "gpus_per_trial", 0.0),  # local: no GPU
     (["--cpus-per-trial", "2"], ["cpus_per_trial=2"], "cpus_per_trial", 2.0),
     (["--max-failures", "0"], ["max_failures=0"], "max_failures", 0),
     (["--no-reuse-actors"], ["reuse_actors=false"], "reuse_actors", False),
@@ -170,8 +170,8 @@ def test_a_new_setting_needs_only_its_field() -> None:
         settings.build(WithRunner, settings.parse_overrides(WithRunner, ["runner=local"])).runner
         == "local"
     )
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--runner", "slurm"])
+    with pytest.raises(settings.SettingError, match="--runner must be one of ray, local"):
+        settings.from_flags(WithRunner, parser.parse_args(["--runner", "slurm"]))
 
 
 def test_a_key_twice_in_one_tree_is_refused() -> None:
@@ -217,3 +217,121 @@ def test_build_proxy_options_are_proxy_options_settings():
         solver="exact", objective="kept-mean", project_dim=8, epsilon=0.5, min_per_class=2,
         head_l2=0.01,
     )  # fmt: skip
+
+
+# --- one validation: every setting with bad values, every path argument ------------------
+
+BAD_VALUES = ("-1", "nan", "inf", "abc", "")
+# The bad values a setting takes on purpose, each with what it means; any other bad value of
+# any setting (a new one included) must be refused in one line before any work or write.
+MEANT = {
+    **{(k, ""): "none" for k in ("whole_per_class", "sample", "whole_sample", "whole_top")},
+    **{(k, ""): "none" for k in ("gpus_per_trial", "address", "max_stack", "rng", "bf16")},
+    **{(k, ""): "none" for k in ("channels_last", "cuda_graphs", "project_dim", "epsilon")},
+    ("head_l2", ""): "none",
+    ("archs", ""): "every architecture",
+    ("whole_archs", ""): "the proxies' architectures",
+    **{("data_root", v): "a folder of that name, or the default" for v in BAD_VALUES},
+    **{("results_dir", v): "a folder of that name" for v in BAD_VALUES[:4]},
+    **{("name", v): "an experiment of that name" for v in ("nan", "inf", "abc")},
+    **{(k, "abc"): "checked by the influence method" for k in ("solver", "objective")},
+    **{(k, v): "checked by the influence method" for k in ("solver", "objective")
+       for v in ("-1", "nan", "inf")},
+}  # fmt: skip
+
+
+class _Reached(Exception):
+    """Raised where a command would take its lock and start writing or training."""
+
+
+def _reach(*args, **kwargs):
+    raise _Reached
+
+
+def _outcome(argv: list[str], tmp_path: Path, capsys) -> str:
+    """ "refused" (one line, exit code 2, nothing written) or "reached" (the work's start)."""
+    try:
+        rc = main(argv)
+    except _Reached:
+        return "reached"
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if not line.startswith("nasproxy: notice:")]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("nasproxy: error: "), (argv, err)
+    assert not list(tmp_path.iterdir()), argv  # the working folder: results go there
+    return "refused"
+
+
+def _walk(command: list[str], cls: type, keys, as_flag: bool, tmp_path, capsys) -> set:
+    """The (key, bad value) pairs that ``command`` accepts, by flag or by --set item, less
+    those ``MEANT`` to be: what is left is what the command wrongly accepts."""
+    accepted = set()
+    for key in keys:
+        leaf = settings.leaves(cls)[key]
+        if as_flag and leaf.hint in (bool, bool | None):
+            continue  # a flag without a value
+        for value in BAD_VALUES:
+            if (key, value) in MEANT:
+                continue
+            item = [leaf.flag, value] if as_flag else ["--set", f"{key}={value}"]
+            if _outcome([*command, *item], tmp_path, capsys) == "reached":
+                accepted.add((key, value))
+    return accepted
+
+
+def test_what_the_walk_lets_through_is_meant(stop_at_work, tmp_path, capsys):
+    """The values ``MEANT`` are taken (so the walk below skips nothing it should try)."""
+    run = ["run", "--preset", "smoke"]
+    for key, value in [("whole_top", ""), ("archs", ""), ("data_root", "abc"), ("rng", "")]:
+        assert _outcome([*run, "--set", f"{key}={value}"], tmp_path, capsys) == "reached"
+
+
+@pytest.fixture
+def stop_at_work(monkeypatch, cache_root, tmp_path):
+    """Every command stops where its work would start (its lock, its training, its build)."""
+    import nasproxy.proxies.build as build_module
+    import nasproxy.search.sweep as sweep_module
+    import nasproxy.train as train_module
+
+    monkeypatch.setattr(sweep_module, "experiment_lock", _reach)
+    monkeypatch.setattr(pipeline_module, "experiment_lock", _reach)
+    monkeypatch.setattr(train_module, "train", _reach)
+    monkeypatch.setattr(build_module, "build_proxy", _reach)
+    monkeypatch.setenv("NASPROXY_DATA_ROOT", str(cache_root))
+    monkeypatch.chdir(tmp_path)
+
+
+def test_every_run_set_key_refuses_its_bad_values_before_any_work(stop_at_work, tmp_path, capsys):
+    """``run --set KEY=V`` for every key and a bad V of every kind (negative, NaN, inf, the
+    wrong type, empty): refused in one line unless V means something (``MEANT``)."""
+    from nasproxy.presets import Preset
+
+    keys = settings.leaves(Preset)
+    assert _walk(["run", "--preset", "smoke"], Preset, keys, False, tmp_path, capsys) == set()
+
+
+def test_every_search_flag_refuses_its_bad_values_before_any_work(stop_at_work, tmp_path, capsys):
+    keys = settings.leaves(SearchConfig)
+    command = ["search", "--name", "e", "--whole"]
+    accepted = _walk(
+        command, SearchConfig, [k for k in keys if k != "name"], True, tmp_path, capsys
+    )
+    accepted |= _walk(["search", "--whole"], SearchConfig, ["name"], True, tmp_path, capsys)
+    assert accepted == set()
+
+
+def test_every_train_and_build_proxy_flag_refuses_its_bad_values(stop_at_work, tmp_path, capsys):
+    from nasproxy.proxies.base import ProxyOptions
+    from nasproxy.train import TrainConfig
+
+    train = ["train", "--arch", "w8-d1-relu-none-none", "--dataset", "digits"]
+    accepted = _walk(train, TrainConfig, settings.leaves(TrainConfig), True, tmp_path, capsys)
+    build = ["build-proxy", "--method", "influence", "--dataset", "digits"]
+    build += ["--out", str(tmp_path / "results" / "p.json")]
+    keys = settings.leaves(ProxyOptions)
+    accepted |= _walk(build, ProxyOptions, keys, True, tmp_path, capsys)
+    data = ["dataset", "data_root", "val_fraction", "split_seed"]  # as the search's
+    for command in (train, build):
+        accepted |= _walk(command[:-2], SearchSettings, data, True, tmp_path, capsys)
+        for flag in ("--seed", "--backbone-seed")[: 1 + (command is build)]:
+            assert _outcome([*command, flag, "-1"], tmp_path, capsys) == "refused"
+    assert accepted == set()

@@ -17,7 +17,7 @@ import numpy as np
 
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
-from nasproxy.settings import setting
+from nasproxy.settings import above, at_least, check_fields, setting
 
 if TYPE_CHECKING:
     from nasproxy.influence.head import RefitHead
@@ -32,26 +32,24 @@ class ProxyOptions:
         "greedy", help="influence: greedy (default), relax, exact, exact-l1, exact-linf"
     )
     objective: str = setting("removed-sum", help="influence: removed-sum, kept-mean")
-    project_dim: int | None = setting(None, help="influence: project S to k dims")
+    project_dim: int | None = setting(
+        None, check=at_least(1), help="influence: project S to k dims"
+    )
     epsilon: float | None = setting(
         None,
+        check=at_least(0),
         help="influence: remove as many as ||sum of removed S_i|| <= E allows, instead of "
         "--per-class (classes are then unbalanced)",
     )
-    min_per_class: int = setting(0, help="with --epsilon: keep at least this many")
+    min_per_class: int = setting(
+        0, check=at_least(0), help="with --epsilon: keep at least this many"
+    )
     head_l2: float | None = setting(
-        None, help="L2 of the refitted head (default: backbone weight decay)"
+        None, check=above(0), help="L2 of the refitted head (default: backbone weight decay)"
     )
 
     def __post_init__(self) -> None:
-        if self.project_dim is not None and self.project_dim < 1:
-            raise NasproxyError(f"project dim must be at least 1, got {self.project_dim}")
-        if self.epsilon is not None and not self.epsilon >= 0:
-            raise NasproxyError(f"epsilon must be >= 0, got {self.epsilon}")
-        if self.min_per_class < 0:
-            raise NasproxyError(f"min per class must be >= 0, got {self.min_per_class}")
-        if self.head_l2 is not None and not self.head_l2 > 0:
-            raise NasproxyError(f"head L2 must be > 0, got {self.head_l2}")
+        check_fields(self)
 
 
 @dataclass(frozen=True, eq=False)

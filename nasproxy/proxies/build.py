@@ -474,6 +474,8 @@ def check_selection(result: Any, data: Dataset, per_class: int | None, source: s
         array = np.asarray(result)
     except Exception:  # a ragged or exotic object
         raise NasproxyError(f"{source} gave {type(result).__name__}, not indices") from None
+    if array.ndim == 0 and array.dtype == object:  # None, a generator, any non-sequence
+        raise NasproxyError(f"{source} gave {type(result).__name__}, not a list of indices")
     if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
         raise NasproxyError(
             f"{source} gave an array of shape {array.shape} and dtype {array.dtype}, "

@@ -15,7 +15,16 @@ from nasproxy import results
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.multitrain import RNG_MODES, FastOptions
-from nasproxy.settings import setting
+from nasproxy.settings import (
+    SEED,
+    SettingError,
+    above,
+    at_least,
+    check_fields,
+    ref,
+    setting,
+    within,
+)
 from nasproxy.train import TrainConfig
 
 DEFAULT_TRIAL_SIZE = 16
@@ -67,10 +76,7 @@ class FastChoice:
     )
 
     def __post_init__(self) -> None:
-        if self.rng is not None and self.rng not in RNG_MODES:
-            raise NasproxyError(
-                f"unknown rng mode {self.rng!r}; choose from {', '.join(RNG_MODES)}"
-            )
+        check_fields(self)
 
     def resolve(self, device_type: str) -> FastOptions:
         """The options a trial on ``device_type`` ("cuda", "cpu", ...) trains with."""
@@ -96,6 +102,7 @@ class SearchSettings:
     whole_per_class: int | None = setting(
         None,
         metavar="N",
+        check=at_least(1),
         help="with --whole: use a seeded class-balanced subset of N per class as the reference",
     )
     space: str = setting("convnet720", help="a space name or a .yaml path")
@@ -106,8 +113,10 @@ class SearchSettings:
         help="architectures whose id matches a glob (w32-*-relu-*), or a regex with a re: "
         "prefix (repeatable; default all)",
     )
-    sample: int | None = setting(None, metavar="N", help="a stratified sample of N archs")
-    sample_seed: int = setting(0, help="seed of --sample and --whole-sample")
+    sample: int | None = setting(
+        None, metavar="N", check=at_least(1), help="a stratified sample of N archs"
+    )
+    sample_seed: int = setting(0, check=SEED, help="seed of --sample and --whole-sample")
     # None/() with whole_sample None: as the proxies, or with whole_top none but the confirmed
     whole_archs: tuple[str, ...] = setting(
         (),
@@ -118,11 +127,13 @@ class SearchSettings:
     whole_sample: int | None = setting(
         None,
         metavar="N",
+        check=at_least(1),
         help="a stratified sample of N of the whole split's architectures, as --sample",
     )
     whole_top: int | None = setting(
         None,
         metavar="K",
+        check=at_least(1),
         help="after the proxy units, train the K best by mean proxy validation accuracy on "
         "the whole split too (a tie at the cut goes to the smaller id)",
     )
@@ -142,6 +153,8 @@ class SearchSettings:
     seeds: tuple[int, ...] = setting(
         (0,),
         parse=parse_seeds,
+        check=SEED,
+        nonempty=True,
         default_text="1",
         help="training seeds, each (arch, train set) runs once per seed: a count N "
         "(seeds 0..N-1) or a list: 0,3,7 (one seed: 5,)",
@@ -151,17 +164,22 @@ class SearchSettings:
         None,
         help="download and cache folder (default $NASPROXY_DATA_ROOT or ~/.cache/nasproxy)",
     )
-    val_fraction: float = setting(0.1, help="held out of train per class")
-    split_seed: int = setting(0, help="seed of the validation split")
+    val_fraction: float = setting(
+        0.1,
+        check=within(0, 1, low_open=True, high_open=True),
+        help="held out of train per class (the ranking reads it: more than 0)",
+    )
+    split_seed: int = setting(0, check=SEED, help="seed of the validation split")
     results_dir: str = setting("results", metavar="DIR", help="results go to DIR/NAME")
     trial_size: int = setting(
-        DEFAULT_TRIAL_SIZE, help="work units (arch x set x seed) per Tune trial"
+        DEFAULT_TRIAL_SIZE, check=at_least(1), help="work units (arch x set x seed) per Tune trial"
     )
     gpus_per_trial: float | None = setting(
         None,
+        check=at_least(0),
         help=f"GPU share of a trial, e.g. 0.25 (default {DEFAULT_GPU_SHARE} with GPUs, else 0)",
     )
-    cpus_per_trial: float = setting(1.0, help="CPUs of a trial")
+    cpus_per_trial: float = setting(1.0, check=above(0), help="CPUs of a trial")
     address: str | None = setting(
         None, help="join a Ray cluster (auto or host:port); default a local Ray"
     )
@@ -170,7 +188,9 @@ class SearchSettings:
         choices=RUNNERS,
         help="run trials on Ray Tune (default) or one after another in this process (no Ray)",
     )
-    max_failures: int = setting(2, help="Tune retries of a trial whose worker crashed")
+    max_failures: int = setting(
+        2, check=at_least(0), help="Tune retries of a trial whose worker crashed"
+    )
     reuse_actors: bool = setting(
         True,
         flag="--no-reuse-actors",
@@ -186,6 +206,7 @@ class SearchSettings:
     max_stack: int | None = setting(
         None,
         metavar="N",
+        check=at_least(1),
         help=f"at most N units a stack (default {DEFAULT_MAX_STACK}; a GPU trial also caps "
         "it by its memory)",
     )
@@ -195,6 +216,9 @@ class SearchSettings:
         help="write a damaged or missing manifest.json anew from this command (the one that "
         "made the experiment), keeping and checking the stored unit files",
     )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def config(self, name: str, proxies: tuple[str, ...] = (), **changes: Any) -> SearchConfig:
         """The sweep of these settings named ``name``, on ``proxies``, with ``changes``."""
@@ -217,41 +241,33 @@ class SearchConfig(SearchSettings):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         results.check_name(self.name)
+        whole, whole_top = ref("whole"), ref("whole_top")
         if not self.proxies and not self.whole:
-            raise NasproxyError("nothing to train on: give --proxy files and/or --whole")
-        if self.whole_per_class is not None and (not self.whole or self.whole_per_class < 1):
-            raise NasproxyError("--whole-per-class needs --whole and a positive count")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise NasproxyError(f"seeds must be distinct and at least one, got {self.seeds}")
-        if self.trial_size < 1:
-            raise NasproxyError(f"trial size must be at least 1, got {self.trial_size}")
-        if not self.cpus_per_trial > 0:
-            raise NasproxyError(f"cpus per trial must be positive, got {self.cpus_per_trial}")
-        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
-            raise NasproxyError(f"gpus per trial must be >= 0, got {self.gpus_per_trial}")
-        if self.max_failures < 0:
-            raise NasproxyError(f"max failures must be >= 0, got {self.max_failures}")
-        if self.sample is not None and self.sample < 1:
-            raise NasproxyError(f"sample size must be at least 1, got {self.sample}")
+            raise SettingError(f"nothing to train on: give {ref('proxies')} files and/or {whole}")
+        if self.whole_per_class is not None and not self.whole:
+            raise SettingError(f"{ref('whole_per_class')} needs {whole}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise SettingError(f"{ref('seeds')} must be distinct, got {self.seeds}")
         if (self.whole_archs or self.whole_sample is not None or self.whole_top) and not self.whole:
-            raise NasproxyError("--whole-archs, --whole-sample and --whole-top need --whole")
-        if self.whole_sample is not None and self.whole_sample < 1:
-            raise NasproxyError(f"whole sample size must be at least 1, got {self.whole_sample}")
-        if self.whole_top is not None and (self.whole_top < 1 or not self.proxies):
-            raise NasproxyError("--whole-top needs a positive K and at least one --proxy")
+            raise SettingError(
+                f"{ref('whole_archs')}, {ref('whole_sample')} and {whole_top} need {whole}"
+            )
+        if self.whole_top is not None and not self.proxies:
+            raise SettingError(f"{whole_top} needs at least one proxy ({ref('proxies')})")
         if self.whole_by != "all" and self.whole_top is None:
-            raise NasproxyError("--by chooses the proxy of --whole-top: give --whole-top K")
-        if self.fuse not in FUSE_MODES:
-            raise NasproxyError(f"--fuse must be one of {', '.join(FUSE_MODES)}, got {self.fuse!r}")
-        if self.max_stack is not None and self.max_stack < 1:
-            raise NasproxyError(f"max stack must be at least 1, got {self.max_stack}")
-        if self.runner not in RUNNERS:
-            raise NasproxyError(f"--runner must be ray or local, got {self.runner!r}")
+            raise SettingError(
+                f"{ref('whole_by')} chooses the proxy of {whole_top}: give {whole_top} K"
+            )
         if self.runner == "local" and self.address:
-            raise NasproxyError("--runner local runs in this process: it takes no --address")
+            raise SettingError(
+                f"{ref('runner')} local runs in this process: it takes no {ref('address')}"
+            )
         if self.fresh and self.rebuild_manifest:
-            raise NasproxyError("--fresh deletes what --rebuild-manifest would keep: give one")
+            raise SettingError(
+                f"{ref('fresh')} deletes what {ref('rebuild_manifest')} would keep: give one"
+            )
 
     @property
     def exp_dir(self) -> Path:

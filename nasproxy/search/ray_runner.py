@@ -195,7 +195,9 @@ def fit(
             stop=_sigint_stopper(),
         ),
     )
-    with _quiet_logger("ray.tune"):  # no per-trial metrics files to read back: expected
+    # no per-trial metrics files to read back: expected; the trials that gave up are told
+    # by the run itself (one progress line), not by Tune's log
+    with _quiet_logger("ray.tune"), _without_line("ray.tune.tune", INCOMPLETE_TRIALS):
         grid = tuner.fit()
     if any_lost():
         ensure_held(plan.exp_dir)  # raises LockLostError, naming the new holder
@@ -318,6 +320,31 @@ def slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
             "free for a trial; lower --cpus-per-trial / --gpus-per-trial"
         )
     return slots
+
+
+INCOMPLETE_TRIALS = "Trials did not complete"  # Tune's log line of the trials that gave up
+
+
+class _DropLines(logging.Filter):
+    """Drops the log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def _without_line(name: str, prefix: str) -> Iterator[None]:
+    """Logger ``name`` logs no record starting with ``prefix`` within the block."""
+    logger, drop = logging.getLogger(name), _DropLines(prefix)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 @contextlib.contextmanager

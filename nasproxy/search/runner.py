@@ -16,11 +16,12 @@ from typing import Any, Protocol
 import torch
 
 from nasproxy.data import Dataset
-from nasproxy.errors import NasproxyError, first_line
+from nasproxy.errors import first_line
 from nasproxy.search.config import SearchConfig
 from nasproxy.search.lock import LockLostError, any_lost, ensure_held
 from nasproxy.search.plan import Chunk
 from nasproxy.search.trial import TrialPlan, run_chunk
+from nasproxy.settings import SettingError, ref
 
 RecordFn = Callable[[dict[str, Any]], None]
 NoteFn = Callable[[str], None]
@@ -75,6 +76,13 @@ def open_runner(cfg: SearchConfig) -> Iterator[Runner]:
         yield RayRunner(cfg, cluster)
 
 
+def check_runner(cfg: SearchConfig) -> None:
+    """Refuse, before anything is written, a trial the in-process runner cannot hold (a Ray
+    cluster's resources are known once it is joined)."""
+    if cfg.runner == "local":
+        LocalRunner().slots(cfg.cpus_per_trial, cfg.gpus_per_trial or 0.0)
+
+
 class _DriverError(Exception):
     """An error of the driver's side (recording a unit), not the trial's: it ends the run."""
 
@@ -91,8 +99,9 @@ class LocalRunner:
 
     def slots(self, cpus_per_trial: float, gpus_per_trial: float) -> int:
         if gpus_per_trial > 0 and self.gpus == 0:
-            raise NasproxyError(
-                f"--gpus-per-trial {gpus_per_trial:g} asks for a GPU this process does not see"
+            raise SettingError(
+                f"{ref('gpus_per_trial')} {gpus_per_trial:g} asks for a GPU this process does "
+                f"not see ({ref('runner')} local)"
             )
         return 1
 

@@ -39,7 +39,7 @@ from nasproxy.search.experiment import (
 )
 from nasproxy.search.lock import any_lost, ensure_held, experiment_lock, held_token, holds
 from nasproxy.search.plan import plan_trials, select_archs
-from nasproxy.search.runner import open_runner
+from nasproxy.search.runner import check_runner, open_runner
 from nasproxy.search.trial import TrialPlan
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
@@ -245,6 +245,7 @@ def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
     for arg in cfg.proxies:  # a missing or unreadable file fails before the dataset loads
         _read_proxy(arg)
     check_address(cfg.address)
+    check_runner(cfg)
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.val_fraction, cfg.split_seed)
     space = spaces.load(cfg.space, image_size=data.image_size)
     archs = select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)

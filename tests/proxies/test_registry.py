@@ -203,3 +203,21 @@ def test_run_builds_every_registered_method(digits, cache, tmp_path, plugin):
 
 def _no_scoring_run(*args, **kwargs):
     raise AssertionError("a scoring run was made")
+
+
+@pytest.mark.parametrize(
+    "body, described",
+    [("return None", "NoneType"), ("return (i for i in range(50))", "generator")],
+)
+def test_a_plugin_result_that_is_no_sequence_is_described_by_its_type(
+    cache, tmp_path, capsys, body, described
+):
+    module = tmp_path / "odd_selector.py"
+    module.write_text(f"def select(ctx):\n    {body}\n")
+    out = tmp_path / "p.json"
+    assert cli(cache, out, "--method", f"{module}:select") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        err == f"nasproxy: error: method '{module}:select' gave {described}, not a list of indices"
+    )
+    assert not out.exists()
