@@ -385,6 +385,8 @@ def rates(results_dir: Path, experiments: Sequence[str], since: float, now: floa
     all its sets together: the same rates, the time its missing units would take at that
     rate, and an estimate of its full protocol (every architecture of the space, 100
     epochs, its sets and seeds) at the images/s its present mix of units achieves."""
+    if not Path(results_dir).is_dir():
+        raise NasproxyError(f"no results folder {results_dir}")
     elapsed = max(now - since, 1e-9)
 
     def rate(done: int, images: int) -> str:
@@ -395,9 +397,10 @@ def rates(results_dir: Path, experiments: Sequence[str], since: float, now: floa
 
     lines = []
     for exp in experiments:
-        exp_dir = results_dir / exp
+        exp_dir = results_dir / results.check_name(exp)
         manifest = results.read_manifest(exp_dir)
         if manifest is None:
+            lines.append(f"rate {exp}: no manifest yet")
             continue
         archs, seeds = manifest.get("archs", []), manifest.get("protocol", {}).get("seeds", [])
         epochs = manifest.get("protocol", {}).get("epochs")

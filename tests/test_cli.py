@@ -340,8 +340,8 @@ def unwritable(tmp_path):
 def test_every_path_argument_refuses_a_file_a_folder_and_an_unwritable_place(
     tmp_path, cache_root, unwritable, capsys, monkeypatch
 ):
-    """Each path argument of search, run, report, build-proxy and train, given a file where
-    a folder belongs, a folder where a file belongs, a missing input or a place that
+    """Each path argument of search, run, report, build-proxy, train and units, given a file
+    where a folder belongs, a folder where a file belongs, a missing input or a place that
     cannot be written: one line, exit code 2, nothing written, no work started."""
     from tests.test_settings import _reach, _Reached
 
@@ -381,6 +381,14 @@ def test_every_path_argument_refuses_a_file_a_folder_and_an_unwritable_place(
         *[[*search, "--space", str(p)] for p in (a_folder, tmp_path / "missing.yaml")],
         *[[*search, "--dataset", f"imagefolder:{p}"] for p in (a_file, missing)],
         *[["report", "e", "--results-dir", str(p)] for p in (a_file, missing, unwritable)],
+        *[["units", "pack", "e", "--out", str(p)] for p in (a_folder, a_file / "a.tgz", cannot)],
+        *[["units", "pack", "e", "--results-dir", str(p), "--out", "a.tgz"] for p in folders],
+        *[["units", "unpack", str(p)] for p in (a_file, a_folder, missing)],
+        *[["units", "unpack", str(a_file), "--results-dir", str(p)] for p in folders],
+        *[
+            ["units", "rates", "e", "--since", "0", "--results-dir", str(p)]
+            for p in (a_file, missing)
+        ],
     ]
     for argv in cases:
         try:

@@ -108,8 +108,8 @@ def test_rates_count_units_since_a_time(tmp_path: Path) -> None:
     }
     _experiment(tmp_path, "exp", done)
     lines = units.rates(tmp_path, ["exp", "absent"], since, now=since + 60)
-    assert len(lines) == 3
-    random_line, whole_line, total_line = lines
+    assert len(lines) == 4 and lines[3] == "rate absent: no manifest yet"
+    random_line, whole_line, total_line = lines[:3]
     # random: 1 of its units finished since, 300 images in 60 s
     assert "2/2 units stored (3 epochs); 1 in the last 60 s = 1.0 units/min, 5 images/s" in (
         random_line
@@ -123,6 +123,11 @@ def test_rates_count_units_since_a_time(tmp_path: Path) -> None:
     assert "3/4 units stored; 2 in the last 60 s = 2.0 units/min, 55 images/s" in total_line
     assert "the 1 missing at this rate: 30 s" in total_line
     assert f"{720 * 1100 * 100 / 55 / 60:.1f} min" in total_line
+    for bad in (tmp_path / "none", tmp_path / "exp" / "manifest.json"):  # missing, a file
+        with pytest.raises(NasproxyError, match="no results folder"):
+            units.rates(bad, ["exp"], since, now=since + 60)
+    with pytest.raises(NasproxyError):
+        units.rates(tmp_path, ["../exp"], since, now=since + 60)
 
 
 def test_has_gpu_bench_reads_the_device_type(tmp_path: Path) -> None:
