@@ -40,8 +40,7 @@ import tempfile
 import time
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +66,7 @@ from nasproxy.train import (
     fit,
     normalize,
     resolve_device,
+    torch_threads,
 )
 
 FORMAT = "nasproxy-scoring/1"
@@ -245,18 +245,6 @@ def platform_record(device: torch.device) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "torch": torch.__version__,
     }
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's CPU threads set to ``threads`` inside the block (None: left as they are)."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def scoring_run(

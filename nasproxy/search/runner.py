@@ -22,6 +22,7 @@ from nasproxy.search.lock import LockLostError, any_lost, ensure_held
 from nasproxy.search.plan import Chunk
 from nasproxy.search.trial import TrialPlan, run_chunk
 from nasproxy.settings import SettingError, ref
+from nasproxy.train import torch_threads
 
 RecordFn = Callable[[dict[str, Any]], None]
 NoteFn = Callable[[str], None]
@@ -126,9 +127,7 @@ class LocalRunner:
                 raise _DriverError from exc
 
         errors: dict[str, str] = {}
-        threads = torch.get_num_threads()
-        torch.set_num_threads(plan.threads)  # as a Ray trial's worker does
-        try:
+        with torch_threads(plan.threads):  # as a Ray trial's worker does
             for chunk in chunks:
                 try:
                     run_chunk(plan, data, chunk.id, device, report)
@@ -138,6 +137,4 @@ class LocalRunner:
                     raise  # the trial's own check before writing a unit
                 except Exception as exc:  # the trial's error: its units fail, the rest go on
                     errors[chunk.id] = first_line(exc, with_type=True)[:300]
-        finally:
-            torch.set_num_threads(threads)
         return errors
