@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,6 +47,9 @@ from nasproxy.train import TrainRecord
 
 HASH_CHARS = 12
 CONSOLIDATE_EVERY_S = 30.0
+# A consolidation reads every unit file (its cost grows with the store): the periodic table
+# waits long enough after one to keep this share of the driver's time at most.
+CONSOLIDATE_SHARE = 0.01
 
 # --- training sets -----------------------------------------------------------------------
 
@@ -177,6 +181,8 @@ class _Sweep:
         self.done_at_start = len(done)
         self.trained = 0
         self.last_consolidated = self.start
+        self.consolidate_s = 0.0  # how long the last consolidation took
+        self.statuses = Counter(row["status"] for row in done.values())  # one look a unit
         self.cost: Callable[[UnitKey], float] | None = None
         self.cost_planned = self.cost_done = 0.0
 
@@ -195,18 +201,26 @@ class _Sweep:
             return  # lost to another driver (Tune's stopper ends the run): write nothing
         if results.read_unit(results.unit_path(self.exp_dir, key)) is None:
             results.write_unit(self.exp_dir, row)  # the trial ran where DIR is not shared
-        self.done[key] = row
+        self.add(key, row)
         self.trained += 1
         if self.cost is not None:
             self.cost_done += self.cost(key)
         self.emit(row=row)
-        if time.perf_counter() - self.last_consolidated > CONSOLIDATE_EVERY_S:
+        wait = max(CONSOLIDATE_EVERY_S, self.consolidate_s / CONSOLIDATE_SHARE)
+        if time.perf_counter() - self.last_consolidated > wait:
             self.consolidate()
 
+    def add(self, key: UnitKey, row: dict[str, Any]) -> None:
+        """Count ``row`` as done (with its status, for the progress counts)."""
+        self.done[key] = row
+        self.statuses[row["status"]] += 1
+
     def consolidate(self) -> None:
+        start = time.perf_counter()
         ensure_held(self.exp_dir)
         results.consolidate(self.exp_dir, self.train_set_order, self.arch_order)
         self.last_consolidated = time.perf_counter()
+        self.consolidate_s = self.last_consolidated - start
 
     def emit(self, row: dict[str, Any] | None = None, message: str = "") -> None:
         if self.progress is None:
@@ -214,13 +228,12 @@ class _Sweep:
         elapsed = time.perf_counter() - self.start
         left = max(self.cost_planned - self.cost_done, 0.0)  # units record after plan_cost
         eta = elapsed * left / self.cost_done if self.cost_done > 0 else None
-        statuses = [r["status"] for r in self.done.values()]
         self.progress(
             Progress(
                 done=self.n_done,
                 total=self.total,
-                failed=statuses.count("failed"),
-                diverged=statuses.count("diverged"),
+                failed=self.statuses["failed"],
+                diverged=self.statuses["diverged"],
                 elapsed_s=elapsed,
                 eta_s=eta,
                 row=row,
@@ -398,7 +411,7 @@ def _confirm_keys(
     fresh = [k for k in keys if k not in planned]  # the rest ran (or runs) in stage 1
     for key in fresh:
         if key in stored and stored[key]["status"] != "failed":
-            sweep.done[key] = stored[key]
+            sweep.add(key, stored[key])
     todo = [k for k in fresh if k not in sweep.done]
     sweep.total += len(fresh)
     who = "each proxy's" if cfg.whole_by == shortlist.ALL else f"{cfg.whole_by}'s"

@@ -207,6 +207,59 @@ def test_the_eta_follows_the_planner_cost_model_not_the_unit_count(tmp_path, mon
         assert events[-1].eta_s == pytest.approx(101.0 * 9 / 101)
 
 
+def _ok_row(key: tuple[str, int, str], status: str = "ok") -> dict:
+    record = TrainRecord(key[2], status, "", seed=key[1], epochs=1, n_train=10)
+    return results.make_row(spaces.Arch.from_id(key[2]), key[0], "", record)
+
+
+def test_the_periodic_table_takes_a_bounded_share_of_the_drivers_time(tmp_path, monkeypatch):
+    """A consolidation reads every unit file, so its cost grows with the store: each one
+    (but the last) is followed by at least 100 times its own time, which keeps the table
+    within 1% of the driver's time however large the store (10 s every 30 s: 25%)."""
+    clock = [0.0]
+    spent = []
+
+    def consolidate(*args, **kwargs):  # a table of a large store: 10 s each
+        spent.append(10.0)
+        clock[0] += 10.0
+
+    monkeypatch.setattr(sweep_module.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(sweep_module.results, "consolidate", consolidate)
+    keys = [("random", s, a.id) for s in range(4) for a in spaces.load("convnet720")]
+    state = sweep_module._Sweep(tmp_path, {}, len(keys), None, ["random"], [])
+    with lock.experiment_lock(tmp_path):
+        for key in keys:  # one unit a second of training
+            clock[0] += 1.0
+            state.record(_ok_row(key))
+    assert spent, "the table is still refreshed during a long sweep"
+    assert sum(spent[:-1]) <= 0.01 * clock[0]
+
+
+def test_progress_counts_cost_one_look_a_unit(tmp_path):
+    """Each event's failed and diverged counts equal a recount over every unit done, yet
+    each unit's status is read once, not once an event (n^2/2 reads for n units)."""
+    reads = [0]
+
+    class Row(dict):
+        def __getitem__(self, name):
+            reads[0] += name == "status"
+            return super().__getitem__(name)
+
+    archs = [a.id for a in spaces.load("convnet720")][:300]
+    statuses = ["ok", "failed", "diverged", "ok"]
+    rows = [Row(_ok_row(("random", 0, a), statuses[i % 4])) for i, a in enumerate(archs)]
+    stored = {results.row_key(r): r for r in rows[:50]}  # done before this run
+    events = []
+    state = sweep_module._Sweep(tmp_path, dict(stored), 300, events.append, ["random"], [])
+    with lock.experiment_lock(tmp_path):
+        for row in rows[50:]:
+            state.record(row)
+    for i, event in enumerate(events):
+        done = [dict(r)["status"] for r in rows[: 51 + i]]
+        assert (event.failed, event.diverged) == (done.count("failed"), done.count("diverged"))
+    assert reads[0] <= 2 * len(rows)
+
+
 LEVELS = (0.25, 0.5, 0.75)  # few values, so that ties at the cut are common
 
 
