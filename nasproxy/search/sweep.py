@@ -271,6 +271,8 @@ def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
             f"--by {cfg.whole_by!r} is not a training set of this sweep; choose from "
             f"{', '.join([*proxy_names, shortlist.ALL])}"
         )
+    if cfg.whole:  # patterns that match nothing fail here; a resume may keep recorded ones
+        whole_archs(cfg, space, archs)
     with experiment_lock(cfg.exp_dir):
         return _run_locked(cfg, data, space, archs, train_sets, progress)
 
