@@ -7,6 +7,9 @@ are built, so the head's input size is derived, never typed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -45,28 +48,44 @@ def make_pooling(kind: str) -> nn.Module | None:
     return None
 
 
+def conv_blocks(
+    arch: Arch,
+    in_channels: int,
+    image_size: int,
+    m: int,
+    norm: Callable[[int, int], nn.Module | None],
+    activation: Callable[[], nn.Module],
+) -> tuple[list[nn.Module], int]:
+    """``arch``'s blocks for ``m`` models side by side (convolutions grouped by model), and
+    one model's flat feature size. ``norm(channels, size)`` (one model's channels, the map
+    size before pooling) and ``activation()`` make the other modules: :class:`ConvNet`
+    and :class:`~nasproxy.multitrain.stacked.StackedConvNet` pass theirs, so the two
+    share one layer sequence and state dict keys."""
+    arch.check_input(image_size)
+    layers: list[nn.Module] = []
+    channels, size = in_channels, image_size
+    for _ in range(arch.depth):
+        layers.append(nn.Conv2d(m * channels, m * arch.width, 3, padding=1, groups=m))
+        channels = arch.width
+        for module in (norm(channels, size), activation()):
+            if module is not None:
+                layers.append(module)
+        pool = make_pooling(arch.pool)
+        if pool is not None:
+            layers.append(pool)
+            size //= 2
+    return layers, channels * size * size
+
+
 class ConvNet(nn.Module):
     """``features`` maps images to flat penultimate features; ``classifier`` is the head."""
 
     def __init__(self, arch: Arch, in_channels: int, num_classes: int, image_size: int):
         super().__init__()
-        arch.check_input(image_size)
         self.arch = arch
-        layers: list[nn.Module] = []
-        channels, size = in_channels, image_size
-        for _ in range(arch.depth):
-            layers.append(nn.Conv2d(channels, arch.width, kernel_size=3, padding=1))
-            channels = arch.width
-            for module in (_norm(arch.norm, channels, size), make_activation(arch.act)):
-                if module is not None:
-                    layers.append(module)
-            pool = make_pooling(arch.pool)
-            if pool is not None:
-                layers.append(pool)
-                size //= 2
-        layers.append(nn.Flatten())
-        self.features = nn.Sequential(*layers)
-        self.feature_dim = channels * size * size
+        norm, activation = partial(_norm, arch.norm), partial(make_activation, arch.act)
+        layers, self.feature_dim = conv_blocks(arch, in_channels, image_size, 1, norm, activation)
+        self.features = nn.Sequential(*layers, nn.Flatten())
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

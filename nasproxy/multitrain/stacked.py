@@ -23,13 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nasproxy.errors import NasproxyError
-from nasproxy.models import ConvNet, build_model, make_activation, make_pooling
+from nasproxy.models import ConvNet, build_model, conv_blocks, make_activation
 from nasproxy.spaces import GROUPNORM_GROUPS, Arch
 
 
@@ -114,28 +115,16 @@ class StackedConvNet(nn.Module):
         if len(acts) != m:
             raise NasproxyError(f"a stack of {m} models needs {m} activations, got {len(acts)}")
         self.archs = [replace(arch, act=act) for act in acts]  # validates each activation
-        arch.check_input(image_size)
         self.arch, self.m = arch, m
         self.in_channels, self.num_classes, self.image_size = in_channels, num_classes, image_size
-        layers: list[nn.Module] = []
-        channels, size = in_channels, image_size
-        for _ in range(arch.depth):
-            layers.append(nn.Conv2d(m * channels, m * arch.width, 3, padding=1, groups=m))
-            channels = arch.width
-            activation = (
-                make_activation(acts[0])
-                if len(set(acts)) == 1
-                else StackedActivation(acts, channels)
-            )
-            for module in (_stacked_norm(arch.norm, m, channels, size), activation):
-                if module is not None:
-                    layers.append(module)
-            pool = make_pooling(arch.pool)
-            if pool is not None:
-                layers.append(pool)
-                size //= 2
+        activation = (
+            partial(make_activation, acts[0])
+            if len(set(acts)) == 1
+            else partial(StackedActivation, acts, arch.width)
+        )
+        norm = partial(_stacked_norm, arch.norm, m)
+        layers, self.feature_dim = conv_blocks(arch, in_channels, image_size, m, norm, activation)
         self.features = nn.Sequential(*layers)
-        self.feature_dim = channels * size * size
         self.head_weight = nn.Parameter(torch.zeros(m, num_classes, self.feature_dim))
         self.head_bias = nn.Parameter(torch.zeros(m, num_classes))
 

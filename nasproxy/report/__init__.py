@@ -3,10 +3,13 @@
 Reads ``EXP/manifest.json`` and the trials table through ``nasproxy.results`` and writes,
 atomically under ``EXP``: ``table1.md``, ``table1.csv`` (``#`` comment header, read back
 with ``pd.read_csv(path, comment="#")``), ``table1.tex``, ``table1_seeds.csv`` (the
-per-seed metrics behind the means), ``search_outcome.csv`` after ``--whole-top``, and three
-PNG figures. The rooms: ``table1`` computes Table 1, ``outcome`` the search outcome,
-``formats`` writes them as text, ``nasproxy.plots`` draws the figures. What the files say:
-docs/search.md ("Report") and docs/find.md ("The answer: the search outcome").
+per-seed metrics behind the means), three PNG figures, and ``search_outcome.csv`` (with a
+"Search outcome" section in ``table1.md``) when the experiment has a proxy training set and
+a whole-split unit that finished "ok" (``--whole-top``, or ``--whole``, ``--whole-archs``,
+``--whole-sample``, which take K from ``top_k``). The rooms: ``table1`` computes Table 1,
+``outcome`` the search outcome, ``formats`` writes them as text, ``nasproxy.plots`` draws
+the figures. What the files say: docs/search.md ("Report") and docs/find.md ("The answer:
+the search outcome").
 """
 
 from __future__ import annotations

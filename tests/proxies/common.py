@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import torch
 
 from nasproxy.cli import main
 from nasproxy.data import Dataset
-from nasproxy.proxies.base import ProxyOptions
+from nasproxy.proxies.base import ProxyOptions, SelectionContext
 from nasproxy.proxies.build import build_proxy
 from nasproxy.scoring import ScoringConfig
 
@@ -33,6 +35,18 @@ def first_k(digits: Dataset) -> list[int]:
     """The first K train images of each class, sorted."""
     labels = digits.y_train.numpy()
     return sorted(int(i) for c in range(10) for i in np.flatnonzero(labels == c)[:K])
+
+
+def context(labels: np.ndarray, artifact: object, per_class: int, seed: int) -> SelectionContext:
+    """A method's inputs for a hand-made case: the train labels and a scoring run's fields
+    (``artifact``); a method that refits the head fails."""
+
+    def no_head():
+        raise AssertionError("the method refitted the head")
+
+    # a stand-in for the Dataset: its train labels are what the score-based methods read
+    data = SimpleNamespace(y_train=torch.as_tensor(labels))
+    return SelectionContext(data, per_class, seed, ProxyOptions(), lambda: artifact, no_head)
 
 
 def cli(cache: Path, out: Path, *extra: str) -> int:
