@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from nasproxy import __version__
-from nasproxy.data import Dataset
+from nasproxy.data import Dataset, dataset_name
 from nasproxy.errors import NasproxyError, first_line
 from nasproxy.influence.head import RefitHead
 from nasproxy.influence.solvers import (
@@ -407,17 +407,7 @@ def default_proxy_path(
     """``results/proxies/<dataset-name>-<method>-<per_class or eps...>-s<seed>.json``."""
     budget = f"eps{epsilon:g}" if epsilon is not None else str(per_class)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", method).strip("-.") or "method"
-    return Path("results") / "proxies" / f"{_dataset_name(dataset)}-{name}-{budget}-s{seed}.json"
-
-
-def _dataset_name(spec: str) -> str:
-    """``cifar10`` -> cifar10; ``imagefolder:/d/cifar10-jpeg.tar.gz`` -> cifar10-jpeg."""
-    if not spec.startswith("imagefolder:"):
-        return spec
-    name = Path(spec.split(":", 1)[1].rstrip("/")).name
-    for suffix in (".tar.gz", ".tgz", ".tar"):
-        name = name.removesuffix(suffix)
-    return name or "imagefolder"
+    return Path("results") / "proxies" / f"{dataset_name(dataset)}-{name}-{budget}-s{seed}.json"
 
 
 def _check_request(
