@@ -17,7 +17,7 @@ from nasproxy.errors import IncompleteError, NasproxyError
 from nasproxy.multitrain.planning import unit_cost
 from nasproxy.provenance import git_commit, utc_now
 from nasproxy.proxies.base import check_budget
-from nasproxy.proxies.build import parse_proxy, proxy_indices, selection_fields, selection_hash
+from nasproxy.proxies.proxy_file import parse_proxy, proxy_indices, selection_fields, selection_hash
 from nasproxy.proxies.random import random_per_class
 from nasproxy.results import WHOLE, UnitKey
 from nasproxy.search.address import check_address

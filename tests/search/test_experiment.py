@@ -12,7 +12,8 @@ import pytest
 
 from nasproxy import results, spaces
 from nasproxy.errors import NasproxyError
-from nasproxy.proxies.build import default_proxy_path, selection_hash, write_proxy
+from nasproxy.proxies.build import write_proxy
+from nasproxy.proxies.proxy_file import default_proxy_path, selection_hash
 from nasproxy.report import make_report
 from nasproxy.search import resolve_train_sets, run_search
 from nasproxy.search.experiment import RAY_DIR, build_manifest, next_run_number

@@ -26,7 +26,8 @@ import torch
 
 from nasproxy import cli, results, shortlist, spaces
 from nasproxy.errors import NasproxyError
-from nasproxy.proxies.build import selection_hash, write_proxy
+from nasproxy.proxies.build import write_proxy
+from nasproxy.proxies.proxy_file import selection_hash
 from nasproxy.report import make_report
 from nasproxy.search import lock, resolve_train_sets, run_search
 from nasproxy.search import sweep as sweep_module
