@@ -91,12 +91,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_build_proxy(args: argparse.Namespace) -> int:
     from nasproxy.data import default_data_root
     from nasproxy.proxies.base import ProxyOptions
-    from nasproxy.proxies.build import (
-        build_proxy,
-        default_proxy_path,
-        indices_method,
-        write_proxy,
-    )
+    from nasproxy.proxies.build import build_proxy, write_proxy
+    from nasproxy.proxies.from_indices import indices_method
+    from nasproxy.proxies.proxy_file import default_proxy_path
     from nasproxy.scoring import ScoringConfig
 
     if (args.method is None) == (args.from_indices is None):

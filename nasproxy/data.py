@@ -113,6 +113,17 @@ def load_dataset(
     return _split(spec, raw, val_fraction, split_seed)
 
 
+def dataset_name(spec: str) -> str:
+    """A dataset's short name, for file names and the manifest: ``cifar10`` -> cifar10;
+    ``imagefolder:/d/cifar10-jpeg.tar.gz`` (or ``.tgz``, ``.tar``, a folder) -> cifar10-jpeg."""
+    if not spec.startswith("imagefolder:"):
+        return spec
+    name = Path(spec.split(":", 1)[1].rstrip("/")).name
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        name = name.removesuffix(suffix)
+    return name or "imagefolder"
+
+
 def stratified_split(
     labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,8 @@ from nasproxy.io import check_output_dir
 from nasproxy.presets import Preset
 from nasproxy.proxies import registry
 from nasproxy.proxies.base import check_budget
-from nasproxy.proxies.build import build_proxy, read_proxy, write_proxy
+from nasproxy.proxies.build import build_proxy, write_proxy
+from nasproxy.proxies.proxy_file import read_proxy
 from nasproxy.report import ReportResult, make_report
 from nasproxy.results import experiment_dir
 from nasproxy.scoring import ScoringConfig

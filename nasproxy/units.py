@@ -438,20 +438,15 @@ def rates(results_dir: Path, experiments: Sequence[str], since: float, now: floa
 
 def check_data(dataset: str, proxies: Sequence[Path], data_root: str | None) -> str:
     """The dataset's fingerprint, checked against each proxy file's (same split settings
-    as the sweep: the defaults); raises on the first mismatch."""
+    as the sweep: the defaults); raises on the first file that cannot be read as a proxy
+    file, or that was built on another dataset."""
     from nasproxy.data import load_dataset
+    from nasproxy.proxies.proxy_file import check_fingerprint, read_proxy
 
+    records = [read_proxy(path) for path in proxies]  # a bad file before the dataset loads
     data = load_dataset(dataset, data_root)
-    for path in proxies:
-        try:
-            recorded = json.loads(path.read_text()).get("fingerprint")
-        except (OSError, ValueError) as exc:
-            raise NasproxyError(f"cannot read proxy file {path} ({exc})") from None
-        if recorded != data.fingerprint:
-            raise NasproxyError(
-                f"{path} was built on dataset fingerprint {recorded}, "
-                f"{dataset} is {data.fingerprint}"
-            )
+    for path, record in zip(proxies, records, strict=True):
+        check_fingerprint(record, data, str(path), dataset)
     return data.fingerprint
 
 

@@ -37,7 +37,8 @@ import torch
 from nasproxy.data import default_data_root, load_dataset
 from nasproxy.io import atomic_write_json
 from nasproxy.provenance import provenance
-from nasproxy.proxies.build import build_proxy, proxy_indices, selection_fields
+from nasproxy.proxies.build import build_proxy, proxy_indices
+from nasproxy.proxies.proxy_file import selection_fields
 from nasproxy.scoring import SCORING_THREADS, ScoringConfig, scoring_run
 from nasproxy.train import TrainConfig, train
 

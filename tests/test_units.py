@@ -10,10 +10,13 @@ import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nasproxy import cli, results, units
 from nasproxy.errors import NasproxyError
+from nasproxy.proxies.proxy_file import proxy_record, write_proxy
+from nasproxy.search import resolve_train_sets
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
 
@@ -143,11 +146,28 @@ def test_check_data_refuses_a_proxy_of_another_dataset(tmp_path: Path) -> None:
 
     digits = load_dataset("digits", tmp_path)
     same, other = tmp_path / "same.json", tmp_path / "other.json"
-    same.write_text(json.dumps({"fingerprint": digits.fingerprint}))
-    other.write_text(json.dumps({"fingerprint": "0123456789abcdef"}))
+    record = proxy_record(digits, np.arange(10), method="random")
+    write_proxy(record, same)
+    write_proxy({**record, "fingerprint": "0123456789abcdef"}, other)
     assert units.check_data("digits", [same], str(tmp_path)) == digits.fingerprint
     with pytest.raises(NasproxyError, match="0123456789abcdef"):
         units.check_data("digits", [same, other], str(tmp_path))
+
+
+def test_check_data_refuses_a_bad_proxy_file_as_the_sweep_does(
+    digits, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A file that is not a proxy file (a fingerprint alone), broken JSON or no file: one
+    line, the sweep's own refusal of the same file."""
+    lone = tmp_path / "lone.json"
+    lone.write_text(json.dumps({"fingerprint": digits.fingerprint}))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format": "nasproxy-proxy/1", "indices": ')
+    for path in (lone, broken, tmp_path / "absent.json"):
+        with pytest.raises(NasproxyError) as sweep:
+            resolve_train_sets([str(path)], False, digits)
+        assert cli.main(["units", "check-data", "--dataset", "digits", str(path)]) == 2
+        assert capsys.readouterr().err == f"nasproxy: error: {sweep.value}\n"
 
 
 def test_shape_globs_pick_whole_shapes_evenly() -> None:

@@ -11,7 +11,8 @@ those files are what a rerun resumes from.
 
 Modules: ``config`` (``SearchConfig``: what a sweep is asked to do), ``plan`` (no Ray:
 architectures, units -> stacks -> chunks), ``trial`` (one chunk's work), ``runner`` (the
-runner seam, in-process runner), ``ray_runner`` (Ray Tune), ``sweep`` (``run_search``),
+runner seam, in-process runner), ``ray_runner`` (Ray Tune), ``train_sets`` (the proxy files
+and the whole split), ``sweep`` (``run_search``),
 ``experiment`` (protocol, manifest), ``lock`` (one driver), ``address``, ``interrupt``.
 
 See docs/search.md#how-trials-map-to-work, docs/reliability.md and docs/find.md.
@@ -42,7 +43,8 @@ from nasproxy.search.plan import (
     select_archs,
     stratified_sample,
 )
-from nasproxy.search.sweep import resolve_train_sets, run_search
+from nasproxy.search.sweep import run_search
+from nasproxy.search.train_sets import resolve_train_sets
 
 __all__ = [
     "DEFAULT_GPU_SHARE",

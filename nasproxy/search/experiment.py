@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from nasproxy import __version__, results, settings, shortlist
-from nasproxy.data import Dataset
+from nasproxy.data import Dataset, dataset_name
 from nasproxy.errors import NasproxyError
 from nasproxy.provenance import git_commit, utc_now
 from nasproxy.results import WHOLE, UnitKey
@@ -208,7 +208,7 @@ def build_manifest(
     every = {a for names in ids.values() for a in names}
     manifest: dict[str, Any] = {
         "dataset": data.spec,
-        "dataset_name": _dataset_name(data.spec),
+        "dataset_name": dataset_name(data.spec),
         "fingerprint": data.fingerprint,
         # what the planner's cost model needs (the report estimates units that did not run)
         "data_shape": {
@@ -432,9 +432,3 @@ def next_run_number(exp_dir: Path) -> int:
     runs = (exp_dir / RAY_DIR).glob("run-*")
     numbers = [int(p.name[4:7]) for p in runs if p.name[4:7].isascii() and p.name[4:7].isdigit()]
     return max(numbers, default=0) + 1
-
-
-def _dataset_name(spec: str) -> str:
-    if spec.startswith("imagefolder:"):
-        return Path(spec.split(":", 1)[1].rstrip("/")).name.removesuffix(".tar.gz")
-    return spec

@@ -1,13 +1,12 @@
-"""``run_search``: resolve the training sets, find the pending units, plan them and drive
-the runner (``runner``: Ray Tune, or this process)."""
+"""``run_search``: resolve the training sets (``train_sets``), find the pending units, plan
+them and drive the runner (``runner``: Ray Tune, or this process)."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,6 @@ from nasproxy.data import Dataset, load_dataset
 from nasproxy.errors import IncompleteError, NasproxyError
 from nasproxy.multitrain.planning import unit_cost
 from nasproxy.provenance import git_commit, utc_now
-from nasproxy.proxies.base import check_budget
-from nasproxy.proxies.build import parse_proxy, proxy_indices, selection_fields, selection_hash
-from nasproxy.proxies.random import random_per_class
 from nasproxy.results import WHOLE, UnitKey
 from nasproxy.search.address import check_address
 from nasproxy.search.config import (
@@ -41,122 +37,15 @@ from nasproxy.search.experiment import (
 from nasproxy.search.lock import any_lost, ensure_held, experiment_lock, held_token, holds
 from nasproxy.search.plan import plan_trials, select_archs
 from nasproxy.search.runner import check_runner, open_runner
+from nasproxy.search.train_sets import read_proxy_arg, resolve_train_sets
 from nasproxy.search.trial import TrialPlan
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
 
-HASH_CHARS = 12
 CONSOLIDATE_EVERY_S = 30.0
 # A consolidation reads every unit file (its cost grows with the store): the periodic table
 # waits long enough after one to keep this share of the driver's time at most.
 CONSOLIDATE_SHARE = 0.01
-
-# --- training sets -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _ProxyFile:
-    path: Path
-    name: str | None  # given explicitly as NAME=PATH
-    payload: dict[str, Any]
-    digest: str  # of what defines the selection
-    file_digest: str  # of the bytes (older manifests' proxy hash)
-
-
-def _parse_proxy_arg(arg: str) -> tuple[str | None, Path]:
-    """``NAME=PATH`` or ``PATH``."""
-    name, sep, rest = arg.partition("=")
-    if sep and results.NAME_PATTERN.fullmatch(name) and not Path(arg).exists():
-        return name, Path(rest)
-    return None, Path(arg)
-
-
-def _read_proxy(arg: str) -> _ProxyFile:
-    """Read and parse a proxy file, checking its format; no dataset needed yet."""
-    name, path = _parse_proxy_arg(arg)
-    try:
-        blob = path.read_bytes()
-    except OSError as exc:
-        raise NasproxyError(f"cannot read proxy file {path} ({exc.strerror or exc})") from None
-    payload = parse_proxy(blob, path)
-    for key in ("method", "fingerprint", "indices"):
-        if key not in payload:
-            raise NasproxyError(f"proxy file {path} lacks {key!r}")
-    file_digest = hashlib.sha256(blob).hexdigest()[:HASH_CHARS]
-    return _ProxyFile(path, name, payload, selection_hash(payload), file_digest)
-
-
-def _train_set_names(proxies: Sequence[_ProxyFile], whole: bool) -> list[str]:
-    """Each proxy's name: given, else its method; methods used twice go by file stem."""
-    methods = [str(p.payload["method"]) for p in proxies]
-    names = []
-    for proxy, method in zip(proxies, methods, strict=True):
-        if proxy.name is not None:
-            names.append(proxy.name)
-        elif methods.count(method) > 1:
-            names.append(proxy.path.stem)
-        else:
-            names.append(method)
-    taken = {WHOLE: "--whole"} if whole else {}
-    for proxy, name in zip(proxies, names, strict=True):
-        if not results.NAME_PATTERN.fullmatch(name):
-            raise NasproxyError(
-                f"proxy file {proxy.path}: {name!r} is not usable as a training-set name; "
-                "name it with --proxy NAME=PATH"
-            )
-        if name in taken:
-            raise NasproxyError(
-                f"two training sets would be named {name!r} ({taken[name]} and {proxy.path}); "
-                "name them with --proxy NAME=PATH"
-            )
-        taken[name] = str(proxy.path)
-    return names
-
-
-def resolve_train_sets(
-    proxy_args: Sequence[str],
-    whole: bool,
-    data: Dataset,
-    whole_per_class: int | None = None,
-    whole_seed: int = 0,
-) -> list[TrainSet]:
-    """The sweep's training sets, in order: each proxy file, then the whole split.
-
-    With ``whole_per_class`` the "whole" reference is a seeded class-balanced subset.
-    """
-    proxies = [_read_proxy(arg) for arg in proxy_args]
-    seen: dict[str, Path] = {}
-    for proxy in proxies:
-        if proxy.digest in seen:
-            raise NasproxyError(
-                f"proxy files {seen[proxy.digest]} and {proxy.path} select the same images "
-                "the same way"
-            )
-        seen[proxy.digest] = proxy.path
-    names = _train_set_names(proxies, whole)
-    sets = []
-    for proxy, name in zip(proxies, names, strict=True):
-        indices = proxy_indices(proxy.payload, data, f"proxy file {proxy.path}")
-        epsilon = proxy.payload.get("epsilon")
-        sets.append(
-            TrainSet(
-                name=name,
-                indices=indices,
-                n_images=int(indices.size),
-                proxy_path=str(proxy.path.resolve()),
-                proxy_hash=proxy.digest,
-                epsilon=float(epsilon) if epsilon is not None else None,
-                selection=selection_fields(proxy.payload),
-                file_hash=proxy.file_digest,
-            )
-        )
-    if whole and whole_per_class is None:
-        sets.append(TrainSet(WHOLE, None, len(data.y_train)))
-    elif whole:
-        check_budget(data, whole_per_class)
-        subset = random_per_class(data.y_train.numpy(), whole_per_class, whole_seed)
-        sets.append(TrainSet(WHOLE, subset, int(subset.size)))
-    return sets
 
 
 class _Sweep:
@@ -256,7 +145,7 @@ def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
     results.experiment_dir(cfg.results_dir, cfg.name)  # a plain name in a writable folder
     spaces.resolve_path(cfg.space)
     for arg in cfg.proxies:  # a missing or unreadable file fails before the dataset loads
-        _read_proxy(arg)
+        read_proxy_arg(arg)
     check_address(cfg.address)
     check_runner(cfg)
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.val_fraction, cfg.split_seed)

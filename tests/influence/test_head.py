@@ -9,8 +9,9 @@ from threadpoolctl import threadpool_limits
 
 from nasproxy.errors import NasproxyError
 from nasproxy.influence.head import RefitHead, check_memory, head_cache
-from nasproxy.proxies.build import build_proxy, read_proxy
+from nasproxy.proxies.build import build_proxy
 from nasproxy.proxies.herding import herding_per_class
+from nasproxy.proxies.proxy_file import read_proxy
 from nasproxy.proxies.random import random_per_class
 from nasproxy.scoring import DEFAULT_BACKBONE, build_backbone, scoring_run
 from tests.proxies.common import TINY, K, build, cli, flat

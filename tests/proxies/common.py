@@ -49,6 +49,11 @@ def context(labels: np.ndarray, artifact: object, per_class: int, seed: int) -> 
     return SelectionContext(data, per_class, seed, ProxyOptions(), lambda: artifact, no_head)
 
 
+def no_scoring_run(*args, **kwargs):
+    """A stand-in for ``scoring_run`` in builds that must not make one."""
+    raise AssertionError("a scoring run was made")
+
+
 def cli(cache: Path, out: Path, *extra: str) -> int:
     """``nasproxy build-proxy`` with the tiny scoring network, K per class, into ``out``."""
     argv = ["build-proxy", "--per-class", str(K), "--dataset", "digits", "--device", "cpu"]

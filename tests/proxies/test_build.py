@@ -1,5 +1,6 @@
-"""Building a proxy (any method, --from-indices), measuring its epsilon, and making,
-writing and reading the proxy file."""
+"""Building a proxy (any method), measuring its epsilon and saying where it comes from, and
+the build-proxy command; the file itself: test_proxy_file.py, --from-indices:
+test_from_indices.py."""
 
 from __future__ import annotations
 
@@ -16,22 +17,14 @@ import torch.nn.functional as F
 
 import nasproxy.proxies.build as build_module
 from nasproxy.cli import main
-from nasproxy.data import load_dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.influence.estimate import parameter_influence, per_example_gradients, refit_head
 from nasproxy.influence.head import RefitHead
 from nasproxy.provenance import cpu_model
-from nasproxy.proxies.build import (
-    build_proxy,
-    load_proxy,
-    proxy_record,
-    read_proxy,
-    selection_hash,
-    write_proxy,
-)
-from nasproxy.proxies.random import random_per_class
+from nasproxy.proxies.build import build_proxy
+from nasproxy.proxies.proxy_file import load_proxy, read_proxy, selection_hash
 from nasproxy.scoring import DEFAULT_BACKBONE, artifact_dir, scoring_run
-from tests.proxies.common import NEW, TINY, K, build, cli, first_k, flat
+from tests.proxies.common import NEW, TINY, K, build, cli, first_k, flat, no_scoring_run
 
 
 @pytest.mark.parametrize("method", NEW)
@@ -130,76 +123,6 @@ def test_epsilon_and_diagnostics_match_a_direct_recomputation(records, digits, c
         assert record["params"]["head_grad_norm"] < 1e-8
 
 
-def test_proxy_file_round_trip(records, digits, tmp_path):
-    record = records["herding"]
-    path = write_proxy(record, tmp_path / "p.json")
-    text = path.read_text()
-    assert text.startswith("{\n  ")  # indented for people
-    assert read_proxy(path) == json.loads(json.dumps(record))  # every field, as JSON has it
-    assert read_proxy(path)["nasproxy_version"]
-    np.testing.assert_array_equal(load_proxy(path, digits), flat(record))
-    assert load_proxy(path, digits).dtype == np.int64
-
-
-def test_proxy_record_is_the_builders_record_of_the_same_selection(digits, tmp_path):
-    """A record made from a kept set reads back as that set, and defines the same selection
-    (``selection_hash``) as the record ``build_proxy`` writes for it."""
-    kept = random_per_class(digits.y_train.numpy(), K, seed=3)
-    record = proxy_record(digits, kept[::-1], method="random", per_class=K, seed=3, note="x")
-    path = write_proxy(record, tmp_path / "p.json")
-    np.testing.assert_array_equal(load_proxy(path, digits), kept)
-    assert read_proxy(path)["note"] == "x" and read_proxy(path)["dataset"] == digits.spec
-    built = build(digits, tmp_path / "cache", "random", seed=3)  # nothing cached: no epsilon
-    assert selection_hash(record) == selection_hash(built)
-    shared = record.keys() & built.keys()
-    assert shared == record.keys() - {"note"}
-    assert {k: record[k] for k in shared} == {k: built[k] for k in shared}
-
-
-@pytest.mark.parametrize(
-    "kept, options, message",
-    [
-        (np.array([0, 0]), {}, "more than once"),
-        (np.array([-1]), {}, "outside the train split"),
-        (np.arange(40), {"per_class": K}, "expected 5 \\(the per-class budget\\)"),
-        (np.array([0]), {"fingerprint": "0123456789abcdef"}, "fingerprint cannot be given"),
-    ],
-    ids=["repeated", "outside", "unbalanced", "clashing field"],
-)
-def test_proxy_record_refuses_what_would_not_read_back(digits, kept, options, message):
-    with pytest.raises(NasproxyError, match=message):
-        proxy_record(digits, kept, method="random", **options)
-
-
-def test_proxy_for_another_dataset_is_refused(records, tmp_path):
-    path = write_proxy(records["random"], tmp_path / "p.json")
-    other = load_dataset("digits", data_root=tmp_path, val_fraction=0.2)
-    with pytest.raises(NasproxyError) as err:
-        load_proxy(path, other)
-    fp = records["random"]["fingerprint"]
-    assert str(err.value) == (
-        f"proxy {path} was built on dataset fingerprint {fp}, this dataset is {other.fingerprint}"
-    )
-
-
-@pytest.mark.parametrize(
-    "edit, message",
-    [
-        (lambda r: r["indices"]["3"].append(10**6), "outside the train split"),
-        (lambda r: r["indices"]["3"].append(r["indices"]["4"][0]), "another class"),
-        (lambda r: r["indices"].update({"cat": []}), "lacks"),
-        (lambda r: r.update({"n_images": 1}), "n_images"),
-        (lambda r: r.update({"format": "other/1"}), "not a nasproxy proxy file"),
-    ],
-)
-def test_damaged_proxy_is_refused(records, digits, tmp_path, edit, message):
-    record = json.loads(json.dumps(records["random"]))
-    edit(record)
-    path = write_proxy(record, tmp_path / "p.json")
-    with pytest.raises(NasproxyError, match=message):
-        load_proxy(path, digits)
-
-
 @pytest.mark.parametrize(
     "method, per_class, options, message",
     [
@@ -237,119 +160,7 @@ def test_cli_build_proxy(digits, cache, tmp_path, capsys):
     assert err.startswith("nasproxy: error: per-class budget 500 exceeds") and "\n" not in err
 
 
-@pytest.mark.parametrize("suffix", [".txt", ".json", ".npy"])
-def test_from_indices(digits, cache, tmp_path, suffix):
-    kept = first_k(digits)[::-1]  # any order
-    path = tmp_path / f"sel{suffix}"
-    if suffix == ".npy":
-        np.save(path, np.array(kept, dtype=np.int32))
-    elif suffix == ".json":
-        path.write_text(json.dumps(kept))
-    else:
-        path.write_text(", ".join(map(str, kept[:10])) + "\n" + " ".join(map(str, kept[10:])))
-    out = tmp_path / "p.json"
-    assert cli(cache, out, "--from-indices", str(path), "--measure-epsilon") == 0
-    record = read_proxy(out)
-    assert record["method"] == "from-indices" and str(path) in record["params"]["source"]
-    assert load_proxy(out, digits).tolist() == sorted(kept)
-    head = RefitHead.load_or_fit(scoring_run(digits, TINY, cache, "cpu"), TINY.weight_decay)
-    assert record["epsilon"] == pytest.approx(head.epsilon(np.array(kept)))
-
-
-@pytest.mark.parametrize(
-    "name, content, message",
-    [
-        ("a.txt", "1 2 x", "'x' is not an integer"),
-        ("a.json", '{"indices": [1]}', "not a JSON list of integers"),
-        ("a.json", "[1, 2", "not valid JSON"),
-        ("a.txt", "1 2 3", "images of class"),
-        ("a.txt", "-1", "gave index -1, outside the train split"),
-        ("obj.npy", None, "not a plain .npy"),
-    ],
-)
-def test_bad_indices_file_is_one_line(digits, cache, tmp_path, capsys, name, content, message):
-    path = tmp_path / name
-    if content is None:
-        np.save(path, np.array([1, "a"], dtype=object), allow_pickle=True)
-    else:
-        path.write_text(content)
-    out = tmp_path / "p.json"
-    assert cli(cache, out, "--from-indices", str(path)) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and "\n" not in err and not out.exists()  # refused before training
-
-
-@pytest.mark.parametrize(
-    "name, content, message",
-    [
-        ("a.txt", "1 --3", "'--3' is not an integer"),
-        ("a.txt", "1 \u00b2", "'\u00b2' is not an integer"),
-        ("a.txt", "1 2.0", "'2.0' is not an integer"),
-        ("a.npz", "npz2", "holds 2 arrays, not one"),
-        ("a.npz", "garbage", "not a plain .npz"),
-        ("a.pt", "binary", "is not text"),
-        ("a.NPY", "pickle", "not a plain .npy"),
-        ("a.json", "binary", "not valid JSON"),
-    ],
-)
-def test_odd_indices_files_are_one_line(digits, cache, tmp_path, capsys, name, content, message):
-    """Tokens int() or str.isdigit() take differently, and binary files under any name."""
-    path = tmp_path / name
-    kept = np.array(first_k(digits))
-    if content == "npz2":
-        np.savez(path, a=kept, b=kept)
-    elif content == "pickle":
-        np.save(tmp_path / "x.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
-        (tmp_path / "x.npy").rename(path)
-    elif content in ("binary", "garbage"):
-        path.write_bytes(b"\x80\x04\x95" + bytes(range(256)))
-    else:
-        path.write_text(content, encoding="utf-8")
-    out = tmp_path / "p.json"
-    assert cli(cache, out, "--from-indices", str(path)) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and "\n" not in err and "Traceback" not in err, err
-    assert not out.exists()
-
-
-@pytest.mark.parametrize("suffix", [".npz", ".NPY", ".TXT"])
-def test_from_indices_reads_npz_and_any_case_and_infers_the_budget(
-    digits, cache, tmp_path, suffix, monkeypatch
-):
-    """No --per-class: the file keeps K of every class, so the proxy does; nothing trains."""
-    kept = np.array(first_k(digits), dtype=np.int64)
-    path = tmp_path / f"sel{suffix}"
-    if suffix == ".npz":
-        np.savez(path, kept=kept)
-    elif suffix == ".NPY":
-        np.save(tmp_path / "x.npy", kept)
-        (tmp_path / "x.npy").rename(path)
-    else:
-        path.write_text(" ".join(map(str, kept)))
-    monkeypatch.setattr("nasproxy.proxies.build.scoring_run", _no_scoring_run)
-    out = tmp_path / "p.json"
-    argv = ["build-proxy", "--dataset", "digits", "--data-root", str(tmp_path / "empty")]
-    assert main([*argv, "--from-indices", str(path), "--out", str(out)]) == 0
-    record = read_proxy(out)
-    assert record["per_class"] == K and load_proxy(out, digits).tolist() == kept.tolist()
-    assert record["epsilon"] is None and record["backbone"] is None
-
-
-def test_from_indices_without_a_budget_refuses_unequal_classes(digits, cache, tmp_path, capsys):
-    kept = first_k(digits)[1:]  # one image fewer of class '0'
-    path = tmp_path / "sel.txt"
-    path.write_text(" ".join(map(str, kept)))
-    argv = ["build-proxy", "--dataset", "digits", "--data-root", str(cache)]
-    assert main([*argv, "--from-indices", str(path), "--out", str(tmp_path / "p.json")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert f"keeps {K - 1} images of class '0' but {K} of" in err and "\n" not in err
-
-
-def _no_scoring_run(*args, **kwargs):
-    raise AssertionError("a scoring run was made")
-
-
-def test_cheap_proxies_make_no_scoring_run_and_say_where_epsilon_comes_from(
+def test_cheap_proxies_makeno_scoring_run_and_say_where_epsilon_comes_from(
     digits, tmp_path, monkeypatch, capsys
 ):
     """random and a selection made elsewhere read no scoring run: none is trained for them;
@@ -358,7 +169,7 @@ def test_cheap_proxies_make_no_scoring_run_and_say_where_epsilon_comes_from(
     kept = tmp_path / "sel.txt"
     kept.write_text(" ".join(map(str, first_k(digits))))
     with monkeypatch.context() as m:
-        m.setattr("nasproxy.proxies.build.scoring_run", _no_scoring_run)
+        m.setattr("nasproxy.proxies.build.scoring_run", no_scoring_run)
         for how in (["--method", "random"], ["--from-indices", str(kept)]):
             assert cli(cache, tmp_path / "p.json", *how) == 0
             record = read_proxy(tmp_path / "p.json")
@@ -394,11 +205,6 @@ def test_epsilon_that_does_not_fit_memory_says_epsilon_is_why(digits, cache, mon
         build(digits, cache, "influence")
     record = build_proxy(digits, "random", K, 0, cache, TINY, device="cpu", measure=False)
     assert record["epsilon"] is None
-
-
-def test_method_and_from_indices_are_exclusive(cache, tmp_path, capsys):
-    assert cli(cache, tmp_path / "p.json") == 2
-    assert "give either --method or --from-indices" in capsys.readouterr().err
 
 
 def test_build_does_not_import_solver_dependencies():

@@ -14,10 +14,7 @@ import pytest
 from nasproxy.errors import NasproxyError
 from nasproxy.influence.head import RefitHead
 from nasproxy.proxies import METHODS, registry
-from nasproxy.proxies.build import (
-    load_proxy,
-    read_proxy,
-)
+from nasproxy.proxies.proxy_file import load_proxy, read_proxy
 from nasproxy.scoring import scoring_run
 from tests.proxies.common import NEW, TINY, K, build, cli, first_k, flat
 
@@ -34,7 +31,7 @@ def test_every_builtin_method_is_the_module_of_its_name():
     for name in METHODS:
         method = registry.resolve(name)
         assert method.builtin and method.select.__module__ == f"nasproxy.proxies.{name}"
-    shared = {"__init__", "base", "build", "registry"}
+    shared = {"__init__", "base", "build", "from_indices", "proxy_file", "registry"}
     assert {p.stem for p in PROXIES.glob("*.py")} - shared == set(METHODS)
 
 

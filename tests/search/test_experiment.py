@@ -12,10 +12,11 @@ import pytest
 
 from nasproxy import results, spaces
 from nasproxy.errors import NasproxyError
-from nasproxy.proxies.build import selection_hash, write_proxy
+from nasproxy.proxies.build import write_proxy
+from nasproxy.proxies.proxy_file import default_proxy_path, selection_hash
 from nasproxy.report import make_report
-from nasproxy.search import run_search
-from nasproxy.search.experiment import RAY_DIR, next_run_number
+from nasproxy.search import resolve_train_sets, run_search
+from nasproxy.search.experiment import RAY_DIR, build_manifest, next_run_number
 from nasproxy.train import TrainConfig
 from tests.search.conftest import _config, _proxy, _units
 
@@ -24,6 +25,22 @@ def test_run_numbers_ignore_folders_that_only_look_numbered(tmp_path):
     for name in ("run-002", "run-\u00b2\u00b2\u00b2", "run-abc", "other"):
         (tmp_path / RAY_DIR / name).mkdir(parents=True)
     assert next_run_number(tmp_path) == 3
+
+
+@pytest.mark.parametrize(
+    "source", ["cifar10-jpeg.tgz", "cifar10-jpeg.tar.gz", "cifar10-jpeg.tar", "cifar10-jpeg/"]
+)
+def test_the_manifest_names_the_dataset_as_the_proxy_files_do(inputs, digits, tmp_path, source):
+    """An ImageFolder archive is named without its suffix, whichever it is, in the manifest
+    as in the default proxy file's name."""
+    data = replace(digits, spec=f"imagefolder:/d/{source}")
+    space = spaces.load(inputs["space"])
+    train_sets = resolve_train_sets((), True, data)
+    cfg = _config(inputs, tmp_path, "named", proxies=())
+    manifest = build_manifest(cfg, data, space, {"whole": list(space)}, train_sets, None)
+    assert manifest["dataset_name"] == "cifar10-jpeg"
+    path = default_proxy_path(data.spec, "random", 100, 0)
+    assert path.name == "cifar10-jpeg-random-100-s0.json"
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """nasproxy.search.sweep: a sweep end to end (rows checked against a retrained unit),
-input refusals, training-set names, the ETA, a stopped sweep resumed, and finding the
+input refusals, the ETA, a stopped sweep resumed, and finding the
 architecture (``--whole-top``) against a brute-force top K with a stub trainer whose
 accuracies the test sets."""
 
@@ -26,9 +26,10 @@ import torch
 
 from nasproxy import cli, results, shortlist, spaces
 from nasproxy.errors import NasproxyError
-from nasproxy.proxies.build import selection_hash, write_proxy
+from nasproxy.proxies.build import write_proxy
+from nasproxy.proxies.proxy_file import selection_hash
 from nasproxy.report import make_report
-from nasproxy.search import lock, resolve_train_sets, run_search
+from nasproxy.search import lock, run_search
 from nasproxy.search import sweep as sweep_module
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainConfig, TrainRecord, train
@@ -139,47 +140,6 @@ def test_bad_inputs_are_refused_before_anything_runs(inputs, digits, tmp_path):
         with pytest.raises(NasproxyError, match=re.escape(message)):
             run_search(cfg)
         assert not (tmp_path / "refused").exists()
-
-
-def test_train_set_names_disambiguate_and_refuse_clashes(inputs, digits, tmp_path):
-    indices = json.loads(inputs["proxies"][0].read_text())["indices"]
-    half = {k: v[:5] for k, v in indices.items()}
-    a = tmp_path / "influence-small.json"
-    b = tmp_path / "influence-large.json"
-    write_proxy(_proxy("influence", digits, half), a)
-    write_proxy(_proxy("influence", digits, indices), b)
-    sets = resolve_train_sets([str(a), str(b)], True, digits)
-    assert [s.name for s in sets] == ["influence-small", "influence-large", "whole"]
-    assert [s.n_images for s in sets] == [50, 100, len(digits.y_train)]
-    named = resolve_train_sets([f"mine={a}", str(b)], False, digits)
-    assert [s.name for s in named] == ["mine", "influence-large"]
-
-    other = tmp_path / "other"
-    other.mkdir()
-    write_proxy(_proxy("influence", digits, indices), other / a.name)
-    with pytest.raises(NasproxyError, match="would be named"):
-        resolve_train_sets([str(a), str(other / a.name)], False, digits)
-    with pytest.raises(NasproxyError, match="select the same images"):
-        resolve_train_sets([str(a), str(a)], False, digits)
-    c = tmp_path / "c.json"
-    write_proxy(_proxy("whole", digits, half), c)
-    with pytest.raises(NasproxyError, match="'whole'"):
-        resolve_train_sets([str(c)], True, digits)
-
-
-def test_whole_subset_is_class_balanced_and_seeded(digits):
-    sets = resolve_train_sets((), True, digits, whole_per_class=7, whole_seed=3)
-    (whole,) = sets
-    labels = digits.y_train.numpy()[whole.indices]
-    assert whole.name == "whole" and whole.n_images == 70
-    assert np.bincount(labels, minlength=10).tolist() == [7] * 10
-    again = resolve_train_sets((), True, digits, whole_per_class=7, whole_seed=3)[0]
-    other = resolve_train_sets((), True, digits, whole_per_class=7, whole_seed=4)[0]
-    assert np.array_equal(whole.indices, again.indices)
-    assert not np.array_equal(whole.indices, other.indices)
-    assert resolve_train_sets((), True, digits)[0].indices is None
-    with pytest.raises(NasproxyError, match="exceeds class"):
-        resolve_train_sets((), True, digits, whole_per_class=10_000)
 
 
 def test_the_eta_follows_the_planner_cost_model_not_the_unit_count(tmp_path, monkeypatch):
