@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -104,7 +104,13 @@ LATER_COLUMNS: dict[str, Any] = {
 }
 STATUSES = ("ok", "diverged", "failed")
 
-UnitKey = tuple[str, int, str]  # (train_set, seed, arch id)
+
+class UnitKey(NamedTuple):
+    """The identity of one work unit: its row's ``train_set``, ``seed`` and ``arch``."""
+
+    train_set: str
+    seed: int
+    arch: str  # the architecture's id
 
 
 def make_row(arch: Arch, train_set: str, proxy_hash: str, record: TrainRecord) -> dict[str, Any]:
@@ -138,13 +144,12 @@ def make_row(arch: Arch, train_set: str, proxy_hash: str, record: TrainRecord) -
 
 def row_key(row: Mapping[str, Any]) -> UnitKey:
     """The identity of a row's work unit."""
-    return (str(row["train_set"]), int(row["seed"]), str(row["arch"]))
+    return UnitKey(str(row["train_set"]), int(row["seed"]), str(row["arch"]))
 
 
 def unit_path(exp_dir: Path, key: UnitKey) -> Path:
     """Where the unit file of ``key`` lives."""
-    train_set, seed, arch = key
-    return Path(exp_dir) / UNITS_DIR / train_set / f"s{seed}" / f"{arch}.json"
+    return Path(exp_dir) / UNITS_DIR / key.train_set / f"s{key.seed}" / f"{key.arch}.json"
 
 
 def write_unit(
@@ -192,8 +197,7 @@ def parse_unit(text: str | bytes, path: Path) -> dict[str, Any] | None:
         return None
     if row["status"] not in STATUSES:
         return None
-    parts = Path(path).parts
-    if tuple(parts[-3:]) != (key[0], f"s{key[1]}", f"{key[2]}.json"):
+    if Path(path).parts[-3:] != (key.train_set, f"s{key.seed}", f"{key.arch}.json"):
         return None  # a file moved or copied to the wrong place
     return row
 
@@ -241,8 +245,10 @@ def consolidate(
     arch_rank = {name: i for i, name in enumerate(arch_order)}
 
     def sort_key(row: Mapping[str, Any]) -> tuple:
-        ts, seed, arch = row_key(row)
-        return (ts_rank.get(ts, len(ts_rank)), ts, seed, arch_rank.get(arch, len(arch_rank)), arch)
+        key = row_key(row)
+        ts_at = ts_rank.get(key.train_set, len(ts_rank))
+        arch_at = arch_rank.get(key.arch, len(arch_rank))
+        return (ts_at, key.train_set, key.seed, arch_at, key.arch)
 
     frame = to_frame(sorted(rows, key=sort_key))
     buffer = io.BytesIO()

@@ -84,6 +84,17 @@ def test_round_trip_through_unit_files_parquet_and_csv(tmp_path):
     assert unit["history"] == [{"epoch": 1, "train_loss": 0.5}]
 
 
+def test_a_unit_key_names_its_parts_and_places_its_file(tmp_path):
+    """A unit key is (training set, seed, architecture) by name; its file lies at
+    units/<train_set>/s<seed>/<arch>.json, the layout of the module docstring."""
+    arch_id = "w64-d2-sigmoid-batchnorm-avgpooling"  # ARCHS[1]
+    key = results.row_key(_row(ARCHS[1], "random", 7))
+    assert key == results.UnitKey(train_set="random", seed=7, arch=arch_id)
+    assert (key.train_set, key.seed, key.arch) == ("random", 7, arch_id)
+    expected = tmp_path / "units" / "random" / "s7" / f"{arch_id}.json"
+    assert results.unit_path(tmp_path, key) == expected
+
+
 def test_writes_leave_no_temporary_files(tmp_path):
     for row in _all_rows():
         results.write_unit(tmp_path, row)
@@ -101,7 +112,7 @@ def test_torn_and_misplaced_unit_files_are_ignored(tmp_path):
     blob = torn.read_bytes()
     torn.write_bytes(blob[: len(blob) // 2])  # a crash in the middle of a non-atomic write
     misplaced_key = results.row_key(rows[2])
-    misplaced = results.unit_path(tmp_path, ("random", 7, misplaced_key[2]))
+    misplaced = results.unit_path(tmp_path, misplaced_key._replace(train_set="random", seed=7))
     misplaced.parent.mkdir(parents=True, exist_ok=True)
     misplaced.write_bytes(results.unit_path(tmp_path, misplaced_key).read_bytes())
     stale = torn.parent / f".{torn.name}.x1y2.tmp"

@@ -14,6 +14,7 @@ import pytest
 
 from nasproxy import cli, results, units
 from nasproxy.errors import NasproxyError
+from nasproxy.results import UnitKey
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
 
@@ -251,7 +252,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def _set_val(exp_dir: Path, train_set: str, arch: str, val: float, status: str = "ok") -> None:
     """Rewrite one stored unit with another validation accuracy and status."""
-    path = results.unit_path(exp_dir, (train_set, 0, arch))
+    path = results.unit_path(exp_dir, UnitKey(train_set, 0, arch))
     payload = json.loads(path.read_text())
     payload["row"].update(val_acc=val, status=status)
     path.write_text(json.dumps(payload) + "\n")
@@ -307,9 +308,8 @@ def test_unpack_never_replaces_a_stored_unit_unless_asked(tmp_path: Path) -> Non
     _set_val(stored, "random", ARCHS[0].id, 0.999)
     argv = ["units", "unpack", str(archive), "--results-dir", str(dst), "--replace"]
     assert cli.main(argv) == 0
-    assert (
-        results.read_unit(results.unit_path(stored, ("random", 0, ARCHS[0].id)))["val_acc"] == 0.503
-    )
+    unpacked = results.read_unit(results.unit_path(stored, UnitKey("random", 0, ARCHS[0].id)))
+    assert unpacked["val_acc"] == 0.503
     table = results.read_trials(stored)
     assert sorted(table["val_acc"]) == [0.5, 0.5, 0.503]
 

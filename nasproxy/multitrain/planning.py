@@ -39,8 +39,8 @@ def plan_stacks(
         raise NasproxyError(f"max models per stack must be at least 1, got {max_stack}")
     groups: dict[tuple[tuple[int, int, str, str], int], list[UnitKey]] = {}
     for key in pending:
-        train_set, _, arch_id = key
-        groups.setdefault((shape_of(Arch.from_id(arch_id)), n_images[train_set]), []).append(key)
+        shape = shape_of(Arch.from_id(key.arch))
+        groups.setdefault((shape, n_images[key.train_set]), []).append(key)
     stacks = []
     for members in groups.values():
         count = math.ceil(len(members) / max_stack)
