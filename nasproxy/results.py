@@ -11,7 +11,9 @@ the unit, so a crash never leaves a torn row: a file either parses completely or
 as missing and the unit runs again. The table is rebuilt from the unit files at any time
 (``consolidate``) and is itself written atomically; readers use only the table
 (``read_trials``) and the manifest (``read_manifest``), each read here and nowhere else.
-The search writes the store (docs/search.md); ``nasproxy report`` reads it.
+The search writes the store (docs/search.md); ``nasproxy report`` reads it. Nothing here
+trains: the trial builds a unit's row (``nasproxy.search.trial.make_row``), so the store and
+the report load neither torch nor the trainer.
 """
 
 from __future__ import annotations
@@ -33,8 +35,6 @@ from nasproxy.io import (
     atomic_write_text,
     check_output_dir,
 )
-from nasproxy.spaces import Arch
-from nasproxy.train import TrainRecord
 
 UNIT_FORMAT = "nasproxy-unit/1"
 UNITS_DIR = "units"
@@ -111,35 +111,6 @@ class UnitKey(NamedTuple):
     train_set: str
     seed: int
     arch: str  # the architecture's id
-
-
-def make_row(arch: Arch, train_set: str, proxy_hash: str, record: TrainRecord) -> dict[str, Any]:
-    """The table row of one finished work unit, from the trainer's record."""
-    return {
-        "arch": arch.id,
-        "width": arch.width,
-        "depth": arch.depth,
-        "act": arch.act,
-        "norm": arch.norm,
-        "pool": arch.pool,
-        "train_set": train_set,
-        "proxy_hash": proxy_hash,
-        "seed": int(record.seed),
-        "epochs": int(record.epochs),
-        "val_acc": float(record.val_acc),
-        "test_acc": float(record.test_acc),
-        "train_loss": float(record.train_loss),
-        "status": record.status,
-        "reason": record.reason,
-        "wall_s": float(record.wall_s),
-        "warmup_s": float(record.warmup_s),
-        "images_seen": int(record.images_seen),
-        "n_train": int(record.n_train),
-        "device": record.device,
-        "stack_size": int(record.stack_size),
-        "trainer": record.trainer,
-        "fallback": record.fallback,
-    }
 
 
 def row_key(row: Mapping[str, Any]) -> UnitKey:

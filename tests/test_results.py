@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from nasproxy import results
 from nasproxy.errors import NasproxyError
 from nasproxy.search.experiment import remove_experiment
+from nasproxy.search.trial import make_row
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
 
@@ -36,7 +39,7 @@ def _row(arch: Arch, train_set: str, seed: int, status: str = "ok") -> dict:
         images_seen=300,
         device="cpu",
     )
-    return results.make_row(arch, train_set, "abc123" if train_set != "whole" else "", record)
+    return make_row(arch, train_set, "abc123" if train_set != "whole" else "", record)
 
 
 def _all_rows() -> list[dict]:
@@ -93,6 +96,18 @@ def test_a_unit_key_names_its_parts_and_places_its_file(tmp_path):
     assert (key.train_set, key.seed, key.arch) == ("random", 7, arch_id)
     expected = tmp_path / "units" / "random" / "s7" / f"{arch_id}.json"
     assert results.unit_path(tmp_path, key) == expected
+
+
+def test_the_store_and_the_report_load_neither_torch_nor_the_trainer() -> None:
+    """The store and the report read and write tables only: importing them in a fresh
+    interpreter loads neither torch nor the trainer nor the stacked trainer."""
+    code = (
+        "import sys, nasproxy.report, nasproxy.results\n"
+        "print(sorted(m for m in ('torch', 'nasproxy.train', 'nasproxy.multitrain') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_writes_leave_no_temporary_files(tmp_path):

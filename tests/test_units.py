@@ -15,6 +15,7 @@ import pytest
 from nasproxy import cli, results, units
 from nasproxy.errors import NasproxyError
 from nasproxy.results import UnitKey
+from nasproxy.search.trial import make_row
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
 
@@ -42,7 +43,7 @@ def _experiment(root: Path, name: str, finished: dict[tuple[str, str], float]) -
         record = TrainRecord(arch_id, "ok", "", seed=0, epochs=3, n_train=n)
         record.images_seen, record.val_acc, record.test_acc = 3 * n, 0.5, 0.4
         stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
-        row = results.make_row(by_id[arch_id], train_set, "h", record)
+        row = make_row(by_id[arch_id], train_set, "h", record)
         results.write_unit(exp_dir, row, {"finished": stamp})
     return exp_dir
 

@@ -14,7 +14,6 @@ from typing import Any
 from nasproxy import __version__, results, shortlist, spaces
 from nasproxy.data import Dataset, load_dataset
 from nasproxy.errors import IncompleteError, NasproxyError
-from nasproxy.multitrain.planning import unit_cost
 from nasproxy.provenance import git_commit, utc_now
 from nasproxy.proxies.base import check_budget
 from nasproxy.proxies.build import parse_proxy, proxy_indices, selection_fields, selection_hash
@@ -41,8 +40,8 @@ from nasproxy.search.experiment import (
 from nasproxy.search.lock import any_lost, ensure_held, experiment_lock, held_token, holds
 from nasproxy.search.plan import plan_trials, select_archs
 from nasproxy.search.runner import check_runner, open_runner
-from nasproxy.search.trial import TrialPlan
-from nasproxy.spaces import Arch
+from nasproxy.search.trial import TrialPlan, make_row
+from nasproxy.spaces import Arch, unit_cost
 from nasproxy.train import TrainRecord
 
 HASH_CHARS = 12
@@ -527,4 +526,4 @@ def _crash_row(key: UnitKey, train_set: TrainSet, cfg: SearchConfig, reason: str
         epochs=cfg.train.epochs,
         n_train=train_set.n_images,
     )
-    return results.make_row(Arch.from_id(key.arch), key.train_set, train_set.proxy_hash, record)
+    return make_row(Arch.from_id(key.arch), key.train_set, train_set.proxy_hash, record)

@@ -6,7 +6,8 @@ back in halves down to the plain trainer), else unit by unit with ``nasproxy.tra
 A unit already stored is reported, not trained again, so a retried trial or a resumed sweep
 trains only what is missing. On a GPU a stack is first cut into even pieces that
 ``nasproxy.multitrain.largest_stack`` fits into ``MEMORY_FRACTION`` of the trial's GPU share.
-See docs/search.md#fused-training.
+See docs/search.md#fused-training. A unit's row is built here from the trainer's record
+(``make_row``); ``nasproxy.results`` only stores it.
 """
 
 from __future__ import annotations
@@ -138,9 +139,7 @@ def _failed(
 
 def _store(plan: TrialPlan, key: UnitKey, record: TrainRecord) -> dict[str, Any]:
     """Write the unit file of ``key`` (atomic) and return its row."""
-    row = results.make_row(
-        Arch.from_id(key.arch), key.train_set, plan.hashes[key.train_set], record
-    )
+    row = make_row(Arch.from_id(key.arch), key.train_set, plan.hashes[key.train_set], record)
     extra = {
         "history": record.history,
         "params": record.params,
@@ -153,3 +152,33 @@ def _store(plan: TrialPlan, key: UnitKey, record: TrainRecord) -> dict[str, Any]
         check_token(plan.exp_dir, plan.lock_token)  # the driver lost the experiment: stop
     results.write_unit(Path(plan.exp_dir), row, extra)
     return row
+
+
+def make_row(arch: Arch, train_set: str, proxy_hash: str, record: TrainRecord) -> dict[str, Any]:
+    """The table row (``nasproxy.results.COLUMNS``) of one finished work unit, from the
+    trainer's record."""
+    return {
+        "arch": arch.id,
+        "width": arch.width,
+        "depth": arch.depth,
+        "act": arch.act,
+        "norm": arch.norm,
+        "pool": arch.pool,
+        "train_set": train_set,
+        "proxy_hash": proxy_hash,
+        "seed": int(record.seed),
+        "epochs": int(record.epochs),
+        "val_acc": float(record.val_acc),
+        "test_acc": float(record.test_acc),
+        "train_loss": float(record.train_loss),
+        "status": record.status,
+        "reason": record.reason,
+        "wall_s": float(record.wall_s),
+        "warmup_s": float(record.warmup_s),
+        "images_seen": int(record.images_seen),
+        "n_train": int(record.n_train),
+        "device": record.device,
+        "stack_size": int(record.stack_size),
+        "trainer": record.trainer,
+        "fallback": record.fallback,
+    }
