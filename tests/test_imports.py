@@ -1,7 +1,7 @@
 """The import graph of the nasproxy package, read from its source with ``ast``: every
 import statement counts, those inside functions too (a package's ``__init__`` that
-Python runs on the way to a submodule does not). The stack planner knows nothing of the
-search or of its store."""
+Python runs on the way to a submodule does not). No module imports back into one that
+imports it, and the stack planner knows nothing of the search or of its store."""
 
 from __future__ import annotations
 
@@ -32,11 +32,31 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import path that leads from a module back to itself (one per module on it)."""
+    cycles = []
+    for start in sorted(graph):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            name, path = stack.pop()
+            for after in sorted(graph[name]):
+                if after == start:
+                    cycles.append([*path, start])
+                elif after not in seen:
+                    seen.add(after)
+                    stack.append((after, [*path, after]))
+    return cycles
+
+
 def test_the_graph_is_read_whole() -> None:
     """The reader sees imports made inside functions (the runner opens Ray lazily)."""
     graph = _graph()
     assert "nasproxy.search.ray_runner" in graph["nasproxy.search.runner"]
     assert {"nasproxy.errors", "nasproxy.io"} <= graph["nasproxy.results"]
+
+
+def test_no_module_imports_back_into_one_that_imports_it() -> None:
+    assert _cycles(_graph()) == []
 
 
 def test_the_stack_planner_imports_neither_the_search_nor_its_store() -> None:

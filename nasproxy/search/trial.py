@@ -7,7 +7,8 @@ A unit already stored is reported, not trained again, so a retried trial or a re
 trains only what is missing. On a GPU a stack is first cut into even pieces that
 ``nasproxy.multitrain.largest_stack`` fits into ``MEMORY_FRACTION`` of the trial's GPU share.
 See docs/search.md#fused-training. A unit's row is built here from the trainer's record
-(``make_row``); ``nasproxy.results`` only stores it.
+(``make_row``); ``nasproxy.results`` only stores it. Both runners (``runner``,
+``ray_runner``) run trials through this module and take its callbacks' types.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from nasproxy.train import TrainConfig, TrainRecord, train
 
 MEMORY_FRACTION = 0.6  # of the trial's GPU share, for one stack (the rest: CUDA context, cache)
 
-ReportFn = Callable[[dict[str, Any]], None]
+RowFn = Callable[[dict[str, Any]], None]  # takes each unit's row, as soon as it is stored
+NoteFn = Callable[[str], None]  # takes a line for the user (a crash Tune recovered from)
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,7 +57,7 @@ class TrialPlan:
     lock_token: str = ""  # the driver's lock: a unit is written only while it holds it
 
 
-def run_chunk(plan: TrialPlan, data: Dataset, chunk_id: str, device: str, report: ReportFn) -> None:
+def run_chunk(plan: TrialPlan, data: Dataset, chunk_id: str, device: str, report: RowFn) -> None:
     """Train the missing units of chunk ``chunk_id`` on ``device``; ``report`` every row
     (stored ones too), as soon as its unit file is written."""
     exp_dir = Path(plan.exp_dir)
