@@ -11,7 +11,9 @@ the unit, so a crash never leaves a torn row: a file either parses completely or
 as missing and the unit runs again. The table is rebuilt from the unit files at any time
 (``consolidate``) and is itself written atomically; readers use only the table
 (``read_trials``) and the manifest (``read_manifest``), each read here and nowhere else.
-The search writes the store (docs/search.md); ``nasproxy report`` reads it.
+The search writes the store (docs/search.md); ``nasproxy report`` reads it. Nothing here
+trains: the trial builds a unit's row (``nasproxy.search.trial.make_row``), so the store and
+the report load neither torch nor the trainer.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -33,8 +35,6 @@ from nasproxy.io import (
     atomic_write_text,
     check_output_dir,
 )
-from nasproxy.spaces import Arch
-from nasproxy.train import TrainRecord
 
 UNIT_FORMAT = "nasproxy-unit/1"
 UNITS_DIR = "units"
@@ -104,47 +104,23 @@ LATER_COLUMNS: dict[str, Any] = {
 }
 STATUSES = ("ok", "diverged", "failed")
 
-UnitKey = tuple[str, int, str]  # (train_set, seed, arch id)
 
+class UnitKey(NamedTuple):
+    """The identity of one work unit: its row's ``train_set``, ``seed`` and ``arch``."""
 
-def make_row(arch: Arch, train_set: str, proxy_hash: str, record: TrainRecord) -> dict[str, Any]:
-    """The table row of one finished work unit, from the trainer's record."""
-    return {
-        "arch": arch.id,
-        "width": arch.width,
-        "depth": arch.depth,
-        "act": arch.act,
-        "norm": arch.norm,
-        "pool": arch.pool,
-        "train_set": train_set,
-        "proxy_hash": proxy_hash,
-        "seed": int(record.seed),
-        "epochs": int(record.epochs),
-        "val_acc": float(record.val_acc),
-        "test_acc": float(record.test_acc),
-        "train_loss": float(record.train_loss),
-        "status": record.status,
-        "reason": record.reason,
-        "wall_s": float(record.wall_s),
-        "warmup_s": float(record.warmup_s),
-        "images_seen": int(record.images_seen),
-        "n_train": int(record.n_train),
-        "device": record.device,
-        "stack_size": int(record.stack_size),
-        "trainer": record.trainer,
-        "fallback": record.fallback,
-    }
+    train_set: str
+    seed: int
+    arch: str  # the architecture's id
 
 
 def row_key(row: Mapping[str, Any]) -> UnitKey:
     """The identity of a row's work unit."""
-    return (str(row["train_set"]), int(row["seed"]), str(row["arch"]))
+    return UnitKey(str(row["train_set"]), int(row["seed"]), str(row["arch"]))
 
 
 def unit_path(exp_dir: Path, key: UnitKey) -> Path:
     """Where the unit file of ``key`` lives."""
-    train_set, seed, arch = key
-    return Path(exp_dir) / UNITS_DIR / train_set / f"s{seed}" / f"{arch}.json"
+    return Path(exp_dir) / UNITS_DIR / key.train_set / f"s{key.seed}" / f"{key.arch}.json"
 
 
 def write_unit(
@@ -192,8 +168,7 @@ def parse_unit(text: str | bytes, path: Path) -> dict[str, Any] | None:
         return None
     if row["status"] not in STATUSES:
         return None
-    parts = Path(path).parts
-    if tuple(parts[-3:]) != (key[0], f"s{key[1]}", f"{key[2]}.json"):
+    if Path(path).parts[-3:] != (key.train_set, f"s{key.seed}", f"{key.arch}.json"):
         return None  # a file moved or copied to the wrong place
     return row
 
@@ -241,8 +216,10 @@ def consolidate(
     arch_rank = {name: i for i, name in enumerate(arch_order)}
 
     def sort_key(row: Mapping[str, Any]) -> tuple:
-        ts, seed, arch = row_key(row)
-        return (ts_rank.get(ts, len(ts_rank)), ts, seed, arch_rank.get(arch, len(arch_rank)), arch)
+        key = row_key(row)
+        ts_at = ts_rank.get(key.train_set, len(ts_rank))
+        arch_at = arch_rank.get(key.arch, len(arch_rank))
+        return (ts_at, key.train_set, key.seed, arch_at, key.arch)
 
     frame = to_frame(sorted(rows, key=sort_key))
     buffer = io.BytesIO()

@@ -120,6 +120,17 @@ class Arch:
         return total + self.width * sizes[-1] ** 2 * num_classes
 
 
+def unit_cost(
+    arch: Arch, n_images: int, in_channels: int, num_classes: int, image_size: int
+) -> float:
+    """The planner's cost model of one work unit: the multiply-accumulates of one forward
+    pass of ``arch`` on images of the given shape, times the ``n_images`` of its training
+    set. Every unit of a sweep has the same epochs and batch size, so this is proportional
+    to a unit's training work: the search balances chunks and estimates the time left by
+    it, the report estimates the units that did not run by it (docs/find.md)."""
+    return float(arch.macs(in_channels, num_classes, image_size)) * n_images
+
+
 class Space(Sequence[Arch]):
     """An ordered, indexable collection of architectures with an id <-> index round trip."""
 

@@ -23,6 +23,7 @@ from nasproxy import results
 from nasproxy.cli import main
 from nasproxy.errors import NasproxyError
 from nasproxy.search import Progress, SearchConfig
+from nasproxy.search.trial import make_row
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
 
@@ -120,7 +121,7 @@ def test_bad_outputs_and_inputs_are_one_line_errors_not_tracebacks(
 def _unit(train_set: str, arch: str, status: str) -> dict:
     reason = "" if status == "ok" else status
     record = TrainRecord(arch, status, reason, seed=0, epochs=1, n_train=10)
-    return results.make_row(Arch.from_id(arch), train_set, "", record)
+    return make_row(Arch.from_id(arch), train_set, "", record)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from nasproxy import results
 from nasproxy.errors import NasproxyError
 from nasproxy.search.experiment import remove_experiment
+from nasproxy.search.trial import make_row
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
 
@@ -36,7 +39,7 @@ def _row(arch: Arch, train_set: str, seed: int, status: str = "ok") -> dict:
         images_seen=300,
         device="cpu",
     )
-    return results.make_row(arch, train_set, "abc123" if train_set != "whole" else "", record)
+    return make_row(arch, train_set, "abc123" if train_set != "whole" else "", record)
 
 
 def _all_rows() -> list[dict]:
@@ -84,6 +87,29 @@ def test_round_trip_through_unit_files_parquet_and_csv(tmp_path):
     assert unit["history"] == [{"epoch": 1, "train_loss": 0.5}]
 
 
+def test_a_unit_key_names_its_parts_and_places_its_file(tmp_path):
+    """A unit key is (training set, seed, architecture) by name; its file lies at
+    units/<train_set>/s<seed>/<arch>.json, the layout of the module docstring."""
+    arch_id = "w64-d2-sigmoid-batchnorm-avgpooling"  # ARCHS[1]
+    key = results.row_key(_row(ARCHS[1], "random", 7))
+    assert key == results.UnitKey(train_set="random", seed=7, arch=arch_id)
+    assert (key.train_set, key.seed, key.arch) == ("random", 7, arch_id)
+    expected = tmp_path / "units" / "random" / "s7" / f"{arch_id}.json"
+    assert results.unit_path(tmp_path, key) == expected
+
+
+def test_the_store_and_the_report_load_neither_torch_nor_the_trainer() -> None:
+    """The store and the report read and write tables only: importing them in a fresh
+    interpreter loads neither torch nor the trainer nor the stacked trainer."""
+    code = (
+        "import sys, nasproxy.report, nasproxy.results\n"
+        "print(sorted(m for m in ('torch', 'nasproxy.train', 'nasproxy.multitrain') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_writes_leave_no_temporary_files(tmp_path):
     for row in _all_rows():
         results.write_unit(tmp_path, row)
@@ -101,7 +127,7 @@ def test_torn_and_misplaced_unit_files_are_ignored(tmp_path):
     blob = torn.read_bytes()
     torn.write_bytes(blob[: len(blob) // 2])  # a crash in the middle of a non-atomic write
     misplaced_key = results.row_key(rows[2])
-    misplaced = results.unit_path(tmp_path, ("random", 7, misplaced_key[2]))
+    misplaced = results.unit_path(tmp_path, misplaced_key._replace(train_set="random", seed=7))
     misplaced.parent.mkdir(parents=True, exist_ok=True)
     misplaced.write_bytes(results.unit_path(tmp_path, misplaced_key).read_bytes())
     stale = torn.parent / f".{torn.name}.x1y2.tmp"

@@ -16,7 +16,9 @@ import pytest
 from nasproxy import cli, results, units
 from nasproxy.errors import NasproxyError
 from nasproxy.proxies.proxy_file import proxy_record, write_proxy
+from nasproxy.results import UnitKey
 from nasproxy.search import resolve_train_sets
+from nasproxy.search.trial import make_row
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
 
@@ -44,7 +46,7 @@ def _experiment(root: Path, name: str, finished: dict[tuple[str, str], float]) -
         record = TrainRecord(arch_id, "ok", "", seed=0, epochs=3, n_train=n)
         record.images_seen, record.val_acc, record.test_acc = 3 * n, 0.5, 0.4
         stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
-        row = results.make_row(by_id[arch_id], train_set, "h", record)
+        row = make_row(by_id[arch_id], train_set, "h", record)
         results.write_unit(exp_dir, row, {"finished": stamp})
     return exp_dir
 
@@ -271,7 +273,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def _set_val(exp_dir: Path, train_set: str, arch: str, val: float, status: str = "ok") -> None:
     """Rewrite one stored unit with another validation accuracy and status."""
-    path = results.unit_path(exp_dir, (train_set, 0, arch))
+    path = results.unit_path(exp_dir, UnitKey(train_set, 0, arch))
     payload = json.loads(path.read_text())
     payload["row"].update(val_acc=val, status=status)
     path.write_text(json.dumps(payload) + "\n")
@@ -327,9 +329,8 @@ def test_unpack_never_replaces_a_stored_unit_unless_asked(tmp_path: Path) -> Non
     _set_val(stored, "random", ARCHS[0].id, 0.999)
     argv = ["units", "unpack", str(archive), "--results-dir", str(dst), "--replace"]
     assert cli.main(argv) == 0
-    assert (
-        results.read_unit(results.unit_path(stored, ("random", 0, ARCHS[0].id)))["val_acc"] == 0.503
-    )
+    unpacked = results.read_unit(results.unit_path(stored, UnitKey("random", 0, ARCHS[0].id)))
+    assert unpacked["val_acc"] == 0.503
     table = results.read_trials(stored)
     assert sorted(table["val_acc"]) == [0.5, 0.5, 0.503]
 

@@ -12,19 +12,32 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
+from typing import Protocol, TypeVar
 
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.multitrain.stacked import shape_of
-from nasproxy.results import UnitKey
 from nasproxy.spaces import Arch
 from nasproxy.train import CROP_PADDING
 
 
+class Unit(Protocol):
+    """What stacking reads of a work unit (the search's ``nasproxy.results.UnitKey``)."""
+
+    @property
+    def train_set(self) -> str: ...
+
+    @property
+    def arch(self) -> str: ...  # the architecture's id
+
+
+U = TypeVar("U", bound=Unit)
+
+
 def plan_stacks(
-    pending: Sequence[UnitKey], n_images: Mapping[str, int], max_stack: int
-) -> list[tuple[UnitKey, ...]]:
-    """Group a sweep's units ``(training set, seed, arch id)`` into stacks of at most
+    pending: Sequence[U], n_images: Mapping[str, int], max_stack: int
+) -> list[tuple[U, ...]]:
+    """Group a sweep's units (training set, seed, arch id) into stacks of at most
     ``max_stack`` units that share one shape and one training-set size (``n_images`` of
     the training set), in the order of ``pending``.
 
@@ -37,27 +50,16 @@ def plan_stacks(
     """
     if max_stack < 1:
         raise NasproxyError(f"max models per stack must be at least 1, got {max_stack}")
-    groups: dict[tuple[tuple[int, int, str, str], int], list[UnitKey]] = {}
-    for key in pending:
-        train_set, _, arch_id = key
-        groups.setdefault((shape_of(Arch.from_id(arch_id)), n_images[train_set]), []).append(key)
+    groups: dict[tuple[tuple[int, int, str, str], int], list[U]] = {}
+    for unit in pending:
+        shape = shape_of(Arch.from_id(unit.arch))
+        groups.setdefault((shape, n_images[unit.train_set]), []).append(unit)
     stacks = []
     for members in groups.values():
         count = math.ceil(len(members) / max_stack)
         bounds = [round(j * len(members) / count) for j in range(count + 1)]
         stacks += [tuple(members[a:b]) for a, b in pairwise(bounds)]
     return stacks
-
-
-def unit_cost(
-    arch: Arch, n_images: int, in_channels: int, num_classes: int, image_size: int
-) -> float:
-    """The planner's cost model of one work unit: the multiply-accumulates of one forward
-    pass of ``arch`` on images of the given shape, times the ``n_images`` of its training
-    set. Every unit of a sweep has the same epochs and batch size, so this is proportional
-    to a unit's training work: the search balances chunks and estimates the time left by
-    it, the report estimates the units that did not run by it (docs/find.md)."""
-    return float(arch.macs(in_channels, num_classes, image_size)) * n_images
 
 
 def stack_memory_bytes(

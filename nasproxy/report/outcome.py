@@ -14,10 +14,9 @@ from typing import Any
 import pandas as pd
 
 from nasproxy import metrics, shortlist
-from nasproxy.multitrain.planning import unit_cost
 from nasproxy.report.formats import duration, md_escape, pct
 from nasproxy.results import WHOLE
-from nasproxy.spaces import Arch
+from nasproxy.spaces import Arch, unit_cost
 
 # search_outcome.csv's columns: per proxy, its shortlist confirmed on the whole split.
 OUTCOME_COLUMNS = (

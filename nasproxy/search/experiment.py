@@ -123,9 +123,8 @@ def check_units_fit(
     stored = results.read_units(exp_dir)
     problems: list[tuple[UnitKey, str]] = []
     for key, row in sorted(stored.items()):
-        name, seed, arch = key
-        entry = sets.get(name)
-        if rebuilding and entry is not None and row["proxy_hash"] == file_hashes.get(name):
+        entry = sets.get(key.train_set)
+        if rebuilding and entry is not None and row["proxy_hash"] == file_hashes.get(key.train_set):
             if row["proxy_hash"] not in _hashes(entry):
                 entry.setdefault("legacy_hashes", []).append(row["proxy_hash"])
         problem = unit_problem(row, entry, protocol_, space)
@@ -151,10 +150,10 @@ def check_units_fit(
             "give the command that made the experiment"
         )
     if rebuilding:
-        union = set(manifest["archs"]) | {key[2] for key in stored}
+        union = set(manifest["archs"]) | {key.arch for key in stored}
         manifest["archs"] = [a for a in space.ids if a in union]
         for name, entry in sets.items():
-            mine = set(entry["archs"]) | {key[2] for key in stored if key[0] == name}
+            mine = set(entry["archs"]) | {key.arch for key in stored if key.train_set == name}
             entry["archs"] = [a for a in space.ids if a in mine]
         manifest["rebuilt"] = utc_now()
 
@@ -165,7 +164,8 @@ def unit_problem(
 ) -> str | None:  # fmt: skip
     """How a unit's row contradicts the experiment (its training set's manifest entry,
     the protocol, the space), or None when it fits."""
-    name, seed, arch = results.row_key(row)
+    key = results.row_key(row)
+    name = key.train_set
     if entry is None:
         return f"training set {name!r}, which this command lacks"
     if row["proxy_hash"] not in _hashes(entry):
@@ -177,10 +177,10 @@ def unit_problem(
         return f"{row['n_train']} images for {name!r}, this command gives {entry['n_images']}"
     if row["epochs"] != protocol_["epochs"]:
         return f"{row['epochs']} epochs, this command gives {protocol_['epochs']}"
-    if seed not in protocol_["seeds"]:
-        return f"seed {seed}, not among this command's seeds {protocol_['seeds']}"
-    if arch not in space.ids:
-        return f"architecture {arch}, not in space {space.name}"
+    if key.seed not in protocol_["seeds"]:
+        return f"seed {key.seed}, not among this command's seeds {protocol_['seeds']}"
+    if key.arch not in space.ids:
+        return f"architecture {key.arch}, not in space {space.name}"
     return None
 
 

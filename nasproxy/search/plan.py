@@ -153,7 +153,7 @@ def plan_chunks(
     """
     pools: dict[tuple[str, ...], list[Stack]] = {}
     for stack in stacks:
-        names = tuple(dict.fromkeys(key[0] for key in stack))
+        names = tuple(dict.fromkeys(key.train_set for key in stack))
         pools.setdefault(names, []).append(stack)
     chunks: list[tuple[float, Chunk]] = []
     for names, members in pools.items():

@@ -1,5 +1,6 @@
-"""The Ray runner (``runner``): the session, the Tune trainable that trains a chunk, the
-driver's collector of finished units, and one Tune experiment over a list of chunks.
+"""The Ray runner (a ``runner.Runner``, which ``runner.open_runner`` opens; this module does
+not import ``runner``): the session, the Tune trainable that trains a chunk, the driver's
+collector of finished units, and one Tune experiment over a list of chunks.
 
 Trial errors are read from the ``ResultGrid`` that ``Tuner.fit`` returns (``Result.error``);
 the Tune callback forwards each trial's reported rows and the crashes Tune recovers from
@@ -26,8 +27,7 @@ from nasproxy.search.experiment import RAY_DIR
 from nasproxy.search.interrupt import SigintDeferral, interrupted
 from nasproxy.search.lock import any_lost, ensure_held
 from nasproxy.search.plan import Chunk
-from nasproxy.search.runner import NoteFn, RecordFn
-from nasproxy.search.trial import TrialPlan, run_chunk
+from nasproxy.search.trial import NoteFn, RowFn, TrialPlan, run_chunk
 
 # Ray and Tune defaults that only add noise or work for this use (set unless the user did).
 RAY_QUIET_ENV = {
@@ -79,7 +79,7 @@ class RayRunner:
         data: Dataset,
         chunks: Sequence[Chunk],
         resources: dict[str, float],
-        record: RecordFn,
+        record: RowFn,
         name: str,
         on_recover: NoteFn | None = None,
     ) -> dict[str, str]:
@@ -90,7 +90,7 @@ class _Collector:
     """Driver side: hands each finished unit to ``record``, each recovered crash to
     ``on_recover``."""
 
-    def __init__(self, record: RecordFn, on_recover: NoteFn | None = None):
+    def __init__(self, record: RowFn, on_recover: NoteFn | None = None):
         self.record = record
         self.on_recover = on_recover
 
@@ -165,7 +165,7 @@ def fit(
     plan: TrialPlan,
     resources: dict[str, float],
     chunks: Sequence[Chunk],
-    record: RecordFn,
+    record: RowFn,
     name: str,
     on_recover: NoteFn | None = None,
 ) -> dict[str, str]:

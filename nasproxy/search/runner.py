@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -20,12 +20,9 @@ from nasproxy.errors import first_line
 from nasproxy.search.config import SearchConfig
 from nasproxy.search.lock import LockLostError, any_lost, ensure_held
 from nasproxy.search.plan import Chunk
-from nasproxy.search.trial import TrialPlan, run_chunk
+from nasproxy.search.trial import NoteFn, RowFn, TrialPlan, run_chunk
 from nasproxy.settings import SettingError, ref
 from nasproxy.train import torch_threads
-
-RecordFn = Callable[[dict[str, Any]], None]
-NoteFn = Callable[[str], None]
 
 
 class Runner(Protocol):
@@ -55,7 +52,7 @@ class Runner(Protocol):
         data: Dataset,
         chunks: Sequence[Chunk],
         resources: dict[str, float],
-        record: RecordFn,
+        record: RowFn,
         name: str,
         on_recover: NoteFn | None = None,
     ) -> dict[str, str]:
@@ -112,7 +109,7 @@ class LocalRunner:
         data: Dataset,
         chunks: Sequence[Chunk],
         resources: dict[str, float],
-        record: RecordFn,
+        record: RowFn,
         name: str,
         on_recover: NoteFn | None = None,
     ) -> dict[str, str]:

@@ -13,7 +13,6 @@ from typing import Any
 from nasproxy import __version__, results, shortlist, spaces
 from nasproxy.data import Dataset, load_dataset
 from nasproxy.errors import IncompleteError, NasproxyError
-from nasproxy.multitrain.planning import unit_cost
 from nasproxy.provenance import git_commit, utc_now
 from nasproxy.results import WHOLE, UnitKey
 from nasproxy.search.address import check_address
@@ -38,8 +37,8 @@ from nasproxy.search.lock import any_lost, ensure_held, experiment_lock, held_to
 from nasproxy.search.plan import plan_trials, select_archs
 from nasproxy.search.runner import check_runner, open_runner
 from nasproxy.search.train_sets import read_proxy_arg, resolve_train_sets
-from nasproxy.search.trial import TrialPlan
-from nasproxy.spaces import Arch
+from nasproxy.search.trial import TrialPlan, make_row
+from nasproxy.spaces import Arch, unit_cost
 from nasproxy.train import TrainRecord
 
 CONSOLIDATE_EVERY_S = 30.0
@@ -205,7 +204,7 @@ def _run_locked(
     results.remove_stale_temporaries(exp_dir)
 
     all_keys = [
-        (ts.name, seed, a.id)
+        UnitKey(ts.name, seed, a.id)
         for ts in train_sets
         for seed in cfg.seeds
         for a in archs_by_set[ts.name]
@@ -298,7 +297,7 @@ def _confirm_keys(
     results.write_manifest(exp_dir, manifest)
     sweep.arch_order = manifest["archs"]
 
-    keys = [(WHOLE, seed, a) for seed in cfg.seeds for a in picked]
+    keys = [UnitKey(WHOLE, seed, a) for seed in cfg.seeds for a in picked]
     fresh = [k for k in keys if k not in planned]  # the rest ran (or runs) in stage 1
     for key in fresh:
         if key in stored and stored[key]["status"] != "failed":
@@ -323,11 +322,11 @@ def _run_pending(
     """Plan the pending units into chunks and run them with ``cfg``'s runner (Ray Tune or
     this process), isolating crashing units; returns run provenance."""
     by_name = {ts.name: ts for ts in train_sets}
-    archs = {a: Arch.from_id(a) for a in {key[2] for key in pending}}
+    archs = {a: Arch.from_id(a) for a in {key.arch for key in pending}}
     shape = (data.in_channels, data.num_classes, data.image_size)
 
     def cost(key: UnitKey) -> float:
-        return unit_cost(archs[key[2]], by_name[key[0]].n_images, *shape)
+        return unit_cost(archs[key.arch], by_name[key.train_set].n_images, *shape)
 
     sweep.plan_cost(cost, pending)
     with open_runner(cfg) as runner:
@@ -387,7 +386,7 @@ def _run_pending(
         if errors:
             reason = f"{runner.crash_prefix}: " + "; ".join(sorted(set(errors.values())))[:500]
             for key in missing:
-                sweep.record(_crash_row(key, by_name[key[0]], cfg, reason))
+                sweep.record(_crash_row(key, by_name[key.train_set], cfg, reason))
         return {
             "run": plan.run,
             "trial_size": cfg.trial_size,
@@ -408,13 +407,12 @@ def _run_pending(
 
 
 def _crash_row(key: UnitKey, train_set: TrainSet, cfg: SearchConfig, reason: str) -> dict:
-    train_set_name, seed, arch_id = key
     record = TrainRecord(
-        arch=arch_id,
+        arch=key.arch,
         status="failed",
         reason=reason,
-        seed=seed,
+        seed=key.seed,
         epochs=cfg.train.epochs,
         n_train=train_set.n_images,
     )
-    return results.make_row(Arch.from_id(arch_id), train_set_name, train_set.proxy_hash, record)
+    return make_row(Arch.from_id(key.arch), key.train_set, train_set.proxy_hash, record)

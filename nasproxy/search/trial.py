@@ -6,7 +6,9 @@ back in halves down to the plain trainer), else unit by unit with ``nasproxy.tra
 A unit already stored is reported, not trained again, so a retried trial or a resumed sweep
 trains only what is missing. On a GPU a stack is first cut into even pieces that
 ``nasproxy.multitrain.largest_stack`` fits into ``MEMORY_FRACTION`` of the trial's GPU share.
-See docs/search.md#fused-training.
+See docs/search.md#fused-training. A unit's row is built here from the trainer's record
+(``make_row``); ``nasproxy.results`` only stores it. Both runners (``runner``,
+``ray_runner``) run trials through this module and take its callbacks' types.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from nasproxy.train import TrainConfig, TrainRecord, train
 
 MEMORY_FRACTION = 0.6  # of the trial's GPU share, for one stack (the rest: CUDA context, cache)
 
-ReportFn = Callable[[dict[str, Any]], None]
+RowFn = Callable[[dict[str, Any]], None]  # takes each unit's row, as soon as it is stored
+NoteFn = Callable[[str], None]  # takes a line for the user (a crash Tune recovered from)
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,7 +57,7 @@ class TrialPlan:
     lock_token: str = ""  # the driver's lock: a unit is written only while it holds it
 
 
-def run_chunk(plan: TrialPlan, data: Dataset, chunk_id: str, device: str, report: ReportFn) -> None:
+def run_chunk(plan: TrialPlan, data: Dataset, chunk_id: str, device: str, report: RowFn) -> None:
     """Train the missing units of chunk ``chunk_id`` on ``device``; ``report`` every row
     (stored ones too), as soon as its unit file is written."""
     exp_dir = Path(plan.exp_dir)
@@ -85,10 +88,10 @@ def _fit_memory(
         return [list(keys)]
     total = torch.cuda.get_device_properties(torch.device(device)).total_memory
     budget = int(total * min(plan.gpu_share, 1.0) * MEMORY_FRACTION)
-    indices = plan.indices[keys[0][0]]
+    indices = plan.indices[keys[0].train_set]
     n_images = len(data.y_train) if indices is None else len(indices)
     bf16 = plan.fast.resolve("cuda").bf16
-    arch = Arch.from_id(keys[0][2])
+    arch = Arch.from_id(keys[0].arch)
     cap = largest_stack(arch, data, n_images, plan.train.batch_size, budget, bf16)
     count = math.ceil(len(keys) / cap)
     bounds = [round(j * len(keys) / count) for j in range(count + 1)]
@@ -99,11 +102,11 @@ def _train_fused(
     plan: TrialPlan, data: Dataset, keys: Sequence[UnitKey], device: str
 ) -> list[TrainRecord]:
     """One stack through train_many; an error it does not handle fails all its units."""
-    archs = [arch_id for _, _, arch_id in keys]  # one shape; activations may differ
-    cfgs = [replace(plan.train, seed=seed, device=device) for _, seed, _ in keys]
-    sets = [plan.indices[train_set] for train_set, _, _ in keys]
+    archs = [key.arch for key in keys]  # one shape; activations may differ
+    cfgs = [replace(plan.train, seed=key.seed, device=device) for key in keys]
+    sets = [plan.indices[key.train_set] for key in keys]
     options = plan.fast.resolve(torch.device(device).type)
-    tests = [train_set == WHOLE for train_set, _, _ in keys]  # only the whole split's is read
+    tests = [key.train_set == WHOLE for key in keys]  # only the whole split's is read
     try:
         return train_many(archs, data, sets, cfgs, options, tests)
     except Exception as exc:  # one stack's error must not take its chunk down
@@ -113,10 +116,10 @@ def _train_fused(
 def _train_plain(plan: TrialPlan, data: Dataset, key: UnitKey, device: str) -> TrainRecord:
     """One unit with the plain trainer; any error becomes a ``failed`` record. A proxy
     unit skips the test split: only the whole split's test accuracy is read."""
-    train_set, seed, arch_id = key
     try:
-        cfg = replace(plan.train, seed=seed, device=device)
-        return train(arch_id, data, plan.indices[train_set], cfg, test=train_set == WHOLE)
+        cfg = replace(plan.train, seed=key.seed, device=device)
+        test = key.train_set == WHOLE
+        return train(key.arch, data, plan.indices[key.train_set], cfg, test=test)
     except Exception as exc:  # one unit's error must not take its chunk down
         return _failed(plan, data, key, device, exc)
 
@@ -124,13 +127,12 @@ def _train_plain(plan: TrialPlan, data: Dataset, key: UnitKey, device: str) -> T
 def _failed(
     plan: TrialPlan, data: Dataset, key: UnitKey, device: str, exc: Exception
 ) -> TrainRecord:
-    train_set, seed, arch_id = key
-    indices = plan.indices[train_set]
+    indices = plan.indices[key.train_set]
     return TrainRecord(
-        arch=arch_id,
+        arch=key.arch,
         status="failed",
         reason=first_line(exc, with_type=True),
-        seed=seed,
+        seed=key.seed,
         epochs=plan.train.epochs,
         n_train=len(data.y_train) if indices is None else len(indices),
         device=device,
@@ -139,8 +141,7 @@ def _failed(
 
 def _store(plan: TrialPlan, key: UnitKey, record: TrainRecord) -> dict[str, Any]:
     """Write the unit file of ``key`` (atomic) and return its row."""
-    train_set, _, arch_id = key
-    row = results.make_row(Arch.from_id(arch_id), train_set, plan.hashes[train_set], record)
+    row = make_row(Arch.from_id(key.arch), key.train_set, plan.hashes[key.train_set], record)
     extra = {
         "history": record.history,
         "params": record.params,
@@ -153,3 +154,33 @@ def _store(plan: TrialPlan, key: UnitKey, record: TrainRecord) -> dict[str, Any]
         check_token(plan.exp_dir, plan.lock_token)  # the driver lost the experiment: stop
     results.write_unit(Path(plan.exp_dir), row, extra)
     return row
+
+
+def make_row(arch: Arch, train_set: str, proxy_hash: str, record: TrainRecord) -> dict[str, Any]:
+    """The table row (``nasproxy.results.COLUMNS``) of one finished work unit, from the
+    trainer's record."""
+    return {
+        "arch": arch.id,
+        "width": arch.width,
+        "depth": arch.depth,
+        "act": arch.act,
+        "norm": arch.norm,
+        "pool": arch.pool,
+        "train_set": train_set,
+        "proxy_hash": proxy_hash,
+        "seed": int(record.seed),
+        "epochs": int(record.epochs),
+        "val_acc": float(record.val_acc),
+        "test_acc": float(record.test_acc),
+        "train_loss": float(record.train_loss),
+        "status": record.status,
+        "reason": record.reason,
+        "wall_s": float(record.wall_s),
+        "warmup_s": float(record.warmup_s),
+        "images_seen": int(record.images_seen),
+        "n_train": int(record.n_train),
+        "device": record.device,
+        "stack_size": int(record.stack_size),
+        "trainer": record.trainer,
+        "fallback": record.fallback,
+    }

@@ -14,6 +14,7 @@ from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.multitrain.lockstep import fallback_reason
 from nasproxy.multitrain.planning import largest_stack, plan_stacks, stack_memory_bytes
+from nasproxy.results import UnitKey
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainConfig
 
@@ -23,13 +24,13 @@ def test_plan_stacks_partitions_into_compatible_groups(digits: Dataset) -> None:
     norm = "w32-d1-relu-batchnorm-none"  # another shape: the norm differs
     sizes = {"a": 1000, "b": 1000, "small": 500}
     pending = [
-        ("a", 0, w32),
-        ("a", 1, w32),
-        ("small", 0, w32),
-        ("a", 0, w64),
-        ("a", 2, norm),
-        ("b", 0, w32),  # another training set of the same size: one batch schedule
-        ("b", 1, w32),
+        UnitKey("a", 0, w32),
+        UnitKey("a", 1, w32),
+        UnitKey("small", 0, w32),
+        UnitKey("a", 0, w64),
+        UnitKey("a", 2, norm),
+        UnitKey("b", 0, w32),  # another training set of the same size: one batch schedule
+        UnitKey("b", 1, w32),
     ]
     stacks = plan_stacks(pending, sizes, 3)
     assert sorted(k for st in stacks for k in st) == sorted(pending)  # each unit once
@@ -41,9 +42,9 @@ def test_plan_stacks_partitions_into_compatible_groups(digits: Dataset) -> None:
     # 4 compatible units, at most 3 a stack: 2 + 2, not 3 + 1
     assert pending[0:2] == list(stacks[0]) and pending[5:7] == list(stacks[1])
     assert len(stacks) == 5
-    mixed = [("a", 0, w32), ("a", 1, "w32-d1-sigmoid-none-none")]
+    mixed = [UnitKey("a", 0, w32), UnitKey("a", 1, "w32-d1-sigmoid-none-none")]
     assert plan_stacks(mixed, sizes, 3) == [tuple(mixed)]  # activations may differ
-    ten = [("a", seed, w32) for seed in range(10)]
+    ten = [UnitKey("a", seed, w32) for seed in range(10)]
     assert [len(st) for st in plan_stacks(ten, sizes, 4)] == [3, 4, 3]  # as even as possible
     assert plan_stacks(ten, sizes, 1) == [(k,) for k in ten]  # unfused: a unit a stack
     with pytest.raises(NasproxyError, match="at least 1"):

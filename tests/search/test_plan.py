@@ -12,6 +12,7 @@ import pytest
 
 from nasproxy import spaces
 from nasproxy.errors import NasproxyError
+from nasproxy.results import UnitKey
 from nasproxy.search import plan_chunks, plan_stacks, plan_trials, select_archs, stratified_sample
 from nasproxy.spaces import FIELDS
 from tests.search.conftest import _shape
@@ -60,7 +61,7 @@ def test_stratified_sample_balances_every_field(n):
 
 def test_chunks_cover_each_unit_once_within_one_training_set():
     archs = spaces.load("convnet720")[:40]
-    pending = [(ts, seed, a.id) for ts in ("p", "whole") for seed in (0, 1) for a in archs]
+    pending = [UnitKey(ts, seed, a.id) for ts in ("p", "whole") for seed in (0, 1) for a in archs]
     cost = {a.id: a.macs(3, 10, 32) for a in archs}
     sizes = {"p": 1000, "whole": 45000}
     chunks = plan_trials(
@@ -88,7 +89,7 @@ def _brute_force_groups(pending, sizes):
 def test_stacks_partition_pending_units_into_compatible_groups(max_stack):
     archs = [a.id for a in spaces.load("convnet720")[:7]]  # 3 activations of some shapes
     sizes = {"influence": 1000, "random": 1000, "herding": 1000, "small": 500, "whole": 45000}
-    all_keys = [(ts, seed, a) for ts in sizes for seed in (0, 1, 2) for a in archs]
+    all_keys = [UnitKey(ts, seed, a) for ts in sizes for seed in (0, 1, 2) for a in archs]
     rng = np.random.default_rng(max_stack)
     stored = {k for k in all_keys if rng.random() < 0.3}  # partly stored stacks
     pending = [k for k in all_keys if k not in stored]
@@ -117,7 +118,7 @@ def test_stacks_partition_pending_units_into_compatible_groups(max_stack):
 def test_a_partly_stored_stack_schedules_only_its_missing_units():
     arch = "w32-d1-relu-none-none"
     sizes = {"a": 1000, "b": 1000, "whole": 45000}
-    all_keys = [(ts, seed, arch) for ts in sizes for seed in (0, 1)]
+    all_keys = [UnitKey(ts, seed, arch) for ts in sizes for seed in (0, 1)]
     stored = {("a", 0, arch), ("b", 1, arch), ("whole", 0, arch)}
     pending = [k for k in all_keys if k not in stored]
     chunks = plan_trials(pending, sizes, True, 64, 16, 1, lambda k: 1.0)

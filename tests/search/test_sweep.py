@@ -31,6 +31,7 @@ from nasproxy.proxies.proxy_file import selection_hash
 from nasproxy.report import make_report
 from nasproxy.search import lock, run_search
 from nasproxy.search import sweep as sweep_module
+from nasproxy.search.trial import make_row
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainConfig, TrainRecord, train
 from tests.search.conftest import (
@@ -158,7 +159,7 @@ def test_the_eta_follows_the_planner_cost_model_not_the_unit_count(tmp_path, mon
     def finish(key, at):
         clock[0] = at
         record = TrainRecord(key[2], "ok", "", seed=key[1], epochs=1, n_train=10)
-        state.record(results.make_row(spaces.Arch.from_id(key[2]), key[0], "", record))
+        state.record(make_row(spaces.Arch.from_id(key[2]), key[0], "", record))
 
     with lock.experiment_lock(tmp_path):
         finish(big, 100.0)
@@ -169,7 +170,7 @@ def test_the_eta_follows_the_planner_cost_model_not_the_unit_count(tmp_path, mon
 
 def _ok_row(key: tuple[str, int, str], status: str = "ok") -> dict:
     record = TrainRecord(key[2], status, "", seed=key[1], epochs=1, n_train=10)
-    return results.make_row(spaces.Arch.from_id(key[2]), key[0], "", record)
+    return make_row(spaces.Arch.from_id(key[2]), key[0], "", record)
 
 
 def test_the_periodic_table_takes_a_bounded_share_of_the_drivers_time(tmp_path, monkeypatch):
@@ -258,7 +259,7 @@ def stub_runner(kill_in_call: int | None = None, kill_after: int = 0, failing: s
             if key in failing:
                 record = TrainRecord(arch, "failed", "out of memory (stub)", seed=seed,
                                      epochs=cfg.train.epochs, n_train=n, device="stub")  # fmt: skip
-            row = results.make_row(Arch.from_id(arch), name, by[name].proxy_hash, record)
+            row = make_row(Arch.from_id(arch), name, by[name].proxy_hash, record)
             results.write_unit(sweep.exp_dir, row)  # as a trial does, over a failed unit's
             sweep.record(row)
         return {}

@@ -192,7 +192,7 @@ def test_a_gpu_trial_cuts_a_stack_to_its_memory_share(digits, monkeypatch):
     total = int((one + 2.5 * per_model) / (0.5 * trial.MEMORY_FRACTION))  # 3 fit in a half
     props = types.SimpleNamespace(total_memory=total)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
-    keys = [("p", seed, arch.id) for seed in range(8)]
+    keys = [results.UnitKey("p", seed, arch.id) for seed in range(8)]
     plan = trial.TrialPlan(
         exp_dir="unused", chunks={}, indices={"p": np.arange(100)}, hashes={"p": ""},
         train=TrainConfig(epochs=1), threads=1, run=1, fuse=True, gpu_share=0.5,
