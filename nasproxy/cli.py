@@ -101,19 +101,15 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
 
     if (args.method is None) == (args.from_indices is None):
         raise NasproxyError("give either --method or --from-indices")
-    for flag, seed in (("--seed", args.seed), ("--backbone-seed", args.backbone_seed)):
-        if seed is not None and not settings.SEED.holds(seed):
-            raise NasproxyError(f"{flag} must be {settings.SEED.want}, got {seed}")
+    if not settings.SEED.holds(args.seed):
+        raise NasproxyError(f"--seed must be {settings.SEED.want}, got {args.seed}")
     data_cfg = _data_settings(args)
     options = settings.from_flags(ProxyOptions, args)
+    own_seed = {} if args.backbone_seed is not None else {"backbone_seed": args.seed}
+    scoring = settings.from_flags(ScoringConfig, args, **own_seed)  # its seed: --seed's
     per_class = args.per_class
     if per_class is None and options.epsilon is None and args.from_indices is None:
         per_class = 100  # --from-indices: the file's own count per class
-    backbone = {"seed": args.seed if args.backbone_seed is None else args.backbone_seed}
-    if args.backbone is not None:
-        backbone["backbone"] = args.backbone
-    if args.backbone_epochs is not None:
-        backbone["epochs"] = args.backbone_epochs
     if args.out is not None:
         check_output_file(args.out, "proxy file")  # before the dataset and the scoring run
     data = _load_data(data_cfg)
@@ -131,7 +127,7 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
         per_class,
         args.seed,
         cache_dir=data_cfg.data_root or default_data_root(),
-        scoring=ScoringConfig(**backbone),
+        scoring=scoring,
         options=options,
         device=args.device,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
@@ -413,11 +409,13 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _option_flags(p: argparse.ArgumentParser) -> None:
-    """The dataset's flags, and one flag an option of the influence method and of its head
-    (``ProxyOptions``)."""
+    """The dataset's flags, one flag a setting of the scoring run (``ScoringConfig``), and
+    one an option of the influence method and of its head (``ProxyOptions``)."""
     from nasproxy.proxies.base import ProxyOptions
+    from nasproxy.scoring import ScoringConfig
 
     _add_dataset_args(p)
+    settings.add_flags(p, ScoringConfig)
     settings.add_flags(p, ProxyOptions)
 
 
@@ -500,14 +498,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="selection seed (and backbone seed)")
     p.add_argument("--out", default=None, help="default results/proxies/NAME-METHOD-K-sSEED.json")
-    p.add_argument(
-        "--backbone",
-        default=None,
-        help="scoring network: a ConvNet id (default w128-d4-relu-instancenorm-avgpooling, "
-        "512-d features on 32x32 images) or resnet18 (CIFAR ResNet-18)",
-    )
-    p.add_argument("--backbone-epochs", type=int, default=None, help="scoring run (default 50)")
-    p.add_argument("--backbone-seed", type=int, default=None, help="default: --seed")
     p.add_argument(
         "--measure-epsilon",
         action=argparse.BooleanOptionalAction,

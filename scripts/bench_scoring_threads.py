@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     counts = [int(t) for t in args.threads.split(",") if t]
     data = load_dataset(args.dataset, data_root=args.data_root or default_data_root())
-    cfg = ScoringConfig(backbone=args.backbone, epochs=args.epochs)
+    cfg = ScoringConfig(backbone=args.backbone, backbone_epochs=args.epochs)
     train_cfg = TrainConfig(epochs=args.arch_epochs, device=args.device)
     before = torch.get_num_threads()
     load_before = os.getloadavg()

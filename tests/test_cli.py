@@ -304,7 +304,7 @@ def test_run_address_reaches_the_search_and_is_checked_before_the_proxies(
     assert not (tmp_path / "smoke").exists()
 
     checked: list[str | None] = []
-    monkeypatch.setattr(pipeline_module, "check_address", checked.append)  # a cluster is up
+    monkeypatch.setattr(sweep_module, "check_address", checked.append)  # a cluster is up
     argv = ["run", "--preset", "smoke", "--address", address, *common]
     cfg = _search_config_of(argv, monkeypatch)
     assert cfg.address == address and checked == [address]

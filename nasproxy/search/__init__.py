@@ -42,7 +42,7 @@ from nasproxy.search.plan import (
     select_archs,
     stratified_sample,
 )
-from nasproxy.search.sweep import resolve_train_sets, run_search
+from nasproxy.search.sweep import check_search, resolve_train_sets, run_search
 
 __all__ = [
     "DEFAULT_GPU_SHARE",
@@ -58,6 +58,7 @@ __all__ = [
     "SearchSettings",
     "TrainSet",
     "Stack",
+    "check_search",
     "experiment_lock",
     "plan_chunks",
     "plan_stacks",

@@ -42,6 +42,7 @@ from nasproxy.search.lock import any_lost, ensure_held, experiment_lock, held_to
 from nasproxy.search.plan import plan_trials, select_archs
 from nasproxy.search.runner import check_runner, open_runner
 from nasproxy.search.trial import TrialPlan
+from nasproxy.settings import SettingError, ref
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
 
@@ -253,28 +254,42 @@ def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
     of an existing experiment, resources) is checked before any training starts, and the
     experiment's lock is held from before anything in it is written or deleted.
     """
-    results.experiment_dir(cfg.results_dir, cfg.name)  # a plain name in a writable folder
-    spaces.resolve_path(cfg.space)
-    for arg in cfg.proxies:  # a missing or unreadable file fails before the dataset loads
-        _read_proxy(arg)
-    check_address(cfg.address)
-    check_runner(cfg)
-    data = load_dataset(cfg.dataset, cfg.data_root, cfg.val_fraction, cfg.split_seed)
-    space = spaces.load(cfg.space, image_size=data.image_size)
-    archs = select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)
+    # a missing or unreadable file fails before the dataset loads
+    names = _train_set_names([_read_proxy(arg) for arg in cfg.proxies], cfg.whole)
+    data, space, archs = check_search(cfg, names)
     train_sets = resolve_train_sets(
         cfg.proxies, cfg.whole, data, cfg.whole_per_class, cfg.split_seed
     )
-    proxy_names = [ts.name for ts in train_sets if ts.name != WHOLE]
+    with experiment_lock(cfg.exp_dir):
+        return _run_locked(cfg, data, space, archs, train_sets, progress)
+
+
+def check_search(
+    cfg: SearchConfig, proxy_names: Sequence[str]
+) -> tuple[Dataset, spaces.Space, list[Arch]]:
+    """Refuse what ``run_search(cfg)`` would refuse before its lock, but the proxy files,
+    which need not exist yet (``nasproxy run`` builds them after this), given the names of
+    their training sets; returns the dataset, the space and the proxies' architectures."""
+    results.experiment_dir(cfg.results_dir, cfg.name)  # a plain name in a writable folder
+    spaces.resolve_path(cfg.space)
+    check_address(cfg.address)
+    check_runner(cfg)
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.val_fraction, cfg.split_seed)
+    if cfg.whole_per_class is not None:
+        try:
+            check_budget(data, cfg.whole_per_class)
+        except NasproxyError as exc:
+            raise SettingError(f"{ref('whole_per_class')}: {exc}") from None
+    space = spaces.load(cfg.space, image_size=data.image_size)
+    archs = select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)
     if cfg.whole_by != shortlist.ALL and cfg.whole_by not in proxy_names:
-        raise NasproxyError(
-            f"--by {cfg.whole_by!r} is not a training set of this sweep; choose from "
-            f"{', '.join([*proxy_names, shortlist.ALL])}"
+        raise SettingError(
+            f"{ref('whole_by')} {cfg.whole_by!r} is not a training set of this sweep; choose "
+            f"from {', '.join([*proxy_names, shortlist.ALL])}"
         )
     if cfg.whole:  # patterns that match nothing fail here; a resume may keep recorded ones
         whole_archs(cfg, space, archs)
-    with experiment_lock(cfg.exp_dir):
-        return _run_locked(cfg, data, space, archs, train_sets, progress)
+    return data, space, archs
 
 
 def whole_archs(cfg: SearchConfig, space: spaces.Space, proxy_archs: Sequence[Arch]) -> list[Arch]:

@@ -403,7 +403,7 @@ def test_whole_top_confirms_the_brute_force_top_k(inputs, monkeypatch, tmp_path,
 
 
 def test_by_must_name_a_proxy_of_the_sweep(inputs, tmp_path):
-    with pytest.raises(NasproxyError, match="--by 'nope' is not a training set"):
+    with pytest.raises(NasproxyError, match="whole_by 'nope' is not a training set"):
         run_search(_config(inputs, tmp_path, "by", whole_top=2, whole_by="nope"))
     with pytest.raises(NasproxyError, match="whole_top need whole"):
         _config(inputs, tmp_path, "no-whole", whole=False, whole_top=2)
