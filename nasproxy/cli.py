@@ -11,9 +11,9 @@ import dataclasses
 import json
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn
@@ -262,16 +262,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from nasproxy.pipeline import run_pipeline
-    from nasproxy.presets import PRESETS, Preset, parse_overrides
+    from nasproxy.presets import PRESETS, Preset
     from nasproxy.report import format_summary
     from nasproxy.search import SearchSettings
 
-    preset = parse_overrides(PRESETS[args.preset], args.set)
-    _seeds_notice(args.set)
+    overrides = settings.parse_overrides(Preset, args.set)  # each --set item, parsed once
+    preset = settings.replace_settings(PRESETS[args.preset], overrides)
+    _seeds_notice(args.set, overrides)
     given = settings.given(args, SearchSettings)
     # a refusal names each setting as it was given: a flag, else a --set key
     names = {k: v for k, v in settings.flag_names(SearchSettings).items() if k in given}
-    twice = [key for key in given if key in settings.parse_overrides(Preset, args.set)]
+    twice = [key for key in given if key in overrides]
     if twice:
         raise NasproxyError(
             f"{', '.join(names[k] for k in twice)} and --set {', '.join(twice)} give the same "
@@ -345,17 +346,18 @@ def cmd_units_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seeds_notice(overrides: Sequence[str]) -> None:
-    """One line where ``--set seeds=N`` now means N seeds, as ``search --seeds N`` does."""
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key.strip() == "seeds" and "," not in value:
-            n = int(value)
-            print(
-                f"nasproxy: notice: seeds={n} now means seeds 0..{n - 1} (a count, as search "
-                f"--seeds); write seeds={n}, for seed {n} alone",
-                file=sys.stderr,
-            )
+def _seeds_notice(items: Sequence[str], overrides: Mapping[str, Any]) -> None:
+    """One line where ``--set seeds=N`` (the seeds the run takes: the last such item, as
+    ``overrides`` parsed it) is a count, now meaning N seeds as ``search --seeds N`` does."""
+    seeds = overrides.get("seeds")
+    written = [v for k, _, v in (i.partition("=") for i in items) if k.strip() == "seeds"]
+    if seeds is not None and "," not in written[-1]:
+        n = len(seeds)
+        print(
+            f"nasproxy: notice: seeds={n} now means seeds 0..{n - 1} (a count, as search "
+            f"--seeds); write seeds={n}, for seed {n} alone",
+            file=sys.stderr,
+        )
 
 
 def _positive_int(text: str) -> int:

@@ -269,6 +269,26 @@ def test_search_seeds_and_run_set_seeds_mean_the_same(
     assert len(notices) == ("," not in text)  # the changed meaning is said, once
 
 
+@pytest.mark.parametrize(
+    "items, seeds, notice",
+    [
+        (["seeds=3", "seeds=5,"], (5,), None),
+        (["seeds=5,", "seeds=2"], (0, 1), "seeds=2 now means seeds 0..1"),
+        (["seeds= 4 "], (0, 1, 2, 3), "seeds=4 now means seeds 0..3"),
+    ],
+)
+def test_the_seeds_notice_says_what_the_run_takes(
+    tmp_path, cache_root, monkeypatch, capsys, items, seeds, notice
+):
+    """The notice is of the seeds the run takes (the last ``seeds`` item, as parsed), not
+    of an item a later one replaced."""
+    argv = ["run", "--preset", "smoke", "--results-dir", str(tmp_path)]
+    argv += ["--data-root", str(cache_root), *(f"--set={item}" for item in items)]
+    assert _search_config_of(argv, monkeypatch).seeds == seeds
+    notices = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
+    assert [notice in line for line in notices] == ([] if notice is None else [True])
+
+
 @pytest.mark.parametrize("bad", ["0", "", "a", "1,-2", "-1", "²"])
 def test_bad_seeds_are_one_line_errors_for_both_commands(tmp_path, capsys, bad):
     for argv in (
