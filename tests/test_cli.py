@@ -289,6 +289,25 @@ def test_the_seeds_notice_says_what_the_run_takes(
     assert [notice in line for line in notices] == ([] if notice is None else [True])
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search", "--name", "e", "--proxy", "p.json", "--whole-top", "2"],
+        ["search", "--name", "e", "--whole-archs", "w32-d1-*"],
+        ["search", "--name", "e", "--whole-sample", "3"],
+        ["run", "--preset", "find", "--set", "whole=none"],
+    ],
+)
+def test_choosing_the_whole_split_s_architectures_turns_it_on(
+    tmp_path, cache_root, monkeypatch, argv
+):
+    """``--whole-top``, ``--whole-archs`` and ``--whole-sample`` imply ``--whole``."""
+    common = ["--results-dir", str(tmp_path), "--data-root", str(cache_root)]
+    assert _search_config_of([*argv, *common], monkeypatch).whole is True
+    assert _search_config_of(["search", "--name", "e", "--proxy", "p.json", *common],
+                             monkeypatch).whole is False  # fmt: skip
+
+
 @pytest.mark.parametrize("bad", ["0", "", "a", "1,-2", "-1", "²"])
 def test_bad_seeds_are_one_line_errors_for_both_commands(tmp_path, capsys, bad):
     for argv in (
@@ -437,7 +456,8 @@ def test_refusals_name_the_settings_as_the_user_wrote_them(tmp_path, capsys):
     assert main(["run", "--preset", "find", "--set", "whole=false", *results]) == 2
     line = _one_line_error(capsys)
     assert "whole_archs, whole_sample and whole_top need whole" in line and "--" not in line
-    assert main(["search", "--name", "e", "--proxy", "p.json", "--whole-top", "3", *results]) == 2
+    argv = ["search", "--name", "e", "--proxy", "p.json", "--no-whole", "--whole-top", "3"]
+    assert main([*argv, *results]) == 2
     assert "--whole-archs, --whole-sample and --whole-top need --whole" in _one_line_error(capsys)
     assert main(["run", "--preset", "smoke", "--set", "methods=", *results]) == 2
     assert "methods needs at least one item" in _one_line_error(capsys)

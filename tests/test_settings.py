@@ -258,6 +258,7 @@ BAD_VALUES = ("-1", "nan", "inf", "abc", "")
 # any setting (a new one included) must be refused in one line before any work or write.
 MEANT = {
     **{(k, ""): "none" for k in ("whole_per_class", "sample", "whole_sample", "whole_top")},
+    ("whole", ""): "on when whole_archs, whole_sample or whole_top chooses its architectures",
     **{(k, ""): "none" for k in ("gpus_per_trial", "address", "max_stack", "rng", "bf16")},
     **{(k, ""): "none" for k in ("channels_last", "cuda_graphs", "project_dim", "epsilon")},
     ("head_l2", ""): "none",
