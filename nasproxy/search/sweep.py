@@ -419,7 +419,7 @@ def _confirm_keys(
     sets[WHOLE]["archs"] = [a for a in space.ids if a in have | set(picked)]
     union = set(manifest["archs"]) | set(picked)
     manifest["archs"] = [a for a in space.ids if a in union]
-    manifest["whole_top"] = {"k": cfg.whole_top, "by": cfg.whole_by, "shortlists": lists}
+    manifest["whole_top"] = shortlist.record(cfg.whole_top or 0, cfg.whole_by, lists)
     ensure_held(exp_dir)
     results.write_manifest(exp_dir, manifest)
     sweep.arch_order = manifest["archs"]

@@ -639,7 +639,7 @@ def test_the_search_outcome_matches_a_recomputation_from_trials_csv(
         best_val = max(statistics.mean(wval[a]) for a in top)
         pick = min(a for a in top if statistics.mean(wval[a]) == best_val)
         row = got.loc[proxy]
-        assert row["pick"] == pick and row["confirmed"] == 2 and row["k"] == 2
+        assert row["pick"] == pick and row["confirmed"] == 2 and row["whole_top"] == 2
         assert row["pick_test"] == pytest.approx(statistics.mean(wtest[pick]))
         assert row["pick_test_std"] == pytest.approx(statistics.stdev(wtest[pick]))
         above = [a for a in confirmed if statistics.mean(wtest[a]) > statistics.mean(wtest[pick])]
