@@ -231,3 +231,39 @@ def test_a_proxy_file_is_reused_only_for_the_same_scoring_run() -> None:
                  "proxy_seed=1"]:  # fmt: skip
         changed = parse_overrides(preset, [item])
         assert not pipeline_module.proxy_matches(record, data, changed, "herding"), item
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [("whole_per_class", "100000")],  # above every class's size
+        [("whole_top", "2"), ("whole_by", "nope")],  # not one of the proxies
+        [("whole_archs", "w9-*")],  # matches no architecture
+    ],
+)
+def test_run_refuses_as_search_does(tmp_path, cache_root, capsys, monkeypatch, items):
+    """``run`` checks its sweep with the search's own check, before its proxies: the same
+    refusal as ``search`` gives, each setting named as it was written."""
+    import nasproxy.search.sweep as sweep_module
+    from nasproxy import settings
+    from nasproxy.search import SearchConfig
+    from tests.test_settings import _reach
+
+    monkeypatch.setattr(pipeline_module, "experiment_lock", _reach)
+    monkeypatch.setattr(sweep_module, "experiment_lock", _reach)
+    common = ["--results-dir", str(tmp_path / "results"), "--data-root", str(cache_root)]
+    proxy = tmp_path / "random.json"
+    argv = ["build-proxy", "--method", "random", "--per-class", "5", "--out", str(proxy)]
+    assert main([*argv, "--data-root", str(cache_root)]) == 0
+    flags = settings.flag_names(SearchConfig)
+    search = ["search", "--name", "e", "--whole", "--proxy", str(proxy), *common]
+    capsys.readouterr()
+    assert main([*search, *(a for k, v in items for a in (flags[k], v))]) == 2
+    by_search = capsys.readouterr().err
+    run = ["run", "--preset", "smoke", "--set", "methods=random", *common]
+    assert main([*run, *(a for k, v in items for a in ("--set", f"{k}={v}"))]) == 2
+    by_run = capsys.readouterr().err
+    for key, _ in items:
+        by_search = by_search.replace(flags[key], key)
+    assert by_run == by_search and by_run.count("\n") == 1, (by_run, by_search)
+    assert not (tmp_path / "results").exists()
