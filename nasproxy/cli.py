@@ -428,7 +428,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True, help="an id, e.g. w32-d3-relu-instancenorm-avgpooling")
     _add_dataset_args(p)
     settings.add_flags(p, TrainConfig, defaults={"epochs": 10})
-    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
 
@@ -520,7 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="Table 1 (md, csv, tex) and plots from a finished search")
     p.add_argument("experiment", metavar="EXP", help="experiment name (a folder in DIR)")
     p.add_argument("--results-dir", default="results", metavar="DIR")
-    p.add_argument("--top-k", type=int, default=10, help="Table 1's top-k by proxy (default 10)")
+    p.add_argument(
+        "--top-k", type=int, default=10, help="Table 1's top-k by proxy (default %(default)s)"
+    )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.set_defaults(handler=cmd_report)
 
