@@ -151,7 +151,7 @@ def test_a_plugin_name_that_is_a_path_is_refused_before_any_work(
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-selector\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(f"[nasproxy.methods]\n{name} = my_selector:first\n")
     assert name in registry.method_names()
-    monkeypatch.setattr("nasproxy.pipeline.load_dataset", _no_scoring_run)  # no work at all
+    monkeypatch.setattr("nasproxy.search.sweep.load_dataset", _no_scoring_run)  # no work at all
     results_dir = tmp_path / "results"
     with pytest.raises(NasproxyError, match=f"method name {re.escape(repr(name))} cannot"):
         run_pipeline(Preset(methods=(name,)), "exp", results_dir=results_dir)
