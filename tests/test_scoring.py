@@ -190,6 +190,17 @@ def test_corrupt_or_foreign_artifact_is_refused(run, digits, tmp_path):
         load_artifact(copy, digits)
 
 
+def test_the_cache_key_keeps_its_names(digits):
+    """The settings' keys (``backbone_epochs``, ...) are not the cache key's: a scoring run
+    cached before they were settings is found again (the folder of this run as made then)."""
+    cfg = ScoringConfig(
+        backbone="w8-d3-relu-instancenorm-avgpooling", backbone_epochs=3, backbone_seed=2,
+        backbone_lr=0.05,
+    )  # fmt: skip
+    want = "c7d056297a5aaae8-w8-d3-relu-instancenorm-avgpooling-e3-s2-b7767270f66a"
+    assert scoring.artifact_dir("/c", digits, cfg).name == want
+
+
 def test_bad_backbone_is_refused():
     with pytest.raises(NasproxyError):
         ScoringConfig(backbone="resnet50")
