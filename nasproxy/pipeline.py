@@ -43,14 +43,13 @@ def proxy_matches(record: dict[str, Any], data: Dataset, preset: Preset, method:
     """Whether a proxy file on disk was built by exactly this request (so it can be reused)."""
     backbone = record.get("backbone") or {}
     params = record.get("params") or {}
-    scoring = {("id" if k == "backbone" else k): v for k, v in preset.scoring.key().items()}
     return (
         record.get("method") == method
         and params.get("source") == registry.source(method)  # an upgraded plug-in rebuilds
         and record.get("fingerprint") == data.fingerprint
         and record.get("per_class") == preset.per_class
         and record.get("seed") == preset.proxy_seed
-        and all(backbone.get(k) == v for k, v in scoring.items())  # the whole scoring run
+        and all(backbone.get(k) == v for k, v in preset.scoring.record().items())  # every setting
     )
 
 

@@ -173,6 +173,11 @@ class ScoringConfig:
             "augment": self.backbone_augment,
         }
 
+    def record(self) -> dict[str, Any]:
+        """The settings as a proxy file's ``backbone`` record names them: the key's names,
+        the backbone as ``id``."""
+        return {("id" if k == "backbone" else k): v for k, v in self.key().items()}
+
 
 def build_backbone(backbone: str, data: Dataset) -> nn.Module:
     """The untrained backbone (``.embed`` features, ``.classifier`` head) for ``data``."""

@@ -192,7 +192,7 @@ def build_proxy(
         backbone=None
         if artifact is None
         else {
-            **{("id" if k == "backbone" else k): v for k, v in scoring.key().items()},
+            **scoring.record(),
             "device": artifact.meta.get("device"),
             "train_s": artifact.meta.get("train_s"),
             "train_acc_eval": artifact.meta.get("train_acc_eval"),
