@@ -32,6 +32,7 @@ Handler = Callable[[argparse.Namespace], int]
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 # search settings that `run` takes as flags too (the others as --set KEY=VALUE only)
 RUN_FLAGS = ("results_dir", "data_root", "address", "fresh")
+PER_CLASS = 100  # build-proxy's budget when neither --per-class nor a file's count gives one
 
 
 DATA_KEYS = ("dataset", "data_root", "val_fraction", "split_seed")  # train's, build-proxy's
@@ -109,7 +110,7 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
     scoring = settings.from_flags(ScoringConfig, args, **own_seed)  # its seed: --seed's
     per_class = args.per_class
     if per_class is None and options.epsilon is None and args.from_indices is None:
-        per_class = 100  # --from-indices: the file's own count per class
+        per_class = PER_CLASS  # --from-indices: the file's own count per class
     if args.out is not None:
         check_output_file(args.out, "proxy file")  # before the dataset and the scoring run
     data = _load_data(data_cfg)
@@ -496,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-class",
         type=int,
         default=None,
-        help="images kept per class (default 100; with --from-indices, the file's)",
+        help=f"images kept per class (default {PER_CLASS}; with --from-indices, the file's)",
     )
     p.add_argument("--seed", type=int, default=0, help="selection seed (and backbone seed)")
     p.add_argument("--out", default=None, help="default results/proxies/NAME-METHOD-K-sSEED.json")
