@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
         "dataset": data.spec,
-        "scoring": {"backbone": cfg.backbone, "epochs": cfg.epochs, "seed": cfg.seed},
+        "scoring": {k: cfg.key()[k] for k in ("backbone", "epochs", "seed")},
         "proxy": {"method": "influence", "per_class": args.per_class, "seed": 0},
         "arch": args.arch,
         "arch_epochs": args.arch_epochs,
