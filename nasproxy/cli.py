@@ -445,8 +445,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a preset setting (repeatable; as the search flag of that name, "
-        "e.g. trial_size=4 is --trial-size 4): " + ", ".join(settings.leaves(Preset)),
+        help="override a preset setting (repeatable; as the search or build-proxy flag "
+        "of that name, e.g. trial_size=4 is --trial-size 4): " + ", ".join(settings.leaves(Preset)),
     )
     p.add_argument("--name", default=None, help="experiment name (default: the preset's)")
     settings.add_flags(p, SearchSettings, RUN_FLAGS)
