@@ -11,9 +11,9 @@ import dataclasses
 import json
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn
@@ -32,6 +32,7 @@ Handler = Callable[[argparse.Namespace], int]
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 # search settings that `run` takes as flags too (the others as --set KEY=VALUE only)
 RUN_FLAGS = ("results_dir", "data_root", "address", "fresh")
+PER_CLASS = 100  # build-proxy's budget when neither --per-class nor a file's count gives one
 
 
 DATA_KEYS = ("dataset", "data_root", "val_fraction", "split_seed")  # train's, build-proxy's
@@ -98,19 +99,15 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
 
     if (args.method is None) == (args.from_indices is None):
         raise NasproxyError("give either --method or --from-indices")
-    for flag, seed in (("--seed", args.seed), ("--backbone-seed", args.backbone_seed)):
-        if seed is not None and not settings.SEED.holds(seed):
-            raise NasproxyError(f"{flag} must be {settings.SEED.want}, got {seed}")
+    if not settings.SEED.holds(args.seed):
+        raise NasproxyError(f"--seed must be {settings.SEED.want}, got {args.seed}")
     data_cfg = _data_settings(args)
     options = settings.from_flags(ProxyOptions, args)
+    own_seed = {} if args.backbone_seed is not None else {"backbone_seed": args.seed}
+    scoring = settings.from_flags(ScoringConfig, args, **own_seed)  # its seed: --seed's
     per_class = args.per_class
     if per_class is None and options.epsilon is None and args.from_indices is None:
-        per_class = 100  # --from-indices: the file's own count per class
-    backbone = {"seed": args.seed if args.backbone_seed is None else args.backbone_seed}
-    if args.backbone is not None:
-        backbone["backbone"] = args.backbone
-    if args.backbone_epochs is not None:
-        backbone["epochs"] = args.backbone_epochs
+        per_class = PER_CLASS  # --from-indices: the file's own count per class
     if args.out is not None:
         check_output_file(args.out, "proxy file")  # before the dataset and the scoring run
     data = _load_data(data_cfg)
@@ -128,7 +125,7 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
         per_class,
         args.seed,
         cache_dir=data_cfg.data_root or default_data_root(),
-        scoring=ScoringConfig(**backbone),
+        scoring=scoring,
         options=options,
         device=args.device,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
@@ -263,16 +260,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from nasproxy.pipeline import run_pipeline
-    from nasproxy.presets import PRESETS, Preset, parse_overrides
+    from nasproxy.presets import PRESETS, Preset
     from nasproxy.report import format_summary
     from nasproxy.search import SearchSettings
 
-    preset = parse_overrides(PRESETS[args.preset], args.set)
-    _seeds_notice(args.set)
+    overrides = settings.parse_overrides(Preset, args.set)  # each --set item, parsed once
+    preset = settings.replace_settings(PRESETS[args.preset], overrides)
+    _seeds_notice(args.set, overrides)
     given = settings.given(args, SearchSettings)
     # a refusal names each setting as it was given: a flag, else a --set key
     names = {k: v for k, v in settings.flag_names(SearchSettings).items() if k in given}
-    twice = [key for key in given if key in settings.parse_overrides(Preset, args.set)]
+    twice = [key for key in given if key in overrides]
     if twice:
         raise NasproxyError(
             f"{', '.join(names[k] for k in twice)} and --set {', '.join(twice)} give the same "
@@ -346,17 +344,18 @@ def cmd_units_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seeds_notice(overrides: Sequence[str]) -> None:
-    """One line where ``--set seeds=N`` now means N seeds, as ``search --seeds N`` does."""
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key.strip() == "seeds" and "," not in value:
-            n = int(value)
-            print(
-                f"nasproxy: notice: seeds={n} now means seeds 0..{n - 1} (a count, as search "
-                f"--seeds); write seeds={n}, for seed {n} alone",
-                file=sys.stderr,
-            )
+def _seeds_notice(items: Sequence[str], overrides: Mapping[str, Any]) -> None:
+    """One line where ``--set seeds=N`` (the seeds the run takes: the last such item, as
+    ``overrides`` parsed it) is a count, now meaning N seeds as ``search --seeds N`` does."""
+    seeds = overrides.get("seeds")
+    written = [v for k, _, v in (i.partition("=") for i in items) if k.strip() == "seeds"]
+    if seeds is not None and "," not in written[-1]:
+        n = len(seeds)
+        print(
+            f"nasproxy: notice: seeds={n} now means seeds 0..{n - 1} (a count, as search "
+            f"--seeds); write seeds={n}, for seed {n} alone",
+            file=sys.stderr,
+        )
 
 
 def _positive_int(text: str) -> int:
@@ -410,11 +409,13 @@ def _search_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _option_flags(p: argparse.ArgumentParser) -> None:
-    """The dataset's flags, and one flag an option of the influence method and of its head
-    (``ProxyOptions``)."""
+    """The dataset's flags, one flag a setting of the scoring run (``ScoringConfig``), and
+    one an option of the influence method and of its head (``ProxyOptions``)."""
     from nasproxy.proxies.base import ProxyOptions
+    from nasproxy.scoring import ScoringConfig
 
     _add_dataset_args(p)
+    settings.add_flags(p, ScoringConfig)
     settings.add_flags(p, ProxyOptions)
 
 
@@ -425,7 +426,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True, help="an id, e.g. w32-d3-relu-instancenorm-avgpooling")
     _add_dataset_args(p)
     settings.add_flags(p, TrainConfig, defaults={"epochs": 10})
-    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
 
@@ -441,8 +442,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a preset setting (repeatable; as the search flag of that name, "
-        "e.g. trial_size=4 is --trial-size 4): " + ", ".join(settings.leaves(Preset)),
+        help="override a preset setting (repeatable; as the search or build-proxy flag "
+        "of that name, e.g. trial_size=4 is --trial-size 4): " + ", ".join(settings.leaves(Preset)),
     )
     p.add_argument("--name", default=None, help="experiment name (default: the preset's)")
     settings.add_flags(p, SearchSettings, RUN_FLAGS)
@@ -493,18 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-class",
         type=int,
         default=None,
-        help="images kept per class (default 100; with --from-indices, the file's)",
+        help=f"images kept per class (default {PER_CLASS}; with --from-indices, the file's)",
     )
     p.add_argument("--seed", type=int, default=0, help="selection seed (and backbone seed)")
     p.add_argument("--out", default=None, help="default results/proxies/NAME-METHOD-K-sSEED.json")
-    p.add_argument(
-        "--backbone",
-        default=None,
-        help="scoring network: a ConvNet id (default w128-d4-relu-instancenorm-avgpooling, "
-        "512-d features on 32x32 images) or resnet18 (CIFAR ResNet-18)",
-    )
-    p.add_argument("--backbone-epochs", type=int, default=None, help="scoring run (default 50)")
-    p.add_argument("--backbone-seed", type=int, default=None, help="default: --seed")
     p.add_argument(
         "--measure-epsilon",
         action=argparse.BooleanOptionalAction,
@@ -525,7 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="Table 1 (md, csv, tex) and plots from a finished search")
     p.add_argument("experiment", metavar="EXP", help="experiment name (a folder in DIR)")
     p.add_argument("--results-dir", default="results", metavar="DIR")
-    p.add_argument("--top-k", type=int, default=10, help="Table 1's top-k by proxy (default 10)")
+    p.add_argument(
+        "--top-k", type=int, default=10, help="Table 1's top-k by proxy (default %(default)s)"
+    )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.set_defaults(handler=cmd_report)
 

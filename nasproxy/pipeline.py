@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from nasproxy import settings, spaces
-from nasproxy.data import Dataset, default_data_root, load_dataset
+from nasproxy import settings
+from nasproxy.data import Dataset, default_data_root
 from nasproxy.errors import NasproxyError
 from nasproxy.io import check_output_dir
 from nasproxy.presets import Preset
@@ -26,17 +26,14 @@ from nasproxy.proxies.build import build_proxy, write_proxy
 from nasproxy.proxies.proxy_file import read_proxy
 from nasproxy.report import ReportResult, make_report
 from nasproxy.results import experiment_dir
-from nasproxy.scoring import ScoringConfig
 from nasproxy.search import (
     ProgressFn,
+    check_search,
     experiment_lock,
     remove_experiment,
     run_search,
-    select_archs,
 )
-from nasproxy.search.address import check_address
 from nasproxy.search.lock import ensure_held
-from nasproxy.search.runner import check_runner
 from nasproxy.settings import SettingError, ref
 from nasproxy.train import resolve_device
 
@@ -53,8 +50,7 @@ def proxy_matches(record: dict[str, Any], data: Dataset, preset: Preset, method:
         and record.get("fingerprint") == data.fingerprint
         and record.get("per_class") == preset.per_class
         and record.get("seed") == preset.proxy_seed
-        and backbone.get("id") == preset.backbone
-        and backbone.get("epochs") == preset.backbone_epochs
+        and all(backbone.get(k) == v for k, v in preset.scoring.record().items())  # every setting
     )
 
 
@@ -88,7 +84,6 @@ def build_proxies(
     """One proxy file per method under ``out_dir``, reusing files that match the request;
     ``before_write`` runs before each file is written (the experiment lock's check)."""
     check_methods(preset.methods)
-    scoring = ScoringConfig(backbone=preset.backbone, epochs=preset.backbone_epochs)
     paths = []
     for method in preset.methods:
         path = proxy_path(out_dir, method)
@@ -104,7 +99,7 @@ def build_proxies(
                 preset.per_class,
                 preset.proxy_seed,
                 cache_dir,
-                scoring=scoring,
+                scoring=preset.scoring,
                 device=device,
                 progress=progress,
                 measure=True,  # Table 1 reports every proxy's epsilon
@@ -160,23 +155,11 @@ def run_pipeline(
     )
     # the experiment goes before its proxies are built, not by the search (after the build)
     cfg = replace(cfg, fresh=False)
-    check_address(cfg.address)  # a cluster that does not answer fails before the proxies
-    check_runner(cfg)
-    data = load_dataset(cfg.dataset, root, cfg.val_fraction, cfg.split_seed)
-    for key, budget in (("per_class", preset.per_class), ("whole_per_class", cfg.whole_per_class)):
-        if budget is not None:
-            try:
-                check_budget(data, budget)
-            except NasproxyError as exc:
-                raise SettingError(f"{ref(key)}: {exc}") from None
-    space = spaces.load(cfg.space, data.image_size)
-    select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)
-    select_archs(space, cfg.whole_archs, cfg.whole_sample, cfg.sample_seed)
-    if cfg.whole_by not in ("all", *preset.methods):
-        raise SettingError(
-            f"{ref('whole_by')} {cfg.whole_by!r} is not a method of this experiment; choose from "
-            f"{', '.join(['all', *preset.methods])}"
-        )
+    data, _, _ = check_search(cfg, preset.methods)  # what the search refuses, before the build
+    try:
+        check_budget(data, preset.per_class)
+    except NasproxyError as exc:
+        raise SettingError(f"{ref('per_class')}: {exc}") from None
     with experiment_lock(exp_dir):  # no other driver builds, searches or deletes meanwhile
         if search.fresh:
             # the proxies live inside the experiment, so the experiment goes before they are

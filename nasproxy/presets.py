@@ -1,7 +1,8 @@
 """Named experiments for ``nasproxy run``, and ``key=value`` overrides of their settings.
 
-A ``Preset`` nests the proxies' settings and a ``SearchSettings``; its ``--set`` keys are
-its fields' names, parsed by ``nasproxy.settings`` as the flags of ``nasproxy search`` are.
+A ``Preset`` nests the proxies' settings, the scoring run's (``ScoringConfig``) and a
+``SearchSettings``; its ``--set`` keys are their fields' names, parsed by
+``nasproxy.settings`` as the flags of ``nasproxy search`` and ``build-proxy`` are.
 The presets and their keys for users: docs/search.md, "Presets of nasproxy run".
 """
 
@@ -12,11 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nasproxy import settings
-from nasproxy.errors import NasproxyError
-from nasproxy.scoring import RESNET18
+from nasproxy.scoring import RESNET18, ScoringConfig
 from nasproxy.search.config import SearchSettings, parse_seeds
-from nasproxy.settings import SEED, Check, SettingError, at_least, check_fields, ref, setting
-from nasproxy.spaces import Arch
+from nasproxy.settings import SEED, SettingError, at_least, check_fields, ref, setting
 
 __all__ = ["PRESETS", "POOLED_W32", "SMALL_BACKBONE", "Preset", "parse_overrides", "parse_seeds"]
 
@@ -27,20 +26,14 @@ SMALL_BACKBONE = "w32-d3-relu-instancenorm-avgpooling"
 POOLED_W32 = ("w32-*-maxpooling", "w32-*-avgpooling")
 
 
-def _is_backbone(name: str) -> bool:
-    """Whether ``name`` names a scoring network: a ConvNet id or resnet18."""
-    try:
-        return name == RESNET18 or bool(Arch.from_id(name))
-    except NasproxyError:
-        return False
-
-
 @dataclass(frozen=True)
 class Preset:
-    """One whole experiment: the proxies' settings, then the search's, nested rather than
-    copied so that a new search setting is a preset setting (and a ``--set`` key) at once.
+    """One whole experiment: the proxies' settings, the scoring run's, then the search's,
+    nested rather than copied so that a new scoring or search setting is a preset setting
+    (and a ``--set`` key) at once.
 
-    A search setting reads as an attribute too (``preset.epochs``)."""
+    A scoring or search setting reads as an attribute too (``preset.backbone``,
+    ``preset.epochs``)."""
 
     methods: tuple[str, ...] = setting(
         ("influence", "random", "herding", "forgetting"),
@@ -49,12 +42,8 @@ class Preset:
     )
     per_class: int = setting(100, check=at_least(1), help="proxy budget: images kept per class")
     proxy_seed: int = setting(0, check=SEED, help="seed of every proxy method")
-    backbone: str = setting(
-        RESNET18,
-        check=Check(_is_backbone, "a ConvNet id (w32-d3-relu-instancenorm-avgpooling) or resnet18"),
-        help="scoring network: a ConvNet id or resnet18",
-    )
-    backbone_epochs: int = setting(50, check=at_least(1), help="epochs of the scoring network")
+    # the scoring run: backbone, backbone_epochs, backbone_seed (0, whatever proxy_seed), ...
+    scoring: ScoringConfig = ScoringConfig(backbone=RESNET18)
     top_k: int = setting(10, check=at_least(1), help="Table 1's top-k by proxy")
     search: SearchSettings = SearchSettings(whole=True)  # the sweep (the whole split: on)
 
@@ -65,9 +54,14 @@ class Preset:
             raise SettingError(f"{ref('methods')} names {', '.join(repeated)} more than once")
 
     def __getattr__(self, key: str) -> Any:
-        if key.startswith("_") or key not in settings.leaves(SearchSettings):
+        if key.startswith("_") or key not in settings.leaves(Preset):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
-        return settings.get(self.search, key)
+        return settings.get(self, key)
+
+
+def _scoring(epochs: int) -> ScoringConfig:
+    """A small preset's scoring run: the small backbone, ``epochs`` epochs."""
+    return ScoringConfig(backbone=SMALL_BACKBONE, backbone_epochs=epochs)
 
 
 def _search(**values: Any) -> SearchSettings:
@@ -79,16 +73,14 @@ PRESETS: dict[str, Preset] = {
     # seconds: a wiring check of every stage
     "smoke": Preset(
         per_class=10,
-        backbone=SMALL_BACKBONE,
-        backbone_epochs=2,
+        scoring=_scoring(2),
         top_k=3,
         search=_search(archs=("w32-*",), sample=4, epochs=1),
     ),
     # a few minutes on a laptop CPU, on the embedded digits data: width-32 nets with pooling
     "demo": Preset(
         per_class=20,
-        backbone=SMALL_BACKBONE,
-        backbone_epochs=8,
+        scoring=_scoring(8),
         top_k=3,
         search=_search(archs=POOLED_W32, sample=8, epochs=4, seeds=(0, 1)),
     ),
@@ -97,16 +89,14 @@ PRESETS: dict[str, Preset] = {
     "find": Preset(
         methods=("influence", "random"),
         per_class=20,
-        backbone=SMALL_BACKBONE,
-        backbone_epochs=8,
+        scoring=_scoring(8),
         top_k=3,
         search=_search(archs=POOLED_W32, sample=24, epochs=4, seeds=(0, 1), whole_top=3),
     ),
     # Table 1 on CIFAR-10 within an hour of a 2-core CPU: 8 of the 120 width-32 nets with
     # pooling, 2 seeds, 6 epochs, and 500 per class standing in for the whole set
     "cifar10-cpu": Preset(
-        backbone=SMALL_BACKBONE,
-        backbone_epochs=4,
+        scoring=_scoring(4),
         top_k=3,
         search=_search(
             dataset="cifar10",
@@ -119,7 +109,7 @@ PRESETS: dict[str, Preset] = {
     ),
     # the paper's protocol (Yang et al., Table 1): CIFAR-10, 100 per class, all 720, 100
     # epochs; the paper pruned with a ResNet, whose 512-d features keep the head small
-    "paper": Preset(backbone="resnet18", search=_search(dataset="cifar10")),
+    "paper": Preset(scoring=ScoringConfig(backbone=RESNET18), search=_search(dataset="cifar10")),
 }
 
 

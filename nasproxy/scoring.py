@@ -41,7 +41,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ from nasproxy.io import (
     private_to_default,
 )
 from nasproxy.provenance import cpu_model, device_name
+from nasproxy.settings import Check, check_fields, setting
 from nasproxy.spaces import Arch
 from nasproxy.train import (
     EVAL_BATCH,
@@ -96,37 +97,86 @@ ARRAYS = (
 Progress = Callable[[str], None]
 
 
+def is_backbone(name: str) -> bool:
+    """Whether ``name`` names a scoring network: a ConvNet id or resnet18."""
+    try:
+        return name == RESNET18 or bool(Arch.from_id(name))
+    except NasproxyError:
+        return False
+
+
+def _as_trainer(name: str, **meta: Any) -> Any:
+    """The scoring run's setting of the trainer's ``name`` (a ``TrainConfig`` field): its
+    default, check and help (``meta`` overrides them), under a key of its own."""
+    declared = next(f for f in fields(TrainConfig) if f.name == name)
+    own = {"default": declared.default, "check": declared.metadata["check"]}
+    own["help"] = "scoring run: " + declared.metadata["help"]
+    return setting(**{**own, **meta})
+
+
 @dataclass(frozen=True)
 class ScoringConfig:
-    """The backbone and how it is trained; every field is part of the cache key."""
+    """The backbone and how it is trained; every field is part of the cache key (``key``).
 
-    backbone: str = DEFAULT_BACKBONE  # a ConvNet id or "resnet18"
-    epochs: int = DEFAULT_EPOCHS
-    seed: int = 0  # initialisation, batch order and augmentation
-    batch_size: int = 128
-    lr: float = 0.01  # SGD with momentum, cosine decay (the trainer's schedule)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    augment: bool = True
+    Each field is a setting (``nasproxy.settings``): a ``build-proxy`` flag and a ``run
+    --set`` key of its name (``backbone_epochs``: ``--backbone-epochs``). The training
+    settings are the trainer's, under ``backbone_`` keys beside a search's own."""
+
+    backbone: str = setting(
+        DEFAULT_BACKBONE,
+        check=Check(is_backbone, "a ConvNet id (w32-d3-relu-instancenorm-avgpooling) or resnet18"),
+        help="scoring network: a ConvNet id (the w128-d4 one has 512-d features on 32x32 "
+        "images) or resnet18 (CIFAR ResNet-18)",
+    )
+    backbone_epochs: int = _as_trainer(
+        "epochs", default=DEFAULT_EPOCHS, help="epochs of the scoring run"
+    )
+    backbone_seed: int = _as_trainer(
+        "seed",
+        internal=False,
+        help="seed of the scoring run: initialisation, batch order, augmentation (default 0 "
+        "in a preset, --seed in build-proxy)",
+    )
+    backbone_batch_size: int = _as_trainer("batch_size")
+    backbone_lr: float = _as_trainer("lr")
+    backbone_momentum: float = _as_trainer("momentum")
+    backbone_weight_decay: float = _as_trainer("weight_decay")
+    backbone_augment: bool = _as_trainer("augment", flag="--no-backbone-augment")
 
     def __post_init__(self) -> None:
-        if self.backbone != RESNET18:
-            Arch.from_id(self.backbone)  # raises NasproxyError on a bad id
-        if self.epochs < 1:
-            raise NasproxyError(f"backbone epochs must be at least 1, got {self.epochs}")
+        check_fields(self)
 
     def train_config(self, device: str) -> TrainConfig:
         """The trainer's settings for this backbone on ``device``."""
         return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            augment=self.augment,
-            seed=self.seed,
+            epochs=self.backbone_epochs,
+            batch_size=self.backbone_batch_size,
+            lr=self.backbone_lr,
+            momentum=self.backbone_momentum,
+            weight_decay=self.backbone_weight_decay,
+            augment=self.backbone_augment,
+            seed=self.backbone_seed,
             device=device,
         )
+
+    def key(self) -> dict[str, Any]:
+        """The settings by the names of the cache key and of a proxy file's ``backbone``
+        record (the trainer's: ``epochs``, ``seed``, ...), which stay as they were."""
+        return {
+            "backbone": self.backbone,
+            "epochs": self.backbone_epochs,
+            "seed": self.backbone_seed,
+            "batch_size": self.backbone_batch_size,
+            "lr": self.backbone_lr,
+            "momentum": self.backbone_momentum,
+            "weight_decay": self.backbone_weight_decay,
+            "augment": self.backbone_augment,
+        }
+
+    def record(self) -> dict[str, Any]:
+        """The settings as a proxy file's ``backbone`` record names them: the key's names,
+        the backbone as ``id``."""
+        return {("id" if k == "backbone" else k): v for k, v in self.key().items()}
 
 
 def build_backbone(backbone: str, data: Dataset) -> nn.Module:
@@ -224,14 +274,14 @@ class ScoringArtifact:
 
 def scoring_key(data: Dataset, cfg: ScoringConfig) -> dict[str, Any]:
     """What identifies a scoring run: the data, the backbone and its training."""
-    return {"format": FORMAT, "fingerprint": data.fingerprint, **asdict(cfg)}
+    return {"format": FORMAT, "fingerprint": data.fingerprint, **cfg.key()}
 
 
 def artifact_dir(cache_dir: str | Path, data: Dataset, cfg: ScoringConfig) -> Path:
     """``<cache_dir>/scoring/<fingerprint>-<backbone>-e<epochs>-s<seed>-<sha256(key)[:12]>``."""
     digest = hashlib.sha256(_canonical(scoring_key(data, cfg))).hexdigest()[:12]
-    name = f"{data.fingerprint}-{cfg.backbone}-e{cfg.epochs}-s{cfg.seed}-{digest}"
-    return Path(cache_dir) / "scoring" / name
+    run = f"{cfg.backbone}-e{cfg.backbone_epochs}-s{cfg.backbone_seed}"
+    return Path(cache_dir) / "scoring" / f"{data.fingerprint}-{run}-{digest}"
 
 
 def platform_record(device: torch.device) -> dict[str, Any]:
@@ -338,15 +388,15 @@ def _train_into(
     dev = resolve_device(device)
     n = len(data.y_train)
     with torch.random.fork_rng(devices=[]):  # initialisation from the seed alone
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.backbone_seed)
         model = build_backbone(cfg.backbone, data)
     model = model.to(dev)
     tracker = ForgettingTracker(n, dev)
     observers: list[Callable[[torch.Tensor, torch.Tensor], None]] = [tracker]
     if progress is not None:
         gen = torch.Generator().manual_seed(0)  # only counts the trainer's batches
-        steps = sum(1 for _ in batches(n, cfg.batch_size, gen, torch.device("cpu")))
-        observers.append(_EpochReporter(steps, cfg.epochs, cfg.backbone, progress, dev))
+        steps = sum(1 for _ in batches(n, cfg.backbone_batch_size, gen, torch.device("cpu")))
+        observers.append(_EpochReporter(steps, cfg.backbone_epochs, cfg.backbone, progress, dev))
 
     def observer(indices: torch.Tensor, correct: torch.Tensor) -> None:
         for watch in observers:

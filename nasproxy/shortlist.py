@@ -11,7 +11,9 @@ The rule, shared by the search (what it trains) and the report (what it reads ba
 - the *pick* of a proxy is the top 1, by the same rule, of its shortlist's whole-split
   scores: the choice uses validation accuracy only, the test accuracy is what is reported.
 
-docs/find.md ("The rules") states them for a user.
+The search records its shortlists in the manifest (``record``), K and ``--by`` under the
+names of their settings, ``whole_top`` and ``whole_by``; the report reads them back
+(``recorded``). docs/find.md ("The rules") states them for a user.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from typing import Any
 
 import pandas as pd
 
+from nasproxy.errors import NasproxyError
+
 ALL = "all"  # --by all: the union of every proxy's shortlist
+# what an older manifest's ``whole_top`` record named K and --by
+OLD_NAMES = {"whole_top": "k", "whole_by": "by"}
 
 
 def train_set_archs(manifest: Mapping[str, Any], name: str) -> list[str]:
@@ -59,3 +65,42 @@ def confirmed(lists: Mapping[str, Sequence[str]], by: str = ALL) -> list[str]:
     the union of all of them (``ALL``), in first-seen order."""
     chosen = lists.values() if by == ALL else [lists[by]]
     return list(dict.fromkeys(a for names in chosen for a in names))
+
+
+def record(whole_top: int, whole_by: str, lists: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """The manifest's ``whole_top`` record of a confirmation: K, ``--by`` and the lists."""
+    return {"whole_top": whole_top, "whole_by": whole_by, "shortlists": dict(lists)}
+
+
+def recorded(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``whole_top`` record of ``manifest`` (``record``; an older manifest's ``k`` and
+    ``by`` read as ``whole_top`` and ``whole_by``, its missing lists as None), or None when
+    the search confirmed no shortlist. A record without K or with lists that are not lists
+    of ids is refused, never taken for another K."""
+    top = manifest.get("whole_top")
+    if top is None:
+        return None
+    if isinstance(top, dict):
+        found = {key: top.get(key, top.get(old)) for key, old in OLD_NAMES.items()}
+        found["whole_by"] = found["whole_by"] or ALL
+        found["shortlists"] = top.get("shortlists")
+        k, by, lists = found["whole_top"], found["whole_by"], found["shortlists"]
+        if (
+            isinstance(k, int)
+            and not isinstance(k, bool)
+            and k >= 1
+            and isinstance(by, str)
+            and (lists is None or _are_lists(lists))
+        ):
+            return found
+    raise NasproxyError(
+        f"the manifest's 'whole_top' record is damaged ({top!r}): it holds the shortlists' "
+        "size whole_top (a whole number of at least 1), whole_by and the shortlists"
+    )
+
+
+def _are_lists(lists: Any) -> bool:
+    """Whether ``lists`` maps names to lists of architecture ids."""
+    return isinstance(lists, dict) and all(
+        isinstance(v, list) and all(isinstance(a, str) for a in v) for v in lists.values()
+    )

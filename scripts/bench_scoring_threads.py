@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     counts = [int(t) for t in args.threads.split(",") if t]
     data = load_dataset(args.dataset, data_root=args.data_root or default_data_root())
-    cfg = ScoringConfig(backbone=args.backbone, epochs=args.epochs)
+    cfg = ScoringConfig(backbone=args.backbone, backbone_epochs=args.epochs)
     train_cfg = TrainConfig(epochs=args.arch_epochs, device=args.device)
     before = torch.get_num_threads()
     load_before = os.getloadavg()
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
         "dataset": data.spec,
-        "scoring": {"backbone": cfg.backbone, "epochs": cfg.epochs, "seed": cfg.seed},
+        "scoring": {k: cfg.key()[k] for k in ("backbone", "epochs", "seed")},
         "proxy": {"method": "influence", "per_class": args.per_class, "seed": 0},
         "arch": args.arch,
         "arch_epochs": args.arch_epochs,

@@ -270,6 +270,45 @@ def test_search_seeds_and_run_set_seeds_mean_the_same(
     assert len(notices) == ("," not in text)  # the changed meaning is said, once
 
 
+@pytest.mark.parametrize(
+    "items, seeds, notice",
+    [
+        (["seeds=3", "seeds=5,"], (5,), None),
+        (["seeds=5,", "seeds=2"], (0, 1), "seeds=2 now means seeds 0..1"),
+        (["seeds= 4 "], (0, 1, 2, 3), "seeds=4 now means seeds 0..3"),
+    ],
+)
+def test_the_seeds_notice_says_what_the_run_takes(
+    tmp_path, cache_root, monkeypatch, capsys, items, seeds, notice
+):
+    """The notice is of the seeds the run takes (the last ``seeds`` item, as parsed), not
+    of an item a later one replaced."""
+    argv = ["run", "--preset", "smoke", "--results-dir", str(tmp_path)]
+    argv += ["--data-root", str(cache_root), *(f"--set={item}" for item in items)]
+    assert _search_config_of(argv, monkeypatch).seeds == seeds
+    notices = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
+    assert [notice in line for line in notices] == ([] if notice is None else [True])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search", "--name", "e", "--proxy", "p.json", "--whole-top", "2"],
+        ["search", "--name", "e", "--whole-archs", "w32-d1-*"],
+        ["search", "--name", "e", "--whole-sample", "3"],
+        ["run", "--preset", "find", "--set", "whole=none"],
+    ],
+)
+def test_choosing_the_whole_split_s_architectures_turns_it_on(
+    tmp_path, cache_root, monkeypatch, argv
+):
+    """``--whole-top``, ``--whole-archs`` and ``--whole-sample`` imply ``--whole``."""
+    common = ["--results-dir", str(tmp_path), "--data-root", str(cache_root)]
+    assert _search_config_of([*argv, *common], monkeypatch).whole is True
+    assert _search_config_of(["search", "--name", "e", "--proxy", "p.json", *common],
+                             monkeypatch).whole is False  # fmt: skip
+
+
 @pytest.mark.parametrize("bad", ["0", "", "a", "1,-2", "-1", "²"])
 def test_bad_seeds_are_one_line_errors_for_both_commands(tmp_path, capsys, bad):
     for argv in (
@@ -305,7 +344,7 @@ def test_run_address_reaches_the_search_and_is_checked_before_the_proxies(
     assert not (tmp_path / "smoke").exists()
 
     checked: list[str | None] = []
-    monkeypatch.setattr(pipeline_module, "check_address", checked.append)  # a cluster is up
+    monkeypatch.setattr(sweep_module, "check_address", checked.append)  # a cluster is up
     argv = ["run", "--preset", "smoke", "--address", address, *common]
     cfg = _search_config_of(argv, monkeypatch)
     assert cfg.address == address and checked == [address]
@@ -418,7 +457,8 @@ def test_refusals_name_the_settings_as_the_user_wrote_them(tmp_path, capsys):
     assert main(["run", "--preset", "find", "--set", "whole=false", *results]) == 2
     line = _one_line_error(capsys)
     assert "whole_archs, whole_sample and whole_top need whole" in line and "--" not in line
-    assert main(["search", "--name", "e", "--proxy", "p.json", "--whole-top", "3", *results]) == 2
+    argv = ["search", "--name", "e", "--proxy", "p.json", "--no-whole", "--whole-top", "3"]
+    assert main([*argv, *results]) == 2
     assert "--whole-archs, --whole-sample and --whole-top need --whole" in _one_line_error(capsys)
     assert main(["run", "--preset", "smoke", "--set", "methods=", *results]) == 2
     assert "methods needs at least one item" in _one_line_error(capsys)

@@ -129,7 +129,7 @@ def test_the_find_fields_of_a_preset_reach_the_search(
     (cfg,) = seen
     assert cfg.whole_archs == ("w32-d1-*", "w32-d2-*") and cfg.whole_sample == 4
     assert cfg.whole_top == PRESETS["find"].whole_top and cfg.whole_by == "random"
-    with pytest.raises(NasproxyError, match="whole_by 'herding' is not a method"):
+    with pytest.raises(NasproxyError, match="whole_by 'herding' is not a training set"):
         pipeline_module.run_pipeline(
             parse_overrides(preset, ["whole_by=herding"]), "f", tmp_path, cache_root
         )
@@ -202,3 +202,68 @@ def test_search_refuses_a_validation_fraction_of_zero(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert err == "nasproxy: error: --val-fraction must be in (0, 1), got 0.0\n"
     assert not (tmp_path / "r").exists()
+
+
+def test_a_proxy_file_is_reused_only_for_the_same_scoring_run() -> None:
+    """``run`` reuses a proxy file whose scoring run (``backbone`` record, as build-proxy
+    writes it) has every setting of the preset's, and rebuilds it when one differs."""
+    from types import SimpleNamespace
+
+    from nasproxy.proxies import registry
+
+    preset = PRESETS["smoke"]
+    record = {
+        "method": "herding",
+        "params": {"source": registry.source("herding")},
+        "fingerprint": "f",
+        "per_class": preset.per_class,
+        "seed": 0,
+        "backbone": {
+            "id": "w32-d3-relu-instancenorm-avgpooling", "epochs": 2, "seed": 0,
+            "batch_size": 128, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
+            "augment": True, "device": "cpu", "feature_dim": 512,
+        },
+    }  # fmt: skip
+    data = SimpleNamespace(fingerprint="f")
+    assert pipeline_module.proxy_matches(record, data, preset, "herding")
+    for item in ["backbone_lr=0.1", "backbone_seed=1", "backbone_augment=false",
+                 "backbone_epochs=3", "backbone=w32-d2-relu-instancenorm-avgpooling",
+                 "proxy_seed=1"]:  # fmt: skip
+        changed = parse_overrides(preset, [item])
+        assert not pipeline_module.proxy_matches(record, data, changed, "herding"), item
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [("whole_per_class", "100000")],  # above every class's size
+        [("whole_top", "2"), ("whole_by", "nope")],  # not one of the proxies
+        [("whole_archs", "w9-*")],  # matches no architecture
+    ],
+)
+def test_run_refuses_as_search_does(tmp_path, cache_root, capsys, monkeypatch, items):
+    """``run`` checks its sweep with the search's own check, before its proxies: the same
+    refusal as ``search`` gives, each setting named as it was written."""
+    import nasproxy.search.sweep as sweep_module
+    from nasproxy import settings
+    from nasproxy.search import SearchConfig
+    from tests.test_settings import _reach
+
+    monkeypatch.setattr(pipeline_module, "experiment_lock", _reach)
+    monkeypatch.setattr(sweep_module, "experiment_lock", _reach)
+    common = ["--results-dir", str(tmp_path / "results"), "--data-root", str(cache_root)]
+    proxy = tmp_path / "random.json"
+    argv = ["build-proxy", "--method", "random", "--per-class", "5", "--out", str(proxy)]
+    assert main([*argv, "--data-root", str(cache_root)]) == 0
+    flags = settings.flag_names(SearchConfig)
+    search = ["search", "--name", "e", "--whole", "--proxy", str(proxy), *common]
+    capsys.readouterr()
+    assert main([*search, *(a for k, v in items for a in (flags[k], v))]) == 2
+    by_search = capsys.readouterr().err
+    run = ["run", "--preset", "smoke", "--set", "methods=random", *common]
+    assert main([*run, *(a for k, v in items for a in ("--set", f"{k}={v}"))]) == 2
+    by_run = capsys.readouterr().err
+    for key, _ in items:
+        by_search = by_search.replace(flags[key], key)
+    assert by_run == by_search and by_run.count("\n") == 1, (by_run, by_search)
+    assert not (tmp_path / "results").exists()

@@ -9,6 +9,7 @@ import pytest
 
 from nasproxy.errors import NasproxyError
 from nasproxy.presets import PRESETS, Preset, parse_overrides
+from nasproxy.scoring import ScoringConfig
 from nasproxy.search import SearchSettings
 from tests.test_settings import INTERNAL, _at, _field_paths
 
@@ -44,8 +45,13 @@ def _as_text(value: object) -> str:
 def test_a_preset_is_an_instance_whose_values_survive_a_round_trip(name: str) -> None:
     preset = PRESETS[name]
     assert isinstance(preset, Preset) and isinstance(preset.search, SearchSettings)
-    own = [f.name for f in dataclasses.fields(Preset) if f.name != "search"]
+    assert isinstance(preset.scoring, ScoringConfig)
+    own = [f.name for f in dataclasses.fields(Preset) if f.name not in ("search", "scoring")]
     items = [f"{key}={_as_text(getattr(preset, key))}" for key in own]
+    items += [
+        f"{f.name}={_as_text(getattr(preset.scoring, f.name))}"
+        for f in dataclasses.fields(ScoringConfig)
+    ]
     items += [
         f"{p.split('.')[-1]}={_as_text(_at(preset.search, p))}"
         for p in _field_paths(SearchSettings)

@@ -22,7 +22,9 @@ from nasproxy.proxies.forgetting import forgetting_scores
 from nasproxy.scoring import ForgettingTracker, ScoringConfig, load_artifact, scoring_run
 from nasproxy.train import normalize
 
-TINY = ScoringConfig(backbone="w8-d3-relu-instancenorm-avgpooling", epochs=2, seed=0)
+TINY = ScoringConfig(
+    backbone="w8-d3-relu-instancenorm-avgpooling", backbone_epochs=2, backbone_seed=0
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -106,7 +108,7 @@ def test_artifact_counts_match_a_recount_of_the_training_run(run, digits):
     np.testing.assert_array_equal(artifact.ever_learned, learned)
     # every example is presented once per epoch (the trainer drops a trailing batch of one)
     counts = np.bincount(np.concatenate([i for i, _ in recorder.seen]), minlength=n)
-    assert counts.max() == TINY.epochs and counts.min() >= TINY.epochs - 1
+    assert counts.max() == TINY.backbone_epochs and counts.min() >= TINY.backbone_epochs - 1
 
 
 def test_artifact_is_reused_without_retraining(run, digits, monkeypatch):
@@ -124,7 +126,12 @@ def test_artifact_is_reused_without_retraining(run, digits, monkeypatch):
     assert {p.name: p.stat().st_mtime_ns for p in artifact.path.iterdir()} == mtimes
     # another seed is another run
     with pytest.raises(AssertionError, match="trained again"):
-        scoring_run(digits, ScoringConfig(TINY.backbone, TINY.epochs, seed=1), cache, "cpu")
+        scoring_run(
+            digits,
+            ScoringConfig(TINY.backbone, TINY.backbone_epochs, backbone_seed=1),
+            cache,
+            "cpu",
+        )
 
 
 def test_artifact_contents(run, digits):
@@ -137,7 +144,7 @@ def test_artifact_contents(run, digits):
     meta = json.loads((artifact.path / "meta.json").read_text())
     assert meta["key"]["fingerprint"] == digits.fingerprint
     assert meta["key"]["backbone"] == TINY.backbone and meta["hash"] == artifact.hash
-    assert len(meta["history"]) == TINY.epochs
+    assert len(meta["history"]) == TINY.backbone_epochs
 
 
 def test_checkpoint_reproduces_the_cached_features(run, digits, monkeypatch):
@@ -183,11 +190,22 @@ def test_corrupt_or_foreign_artifact_is_refused(run, digits, tmp_path):
         load_artifact(copy, digits)
 
 
+def test_the_cache_key_keeps_its_names(digits):
+    """The settings' keys (``backbone_epochs``, ...) are not the cache key's: a scoring run
+    cached before they were settings is found again (the folder of this run as made then)."""
+    cfg = ScoringConfig(
+        backbone="w8-d3-relu-instancenorm-avgpooling", backbone_epochs=3, backbone_seed=2,
+        backbone_lr=0.05,
+    )  # fmt: skip
+    want = "c7d056297a5aaae8-w8-d3-relu-instancenorm-avgpooling-e3-s2-b7767270f66a"
+    assert scoring.artifact_dir("/c", digits, cfg).name == want
+
+
 def test_bad_backbone_is_refused():
     with pytest.raises(NasproxyError):
         ScoringConfig(backbone="resnet50")
     with pytest.raises(NasproxyError):
-        ScoringConfig(epochs=0)
+        ScoringConfig(backbone_epochs=0)
 
 
 def test_cifar_resnet18_shape():

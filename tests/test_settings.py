@@ -14,6 +14,7 @@ import pytest
 
 import nasproxy.pipeline as pipeline_module
 import nasproxy.search as search_module
+import nasproxy.search.sweep as sweep_module
 from nasproxy import settings
 from nasproxy.cli import build_parser, main
 from nasproxy.errors import NasproxyError
@@ -131,7 +132,7 @@ def test_search_flags_and_run_set_give_the_same_config(tmp_path, cache_root, mon
 def test_run_flags_are_the_search_settings_of_that_name(tmp_path, monkeypatch, key, value):
     """``run --results-dir D`` is ``run --set results_dir=D`` is ``search --results-dir D``."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(pipeline_module, "check_address", lambda address: None)  # no cluster
+    monkeypatch.setattr(sweep_module, "check_address", lambda address: None)  # no cluster
     flag = "--" + key.replace("_", "-")
     by_flag = _config_of(["run", "--preset", "smoke", flag, value], monkeypatch)
     by_set = _config_of(["run", "--preset", "smoke", f"--set={key}={value}"], monkeypatch)
@@ -219,6 +220,37 @@ def test_build_proxy_options_are_proxy_options_settings():
     )  # fmt: skip
 
 
+def test_build_proxy_scoring_flags_are_run_s_scoring_keys(monkeypatch, cache_root, tmp_path):
+    """`nasproxy build-proxy`'s scoring-run flags and `run --set` keys of the same names are
+    ``ScoringConfig``'s settings: each gives its value to the scoring run; none given, the
+    defaults, with build-proxy's ``--seed`` as the scoring seed."""
+    import nasproxy.proxies.build as build_module
+    from nasproxy.presets import Preset
+    from nasproxy.scoring import ScoringConfig
+
+    seen: list[ScoringConfig] = []
+
+    def capture(*args, scoring, **kwargs):
+        seen.append(scoring)
+        raise NasproxyError("stopped before the scoring run")
+
+    monkeypatch.setattr(build_module, "build_proxy", capture)
+    values = {
+        "backbone": "resnet18", "backbone_epochs": 3, "backbone_seed": 2,
+        "backbone_batch_size": 16, "backbone_lr": 0.1, "backbone_momentum": 0.5,
+        "backbone_weight_decay": 0.0,
+    }  # fmt: skip
+    want = ScoringConfig(**values, backbone_augment=False)
+    flags = [a for k, v in values.items() for a in ("--" + k.replace("_", "-"), str(v))]
+    build = ["build-proxy", "--method", "herding", "--data-root", str(cache_root)]
+    build += ["--out", str(tmp_path / "p.json"), "--seed", "4"]
+    assert main([*build, *flags, "--no-backbone-augment"]) == 2
+    assert main(build) == 2
+    assert seen == [want, ScoringConfig(backbone_seed=4)]
+    items = [f"{k}={v}" for k, v in values.items()] + ["backbone_augment=false"]
+    assert settings.build(Preset, settings.parse_overrides(Preset, items)).scoring == want
+
+
 # --- one validation: every setting with bad values, every path argument ------------------
 
 BAD_VALUES = ("-1", "nan", "inf", "abc", "")
@@ -226,6 +258,7 @@ BAD_VALUES = ("-1", "nan", "inf", "abc", "")
 # any setting (a new one included) must be refused in one line before any work or write.
 MEANT = {
     **{(k, ""): "none" for k in ("whole_per_class", "sample", "whole_sample", "whole_top")},
+    ("whole", ""): "on when whole_archs, whole_sample or whole_top chooses its architectures",
     **{(k, ""): "none" for k in ("gpus_per_trial", "address", "max_stack", "rng", "bf16")},
     **{(k, ""): "none" for k in ("channels_last", "cuda_graphs", "project_dim", "epsilon")},
     ("head_l2", ""): "none",
@@ -321,6 +354,7 @@ def test_every_search_flag_refuses_its_bad_values_before_any_work(stop_at_work, 
 
 def test_every_train_and_build_proxy_flag_refuses_its_bad_values(stop_at_work, tmp_path, capsys):
     from nasproxy.proxies.base import ProxyOptions
+    from nasproxy.scoring import ScoringConfig
     from nasproxy.train import TrainConfig
 
     train = ["train", "--arch", "w8-d1-relu-none-none", "--dataset", "digits"]
@@ -329,6 +363,8 @@ def test_every_train_and_build_proxy_flag_refuses_its_bad_values(stop_at_work, t
     build += ["--out", str(tmp_path / "results" / "p.json")]
     keys = settings.leaves(ProxyOptions)
     accepted |= _walk(build, ProxyOptions, keys, True, tmp_path, capsys)
+    keys = settings.leaves(ScoringConfig)
+    accepted |= _walk(build, ScoringConfig, keys, True, tmp_path, capsys)
     data = ["dataset", "data_root", "val_fraction", "split_seed"]  # as the search's
     for command in (train, build):
         accepted |= _walk(command[:-2], SearchSettings, data, True, tmp_path, capsys)

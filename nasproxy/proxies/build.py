@@ -121,7 +121,7 @@ def build_proxy(
     _check_request(data, chosen.name, per_class, options)
     where = platform_record(resolve_device(device))  # a device it lacks: refused before work
     start = time.perf_counter()
-    l2 = options.head_l2 if options.head_l2 is not None else scoring.weight_decay
+    l2 = options.head_l2 if options.head_l2 is not None else scoring.backbone_weight_decay
     run = _Scoring(data, scoring, l2, cache_dir, device, progress)
     if progress is not None:
         progress(f"selecting with {chosen.name}")
@@ -180,14 +180,7 @@ def build_proxy(
         backbone=None
         if artifact is None
         else {
-            "id": scoring.backbone,
-            "epochs": scoring.epochs,
-            "seed": scoring.seed,
-            "batch_size": scoring.batch_size,
-            "lr": scoring.lr,
-            "momentum": scoring.momentum,
-            "weight_decay": scoring.weight_decay,
-            "augment": scoring.augment,
+            **scoring.record(),
             "device": artifact.meta.get("device"),
             "train_s": artifact.meta.get("train_s"),
             "train_acc_eval": artifact.meta.get("train_acc_eval"),

@@ -30,6 +30,7 @@ from nasproxy.report.outcome import (
     outcome_line,
     outcome_markdown,
     search_outcome,
+    shortlist_size,
 )
 from nasproxy.report.table1 import SEED_COLUMNS, TABLE_COLUMNS, Table1, compute_table
 from nasproxy.results import WHOLE
@@ -113,6 +114,9 @@ def make_report(exp_dir: Path, top_k: int = 10, n_boot: int = 1000, seed: int = 
     table, per_seed, notes = t1.table, t1.per_seed, t1.notes
     protocol = formats.protocol(exp_dir, manifest, top_k, n_boot, seed)
     outcome = search_outcome(trials, manifest, top_k)
+    note = shortlist_size(manifest, top_k)[1]
+    if not outcome.empty and note is not None:
+        notes = [*notes, note]
     markdown = formats.markdown(table, protocol, notes, top_k)
     if not outcome.empty:
         markdown += outcome_markdown(outcome)

@@ -21,7 +21,7 @@ from nasproxy.spaces import Arch, unit_cost
 # search_outcome.csv's columns: per proxy, its shortlist confirmed on the whole split.
 OUTCOME_COLUMNS = (
     "train_set",
-    "k",
+    "whole_top",
     "shortlisted",
     "confirmed",
     "pick",
@@ -86,13 +86,27 @@ def exhaustive_cost(
     return measured + rate * sum(cost(a, n_images) for a, _ in missing), True
 
 
-def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -> pd.DataFrame:
-    """Per proxy: its top K (``nasproxy.shortlist``; K of ``--whole-top``, else ``top_k``)
-    confirmed on the whole split, the pick and its cost (empty: no proxy, or no "ok"
-    whole-split unit).
+def shortlist_size(manifest: Mapping[str, Any], top_k: int) -> tuple[int, str | None]:
+    """The K of the search outcome: ``--whole-top``'s, as the search recorded it; for a
+    search without it, Table 1's ``top_k``, with the note that says so (else None)."""
+    top = shortlist.recorded(manifest)
+    if top is not None:
+        return top["whole_top"], None
+    return top_k, (
+        f"Search outcome: the search confirmed no shortlist (no --whole-top), so each "
+        f"proxy's top K is Table 1's top-{top_k}."
+    )
 
-    shortlisted: the size of the proxy's top K (fewer than K when fewer of its
-    architectures finished "ok"); confirmed: how many of them have a whole-split result.
+
+def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -> pd.DataFrame:
+    """Per proxy: its top K (``nasproxy.shortlist``; K of ``shortlist_size``) confirmed on
+    the whole split, the pick and its cost (empty: no proxy, or no "ok" whole-split unit).
+
+    whole_top: K. shortlisted: the size of the proxy's top K, the list the search recorded
+    (computed by the same rule for a search without ``--whole-top``, a proxy it did not
+    list, or a manifest of a version that did not record lists; fewer than K when fewer
+    of its architectures finished "ok"); confirmed: how many of them have a whole-split
+    result.
 
     pick: the best of the proxy's confirmed shortlist by mean whole-split validation
     accuracy; pick_test/_std: its whole-split test accuracy, mean and sample std over its
@@ -104,7 +118,7 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
     shortlist's whole-split units, and the whole split on all the proxy's architectures x
     seeds (:func:`exhaustive_cost`: measured, or estimated per architecture).
     """
-    k = int((manifest.get("whole_top") or {}).get("k") or top_k)
+    k, _ = shortlist_size(manifest, top_k)
     seeds = list(manifest["protocol"]["seeds"])
     proxies = {
         n: shortlist.train_set_archs(manifest, n) for n in manifest["train_sets"] if n != WHOLE
@@ -116,7 +130,9 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
     val = shortlist.scores(trials, WHOLE)
     test = ok.groupby("arch")["test_acc"]
     test_mean, test_std, test_n = test.mean(), test.std(ddof=1), test.count()
-    lists = shortlist.shortlists(trials, proxies, k)
+    searched = (shortlist.recorded(manifest) or {}).get("shortlists") or {}
+    lists = shortlist.shortlists(trials, {n: a for n, a in proxies.items() if n not in searched}, k)
+    lists.update({name: searched[name] for name in proxies if name in searched})
     every = [a for a in shortlist.confirmed(lists) if a in val.index]
     n_images = (manifest["train_sets"].get(WHOLE) or {}).get("n_images")
     if not isinstance(n_images, int):
@@ -126,7 +142,8 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
     for name, archs in proxies.items():
         confirmed = [a for a in lists[name] if a in val.index]
         pick = shortlist.top_k(val[confirmed], 1)
-        row: dict[str, Any] = {"train_set": name, "k": k, "shortlisted": len(lists[name])}
+        row: dict[str, Any] = {"train_set": name, "whole_top": k}
+        row["shortlisted"] = len(lists[name])
         row["confirmed"] = len(confirmed)
         row["n_confirmed"] = len(every)
         if pick:
@@ -154,7 +171,7 @@ def outcome_line(r: Mapping[str, Any]) -> str:
     if not r["shortlisted"]:
         return f"{r['train_set']}: no architecture finished ok on it, so it has no top K yet"
     if not isinstance(r["pick"], str):
-        return f"{r['train_set']}: none of its top {r['k']} has a whole-split result yet"
+        return f"{r['train_set']}: none of its top {r['whole_top']} has a whole-split result yet"
     regret = "" if not math.isfinite(r["regret"]) else f", regret {pct(r['regret'])} pp"
     cost = "cost n/a"
     if not math.isfinite(r["exhaustive_s"]):
@@ -171,7 +188,7 @@ def outcome_line(r: Mapping[str, Any]) -> str:
         f"{r['train_set']} picks {r['pick']}: whole-split test"
         f" {pct(r['pick_test'], r['pick_test_std'])}% over {r['pick_seeds']:.0f} seed(s), rank"
         f" {r['rank']:.0f} of {r['n_confirmed']:.0f} confirmed{regret}"
-        f" ({r['confirmed']:.0f} of its top {r['k']:.0f} confirmed); {cost}"
+        f" ({r['confirmed']:.0f} of its top {r['whole_top']:.0f} confirmed); {cost}"
     )
 
 

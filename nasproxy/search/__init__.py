@@ -43,7 +43,7 @@ from nasproxy.search.plan import (
     select_archs,
     stratified_sample,
 )
-from nasproxy.search.sweep import run_search
+from nasproxy.search.sweep import check_search, run_search
 from nasproxy.search.train_sets import resolve_train_sets
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "SearchSettings",
     "TrainSet",
     "Stack",
+    "check_search",
     "experiment_lock",
     "plan_chunks",
     "plan_stacks",

@@ -98,7 +98,12 @@ class SearchSettings:
         "digits",
         help="digits (embedded), cifar10, cifar100 or imagefolder:PATH (folder or .tar.gz)",
     )
-    whole: bool = setting(False, help="also train on the whole train split")
+    # None: on when --whole-archs, --whole-sample or --whole-top chooses its architectures
+    whole: bool | None = setting(
+        None,
+        help="also train on the whole train split (--whole-archs, --whole-sample and "
+        "--whole-top turn it on; --no-whole keeps it off and refuses them)",
+    )
     whole_per_class: int | None = setting(
         None,
         metavar="N",
@@ -228,7 +233,9 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class SearchConfig(SearchSettings):
-    """One sweep: which architectures, on which training sets, how, and where to."""
+    """One sweep: which architectures, on which training sets, how, and where to. Its
+    ``whole`` is a bool: left None, it is on when the whole split's architectures are chosen
+    (``whole_archs``, ``whole_sample``, ``whole_top``)."""
 
     name: str = setting(kw_only=True, help="experiment name: results go to DIR/NAME")
     proxies: tuple[str, ...] = setting(
@@ -241,6 +248,9 @@ class SearchConfig(SearchSettings):
     )
 
     def __post_init__(self) -> None:
+        if self.whole is None:  # implied by a choice of the whole split's architectures
+            chosen = self.whole_sample is not None or self.whole_top is not None
+            object.__setattr__(self, "whole", chosen or bool(self.whole_archs))
         super().__post_init__()
         results.check_name(self.name)
         whole, whole_top = ref("whole"), ref("whole_top")
@@ -251,7 +261,7 @@ class SearchConfig(SearchSettings):
         if len(set(self.seeds)) != len(self.seeds):
             raise SettingError(f"{ref('seeds')} must be distinct, got {self.seeds}")
         if (self.whole_archs or self.whole_sample is not None or self.whole_top) and not self.whole:
-            raise SettingError(
+            raise SettingError(  # whole given as false
                 f"{ref('whole_archs')}, {ref('whole_sample')} and {whole_top} need {whole}"
             )
         if self.whole_top is not None and not self.proxies:

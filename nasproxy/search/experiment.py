@@ -345,9 +345,9 @@ def recorded_whole_choice(manifest: Mapping[str, Any]) -> dict[str, Any]:
     if WHOLE not in (manifest.get("train_sets") or {}):
         return {}
     choice = manifest.get("whole_choice")
-    top = manifest.get("whole_top")
-    if choice is None and isinstance(top, dict):
-        choice = {"whole_top": top.get("k"), "whole_by": top.get("by", shortlist.ALL)}
+    top = shortlist.recorded(manifest)
+    if choice is None and top is not None:
+        choice = {key: top[key] for key in ("whole_top", "whole_by")}
     if choice is None:
         return {}
     if not isinstance(choice, dict) or not all(_fits(k, v) for k, v in choice.items()):

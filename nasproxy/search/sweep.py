@@ -14,6 +14,7 @@ from nasproxy import __version__, results, shortlist, spaces
 from nasproxy.data import Dataset, load_dataset
 from nasproxy.errors import IncompleteError, NasproxyError
 from nasproxy.provenance import git_commit, utc_now
+from nasproxy.proxies.base import check_budget
 from nasproxy.results import WHOLE, UnitKey
 from nasproxy.search.address import check_address
 from nasproxy.search.config import (
@@ -36,8 +37,9 @@ from nasproxy.search.experiment import (
 from nasproxy.search.lock import any_lost, ensure_held, experiment_lock, held_token, holds
 from nasproxy.search.plan import plan_trials, select_archs
 from nasproxy.search.runner import check_runner, open_runner
-from nasproxy.search.train_sets import read_proxy_arg, resolve_train_sets
+from nasproxy.search.train_sets import proxy_names, resolve_train_sets
 from nasproxy.search.trial import TrialPlan, make_row
+from nasproxy.settings import SettingError, ref
 from nasproxy.spaces import Arch, unit_cost
 from nasproxy.train import TrainRecord
 
@@ -141,28 +143,41 @@ def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
     of an existing experiment, resources) is checked before any training starts, and the
     experiment's lock is held from before anything in it is written or deleted.
     """
-    results.experiment_dir(cfg.results_dir, cfg.name)  # a plain name in a writable folder
-    spaces.resolve_path(cfg.space)
-    for arg in cfg.proxies:  # a missing or unreadable file fails before the dataset loads
-        read_proxy_arg(arg)
-    check_address(cfg.address)
-    check_runner(cfg)
-    data = load_dataset(cfg.dataset, cfg.data_root, cfg.val_fraction, cfg.split_seed)
-    space = spaces.load(cfg.space, image_size=data.image_size)
-    archs = select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)
+    # a missing or unreadable file fails before the dataset loads
+    data, space, archs = check_search(cfg, proxy_names(cfg.proxies, cfg.whole))
     train_sets = resolve_train_sets(
         cfg.proxies, cfg.whole, data, cfg.whole_per_class, cfg.split_seed
     )
-    proxy_names = [ts.name for ts in train_sets if ts.name != WHOLE]
+    with experiment_lock(cfg.exp_dir):
+        return _run_locked(cfg, data, space, archs, train_sets, progress)
+
+
+def check_search(
+    cfg: SearchConfig, proxy_names: Sequence[str]
+) -> tuple[Dataset, spaces.Space, list[Arch]]:
+    """Refuse what ``run_search(cfg)`` would refuse before its lock, but the proxy files,
+    which need not exist yet (``nasproxy run`` builds them after this), given the names of
+    their training sets; returns the dataset, the space and the proxies' architectures."""
+    results.experiment_dir(cfg.results_dir, cfg.name)  # a plain name in a writable folder
+    spaces.resolve_path(cfg.space)
+    check_address(cfg.address)
+    check_runner(cfg)
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.val_fraction, cfg.split_seed)
+    if cfg.whole_per_class is not None:
+        try:
+            check_budget(data, cfg.whole_per_class)
+        except NasproxyError as exc:
+            raise SettingError(f"{ref('whole_per_class')}: {exc}") from None
+    space = spaces.load(cfg.space, image_size=data.image_size)
+    archs = select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)
     if cfg.whole_by != shortlist.ALL and cfg.whole_by not in proxy_names:
-        raise NasproxyError(
-            f"--by {cfg.whole_by!r} is not a training set of this sweep; choose from "
-            f"{', '.join([*proxy_names, shortlist.ALL])}"
+        raise SettingError(
+            f"{ref('whole_by')} {cfg.whole_by!r} is not a training set of this sweep; choose "
+            f"from {', '.join([*proxy_names, shortlist.ALL])}"
         )
     if cfg.whole:  # patterns that match nothing fail here; a resume may keep recorded ones
         whole_archs(cfg, space, archs)
-    with experiment_lock(cfg.exp_dir):
-        return _run_locked(cfg, data, space, archs, train_sets, progress)
+    return data, space, archs
 
 
 def whole_archs(cfg: SearchConfig, space: spaces.Space, proxy_archs: Sequence[Arch]) -> list[Arch]:
@@ -292,7 +307,7 @@ def _confirm_keys(
     sets[WHOLE]["archs"] = [a for a in space.ids if a in have | set(picked)]
     union = set(manifest["archs"]) | set(picked)
     manifest["archs"] = [a for a in space.ids if a in union]
-    manifest["whole_top"] = {"k": cfg.whole_top, "by": cfg.whole_by, "shortlists": lists}
+    manifest["whole_top"] = shortlist.record(cfg.whole_top or 0, cfg.whole_by, lists)
     ensure_held(exp_dir)
     results.write_manifest(exp_dir, manifest)
     sweep.arch_order = manifest["archs"]

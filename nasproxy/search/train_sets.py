@@ -43,19 +43,19 @@ def _parse_proxy_arg(arg: str) -> tuple[str | None, Path]:
     return None, Path(arg)
 
 
-def read_proxy_arg(arg: str) -> ProxyFile:
-    """The proxy file of a ``--proxy [NAME=]PATH`` argument, read and its format checked
-    (no dataset needed yet: a bad file fails before the dataset loads)."""
-    return open_proxy(_parse_proxy_arg(arg)[1])
-
-
 def _read(arg: str) -> _Proxy:
     name, path = _parse_proxy_arg(arg)
     file = open_proxy(path)
     return _Proxy(file, name, selection_hash(file.record))
 
 
-def _train_set_names(proxies: Sequence[_Proxy], whole: bool) -> list[str]:
+def proxy_names(proxy_args: Sequence[str], whole: bool) -> list[str]:
+    """The training-set names of ``--proxy [NAME=]PATH`` arguments, each file read and its
+    format checked (no dataset needed yet: a bad file fails before the dataset loads)."""
+    return _names([_read(arg) for arg in proxy_args], whole)
+
+
+def _names(proxies: Sequence[_Proxy], whole: bool) -> list[str]:
     """Each proxy's name: given, else its method; methods used twice go by file stem."""
     methods = [str(p.file.record["method"]) for p in proxies]
     names = []
@@ -102,7 +102,7 @@ def resolve_train_sets(
                 "the same way"
             )
         seen[proxy.digest] = proxy.file.path
-    names = _train_set_names(proxies, whole)
+    names = _names(proxies, whole)
     sets = []
     for proxy, name in zip(proxies, names, strict=True):
         record = proxy.file.record

@@ -23,7 +23,7 @@ def one_blas_thread():
 def test_cache_of_another_scoring_run_is_not_used(digits, tmp_path):
     build(digits, tmp_path, "herding")  # a method that makes the scoring run and the head
     artifact = scoring_run(digits, TINY, tmp_path, device="cpu")
-    cache = head_cache(artifact, TINY.weight_decay)
+    cache = head_cache(artifact, TINY.backbone_weight_decay)
     meta = json.loads((cache.folder / "head.json").read_text())
     meta["key"]["scoring_hash"] = "0" * 64
     (cache.folder / "head.json").write_text(json.dumps(meta))

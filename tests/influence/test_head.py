@@ -31,15 +31,15 @@ def cache(tmp_path_factory):
 def test_epsilon_from_s_equals_the_one_solve_path(digits, cache):
     artifact = scoring_run(digits, TINY, cache, device="cpu")
     kept = random_per_class(artifact.labels, 20, seed=3)
-    solve = RefitHead.load_or_fit(artifact, TINY.weight_decay).removed_sum(kept)
-    with_s = RefitHead.load_or_fit(artifact, TINY.weight_decay)
+    solve = RefitHead.load_or_fit(artifact, TINY.backbone_weight_decay).removed_sum(kept)
+    with_s = RefitHead.load_or_fit(artifact, TINY.backbone_weight_decay)
     with_s.influence()
     np.testing.assert_allclose(with_s.removed_sum(kept), solve, rtol=1e-4, atol=1e-9)
 
 
 def test_influence_too_large_for_memory_is_refused(digits, cache, monkeypatch):
     artifact = scoring_run(digits, TINY, cache, device="cpu")
-    head = RefitHead.load_or_fit(artifact, TINY.weight_decay)
+    head = RefitHead.load_or_fit(artifact, TINY.backbone_weight_decay)
     pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 1000}  # a 4 MB machine
     monkeypatch.setattr("os.sysconf", lambda name: pages[name])
     with pytest.raises(NasproxyError, match="1290-parameter head needs .* --backbone resnet18"):
@@ -93,7 +93,7 @@ def test_second_build_reuses_head_factor_and_s(digits, tmp_path, monkeypatch):
 def test_damaged_cache_is_rebuilt(digits, tmp_path, monkeypatch):
     reference = build(digits, tmp_path, "influence")
     artifact = scoring_run(digits, TINY, tmp_path, device="cpu")
-    folder = head_cache(artifact, TINY.weight_decay).folder
+    folder = head_cache(artifact, TINY.backbone_weight_decay).folder
     files = sorted(folder.iterdir())
     assert {f.name for f in files} >= {"head.npz", "head.json", "influence.npz"}
     # flip bytes in the middle of S, truncate the head's data, break a JSON

@@ -14,7 +14,9 @@ from nasproxy.proxies.base import ProxyOptions, SelectionContext
 from nasproxy.proxies.build import build_proxy
 from nasproxy.scoring import ScoringConfig
 
-TINY = ScoringConfig(backbone="w8-d3-relu-instancenorm-avgpooling", epochs=2, seed=0)
+TINY = ScoringConfig(
+    backbone="w8-d3-relu-instancenorm-avgpooling", backbone_epochs=2, backbone_seed=0
+)
 K = 5  # per-class budget in the end-to-end tests (digits has 125-131 per class)
 NEW = ("el2n", "grand", "kcenter", "ccs", "entropy")
 

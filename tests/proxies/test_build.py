@@ -101,7 +101,7 @@ def test_a_scoring_run_cached_by_an_earlier_version_builds_with_no_platform(
 def test_epsilon_and_diagnostics_match_a_direct_recomputation(records, digits, cache):
     artifact = scoring_run(digits, TINY, cache, device="cpu")
     labels = digits.y_train.numpy()
-    l2 = TINY.weight_decay
+    l2 = TINY.backbone_weight_decay
     # an independent refit from zeros reaches the same optimum (J is strongly convex)
     head, info = refit_head(artifact.features, labels, digits.num_classes, l2)
     influence = parameter_influence(artifact.features, labels, head, l2, dtype=np.float64)
@@ -160,7 +160,7 @@ def test_cli_build_proxy(digits, cache, tmp_path, capsys):
     assert err.startswith("nasproxy: error: per-class budget 500 exceeds") and "\n" not in err
 
 
-def test_cheap_proxies_makeno_scoring_run_and_say_where_epsilon_comes_from(
+def test_cheap_proxies_make_no_scoring_run_and_say_where_epsilon_comes_from(
     digits, tmp_path, monkeypatch, capsys
 ):
     """random and a selection made elsewhere read no scoring run: none is trained for them;
@@ -184,7 +184,9 @@ def test_cheap_proxies_makeno_scoring_run_and_say_where_epsilon_comes_from(
     record = read_proxy(tmp_path / "p.json")
     assert record["epsilon_from"] == "a scoring run made to measure it"
     assert "(from a scoring run made to measure it)" in capsys.readouterr().out
-    head = RefitHead.load_or_fit(scoring_run(digits, TINY, cache, "cpu"), TINY.weight_decay)
+    head = RefitHead.load_or_fit(
+        scoring_run(digits, TINY, cache, "cpu"), TINY.backbone_weight_decay
+    )
     kept_indices = np.array(flat(record))
     assert record["epsilon"] == pytest.approx(head.epsilon(kept_indices))
     assert cli(cache, tmp_path / "q.json", "--from-indices", str(kept)) == 0  # now cached

@@ -24,7 +24,7 @@ def test_influence_keeps_a_set_with_a_small_removed_influence(records, digits, c
 
 def test_influence_under_an_epsilon_budget(digits, cache):
     artifact = scoring_run(digits, TINY, cache, device="cpu")
-    influence = RefitHead.load_or_fit(artifact, TINY.weight_decay).influence()
+    influence = RefitHead.load_or_fit(artifact, TINY.backbone_weight_decay).influence()
     everything = np.linalg.norm(influence.sum(axis=0, dtype=np.float64))
     budget = 0.5 * everything
     record = build(digits, cache, "influence", per_class=None, epsilon=budget, min_per_class=30)

@@ -42,7 +42,9 @@ def test_plugin_method_gives_a_valid_proxy_file(digits, cache, plugin, tmp_path,
     assert load_proxy(out, digits).tolist() == first_k(digits)
     assert record["method"] == "my_selector:first"
     assert record["params"]["source"] == "my_selector:first"
-    head = RefitHead.load_or_fit(scoring_run(digits, TINY, cache, "cpu"), TINY.weight_decay)
+    head = RefitHead.load_or_fit(
+        scoring_run(digits, TINY, cache, "cpu"), TINY.backbone_weight_decay
+    )
     assert record["epsilon"] == pytest.approx(head.epsilon(np.array(first_k(digits))))
     assert record["diagnostics"]["kept"] == head.diagnostics(np.array(first_k(digits)))
     # the FILE.py:FUNCTION form imports the same function
@@ -146,7 +148,7 @@ def test_a_plugin_name_that_is_a_path_is_refused_before_any_work(
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-selector\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(f"[nasproxy.methods]\n{name} = my_selector:first\n")
     assert name in registry.method_names()
-    monkeypatch.setattr("nasproxy.pipeline.load_dataset", _no_scoring_run)  # no work at all
+    monkeypatch.setattr("nasproxy.search.sweep.load_dataset", _no_scoring_run)  # no work at all
     results_dir = tmp_path / "results"
     with pytest.raises(NasproxyError, match=f"method name {re.escape(repr(name))} cannot"):
         run_pipeline(Preset(methods=(name,)), "exp", results_dir=results_dir)
@@ -162,7 +164,7 @@ def test_an_upgraded_plugin_does_not_reuse_its_old_proxy_file(digits, cache, plu
     dist = plugin / "my_selector-1.0.dist-info"
     dist.mkdir()
     (dist / "entry_points.txt").write_text("[nasproxy.methods]\nfirstk = my_selector:first\n")
-    preset = Preset(methods=("firstk",), per_class=K, backbone=TINY.backbone, backbone_epochs=2)
+    preset = Preset(methods=("firstk",), per_class=K, scoring=TINY)
     lines: list[str] = []
     for version in ("1.0", "1.0", "2.0"):
         (dist / "METADATA").write_text(
@@ -186,8 +188,7 @@ def test_run_builds_every_registered_method(digits, cache, tmp_path, plugin):
         PRESETS["smoke"],
         methods=(*NEW, "random", "firstk"),
         per_class=K,
-        backbone=TINY.backbone,
-        backbone_epochs=TINY.epochs,
+        scoring=TINY,
     )
     paths = build_proxies(preset, digits, tmp_path / "proxies", cache, device="cpu")
     assert [p.stem for p in paths] == [*NEW, "random", "firstk"]

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nasproxy.errors import NasproxyError
 from nasproxy.report import make_report, outcome_lines
 from tests.report.experiments import ARCHS, SEEDS, trials_of, write_experiment
 
@@ -82,7 +83,7 @@ def test_the_outcome_of_confirmed_shortlists_with_an_estimated_cost(tmp_path: Pa
         row = got.loc[name]
         for column, value in _expected(name, proxy, confirmed).items():
             assert row[column] == pytest.approx(value), (name, column)
-        assert row["k"] == K and row["confirmed"] == K and row["pick_seeds"] == len(SEEDS)
+        assert row["whole_top"] == K and row["confirmed"] == K and row["pick_seeds"] == len(SEEDS)
         assert np.isnan(row["regret"])  # not every architecture has a whole-split result
         assert row["exhaustive_estimated"]
         assert row["cost_ratio"] == pytest.approx(
@@ -226,3 +227,37 @@ def test_table1_and_the_outcome_measure_regret_against_the_proxy_s_own_archs(
         assert table.loc[name, "regret"] == pytest.approx(best - test_mean[top1]), name
         pick = ARCHS.index(outcome.loc[name, "pick"])
         assert outcome.loc[name, "regret"] == pytest.approx(best - test_mean[pick]), name
+
+
+def _with_record(tmp_path: Path, whole_top: dict | None) -> Path:
+    """Every proxy and whole-split unit, and ``whole_top`` as the manifest's record."""
+    rows = trials_of("influence", INFLUENCE + SHIFT, 0.5, wall=1.0)
+    rows += trials_of("random", RANDOM + SHIFT, 0.5, wall=2.0)
+    rows += trials_of("whole", WHOLE_VAL + SHIFT, WHOLE_TEST, wall=10.0)
+    more = {} if whole_top is None else {"whole_top": whole_top}
+    names = ["influence", "random", "whole"]
+    return write_experiment(tmp_path / "exp", pd.DataFrame(rows), names, **more, data_shape=SHAPE)
+
+
+def test_the_outcome_reads_k_and_the_lists_the_search_recorded(tmp_path: Path) -> None:
+    """K and the lists come from the manifest's record (named as the search writes them),
+    not recomputed from the trials nor taken from Table 1's top-k: here each proxy's
+    recorded list is its two *worst* architectures, and its pick the better of them."""
+    worst = {n: _top(-p, 2) for n, p in (("influence", INFLUENCE), ("random", RANDOM))}
+    lists = {n: [ARCHS[i] for i in w] for n, w in worst.items()}
+    record = {"whole_top": 2, "whole_by": "all", "shortlists": lists}
+    got = make_report(_with_record(tmp_path, record), top_k=5, n_boot=5).outcome
+    for name, row in got.set_index("train_set").iterrows():
+        assert row["whole_top"] == 2 and row["shortlisted"] == 2 and row["confirmed"] == 2
+        assert row["pick"] == ARCHS[max(worst[name], key=lambda i: WHOLE_VAL[i])]
+
+
+def test_a_record_without_k_is_refused_and_no_record_is_said(tmp_path: Path) -> None:
+    """K never falls back silently to Table 1's top-k: a record without K is refused; a
+    search that recorded none (no --whole-top) gets top-k as K, and a note says so."""
+    with pytest.raises(NasproxyError, match="'whole_top' record is damaged"):
+        make_report(_with_record(tmp_path / "a", {"shortlists": {}}), top_k=5, n_boot=5)
+    res = make_report(_with_record(tmp_path / "b", None), top_k=4, n_boot=5)
+    assert set(res.outcome["whole_top"]) == {4}
+    assert [n for n in res.notes if "no --whole-top" in n and "top-4" in n]
+    assert "no --whole-top" in res.paths["md"].read_text()

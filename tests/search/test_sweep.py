@@ -364,7 +364,7 @@ def test_whole_top_confirms_the_brute_force_top_k(inputs, monkeypatch, tmp_path,
 
 
 def test_by_must_name_a_proxy_of_the_sweep(inputs, tmp_path):
-    with pytest.raises(NasproxyError, match="--by 'nope' is not a training set"):
+    with pytest.raises(NasproxyError, match="whole_by 'nope' is not a training set"):
         run_search(_config(inputs, tmp_path, "by", whole_top=2, whole_by="nope"))
     with pytest.raises(NasproxyError, match="whole_top need whole"):
         _config(inputs, tmp_path, "no-whole", whole=False, whole_top=2)
@@ -600,7 +600,7 @@ def test_the_search_outcome_matches_a_recomputation_from_trials_csv(
         best_val = max(statistics.mean(wval[a]) for a in top)
         pick = min(a for a in top if statistics.mean(wval[a]) == best_val)
         row = got.loc[proxy]
-        assert row["pick"] == pick and row["confirmed"] == 2 and row["k"] == 2
+        assert row["pick"] == pick and row["confirmed"] == 2 and row["whole_top"] == 2
         assert row["pick_test"] == pytest.approx(statistics.mean(wtest[pick]))
         assert row["pick_test_std"] == pytest.approx(statistics.stdev(wtest[pick]))
         above = [a for a in confirmed if statistics.mean(wtest[a]) > statistics.mean(wtest[pick])]
