@@ -30,7 +30,9 @@ def test_from_indices(digits, cache, tmp_path, suffix):
     record = read_proxy(out)
     assert record["method"] == "from-indices" and str(path) in record["params"]["source"]
     assert load_proxy(out, digits).tolist() == sorted(kept)
-    head = RefitHead.load_or_fit(scoring_run(digits, TINY, cache, "cpu"), TINY.weight_decay)
+    head = RefitHead.load_or_fit(
+        scoring_run(digits, TINY, cache, "cpu"), TINY.backbone_weight_decay
+    )
     assert record["epsilon"] == pytest.approx(head.epsilon(np.array(kept)))
 
 
