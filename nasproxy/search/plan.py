@@ -11,6 +11,7 @@ estimated cost. See docs/search.md#how-trials-map-to-work.
 from __future__ import annotations
 
 import fnmatch
+import heapq
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -161,14 +162,18 @@ def plan_chunks(
         size = max(1, min(trial_size, math.ceil(n_units / max(slots, 1))))
         weight = {stack: sum(cost(k) for k in stack) for stack in members}
         bins: list[list[Any]] = [[0, 0.0, []] for _ in range(math.ceil(n_units / size))]
+        fewest = [(0, 0.0, i) for i in range(len(bins))]  # a heap: (units, cost, index)
         for stack in sorted(members, key=lambda st: (-weight[st], st)):
-            j = min(range(len(bins)), key=lambda i: (bins[i][0], bins[i][1], i))
-            if bins[j][0] and bins[j][0] + len(stack) > size:
+            units, _, j = fewest[0]
+            if units and units + len(stack) > size:
                 bins.append([0, 0.0, []])
                 j = len(bins) - 1
+            else:
+                heapq.heappop(fewest)
             bins[j][0] += len(stack)
             bins[j][1] += weight[stack]
             bins[j][2].append(stack)
+            heapq.heappush(fewest, (bins[j][0], bins[j][1], j))
         for j, (_, total, mine) in enumerate(b for b in bins if b[2]):
             chunks.append((total, Chunk(f"{'+'.join(names)}-{j:04d}", tuple(mine))))
     chunks.sort(key=lambda pair: (-pair[0], pair[1].id))
