@@ -337,11 +337,11 @@ def _run_pending(
     """Plan the pending units into chunks and run them with ``cfg``'s runner (Ray Tune or
     this process), isolating crashing units; returns run provenance."""
     by_name = {ts.name: ts for ts in train_sets}
-    archs = {a: Arch.from_id(a) for a in {key.arch for key in pending}}
     shape = (data.in_channels, data.num_classes, data.image_size)
+    per_image = {a: unit_cost(Arch.from_id(a), 1, *shape) for a in {key.arch for key in pending}}
 
     def cost(key: UnitKey) -> float:
-        return unit_cost(archs[key.arch], by_name[key.train_set].n_images, *shape)
+        return per_image[key.arch] * by_name[key.train_set].n_images
 
     sweep.plan_cost(cost, pending)
     with open_runner(cfg) as runner:
