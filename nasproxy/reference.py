@@ -244,6 +244,7 @@ def write_reference(
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if not math.isfinite(value) else f"{value:.10g}"
+    if isinstance(value, float | np.floating):
+        value = float(value)
+        return "" if not math.isfinite(value) else repr(value)  # reads back exactly
     return str(value)
