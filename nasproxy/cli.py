@@ -299,7 +299,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_reference_import_nats(args: argparse.Namespace) -> int:
     from nasproxy.natsbench import import_nats
 
-    path = import_nats(args.path, args.dataset, args.epochs, args.out)
+    def progress(done: int, total: int) -> None:
+        if done % 1000 == 0 or done == total:
+            print(f"nasproxy reference: {done}/{total} cells read", file=sys.stderr, flush=True)
+
+    path = import_nats(args.path, args.dataset, args.epochs, args.out, progress)
     print(f"wrote {path}")
     return 0
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from nasproxy.errors import NasproxyError, first_line
+from nasproxy.io import check_output_file
 from nasproxy.reference import write_reference
 
 EXTRA = "pip install 'nasproxy[nats]'"
@@ -143,8 +144,6 @@ def import_nats(
 ) -> Path:
     """Write the reference file of NATS-Bench directory ``path`` (:func:`read_nats`) to
     ``out`` (default :func:`default_output`) atomically, once every cell is read."""
-    from nasproxy.io import check_output_file
-
     target = check_output_file(out if out is not None else default_output(dataset, epochs))
     rows = read_nats(path, dataset, epochs, progress)
     nats_bench = _package()
