@@ -3,13 +3,13 @@
 Aggregation over seeds: the whole-set reference of an architecture is its validation /
 test accuracy averaged over the whole-set training seeds; each proxy training seed ranks
 the architectures on its own and is scored against that reference (``nasproxy.metrics``);
-the table gives the mean and sample std over proxy seeds. A published reference
-(``nasproxy.reference``) may stand in for the whole-set trials: its row, ``reference.ROW``,
-is then the reference, and a trained whole split is scored against it like a proxy.
-Only trials with status "ok"
+the table gives the mean and sample std over proxy seeds. Only trials with status "ok"
 enter the metrics; repeated trials of one (train set, arch, seed) are averaged. Missing
 trials are counted against each training set's archs x seeds and reported, never dropped
-silently. What the columns mean for a reader: docs/search.md ("Report").
+silently. A published reference (``nasproxy.reference``) may stand in for the whole-set
+trials: its row, ``reference.ROW``, is then the reference, and a trained whole split is
+scored against it like a proxy. What the columns mean for a reader: docs/search.md
+("Report").
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def compute_table(
     names = list(manifest["train_sets"])
     names += sorted(set(trials["train_set"]) - set(names))
     ref_name = WHOLE if reference is None else EXTERNAL
-    proxies = [n for n in names if n != ref_name]
+    proxies = [n for n in names if n != ref_name]  # a trained whole split too, given a reference
 
     def rows_of(name: str) -> pd.DataFrame:
         return trials[trials["train_set"] == name]
