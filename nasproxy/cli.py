@@ -253,7 +253,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from nasproxy.results import experiment_dir
 
     exp_dir = experiment_dir(args.results_dir, args.experiment)  # never a folder outside DIR
-    result = make_report(exp_dir, args.top_k, args.n_boot)
+    result = make_report(exp_dir, args.top_k, args.n_boot, reference=args.reference)
     print(format_summary(result))
     return 0
 
@@ -293,6 +293,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(format_summary(result))
     print(f"\nThe report is in {result.paths['md']}")
     _refuse_failed_units(result.exp_dir)
+    return 0
+
+
+def cmd_reference_import_nats(args: argparse.Namespace) -> int:
+    from nasproxy.natsbench import import_nats
+
+    def progress(done: int, total: int) -> None:
+        if done % 1000 == 0 or done == total:
+            print(f"nasproxy reference: {done}/{total} cells read", file=sys.stderr, flush=True)
+
+    path = import_nats(args.path, args.dataset, args.epochs, args.out, progress)
+    print(f"wrote {path}")
     return 0
 
 
@@ -522,6 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", type=int, default=10, help="Table 1's top-k by proxy (default %(default)s)"
     )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="FILE",
+        help="a published whole-set reference (nasproxy reference) that stands in for the "
+        "whole split, labelled as external",
+    )
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser(
@@ -534,6 +553,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser(
+        "reference",
+        help="published whole-set references for `report --reference`",
+        description="Write a whole-set reference file (architecture -> published accuracy, "
+        "with its protocol) for `nasproxy report --reference` (docs/search.md).",
+    )
+    _add_reference_commands(p)
+
+    p = sub.add_parser(
         "units",
         help="a sweep's unit files as one archive, its rates, checks before a GPU run",
         description="Unit files of sweeps on a GPU host: pack them into one tar.gz, unpack "
@@ -542,6 +569,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_units_commands(p)
     return parser
+
+
+def _add_reference_commands(parent: argparse.ArgumentParser) -> None:
+    """The subcommands of ``nasproxy reference`` (the library: ``nasproxy.reference``)."""
+    sub = parent.add_subparsers(dest="reference_command", required=True, metavar="SUBCOMMAND")
+    p = sub.add_parser(
+        "import-nats",
+        help="a NATS-Bench topology benchmark directory -> a reference file",
+        description="Reads a downloaded NATS-Bench topology benchmark directory through its "
+        "official package (pip install 'nasproxy[nats]'; the benchmark's files are pickles, "
+        "read only here, on this request) and writes its accuracies as a reference file.",
+    )
+    p.add_argument("path", type=Path, metavar="PATH", help="e.g. NATS-tss-v1_0-3ffb9-simple")
+    p.add_argument("--dataset", required=True, choices=("cifar10", "cifar100"))
+    p.add_argument(
+        "--epochs", type=_positive_int, required=True, help="the benchmark's schedule: 12 or 200"
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="default nats-tss-DATASET-EPOCHSep.csv in the current folder",
+    )
+    p.set_defaults(handler=cmd_reference_import_nats)
 
 
 def _add_units_commands(parent: argparse.ArgumentParser) -> None:

@@ -3,13 +3,16 @@
 The functions take plain data and return bytes so that the caller decides where and how
 (atomically) they are written; pyplot's global state is never touched. The three figures
 of ``nasproxy report`` (docs/search.md, "Report"): proxy vs whole-set accuracy, the rank
-correlations with their intervals, accuracy against search cost.
+correlations with their intervals, accuracy against search cost. Given ``external`` (the
+label of an external whole-set reference), each says on its axes and title that its
+whole-set numbers are that reference's.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,7 +50,16 @@ def _empty(message: str) -> bytes:
     return _png(fig)
 
 
-def proxy_vs_whole(panels: Sequence[ScatterPanel], k: int) -> bytes:
+def _whole(external: str | None) -> str:
+    """What the whole-set numbers are called on a figure."""
+    return "whole-set" if external is None else "external reference"
+
+
+def _title(title: str, external: str | None) -> str:
+    return title if external is None else title + "\n" + textwrap.fill(f"whole set: {external}", 64)
+
+
+def proxy_vs_whole(panels: Sequence[ScatterPanel], k: int, external: str | None = None) -> bytes:
     """Scatter of proxy vs whole-set validation accuracy (%), one panel per method."""
     if not panels:
         return _empty("no proxy training sets in this experiment")
@@ -61,17 +73,19 @@ def proxy_vs_whole(panels: Sequence[ScatterPanel], k: int) -> bytes:
         ax.scatter(x[~top], y[~top], s=12, alpha=0.6, color="tab:gray", label="other archs")
         ax.scatter(x[top], y[top], s=30, color="tab:red", edgecolor="k", label=f"top-{k} by proxy")
         ax.set_title(p.name)
-        ax.set_xlabel("whole-set val acc (%)")
+        ax.set_xlabel(f"{_whole(external)} val acc (%)")
         ax.set_ylabel("proxy val acc (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", loc="best")
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.suptitle("Proxy vs whole-set validation accuracy (mean over seeds)")
+    fig.suptitle(
+        _title(f"Proxy vs {_whole(external)} validation accuracy (mean over seeds)", external)
+    )
     return _png(fig)
 
 
-def correlations(table: pd.DataFrame, k: int) -> bytes:
+def correlations(table: pd.DataFrame, k: int, external: str | None = None) -> bytes:
     """Spearman (all archs and proxy top-k) per train set with bootstrap 95% intervals.
 
     ``table`` has columns train_set, spearman_all(_lo/_hi), spearman_topk(_lo/_hi).
@@ -98,14 +112,18 @@ def correlations(table: pd.DataFrame, k: int) -> bytes:
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(pos, table["train_set"].tolist())
     ax.set_ylim(-1.05, 1.05)
-    ax.set_ylabel("rank correlation with whole set")
+    ax.set_ylabel(
+        "rank correlation with whole set"
+        if external is None
+        else "rank correlation with external reference"
+    )
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")
-    ax.set_title("Rank correlation (bootstrap 95% percentile intervals)")
+    ax.set_title(_title("Rank correlation (bootstrap 95% percentile intervals)", external))
     return _png(fig)
 
 
-def accuracy_vs_time(table: pd.DataFrame, k: int) -> bytes:
+def accuracy_vs_time(table: pd.DataFrame, k: int, external: str | None = None) -> bytes:
     """Whole-set test acc of the top-k picks (%) vs total training time of each sweep.
 
     ``table`` has columns train_set, train_s, perf_topk, perf_topk_std.
@@ -127,7 +145,7 @@ def accuracy_vs_time(table: pd.DataFrame, k: int) -> bytes:
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.2, y=0.15)
     ax.set_xlabel("total training time of the sweep (s, sum over trials)")
-    ax.set_ylabel(f"whole-set test acc of top-{k} picks (%)")
+    ax.set_ylabel(f"{_whole(external)} test acc of top-{k} picks (%)")
     ax.grid(alpha=0.3)
-    ax.set_title("Accuracy vs search cost")
+    ax.set_title(_title("Accuracy vs search cost", external))
     return _png(fig)

@@ -8,12 +8,15 @@ per-seed metrics behind the means), three PNG figures, and ``search_outcome.csv`
 a whole-split unit that finished "ok" (``--whole-top``, or ``--whole``, ``--whole-archs``,
 ``--whole-sample``, which take K from ``top_k``). The rooms: ``table1`` computes Table 1,
 ``outcome`` the search outcome, ``formats`` writes them as text, ``nasproxy.plots`` draws
-the figures. What the files say: docs/search.md ("Report") and docs/find.md ("The answer:
-the search outcome").
+the figures. With ``reference`` (``--reference FILE``), a published whole-set reference
+(``nasproxy.reference``) stands in for the whole split in all of them, labelled as external.
+What the files say: docs/search.md ("Report") and docs/find.md ("The answer: the search
+outcome").
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ import pandas as pd
 from nasproxy import metrics, plots, results
 from nasproxy.errors import NasproxyError
 from nasproxy.io import atomic_write_bytes, atomic_write_text
+from nasproxy.reference import Reference, identity, read_reference
 from nasproxy.report import formats
 from nasproxy.report.outcome import (
     OUTCOME_COLUMNS,
@@ -33,7 +37,6 @@ from nasproxy.report.outcome import (
     shortlist_size,
 )
 from nasproxy.report.table1 import SEED_COLUMNS, TABLE_COLUMNS, Table1, compute_table
-from nasproxy.results import WHOLE
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class ReportResult:
     top_k: int
     paths: dict[str, Path] = field(default_factory=dict)  # kind -> file written
     outcome: pd.DataFrame | None = None  # the search outcome (OUTCOME_COLUMNS), if any
+    reference: Reference | None = None  # the external whole-set reference, if one was given
 
 
 def _inputs(exp_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -79,28 +83,45 @@ def outcome_lines(exp_dir: Path, top_k: int = 10) -> list[str]:
     return [f"search outcome: {outcome_line(r)}" for r in outcome.to_dict("records")]
 
 
-def _figures(t1: Table1, top_k: int) -> dict[str, tuple[str, bytes]]:
-    """kind -> (file name, PNG) of the three figures."""
-    means = t1.val_means
+def _figures(t1: Table1, top_k: int, external: str | None = None) -> dict[str, tuple[str, bytes]]:
+    """kind -> (file name, PNG) of the three figures (``external``: the label of an
+    external whole-set reference, said on each)."""
+    means, ref = t1.val_means, t1.val_means[t1.reference]
     panels = []
-    for name in t1.table.loc[t1.table["role"] == "proxy", "train_set"]:
+    for name in t1.table.loc[t1.table["role"] != "reference", "train_set"]:
         pv = means[name]
-        both = np.isfinite(pv) & np.isfinite(means[WHOLE])
+        both = np.isfinite(pv) & np.isfinite(ref)
         top = np.zeros(len(t1.archs), dtype=bool)
         top[metrics.top_k_order(np.where(both, pv, np.nan), top_k)] = True
-        panels.append(plots.ScatterPanel(name, means[WHOLE][both], pv[both], top[both]))
+        panels.append(plots.ScatterPanel(name, ref[both], pv[both], top[both]))
     return {
-        "plot_proxy_vs_whole": ("proxy_vs_whole.png", plots.proxy_vs_whole(panels, top_k)),
-        "plot_correlation": ("correlation.png", plots.correlations(t1.table, top_k)),
-        "plot_acc_vs_time": ("acc_vs_time.png", plots.accuracy_vs_time(t1.table, top_k)),
+        "plot_proxy_vs_whole": (
+            "proxy_vs_whole.png",
+            plots.proxy_vs_whole(panels, top_k, external),
+        ),
+        "plot_correlation": ("correlation.png", plots.correlations(t1.table, top_k, external)),
+        "plot_acc_vs_time": (
+            "acc_vs_time.png",
+            plots.accuracy_vs_time(t1.table, top_k, external),
+        ),
     }
 
 
-def make_report(exp_dir: Path, top_k: int = 10, n_boot: int = 1000, seed: int = 0) -> ReportResult:
+def make_report(
+    exp_dir: Path,
+    top_k: int = 10,
+    n_boot: int = 1000,
+    seed: int = 0,
+    reference: str | Path | None = None,
+    canonical: Callable[[str], str] = identity,
+) -> ReportResult:
     """Compute Table 1 of experiment ``exp_dir`` and write its tables and figures there.
 
     ``top_k`` is the paper's k = 10 of "top-10 architectures"; ``n_boot`` the bootstrap
-    resamples of the correlation intervals, drawn from ``seed``.
+    resamples of the correlation intervals, drawn from ``seed``. ``reference``: a reference
+    file (``nasproxy.reference``, its ids through ``canonical``) of the experiment's
+    dataset that stands in for the whole split; it is read and checked before anything
+    is written.
     """
     exp_dir = Path(exp_dir)
     if not exp_dir.is_dir():
@@ -110,16 +131,22 @@ def make_report(exp_dir: Path, top_k: int = 10, n_boot: int = 1000, seed: int = 
     if n_boot < 1:
         raise NasproxyError(f"n_boot must be at least 1, got {n_boot}")
     manifest, trials = _inputs(exp_dir)
-    t1 = compute_table(trials, manifest, top_k, n_boot, seed)
+    ref = None
+    if reference is not None:
+        ref = read_reference(reference, canonical)
+        ref.check_dataset(manifest)
+    t1 = compute_table(trials, manifest, top_k, n_boot, seed, ref)
     table, per_seed, notes = t1.table, t1.per_seed, t1.notes
-    protocol = formats.protocol(exp_dir, manifest, top_k, n_boot, seed)
-    outcome = search_outcome(trials, manifest, top_k)
+    details = None if ref is None else f"external, not trained here: {ref.details()}"
+    protocol = formats.protocol(exp_dir, manifest, top_k, n_boot, seed, details)
+    outcome = search_outcome(trials, manifest, top_k, ref)
     note = shortlist_size(manifest, top_k)[1]
     if not outcome.empty and note is not None:
         notes = [*notes, note]
+    short = None if ref is None else ref.short()
     markdown = formats.markdown(table, protocol, notes, top_k)
     if not outcome.empty:
-        markdown += outcome_markdown(outcome)
+        markdown += outcome_markdown(outcome, short)
 
     paths = {
         "md": atomic_write_text(exp_dir / "table1.md", markdown),
@@ -139,9 +166,9 @@ def make_report(exp_dir: Path, top_k: int = 10, n_boot: int = 1000, seed: int = 
             exp_dir / "search_outcome.csv",
             formats.csv(outcome, protocol, notes, "Search outcome (nasproxy)"),
         )
-    for kind, (fname, png) in _figures(t1, top_k).items():
+    for kind, (fname, png) in _figures(t1, top_k, short).items():
         paths[kind] = atomic_write_bytes(exp_dir / fname, png)
-    return ReportResult(exp_dir, table, per_seed, protocol, notes, top_k, paths, outcome)
+    return ReportResult(exp_dir, table, per_seed, protocol, notes, top_k, paths, outcome, ref)
 
 
 def format_summary(result: ReportResult) -> str:
@@ -150,6 +177,7 @@ def format_summary(result: ReportResult) -> str:
     lines = [
         f"Table 1 of {result.protocol['experiment']}: {result.protocol['dataset']};"
         f" {result.protocol['space']}",
+        *([] if result.reference is None else [f"whole set: {result.reference.short()}"]),
         f"written to {result.exp_dir}: {names}",
         "",
         formats.text(result.table, result.top_k),
@@ -159,7 +187,10 @@ def format_summary(result: ReportResult) -> str:
     if result.outcome is not None and not result.outcome.empty:
         lines += [
             "",
-            *(f"search outcome: {outcome_line(r)}" for r in result.outcome.to_dict("records")),
+            *(
+                f"search outcome: {outcome_line(r, result.reference is not None)}"
+                for r in result.outcome.to_dict("records")
+            ),
         ]
     return "\n".join(lines)
 

@@ -14,14 +14,24 @@ from typing import Any
 import pandas as pd
 
 from nasproxy import __version__, metrics
+from nasproxy.reference import ROW as EXTERNAL
 from nasproxy.results import WHOLE
+
+REFERENCE = "reference"  # the protocol's key of an external whole-set reference
 
 
 def protocol(
-    exp_dir: Path, man: dict[str, Any], top_k: int, n_boot: int, seed: int
+    exp_dir: Path,
+    man: dict[str, Any],
+    top_k: int,
+    n_boot: int,
+    seed: int,
+    reference: str | None = None,
 ) -> dict[str, str]:
     """The conditions every table carries, in display order: data, space, training,
-    hardware, the sweep's and the report's versions and settings, the aggregation."""
+    hardware, the sweep's and the report's versions and settings, the aggregation, and
+    the external whole-set reference when one stands in for the whole split (``reference``:
+    what it is, in one line)."""
 
     def get(key: str) -> str:
         v = man.get(key)
@@ -30,7 +40,7 @@ def protocol(
     proto = man["protocol"]
     settings = ", ".join(f"{k}={proto[k]}" for k in sorted(proto) if k != "seeds")
     space_size = man.get("space_size")
-    return {
+    out = {
         "experiment": exp_dir.name,
         "dataset": f"{get('dataset')} ({get('dataset_name')}), fingerprint {get('fingerprint')}",
         "space": f"{get('space')}: {len(man['archs'])} architectures swept"
@@ -47,6 +57,14 @@ def protocol(
         " each proxy seed ranks archs on its own; mean +- sample std over proxy seeds;"
         " status 'ok' trials only",
     }
+    if reference is not None:
+        out["aggregation"] = (
+            "whole-set reference = the external reference's per-arch accuracies (not trained"
+            " here); each proxy seed ranks archs on its own; mean +- sample std over proxy"
+            " seeds; status 'ok' trials only"
+        )
+        out[REFERENCE] = reference
+    return out
 
 
 def pct(v: float, std: float = float("nan")) -> str:
@@ -159,7 +177,16 @@ def _display(table: pd.DataFrame, k: int) -> tuple[dict[str, str], list[dict[str
     return _headers(k), cells
 
 
-def _definitions(k: int) -> list[str]:
+def _definitions(k: int, external: bool = False) -> list[str]:
+    last = (
+        [
+            "Whole-set accuracies are the external reference's (see 'reference' above), not"
+            " trained here; its row ranks it against itself; a trained whole split is scored"
+            " against it like a proxy."
+        ]
+        if external
+        else ["The whole-set row ranks the reference against itself."]
+    )
     return [
         f"Perf. top-{k}: mean whole-set test accuracy of the {k} architectures with the"
         " highest proxy validation accuracy (Yang et al., ICLR 2023, Table 1); Top-1: that"
@@ -176,7 +203,7 @@ def _definitions(k: int) -> list[str]:
         " training set.",
         "ε: the proxy's ||sum of removed influence|| from the manifest. Train time: sum of"
         " trial training seconds, all statuses; sweep wall: wall-clock of the sweep.",
-        "The whole-set row ranks the reference against itself.",
+        *last,
     ]
 
 
@@ -195,7 +222,8 @@ def markdown(table: pd.DataFrame, protocol: dict[str, str], notes: list[str], k:
     lines += ["", "| " + " | ".join(headers.values()) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(md_escape(row[c]) for c in headers) + " |" for row in cells]
     lines += ["", "**Coverage**", ""] + [f"- {md_escape(n)}" for n in notes]
-    lines += ["", "**Definitions**", ""] + [f"- {d}" for d in _definitions(k)]
+    definitions = _definitions(k, REFERENCE in protocol)
+    lines += ["", "**Definitions**", ""] + [f"- {d}" for d in definitions]
     return "\n".join(lines) + "\n"
 
 
@@ -215,6 +243,7 @@ def csv(table: pd.DataFrame, protocol: dict[str, str], notes: list[str], name: s
     return "\n".join(head) + "\n" + table.to_csv(index=False, lineterminator="\n")
 
 
+_LAST = (WHOLE, EXTERNAL)  # the reference rows, set apart by a rule in LaTeX
 _TEX_SPECIAL = {
     "\\": r"\textbackslash{}",
     "&": r"\&",
@@ -259,7 +288,7 @@ def latex(table: pd.DataFrame, protocol: dict[str, str], notes: list[str], k: in
         "\\midrule",
     ]
     for i, row in enumerate(cells):
-        if i == len(cells) - 1 and table["train_set"].iloc[-1] == WHOLE and len(cells) > 1:
+        if i == len(cells) - 1 and table["train_set"].iloc[-1] in _LAST and len(cells) > 1:
             lines.append("\\midrule")
         lines.append(" & ".join(_tex_escape(row[c]) for c in headers) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}}", "\\end{table}"]

@@ -2,7 +2,9 @@
 confirmed on the whole split, the pick, its rank and regret, and what finding it cost.
 
 The shortlist and the pick follow ``nasproxy.shortlist``, the rule the search itself uses;
-docs/find.md ("The answer: the search outcome") explains it to a reader.
+docs/find.md ("The answer: the search outcome") explains it to a reader. A published
+reference (``nasproxy.reference``) may stand in for the whole split: the shortlist is then
+looked up in it instead of trained, and nothing is spent confirming it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from nasproxy import metrics, shortlist
+from nasproxy.reference import Reference
 from nasproxy.report.formats import duration, md_escape, pct
 from nasproxy.results import WHOLE
 from nasproxy.spaces import Arch, unit_cost
@@ -98,7 +101,27 @@ def shortlist_size(manifest: Mapping[str, Any], top_k: int) -> tuple[int, str | 
     )
 
 
-def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -> pd.DataFrame:
+def _whole_results(
+    trials: pd.DataFrame, reference: Reference | None
+) -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
+    """Per architecture of the whole split (or of the external ``reference``): the mean
+    validation accuracy, and the test accuracy's mean, sample std and number of seeds."""
+    if reference is not None:
+        val = pd.Series(reference.val, dtype=float).dropna()
+        test = pd.Series(reference.test, dtype=float)
+        nan = pd.Series(float("nan"), index=test.index)
+        return val, test, nan, nan
+    ok = trials[(trials["train_set"] == WHOLE) & (trials["status"] == "ok")]
+    test = ok.groupby("arch")["test_acc"]
+    return shortlist.scores(trials, WHOLE), test.mean(), test.std(ddof=1), test.count()
+
+
+def search_outcome(
+    trials: pd.DataFrame,
+    manifest: dict[str, Any],
+    top_k: int,
+    reference: Reference | None = None,
+) -> pd.DataFrame:
     """Per proxy: its top K (``nasproxy.shortlist``; K of ``shortlist_size``) confirmed on
     the whole split, the pick and its cost (empty: no proxy, or no "ok" whole-split unit).
 
@@ -117,6 +140,10 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
     training seconds (wall_s of the units, every status): the proxy's sweep, its
     shortlist's whole-split units, and the whole split on all the proxy's architectures x
     seeds (:func:`exhaustive_cost`: measured, or estimated per architecture).
+
+    With an external ``reference``, it stands in for the whole split: confirmed means in
+    the reference (with a validation accuracy), the pick's accuracies are its (no std, no
+    seeds), confirming costs nothing and the exhaustive whole split's cost is not told.
     """
     k, _ = shortlist_size(manifest, top_k)
     seeds = list(manifest["protocol"]["seeds"])
@@ -125,17 +152,15 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
     }
     whole = trials[trials["train_set"] == WHOLE]
     ok = whole[whole["status"] == "ok"]
-    if not proxies or ok.empty:
+    if not proxies or (ok.empty and reference is None):
         return pd.DataFrame(columns=list(OUTCOME_COLUMNS))
-    val = shortlist.scores(trials, WHOLE)
-    test = ok.groupby("arch")["test_acc"]
-    test_mean, test_std, test_n = test.mean(), test.std(ddof=1), test.count()
+    val, test_mean, test_std, test_n = _whole_results(trials, reference)
     searched = (shortlist.recorded(manifest) or {}).get("shortlists") or {}
     lists = shortlist.shortlists(trials, {n: a for n, a in proxies.items() if n not in searched}, k)
     lists.update({name: searched[name] for name in proxies if name in searched})
     every = [a for a in shortlist.confirmed(lists) if a in val.index]
     n_images = (manifest["train_sets"].get(WHOLE) or {}).get("n_images")
-    if not isinstance(n_images, int):
+    if not isinstance(n_images, int) and not ok.empty:
         n_images = int(ok["n_train"].max())
     cost = _unit_cost(manifest)
     rows = []
@@ -149,7 +174,8 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
         if pick:
             a = pick[0]
             row.update(pick=a, pick_val=val[a], pick_test=test_mean[a])
-            row.update(pick_test_std=test_std[a], pick_seeds=int(test_n[a]))
+            seeds_of = float("nan") if reference is not None else int(test_n[a])
+            row.update(pick_test_std=test_std[a], pick_seeds=seeds_of)
             row["rank"] = 1 + int((test_mean[every] > test_mean[a]).sum())
             own = test_mean.reindex(archs)
             row["regret"] = metrics.regret(own.to_numpy(dtype=float), test_mean[a])
@@ -157,6 +183,10 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
                 row["best_arch"] = shortlist.top_k(own, 1)[0]
         units = whole[whole["arch"].isin(confirmed)]
         row["proxy_s"] = float(trials.loc[trials["train_set"] == name, "wall_s"].sum())
+        if reference is not None:  # looked up, not trained
+            row.update(confirm_s=0.0, exhaustive_s=float("nan"), exhaustive_estimated=True)
+            rows.append(row)
+            continue
         row["confirm_s"] = float(units["wall_s"].sum())
         exhaustive, estimated = exhaustive_cost(whole, archs, seeds, n_images, cost)
         row["exhaustive_s"], row["exhaustive_estimated"] = exhaustive, estimated
@@ -166,13 +196,23 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
     return pd.DataFrame(rows).reindex(columns=list(OUTCOME_COLUMNS))
 
 
-def outcome_line(r: Mapping[str, Any]) -> str:
-    """One row of the search outcome as one line of text."""
+def outcome_line(r: Mapping[str, Any], external: bool = False) -> str:
+    """One row of the search outcome as one line of text (``external``: the whole split is
+    an external reference's, as ``search_outcome`` was given one)."""
     if not r["shortlisted"]:
         return f"{r['train_set']}: no architecture finished ok on it, so it has no top K yet"
     if not isinstance(r["pick"], str):
-        return f"{r['train_set']}: none of its top {r['whole_top']} has a whole-split result yet"
+        where = "is in the external reference" if external else "has a whole-split result yet"
+        return f"{r['train_set']}: none of its top {r['whole_top']} {where}"
     regret = "" if not math.isfinite(r["regret"]) else f", regret {pct(r['regret'])} pp"
+    if external:
+        return (
+            f"{r['train_set']} picks {r['pick']}: external reference test {pct(r['pick_test'])}%,"
+            f" rank {r['rank']:.0f} of {r['n_confirmed']:.0f} confirmed{regret}"
+            f" ({r['confirmed']:.0f} of its top {r['whole_top']:.0f} in the reference); cost"
+            f" {duration(r['proxy_s'])} (proxy only: the whole split is looked up in the"
+            " external reference, not trained)"
+        )
     cost = "cost n/a"
     if not math.isfinite(r["exhaustive_s"]):
         cost += " (the manifest does not record the image shape the estimate needs: a rerun"
@@ -192,10 +232,28 @@ def outcome_line(r: Mapping[str, Any]) -> str:
     )
 
 
-def outcome_markdown(outcome: pd.DataFrame) -> str:
-    """The search outcome as a Markdown section: one line per proxy, then how to read it."""
+def outcome_markdown(outcome: pd.DataFrame, external: str | None = None) -> str:
+    """The search outcome as a Markdown section: one line per proxy, then how to read it
+    (``external``: the label of the external reference that stands in for the whole split)."""
     lines = ["", "## Search outcome", ""]
-    lines += [f"- {md_escape(outcome_line(r))}" for r in outcome.to_dict("records")]
+    if external is not None:
+        lines += [f"Whole split: {md_escape(external)}.", ""]
+    lines += [
+        f"- {md_escape(outcome_line(r, external is not None))}" for r in outcome.to_dict("records")
+    ]
+    if external is not None:
+        lines += [
+            "",
+            "Each proxy's top K by mean proxy validation accuracy (a tie at the cut goes to"
+            " the smaller architecture id) looked up in the external reference instead of"
+            " trained on the whole split; its pick is the best of them by the reference's"
+            " validation accuracy, reported with the reference's test accuracy. Rank: by test"
+            " accuracy among every confirmed architecture (in the reference). Regret: against"
+            " the best of the proxy's own architectures, only when the reference has every one"
+            " of them (as Table 1's). Cost: the proxy sweep's summed training time; the"
+            " reference costs nothing here.",
+        ]
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "Each proxy's top K by mean proxy validation accuracy (a tie at the cut goes to the"

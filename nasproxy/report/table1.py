@@ -6,7 +6,10 @@ the architectures on its own and is scored against that reference (``nasproxy.me
 the table gives the mean and sample std over proxy seeds. Only trials with status "ok"
 enter the metrics; repeated trials of one (train set, arch, seed) are averaged. Missing
 trials are counted against each training set's archs x seeds and reported, never dropped
-silently. What the columns mean for a reader: docs/search.md ("Report").
+silently. A published reference (``nasproxy.reference``) may stand in for the whole-set
+trials: its row, ``reference.ROW``, is then the reference, and a trained whole split is
+scored against it like a proxy. What the columns mean for a reader: docs/search.md
+("Report").
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from nasproxy import metrics, shortlist
+from nasproxy.reference import ROW as EXTERNAL
+from nasproxy.reference import Reference
 from nasproxy.results import WHOLE
 
 # The CSV's columns, in order. Accuracies are fractions in 0..1 as in trials.parquet;
@@ -92,6 +97,12 @@ def _matrices(ok: pd.DataFrame, archs: list[str]) -> _Matrices:
     val = agg["val_acc"].unstack("arch").reindex(index=seeds, columns=archs)
     test = agg["test_acc"].unstack("arch").reindex(index=seeds, columns=archs)
     return _Matrices(seeds, val.to_numpy(dtype=float), test.to_numpy(dtype=float))
+
+
+def _external(reference: Reference, archs: list[str]) -> _Matrices:
+    """The external reference's accuracies as the whole split's: one pseudo-seed."""
+    val, test = reference.accuracies(archs)
+    return _Matrices([], val[None, :], test[None, :])
 
 
 def _nanmean0(a: np.ndarray) -> np.ndarray:
@@ -213,6 +224,7 @@ class Table1:
     notes: list[str]  # coverage, one line per train set, then caveats
     archs: list[str]  # the architecture order of the arrays below
     val_means: dict[str, np.ndarray]  # train set -> per-arch val acc, mean over seeds
+    reference: str = WHOLE  # the reference's row (whole, or the external reference's)
 
 
 def compute_table(
@@ -221,19 +233,23 @@ def compute_table(
     top_k: int = 10,
     n_boot: int = 1000,
     seed: int = 0,
+    reference: Reference | None = None,
 ) -> Table1:
     """Table 1 from validated trials and manifest (see :func:`make_report`).
 
     Rows: one per proxy train set (train_set != "whole"; manifest order, then any found
     only in the trials), then the whole set. The whole-set row ranks the reference
-    against itself, so its correlation is 1 by computation (NaN if undefined).
+    against itself, so its correlation is 1 by computation (NaN if undefined). With an
+    external ``reference``, it stands in for the whole-set trials in a last row of its
+    own, and a trained whole split, if any, is scored against it like a proxy.
     """
     archs = list(manifest["archs"])
     archs += sorted(set(trials["arch"]) - set(archs))
     seeds = list(manifest["protocol"]["seeds"])
     names = list(manifest["train_sets"])
     names += sorted(set(trials["train_set"]) - set(names))
-    proxies = [n for n in names if n != WHOLE]
+    ref_name = WHOLE if reference is None else EXTERNAL
+    proxies = [n for n in names if n != ref_name]  # a trained whole split too, given a reference
 
     def rows_of(name: str) -> pd.DataFrame:
         return trials[trials["train_set"] == name]
@@ -242,22 +258,26 @@ def compute_table(
         r = rows_of(name)
         return r[r["status"] == "ok"]
 
-    whole = _matrices(ok_of(WHOLE), archs)
+    whole = _matrices(ok_of(WHOLE), archs) if reference is None else _external(reference, archs)
     ref_val, ref_test = _nanmean0(whole.val), _nanmean0(whole.test)
 
     notes: list[str] = []
     table_rows: list[dict[str, Any]] = []
     seed_rows: list[dict[str, Any]] = []
-    means: dict[str, np.ndarray] = {WHOLE: ref_val}
-    for name in [*proxies, WHOLE]:
+    means: dict[str, np.ndarray] = {ref_name: ref_val}
+    for name in [*proxies, ref_name]:
         rows = rows_of(name)
         # each training set against its own architectures (a set the manifest lacks: all)
         mine = (
             shortlist.train_set_archs(manifest, name) if name in manifest["train_sets"] else archs
         )
-        cov = _coverage(rows, mine, seeds)
-        notes.append(_coverage_line(name, cov))
-        if name == WHOLE:
+        if reference is not None and name == ref_name:
+            cov = reference.coverage(archs)
+            notes += reference.notes(archs)
+        else:
+            cov = _coverage(rows, mine, seeds)
+            notes.append(_coverage_line(name, cov))
+        if name == ref_name:
             # the reference ranks itself once (one pseudo-seed, -1, not kept per seed)
             rank_val, run_seeds = ref_val[None, :], [-1]
             boot_ref = ref_val[None, :]
@@ -271,26 +291,29 @@ def compute_table(
         stats_row, per_seed = _row(
             name, rank_val, ref_val, boot_ref, ref_test, run_seeds, archs, own, top_k, n_boot, seed
         )
-        if name == WHOLE:
-            stats_row["n_seeds"] = len(whole.seeds)
+        if name == ref_name:
+            stats_row["n_seeds"] = len(whole.seeds) if reference is None else float("nan")
         else:
             seed_rows += per_seed
         table_rows.append(
             {
                 "train_set": name,
-                "role": "reference" if name == WHOLE else "proxy",
+                "role": "reference" if name == ref_name else "whole" if name == WHOLE else "proxy",
                 **_storage(manifest, name, rows),
                 **{k: v for k, v in cov.items() if k != "unexpected"},
                 **stats_row,
                 "seed_spearman": seed_spread,
-                "train_s": float(rows["wall_s"].sum()),
+                "train_s": float(rows["wall_s"].sum()) if name != EXTERNAL else float("nan"),
                 "sweep_wall_s": _num((manifest.get("wall_s") or {}).get(name)),
             }
         )
     if not np.isfinite(ref_val).any():
         notes.append(
             "no whole-set trial with status ok: performance, regret and correlation are n/a"
+            if reference is None
+            else f"{EXTERNAL}: no validation accuracy of these architectures: performance,"
+            " regret and correlation are n/a"
         )
     table = pd.DataFrame(table_rows).reindex(columns=list(TABLE_COLUMNS))
     per_seed_df = pd.DataFrame(seed_rows, columns=list(SEED_COLUMNS))
-    return Table1(table, per_seed_df, notes, archs, means)
+    return Table1(table, per_seed_df, notes, archs, means, ref_name)
