@@ -166,7 +166,7 @@ def space_file(tmp_path: Path, head: str = "name: s\nfamily: convnet\n", **optio
         ("name: s\n", {"width": "[8, 8]"}, "options.width lists 8 twice"),
         ("name: s\n", {"kernel": "[3]"}, "unknown option kernel; the fields are width"),
         ("name: s\nwidths: [8]\n", {}, "unknown key widths; a space file has name, family"),
-        ("name: s\nfamily: resnet\n", {}, "unknown family 'resnet'; the family is convnet"),
+        ("name: s\nfamily: resnet\n", {}, "unknown family 'resnet'; choose from convnet, nb201"),
         ("family: convnet\n", {}, "'name' must be a non-empty string, got None"),
         ("name: 720\n", {}, "'name' must be a non-empty string, got 720"),
         ("name: ''\n", {}, "'name' must be a non-empty string"),
@@ -183,7 +183,7 @@ def test_every_schema_mistake_is_one_clear_error(
 
 
 def test_a_good_file_loads_with_or_without_a_family(tmp_path: Path) -> None:
-    """family is optional (convnet, the only one); the product is in FIELDS order."""
+    """family is optional (convnet by default); the product is in FIELDS order."""
     path = space_file(tmp_path, "name: two\n", act="[relu, sigmoid]")
     assert spaces.load(path).name == "two"
     assert spaces.load(path).ids == ["w8-d1-relu-none-none", "w8-d1-sigmoid-none-none"]
