@@ -435,7 +435,11 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     """The architecture, the dataset, and one flag a training setting (``TrainConfig``)."""
     from nasproxy.train import TrainConfig
 
-    p.add_argument("--arch", required=True, help="an id, e.g. w32-d3-relu-instancenorm-avgpooling")
+    p.add_argument(
+        "--arch",
+        required=True,
+        help="an id, e.g. w32-d3-relu-instancenorm-avgpooling or c3-no.c3-sk.c3.ap",
+    )
     _add_dataset_args(p)
     settings.add_flags(p, TrainConfig, defaults={"epochs": 10})
     p.add_argument("--seed", type=int, default=0, help="training seed (default %(default)s)")

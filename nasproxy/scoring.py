@@ -125,9 +125,13 @@ class ScoringConfig:
 
     backbone: str = setting(
         DEFAULT_BACKBONE,
-        check=Check(is_backbone, "a ConvNet id (w32-d3-relu-instancenorm-avgpooling) or resnet18"),
+        check=Check(
+            is_backbone,
+            "an architecture id (w32-d3-relu-instancenorm-avgpooling, a NAS-Bench-201 cell) "
+            "or resnet18",
+        ),
         help="scoring network: a ConvNet id (the w128-d4 one has 512-d features on 32x32 "
-        "images) or resnet18 (CIFAR ResNet-18)",
+        "images), a NAS-Bench-201 cell (64-d features) or resnet18 (CIFAR ResNet-18)",
     )
     backbone_epochs: int = _as_trainer(
         "epochs", default=DEFAULT_EPOCHS, help="epochs of the scoring run"
