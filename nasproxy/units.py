@@ -477,6 +477,8 @@ def shape_globs(space_name: str, n: int, seed: int, within: Sequence[str] = ()) 
     from nasproxy.search.plan import select_archs, stratified_sample
 
     archs = select_archs(spaces.load(space_name), within)
+    if not all(isinstance(a, spaces.Arch) for a in archs):
+        raise NasproxyError(f"space {space_name} is not of ConvNets: its cells have no shapes")
     first = min(a.act for a in archs)
     one_per_shape = [a for a in archs if a.act == first]
     picked = stratified_sample(one_per_shape, n, seed)
