@@ -29,8 +29,13 @@ from functools import cache
 from nasproxy.errors import NasproxyError
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-CODES = {"none": "no", "skip_connect": "sk", "nor_conv_1x1": "c1", "nor_conv_3x3": "c3",
-         "avg_pool_3x3": "ap"}  # fmt: skip
+CODES = {
+    "none": "no",
+    "skip_connect": "sk",
+    "nor_conv_1x1": "c1",
+    "nor_conv_3x3": "c3",
+    "avg_pool_3x3": "ap",
+}
 OP_OF_CODE = {code: op for op, code in CODES.items()}
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), the string's order
 NODES = 4
@@ -123,15 +128,24 @@ class Cell:
     def describe(self) -> dict[str, object]:
         """The cell's fields as a record: both names, index, edges and operation counts."""
         edges = {f"{to}<-{src}": op for (to, src), op in zip(EDGES, self.ops, strict=True)}
-        return {"benchmark": self.benchmark, "benchmark_index": self.index, "edges": edges,
-                "op_counts": self.op_counts()}  # fmt: skip
+        return {
+            "benchmark": self.benchmark,
+            "benchmark_index": self.index,
+            "edges": edges,
+            "op_counts": self.op_counts(),
+        }
 
     def row_fields(self) -> dict[str, object]:
         """The trials table's ConvNet columns (width, depth, act, norm, pool) for a cell:
         its skeleton's first-stage channels, cells a stage, ReLU, batch norm and global
         pooling (the cell itself is the row's ``arch``)."""
-        return {"width": CHANNELS, "depth": CELLS_PER_STAGE, "act": "relu",
-                "norm": "batchnorm", "pool": "global"}  # fmt: skip
+        return {
+            "width": CHANNELS,
+            "depth": CELLS_PER_STAGE,
+            "act": "relu",
+            "norm": "batchnorm",
+            "pool": "global",
+        }
 
     def check_input(self, image_size: int) -> None:
         """Refuse an image the two stride-2 reduction blocks cannot halve twice evenly (the

@@ -83,17 +83,16 @@ def run_chunk(plan: TrialPlan, data: Dataset, chunk_id: str, device: str, report
 def _fit_memory(
     plan: TrialPlan, data: Dataset, keys: Sequence[UnitKey], device: str
 ) -> list[list[UnitKey]]:
-    """The stack cut into even pieces that fit the trial's GPU memory (one piece off GPU)."""
-    if not device.startswith("cuda") or plan.gpu_share <= 0:
+    """The stack cut into even pieces that fit the trial's GPU memory (one piece off GPU,
+    and for runs that train one by one with the plain trainer)."""
+    arch = parse_arch(keys[0].arch)
+    if not device.startswith("cuda") or plan.gpu_share <= 0 or unstackable(arch, plan.train):
         return [list(keys)]
     total = torch.cuda.get_device_properties(torch.device(device)).total_memory
     budget = int(total * min(plan.gpu_share, 1.0) * MEMORY_FRACTION)
     indices = plan.indices[keys[0].train_set]
     n_images = len(data.y_train) if indices is None else len(indices)
     bf16 = plan.fast.resolve("cuda").bf16
-    arch = parse_arch(keys[0].arch)
-    if unstackable(arch, plan.train):  # trained one by one with the plain trainer
-        return [list(keys)]
     cap = largest_stack(arch, data, n_images, plan.train.batch_size, budget, bf16)
     count = math.ceil(len(keys) / cap)
     bounds = [round(j * len(keys) / count) for j in range(count + 1)]

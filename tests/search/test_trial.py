@@ -266,3 +266,14 @@ def test_a_cells_row_holds_its_skeleton_in_the_convnet_columns():
         "norm": "batchnorm", "pool": "global",
     }  # fmt: skip
     assert set(row) == set(results.COLUMNS)
+
+
+def test_a_gpu_trial_leaves_a_stack_of_cells_whole(digits, monkeypatch):
+    """Cells train one by one with the plain trainer: no memory bound applies."""
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: 1 / 0)
+    keys = [results.UnitKey("p", seed, "c3-no.c3-sk.c3.ap") for seed in range(4)]
+    plan = trial.TrialPlan(
+        exp_dir="unused", chunks={}, indices={"p": np.arange(100)}, hashes={"p": ""},
+        train=TrainConfig(epochs=1), threads=1, run=1, fuse=True, gpu_share=0.5,
+    )  # fmt: skip
+    assert trial._fit_memory(plan, digits, keys, "cuda") == [keys]
