@@ -60,25 +60,37 @@ def _load_data(cfg: SearchSettings) -> Dataset:
 
 def cmd_space(args: argparse.Namespace) -> int:
     from nasproxy import spaces
+    from nasproxy.search.plan import select_archs
 
     space = spaces.load(args.space, image_size=args.image_size)
-    if args.json:
-        for arch in space:
-            rec = {"id": arch.id, "index": space.index(arch), **vars(arch)}
-            rec["params"] = arch.param_count(args.in_channels, args.num_classes, args.image_size)
-            rec["macs"] = arch.macs(args.in_channels, args.num_classes, args.image_size)
-            print(json.dumps(rec))
-    else:
-        for arch in space:
+    shape = (args.in_channels, args.num_classes, args.image_size)
+    if args.describe is not None:
+        arch = space.get(str(spaces.parse_arch(args.describe)))
+        print(json.dumps(_space_record(space, arch, shape)))
+        return 0
+    if args.sample is not None and args.sample < 1:
+        raise NasproxyError(f"--sample must be at least 1, got {args.sample}")
+    archs = select_archs(space, args.archs, args.sample, args.seed)
+    for arch in archs:
+        if args.json:
+            print(json.dumps(_space_record(space, arch, shape)))
+        else:
             print(arch.id)
     return 0
 
 
+def _space_record(space: Any, arch: Any, shape: tuple[int, int, int]) -> dict[str, Any]:
+    """One architecture's ``nasproxy space`` record: id, position in the space, fields."""
+    from nasproxy import spaces
+
+    return {"id": arch.id, "index": space.index(arch), **spaces.describe(arch, *shape)}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from nasproxy.spaces import Arch
+    from nasproxy.spaces import parse_arch
     from nasproxy.train import TrainConfig, train
 
-    arch = Arch.from_id(args.arch)
+    arch = parse_arch(args.arch)
     data_cfg = _data_settings(args)
     cfg = settings.from_flags(TrainConfig, args, seed=args.seed, device=args.device)
     data = _load_data(data_cfg)
@@ -435,7 +447,11 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     """The architecture, the dataset, and one flag a training setting (``TrainConfig``)."""
     from nasproxy.train import TrainConfig
 
-    p.add_argument("--arch", required=True, help="an id, e.g. w32-d3-relu-instancenorm-avgpooling")
+    p.add_argument(
+        "--arch",
+        required=True,
+        help="an id, e.g. w32-d3-relu-instancenorm-avgpooling or c3-no.c3-sk.c3.ap",
+    )
     _add_dataset_args(p)
     settings.add_flags(p, TrainConfig, defaults={"epochs": 10})
     p.add_argument("--seed", type=int, default=0, help="training seed (default %(default)s)")
@@ -474,6 +490,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("space", help="list the architectures of a search space")
     p.add_argument("space", help="a space name (e.g. convnet720) or a .yaml path")
     p.add_argument("--json", action="store_true", help="one JSON record per architecture")
+    p.add_argument(
+        "--archs",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only the architectures matching a glob (or re:REGEX) on any of their names",
+    )
+    p.add_argument("--sample", type=int, default=None, metavar="N", help="a stratified sample")
+    p.add_argument("--seed", type=int, default=0, help="the sample's seed")
+    p.add_argument(
+        "--describe", default=None, metavar="ID", help="one architecture's record (either form)"
+    )
     p.add_argument("--image-size", type=_positive_int, default=32)
     p.add_argument("--in-channels", type=_positive_int, default=3)
     p.add_argument("--num-classes", type=_positive_int, default=10)

@@ -13,7 +13,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from nasproxy.spaces import GROUPNORM_GROUPS, Arch
+from nasproxy.cells import Cell
+from nasproxy.spaces import GROUPNORM_GROUPS, AnyArch, Arch
 
 LEAKY_RELU_SLOPE = 0.01
 
@@ -96,6 +97,11 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-def build_model(arch: Arch, in_channels: int, num_classes: int, image_size: int) -> ConvNet:
-    """The ConvNet for ``arch`` on ``in_channels`` x ``image_size``^2 inputs."""
+def build_model(arch: AnyArch, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """The network of ``arch`` (a ConvNet, or a NAS-Bench-201 cell's network) on
+    ``in_channels`` x ``image_size``^2 inputs; either has ``embed`` and ``classifier``."""
+    if isinstance(arch, Cell):
+        from nasproxy.models_nb201 import CellNetwork
+
+        return CellNetwork(arch, in_channels, num_classes, image_size)
     return ConvNet(arch, in_channels, num_classes, image_size)

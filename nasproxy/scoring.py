@@ -59,7 +59,7 @@ from nasproxy.io import (
 )
 from nasproxy.provenance import cpu_model, device_name
 from nasproxy.settings import Check, check_fields, setting
-from nasproxy.spaces import Arch
+from nasproxy.spaces import parse_arch
 from nasproxy.train import (
     EVAL_BATCH,
     TrainConfig,
@@ -98,9 +98,10 @@ Progress = Callable[[str], None]
 
 
 def is_backbone(name: str) -> bool:
-    """Whether ``name`` names a scoring network: a ConvNet id or resnet18."""
+    """Whether ``name`` names a scoring network: an architecture id (a ConvNet or a
+    NAS-Bench-201 cell) or resnet18."""
     try:
-        return name == RESNET18 or bool(Arch.from_id(name))
+        return name == RESNET18 or bool(parse_arch(name))
     except NasproxyError:
         return False
 
@@ -124,9 +125,13 @@ class ScoringConfig:
 
     backbone: str = setting(
         DEFAULT_BACKBONE,
-        check=Check(is_backbone, "a ConvNet id (w32-d3-relu-instancenorm-avgpooling) or resnet18"),
+        check=Check(
+            is_backbone,
+            "an architecture id (w32-d3-relu-instancenorm-avgpooling, a NAS-Bench-201 cell) "
+            "or resnet18",
+        ),
         help="scoring network: a ConvNet id (the w128-d4 one has 512-d features on 32x32 "
-        "images) or resnet18 (CIFAR ResNet-18)",
+        "images), a NAS-Bench-201 cell (64-d features) or resnet18 (CIFAR ResNet-18)",
     )
     backbone_epochs: int = _as_trainer(
         "epochs", default=DEFAULT_EPOCHS, help="epochs of the scoring run"
@@ -187,7 +192,7 @@ def build_backbone(backbone: str, data: Dataset) -> nn.Module:
         return CifarResNet18(data.in_channels, data.num_classes)
     from nasproxy.models import build_model
 
-    return build_model(Arch.from_id(backbone), data.in_channels, data.num_classes, data.image_size)
+    return build_model(parse_arch(backbone), data.in_channels, data.num_classes, data.image_size)
 
 
 class ForgettingTracker:

@@ -1,23 +1,34 @@
 """Search spaces: YAML option lists expanded into an ordered, indexable set of architectures.
 
 A space file (``search_spaces/NAME.yaml``, installed with the package as
-``nasproxy.search_spaces``) lists the options of each field of the ConvNet
-family; the space is their Cartesian product in a fixed order, so an index and an id
-(``w128-d3-relu-instancenorm-avgpooling``) name the same architecture on every machine.
+``nasproxy.search_spaces``) names its family (its kind of architecture) and lists the
+options of each of the family's fields; the space is their Cartesian product in a fixed
+order, so an index and an id name the same architecture on every machine. The families:
+
+* ``convnet`` (the default): the ConvNet of :class:`Arch`, ids such as
+  ``w128-d3-relu-instancenorm-avgpooling``; fields width, depth, act, norm, pool;
+* ``nb201``: the NAS-Bench-201 / NATS-Bench topology cell (:class:`nasproxy.cells.Cell`),
+  ids such as ``c3-no.c3-sk.c3.ap`` or the benchmark's ``|nor_conv_3x3~0|+|...|``; one
+  field, ``ops``, the operations an edge may take; the cells in the benchmark's index order.
+
 ``load`` checks the whole file (keys, types, values, family, name) before any architecture
-is made, so a mistake is one line before any work.
+is made, so a mistake is one line before any work. ``parse_arch`` reads an id of any family.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from nasproxy import cells
+from nasproxy.cells import Cell
 from nasproxy.errors import NasproxyError
 
 SPACES_PACKAGE = "nasproxy.search_spaces"  # the top-level search_spaces/ folder, as package data
@@ -26,8 +37,10 @@ ACTIVATIONS = ("sigmoid", "relu", "leakyrelu")
 NORMS = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
 POOLINGS = ("none", "maxpooling", "avgpooling")
 GROUPNORM_GROUPS = 4  # Dataset Condensation's "groupnorm" is GroupNorm(4, C)
-FAMILIES = ("convnet",)  # a space file's ``family`` (optional; this is the only one)
+FAMILIES = ("convnet", "nb201")  # a space file's ``family`` (optional; convnet by default)
+CELL_FIELDS = ("ops",)  # the options of an nb201 space file
 SPACE_KEYS = ("name", "family", "options")  # a space file's top-level keys
+_CONVNET_ID = re.compile(r"w\d")  # how a ConvNet id starts
 
 
 @dataclass(frozen=True, order=True)
@@ -64,6 +77,23 @@ class Arch:
     def id(self) -> str:
         """The canonical id, used as the key of every result."""
         return str(self)
+
+    @property
+    def aliases(self) -> tuple[str]:
+        """The names ``--archs`` patterns match: the id."""
+        return (self.id,)
+
+    def strata(self) -> tuple[int | str, ...]:
+        """The values a stratified sample balances: the fields."""
+        return tuple(getattr(self, f) for f in FIELDS)
+
+    def describe(self) -> dict[str, Any]:
+        """The architecture's fields as a record."""
+        return {f: getattr(self, f) for f in FIELDS}
+
+    def row_fields(self) -> dict[str, Any]:
+        """The trials table's architecture columns (``FIELDS``): the fields."""
+        return self.describe()
 
     @classmethod
     def from_id(cls, arch_id: str) -> Arch:
@@ -120,8 +150,36 @@ class Arch:
         return total + self.width * sizes[-1] ** 2 * num_classes
 
 
+AnyArch = Arch | Cell  # an architecture of any family
+
+
+def parse_arch(text: str) -> AnyArch:
+    """The architecture an id of any family names: a ConvNet id (``w32-d3-...``), a cell's
+    short id (``c3-no.c3-sk.c3.ap``) or the benchmark's string (``|nor_conv_3x3~0|+|...|``)."""
+    if _CONVNET_ID.match(text):
+        return Arch.from_id(text)
+    if not any(mark in text for mark in ".|~"):  # no mark of a cell: say both forms
+        raise NasproxyError(
+            f"bad architecture id {text!r}; expected a ConvNet id (e.g. "
+            f"w128-d3-relu-instancenorm-avgpooling) or a NAS-Bench-201 cell (e.g. "
+            f"{cells.EXAMPLE} or |nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|...|)"
+        )
+    return Cell.from_id(text)
+
+
+def describe(arch: AnyArch, in_channels: int, num_classes: int, image_size: int) -> dict[str, Any]:
+    """One architecture as a record: its id and fields, parameters and MACs on the given
+    input shape (``nasproxy space --json`` and ``--describe``)."""
+    return {
+        "id": arch.id,
+        **arch.describe(),
+        "params": arch.param_count(in_channels, num_classes, image_size),
+        "macs": arch.macs(in_channels, num_classes, image_size),
+    }
+
+
 def unit_cost(
-    arch: Arch, n_images: int, in_channels: int, num_classes: int, image_size: int
+    arch: AnyArch, n_images: int, in_channels: int, num_classes: int, image_size: int
 ) -> float:
     """The planner's cost model of one work unit: the multiply-accumulates of one forward
     pass of ``arch`` on images of the given shape, times the ``n_images`` of its training
@@ -131,10 +189,10 @@ def unit_cost(
     return float(arch.macs(in_channels, num_classes, image_size)) * n_images
 
 
-class Space(Sequence[Arch]):
+class Space(Sequence[AnyArch]):
     """An ordered, indexable collection of architectures with an id <-> index round trip."""
 
-    def __init__(self, name: str, archs: Sequence[Arch]):
+    def __init__(self, name: str, archs: Sequence[AnyArch]):
         self.name = name
         self._archs = tuple(archs)
         self._index = {str(a): i for i, a in enumerate(self._archs)}
@@ -147,7 +205,7 @@ class Space(Sequence[Arch]):
     def __getitem__(self, i):  # type: ignore[override]
         return self._archs[i]
 
-    def __iter__(self) -> Iterator[Arch]:
+    def __iter__(self) -> Iterator[AnyArch]:
         return iter(self._archs)
 
     @property
@@ -155,14 +213,20 @@ class Space(Sequence[Arch]):
         """All ids, in the space's order."""
         return list(self._index)
 
-    def index(self, arch_id: str | Arch) -> int:  # type: ignore[override]
-        """Position of an id in the space; a clear error for an unknown one."""
+    def index(self, arch_id: str | AnyArch) -> int:  # type: ignore[override]
+        """Position of an id (a cell's in either form) in the space; a clear error for an
+        unknown one."""
         key = str(arch_id)
+        if key not in self._index and isinstance(arch_id, str) and not _CONVNET_ID.match(key):
+            try:
+                key = str(Cell.from_id(key))  # the benchmark's string of a cell
+            except NasproxyError:
+                pass
         if key not in self._index:
             raise NasproxyError(f"architecture {key!r} is not in space {self.name!r}")
         return self._index[key]
 
-    def get(self, arch_id: str) -> Arch:
+    def get(self, arch_id: str) -> AnyArch:
         """The architecture with this id."""
         return self._archs[self.index(arch_id)]
 
@@ -201,17 +265,22 @@ def load(name_or_path: str | Path, image_size: int = 32) -> Space:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise NasproxyError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    name, lists = _check_spec(spec, path)
-    archs = [Arch(*combo) for combo in itertools.product(*lists)]
+    name, family, lists = _check_spec(spec, path)
+    if family == "nb201":
+        allowed = set(lists[0])
+        archs: list[AnyArch] = [c for c in cells.all_cells() if allowed.issuperset(c.ops)]
+    else:
+        archs = [Arch(*combo) for combo in itertools.product(*lists)]
     for arch in archs:
         arch.check_input(image_size)
     return Space(name, archs)
 
 
-def _check_spec(spec: object, path: str | Path) -> tuple[str, list[list[int | str]]]:
-    """The name and the option lists (in ``FIELDS`` order) of a parsed space file, or one
-    line naming what is wrong: an unknown key, a missing or non-string name, a family other
-    than convnet, a missing or unknown field, or an option of the wrong type or value."""
+def _check_spec(spec: object, path: str | Path) -> tuple[str, str, list[list[int | str]]]:
+    """The name, the family and the option lists (in the family's field order) of a parsed
+    space file, or one line naming what is wrong: an unknown key, a missing or non-string
+    name, an unknown family, a missing or unknown field, or an option of the wrong type or
+    value."""
     if not isinstance(spec, dict):
         raise NasproxyError(f"{path}: expected a mapping of {', '.join(SPACE_KEYS)}")
     unknown = sorted(str(k) for k in spec if k not in SPACE_KEYS)
@@ -224,23 +293,22 @@ def _check_spec(spec: object, path: str | Path) -> tuple[str, list[list[int | st
         raise NasproxyError(f"{path}: 'name' must be a non-empty string, got {name!r}")
     family = spec.get("family", FAMILIES[0])
     if family not in FAMILIES:
-        raise NasproxyError(
-            f"{path}: unknown family {family!r}; the family is {', '.join(FAMILIES)}"
-        )
+        raise NasproxyError(f"{path}: unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+    fields = CELL_FIELDS if family == "nb201" else FIELDS
     options = spec.get("options")
     if not isinstance(options, dict):
-        raise NasproxyError(f"{path}: expected an 'options' mapping of {', '.join(FIELDS)}")
-    unknown = sorted(str(k) for k in options if k not in FIELDS)
+        raise NasproxyError(f"{path}: expected an 'options' mapping of {', '.join(fields)}")
+    unknown = sorted(str(k) for k in options if k not in fields)
     if unknown:
         raise NasproxyError(
-            f"{path}: unknown option {', '.join(unknown)}; the fields are {', '.join(FIELDS)}"
+            f"{path}: unknown option {', '.join(unknown)}; the fields are {', '.join(fields)}"
         )
-    missing = [f for f in FIELDS if f not in options]
+    missing = [f for f in fields if f not in options]
     if missing:
         raise NasproxyError(f"{path}: options lack {', '.join(missing)}")
-    choices = {"act": ACTIVATIONS, "norm": NORMS, "pool": POOLINGS}
+    choices = {"act": ACTIVATIONS, "norm": NORMS, "pool": POOLINGS, "ops": cells.OPS}
     lists = []
-    for field in FIELDS:
+    for field in fields:
         values = options[field]
         if not isinstance(values, list) or not values:
             raise NasproxyError(f"{path}: options.{field} must be a non-empty list")
@@ -257,4 +325,4 @@ def _check_spec(spec: object, path: str | Path) -> tuple[str, list[list[int | st
             if values.count(value) > 1:
                 raise NasproxyError(f"{path}: options.{field} lists {value!r} twice")
         lists.append(values)
-    return name, lists
+    return name, family, lists

@@ -1,4 +1,5 @@
-"""The trainer: one ConvNet on a (subset of a) dataset, the paper's settings by default.
+"""The trainer: one network (a ConvNet or a NAS-Bench-201 cell's) on a (subset of a)
+dataset, the paper's settings by default.
 
 The data lives on the device as one tensor; a batch is a slice of a permutation, and the
 augmentation (random crop with 4-pixel padding, horizontal flip) is batched tensor work on
@@ -29,7 +30,7 @@ from nasproxy.errors import NasproxyError, first_line
 from nasproxy.models import build_model
 from nasproxy.provenance import device_name
 from nasproxy.settings import SEED, above, at_least, check_fields, setting, within
-from nasproxy.spaces import Arch
+from nasproxy.spaces import AnyArch, parse_arch
 
 CROP_PADDING = 4
 EVAL_BATCH = 1024
@@ -54,6 +55,7 @@ class TrainConfig:
         0.9, check=within(0, 1, low_open=False, high_open=True), help="SGD momentum"
     )
     weight_decay: float = setting(5e-4, check=at_least(0), help="SGD weight decay")
+    nesterov: bool = setting(False, help="SGD with Nesterov momentum")
     augment: bool = setting(True, flag="--no-augment", help="no random crop and flip")
     # initialisation, batch order and augmentation; a search sets it per unit
     seed: int = setting(0, check=SEED, help="training seed", internal=True)
@@ -195,7 +197,11 @@ def fit(
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
     opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.nesterov,
     )
     # the steps taken (a dropped trailing batch is none), so the rate reaches 0 at the end
     steps_per_epoch = len(batch_bounds(len(y), cfg.batch_size))
@@ -250,8 +256,8 @@ def accuracy(model: nn.Module, data: Dataset, x: torch.Tensor, y: torch.Tensor) 
     return (logits.argmax(1).cpu() == y).float().mean().item()
 
 
-def init_model(arch: Arch, data: Dataset, seed: int, device: torch.device) -> nn.Module:
-    """The ConvNet for ``arch``, initialised from ``seed`` without touching global RNG state."""
+def init_model(arch: AnyArch, data: Dataset, seed: int, device: torch.device) -> nn.Module:
+    """The network of ``arch``, initialised from ``seed`` without touching global RNG state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(arch, data.in_channels, data.num_classes, data.image_size)
@@ -264,7 +270,7 @@ _warm_lock = threading.Lock()
 
 def _warm_up_work(data: Dataset, device: torch.device) -> None:
     """One step of the trainer's code on a tiny network and two images, then a prediction."""
-    model = init_model(Arch.from_id(WARM_UP_ARCH), data, 0, device)
+    model = init_model(parse_arch(WARM_UP_ARCH), data, 0, device)
     n = min(2, len(data.y_train))
     fit(model, data, np.arange(n), TrainConfig(epochs=1, batch_size=2))
     accuracy(model, data, data.x_val[:2], data.y_val[:2])
@@ -287,7 +293,7 @@ def warm_up(data: Dataset, device: torch.device) -> float:
 
 
 def train(
-    arch: Arch | str,
+    arch: AnyArch | str,
     data: Dataset,
     indices: np.ndarray | None,
     cfg: TrainConfig,
@@ -296,7 +302,7 @@ def train(
     """Train ``arch`` on the train-split ``indices`` and evaluate on val and, when ``test``,
     on test (else ``test_acc`` is NaN: a search skips it for proxy units, whose test
     accuracy nothing reads). A first run on a device warms it up first (:func:`warm_up`)."""
-    arch = Arch.from_id(arch) if isinstance(arch, str) else arch
+    arch = parse_arch(arch) if isinstance(arch, str) else arch
     device = resolve_device(cfg.device)
     n_train = len(data.y_train) if indices is None else len(indices)
     record = TrainRecord(

@@ -25,7 +25,7 @@ from typing import Any
 from nasproxy import results
 from nasproxy.errors import NasproxyError, first_line
 from nasproxy.io import atomic_write_bytes, check_output_dir, check_output_file
-from nasproxy.spaces import Arch, Space
+from nasproxy.spaces import Space, parse_arch
 
 NAME = r"[A-Za-z0-9_.-]+"
 MEMBER = re.compile(
@@ -200,7 +200,7 @@ def _check_archive(archive: Path, blobs: dict[str, bytes]) -> dict[str, _Incomin
     for exp, found in incoming.items():
         manifest = found.manifest
         listed = set(manifest["archs"])
-        space = Space(manifest.get("space", ""), [Arch.from_id(a) for a in listed])
+        space = Space(manifest.get("space", ""), [parse_arch(a) for a in listed])
         prefix = f"{exp}/"
         for name, blob in blobs.items():
             if not name.startswith(prefix) or name == prefix + results.MANIFEST:
@@ -242,7 +242,7 @@ def _manifest_problem(manifest: Any) -> str | None:
             return False
         try:
             for arch in value:
-                Arch.from_id(arch)
+                parse_arch(arch)
         except NasproxyError:
             return False
         return True
@@ -477,6 +477,8 @@ def shape_globs(space_name: str, n: int, seed: int, within: Sequence[str] = ()) 
     from nasproxy.search.plan import select_archs, stratified_sample
 
     archs = select_archs(spaces.load(space_name), within)
+    if not all(isinstance(a, spaces.Arch) for a in archs):
+        raise NasproxyError(f"space {space_name} is not of ConvNets: its cells have no shapes")
     first = min(a.act for a in archs)
     one_per_shape = [a for a in archs if a.act == first]
     picked = stratified_sample(one_per_shape, n, seed)

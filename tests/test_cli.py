@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -466,3 +467,24 @@ def test_refusals_name_the_settings_as_the_user_wrote_them(tmp_path, capsys):
                  *results]) == 2  # fmt: skip
     assert "whole_by chooses the proxy of whole_top: give whole_top K" in _one_line_error(capsys)
     assert not list(tmp_path.iterdir())
+
+
+def test_space_describes_lists_and_samples_cells_and_refuses_a_bad_id(capsys) -> None:
+    short = "c3-no.c3-sk.c3.ap"
+    text = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|avg_pool_3x3~2|"
+    records = []
+    for given in (short, text):
+        assert main(["space", "nb201", "--describe", given]) == 0
+        records.append(json.loads(capsys.readouterr().out))
+    assert records[0] == records[1] and records[0]["id"] == short
+    assert records[0]["index"] == records[0]["benchmark_index"] and records[0]["params"] == 802426
+    assert main(["space", "nb201", "--sample", "10", "--seed", "2"]) == 0
+    sample = capsys.readouterr().out.split()
+    assert len(set(sample)) == 10
+    assert main(["space", "nb201", "--archs", "|none~0|+*"]) == 0
+    assert len(capsys.readouterr().out.split()) == 5**5
+    for bad in ("c3-no.c9-sk.c3.ap", "|none~0|+|none~0|none~1|", "|none~0|+|none~0|none~2|+|a~0|"):
+        assert main(["space", "nb201", "--describe", bad]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1
+        assert captured.err.startswith("nasproxy: error: bad cell")

@@ -326,3 +326,15 @@ def test_a_run_cached_without_a_platform_record_is_reused(run, digits, tmp_path,
     monkeypatch.setattr(scoring, "fit", None)  # reused, not trained again
     again = scoring_run(digits, TINY, tmp_path, device="cpu")
     assert again.hash == artifact.hash and "platform" not in again.meta
+
+
+def test_a_cell_is_a_scoring_backbone(digits) -> None:
+    """A NAS-Bench-201 cell, by either name, scores as a ConvNet does: 64-d features."""
+    text = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|avg_pool_3x3~2|"
+    for name in ("c3-no.c3-sk.c3.ap", text):
+        assert ScoringConfig(backbone=name).backbone == name
+        model = scoring.build_backbone(name, digits)
+        features = model.embed(torch.zeros(2, digits.in_channels, 32, 32))
+        assert features.shape == (2, 64) and model.classifier.in_features == 64
+    with pytest.raises(NasproxyError, match="backbone"):
+        ScoringConfig(backbone="c3-no.c9-sk.c3.ap")

@@ -78,6 +78,7 @@ SAME = [
     (["--whole"], ["whole=true"], "whole", True),
     (["--space", SPACE_FILE], [f"space={SPACE_FILE}"], "space", SPACE_FILE),
     (["--weight-decay", "0.001"], ["weight_decay=0.001"], "train.weight_decay", 0.001),
+    (["--nesterov"], ["nesterov=true"], "train.nesterov", True),
     (["--runner", "local"], ["runner=local"], "runner", "local"),
     (["--fuse", "off"], ["fuse=off"], "fuse", "off"),
     (["--max-stack", "8"], ["max_stack=8"], "max_stack", 8),

@@ -166,7 +166,7 @@ def space_file(tmp_path: Path, head: str = "name: s\nfamily: convnet\n", **optio
         ("name: s\n", {"width": "[8, 8]"}, "options.width lists 8 twice"),
         ("name: s\n", {"kernel": "[3]"}, "unknown option kernel; the fields are width"),
         ("name: s\nwidths: [8]\n", {}, "unknown key widths; a space file has name, family"),
-        ("name: s\nfamily: resnet\n", {}, "unknown family 'resnet'; the family is convnet"),
+        ("name: s\nfamily: resnet\n", {}, "unknown family 'resnet'; choose from convnet, nb201"),
         ("family: convnet\n", {}, "'name' must be a non-empty string, got None"),
         ("name: 720\n", {}, "'name' must be a non-empty string, got 720"),
         ("name: ''\n", {}, "'name' must be a non-empty string"),
@@ -183,7 +183,7 @@ def test_every_schema_mistake_is_one_clear_error(
 
 
 def test_a_good_file_loads_with_or_without_a_family(tmp_path: Path) -> None:
-    """family is optional (convnet, the only one); the product is in FIELDS order."""
+    """family is optional (convnet by default); the product is in FIELDS order."""
     path = space_file(tmp_path, "name: two\n", act="[relu, sigmoid]")
     assert spaces.load(path).name == "two"
     assert spaces.load(path).ids == ["w8-d1-relu-none-none", "w8-d1-sigmoid-none-none"]
@@ -206,3 +206,81 @@ def test_a_bad_space_file_stops_the_search_before_anything_is_written(
     assert not (results / "e").exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "options.width holds True" in err[0], err
+
+
+# --- the nb201 family ---------------------------------------------------------------------
+
+
+def test_nb201_lists_every_cell_in_the_benchmarks_index_order() -> None:
+    space = spaces.load("nb201")
+    assert len(space) == 15625
+    assert [c.index for c in space] == list(range(15625))
+    assert all(space.index(c.benchmark) == space.index(c.id) == c.index for c in space[:50])
+    shipped = spaces.resolve_path("nb201")
+    assert shipped.read_bytes() == (REPO / "search_spaces" / "nb201.yaml").read_bytes()
+
+
+def test_an_nb201_file_with_fewer_ops_keeps_the_cells_of_only_those(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nfamily: nb201\noptions:\n  ops: [none, nor_conv_3x3]\n")
+    space = spaces.load(path)
+    assert len(space) == 2**6
+    assert all(set(c.ops) <= {"none", "nor_conv_3x3"} for c in space)
+    assert [c.index for c in space] == sorted(c.index for c in space)  # the benchmark's order
+    for text, message in [
+        ("  ops: [none, conv_5x5]\n", "options.ops holds 'conv_5x5'; choose from none"),
+        ("  width: [8]\n", "unknown option width; the fields are ops"),
+    ]:
+        path.write_text(f"name: s\nfamily: nb201\noptions:\n{text}")
+        with pytest.raises(NasproxyError, match=None) as caught:
+            spaces.load(path)
+        assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "canonical"),
+    [
+        ("w32-d3-relu-instancenorm-avgpooling", spaces.Arch, "w32-d3-relu-instancenorm-avgpooling"),
+        ("c3-no.c3-sk.c3.ap", spaces.Cell, "c3-no.c3-sk.c3.ap"),
+        (
+            "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|avg_pool_3x3~2|",
+            spaces.Cell,
+            "c3-no.c3-sk.c3.ap",
+        ),
+    ],
+)
+def test_parse_arch_reads_an_id_of_any_family(text: str, kind: type, canonical: str) -> None:
+    arch = spaces.parse_arch(text)
+    assert isinstance(arch, kind) and arch.id == str(arch) == canonical
+    assert spaces.parse_arch(arch.id) == arch
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("resnet", "expected a ConvNet id"),
+        ("w32-d3-relu", "expected e.g. w128-d3"),
+        ("c3-no.c3-sk.c3", "node 3 has 2 edge(s)"),
+        ("|nor_conv_3x3~0|+|none~0|", "2 node(s)"),
+    ],
+)
+def test_parse_arch_refuses_a_bad_id_in_one_line(text: str, message: str) -> None:
+    with pytest.raises(NasproxyError) as caught:
+        spaces.parse_arch(text)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_describe_gives_ids_fields_and_counts() -> None:
+    cell = spaces.parse_arch("c3-no.c3-sk.c3.ap")
+    record = spaces.describe(cell, 3, 10, 32)
+    assert record["id"] == "c3-no.c3-sk.c3.ap" and record["benchmark"] == cell.benchmark
+    assert record["benchmark_index"] == cell.index
+    assert record["edges"]["3<-0"] == "skip_connect"
+    assert record["params"] == cell.param_count(3, 10, 32)
+    conv = spaces.describe(spaces.parse_arch("w32-d1-relu-none-none"), 3, 10, 32)
+    assert conv == {
+        "id": "w32-d1-relu-none-none",
+        **dict(zip(spaces.FIELDS, (32, 1, "relu", "none", "none"), strict=True)),
+        "params": closed_form_params(spaces.Arch(32, 1, "relu", "none", "none"), 3, 10, 32),
+        "macs": spaces.Arch(32, 1, "relu", "none", "none").macs(3, 10, 32),
+    }

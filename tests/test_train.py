@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 import nasproxy.train as train_module
 from nasproxy.data import Dataset
 from nasproxy.models import build_model
-from nasproxy.spaces import Arch
+from nasproxy.spaces import Arch, parse_arch
 from nasproxy.train import TrainConfig, augment_batch, batches, train, warm_up
 
 CPU = torch.device("cpu")
@@ -201,3 +202,25 @@ def test_the_warm_up_runs_once_a_device_and_changes_no_result(digits: Dataset, m
         before.val_acc,
         before.test_acc,
     )
+
+
+def test_a_cell_whose_none_edges_cut_the_graph_still_trains(digits: Dataset) -> None:
+    """Every edge into the output node is none: each cell outputs zeros (the benchmark's
+    semantics), the loss stays finite and only the last norm and the head learn."""
+    text = "|nor_conv_1x1~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|none~1|none~2|"
+    idx = np.arange(64)
+    rec = train(text, digits, idx, TrainConfig(epochs=2, batch_size=16))
+    assert rec.status == "ok" and all(math.isfinite(h["train_loss"]) for h in rec.history)
+    assert rec.arch == "c1-sk.c1-no.no.no"  # the canonical id, whichever form was given
+    model = build_model(parse_arch(text), 1, 10, 32)
+    assert rec.params == sum(p.numel() for p in model.parameters())
+    assert 0.0 <= rec.val_acc <= 1.0
+
+
+def test_nesterov_momentum_changes_the_trajectory(digits: Dataset) -> None:
+    idx = np.arange(96)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05)
+    plain = train("w8-d1-relu-none-none", digits, idx, cfg)
+    nesterov = train("w8-d1-relu-none-none", digits, idx, replace(cfg, nesterov=True))
+    assert plain.status == nesterov.status == "ok"
+    assert plain.history != nesterov.history

@@ -17,6 +17,7 @@ from nasproxy.multitrain.lockstep import (
     fallback_reason,
     fit_many,
     train_many,
+    unstackable,
 )
 from nasproxy.multitrain.planning import largest_stack, plan_stacks, stack_memory_bytes
 from nasproxy.multitrain.stacked import StackedConvNet
@@ -31,4 +32,5 @@ __all__ = [
     "plan_stacks",
     "stack_memory_bytes",
     "train_many",
+    "unstackable",
 ]

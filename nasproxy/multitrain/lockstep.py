@@ -36,7 +36,7 @@ from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError, first_line
 from nasproxy.multitrain.stacked import StackedConvNet, model_chunk, shape_of
 from nasproxy.provenance import device_name
-from nasproxy.spaces import ACTIVATIONS, Arch
+from nasproxy.spaces import ACTIVATIONS, AnyArch, Arch, parse_arch
 from nasproxy.train import (
     CROP_PADDING,
     EVAL_BATCH,
@@ -80,17 +80,28 @@ class FastOptions:
         return ",".join([f"rng={self.rng}", *flags])
 
 
-ArchSpec = Arch | str | Sequence[Arch | str]  # one architecture for all runs, or one each
+ArchSpec = AnyArch | str | Sequence[AnyArch | str]  # one architecture for all runs, or one each
 
 
-def as_archs(arch: ArchSpec, m: int) -> list[Arch]:
+def as_archs(arch: ArchSpec, m: int) -> list[AnyArch]:
     """``m`` architectures from one (repeated) or a sequence of ``m``."""
-    if isinstance(arch, Arch | str):
-        return [Arch.from_id(arch) if isinstance(arch, str) else arch] * m
-    archs = [Arch.from_id(a) if isinstance(a, str) else a for a in arch]
+    if isinstance(arch, str) or not isinstance(arch, Sequence):
+        return [parse_arch(arch) if isinstance(arch, str) else arch] * m
+    archs = [parse_arch(a) if isinstance(a, str) else a for a in arch]
     if len(archs) != m:
         raise NasproxyError(f"{m} runs but {len(archs)} architectures")
     return archs
+
+
+def unstackable(arch: AnyArch, cfg: TrainConfig) -> str:
+    """Why a run trains with the plain trainer whatever it is stacked with ("" when it
+    may stack): a NAS-Bench-201 cell (the stacked network is ConvNet-only), or Nesterov
+    momentum (the stacked SGD step has none)."""
+    if not isinstance(arch, Arch):
+        return "a NAS-Bench-201 cell trains with the plain trainer (stacks hold ConvNets only)"
+    if cfg.nesterov:
+        return "Nesterov momentum trains with the plain trainer (the stacked step has none)"
+    return ""
 
 
 def fallback_reason(
@@ -443,6 +454,13 @@ def train_many(
     if len(tests) != len(cfgs):
         raise NasproxyError(f"{len(cfgs)} runs but {len(tests)} test choices")
     options = options or FastOptions()
+    plain = [unstackable(a, cfg) for a, cfg in zip(archs, cfgs, strict=True)]
+    if any(plain):  # each run alone, the reason kept in its record
+        why = next(p for p in plain if p)
+        return [
+            _train_plain(a, data, s, cfg, t, why)
+            for a, s, cfg, t in zip(archs, index_sets, cfgs, tests, strict=True)
+        ]
     reason = fallback_reason(archs, data, index_sets, cfgs)
     if reason is not None:
         raise NasproxyError(f"cannot train these runs in lockstep: {reason}")

@@ -17,7 +17,7 @@ from typing import Protocol, TypeVar
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.multitrain.stacked import shape_of
-from nasproxy.spaces import Arch
+from nasproxy.spaces import Arch, parse_arch
 from nasproxy.train import CROP_PADDING
 
 
@@ -50,9 +50,9 @@ def plan_stacks(
     """
     if max_stack < 1:
         raise NasproxyError(f"max models per stack must be at least 1, got {max_stack}")
-    groups: dict[tuple[tuple[int, int, str, str], int], list[U]] = {}
+    groups: dict[tuple[tuple[int | str, ...], int], list[U]] = {}
     for unit in pending:
-        shape = shape_of(Arch.from_id(unit.arch))
+        shape = shape_of(parse_arch(unit.arch))
         groups.setdefault((shape, n_images[unit.train_set]), []).append(unit)
     stacks = []
     for members in groups.values():

@@ -31,7 +31,7 @@ from torch import nn
 
 from nasproxy.errors import NasproxyError
 from nasproxy.models import ConvNet, build_model, conv_blocks, make_activation
-from nasproxy.spaces import GROUPNORM_GROUPS, Arch
+from nasproxy.spaces import GROUPNORM_GROUPS, AnyArch, Arch
 
 
 class StackedLayerNorm(nn.Module):
@@ -61,8 +61,11 @@ def _stacked_norm(kind: str, m: int, channels: int, size: int) -> nn.Module | No
     return None
 
 
-def shape_of(arch: Arch) -> tuple[int, int, str, str]:
-    """What ConvNets must share to stack: width, depth, norm and pooling (not activation)."""
+def shape_of(arch: AnyArch) -> tuple[int | str, ...]:
+    """What ConvNets must share to stack: width, depth, norm and pooling (not activation);
+    a NAS-Bench-201 cell stacks only with itself (its id)."""
+    if not isinstance(arch, Arch):
+        return ("cell", arch.id)
     return (arch.width, arch.depth, arch.norm, arch.pool)
 
 

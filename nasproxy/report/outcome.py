@@ -19,7 +19,7 @@ from nasproxy import metrics, shortlist
 from nasproxy.reference import Reference
 from nasproxy.report.formats import duration, md_escape, pct
 from nasproxy.results import WHOLE
-from nasproxy.spaces import Arch, unit_cost
+from nasproxy.spaces import parse_arch, unit_cost
 
 # search_outcome.csv's columns: per proxy, its shortlist confirmed on the whole split.
 OUTCOME_COLUMNS = (
@@ -52,7 +52,7 @@ def _unit_cost(manifest: Mapping[str, Any]) -> Callable[[str, int], float] | Non
     if not isinstance(shape, dict) or not all(isinstance(shape.get(k), int) for k in keys):
         return None
     dims = [int(shape[k]) for k in keys]
-    return lambda arch, n_images: unit_cost(Arch.from_id(arch), n_images, *dims)
+    return lambda arch, n_images: unit_cost(parse_arch(arch), n_images, *dims)
 
 
 def exhaustive_cost(

@@ -25,6 +25,8 @@ from nasproxy.search.lock import BREAK_NAME, LOCK_NAME, ensure_held, experiment_
 from nasproxy.spaces import Arch, Space
 
 RAY_DIR = "ray"
+# protocol keys added later, with the value an experiment recorded before them meant
+LATER_PROTOCOL: dict[str, Any] = {"nesterov": False}
 # the settings that choose the whole split's architectures (nasproxy.search.sweep.whole_archs)
 WHOLE_CHOICE = ("whole_archs", "whole_sample", "whole_top", "whole_by")
 
@@ -296,7 +298,8 @@ def protocol_checks(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tupl
         ("space", old.get("space"), new.get("space")),
         ("space size", old.get("space_size"), new.get("space_size")),
     ]
-    old_protocol, new_protocol = old.get("protocol", {}), new.get("protocol", {})
+    old_protocol = {**LATER_PROTOCOL, **old.get("protocol", {})}
+    new_protocol = {**LATER_PROTOCOL, **new.get("protocol", {})}
     for key in sorted(set(old_protocol) | set(new_protocol)):
         checks.append((key, old_protocol.get(key), new_protocol.get(key)))
     old_sets, new_sets = sets(old), sets(new)

@@ -23,7 +23,7 @@ import numpy as np
 from nasproxy.errors import NasproxyError
 from nasproxy.multitrain import plan_stacks
 from nasproxy.results import UnitKey
-from nasproxy.spaces import FIELDS, Arch, Space
+from nasproxy.spaces import AnyArch, Space
 
 Stack = tuple[UnitKey, ...]  # units of one shape and training-set size
 
@@ -49,18 +49,20 @@ def select_archs(
     patterns: Sequence[str] = (),
     sample: int | None = None,
     sample_seed: int = 0,
-) -> list[Arch]:
+) -> list[AnyArch]:
     """The architectures matching any pattern (all when none), then an optional sample.
 
     A pattern is a shell glob on ids (``w32-*-relu-*``) or, with a ``re:`` prefix, a Python
-    regular expression; both must match the whole id. A pattern matching nothing is refused.
+    regular expression; both must match a whole name of the architecture: its id, or for a
+    NAS-Bench-201 cell either form (``c3-*``, ``*nor_conv_3x3~0*``). A pattern matching
+    nothing is refused.
     """
     archs = list(space)
     if patterns:
         keep = np.zeros(len(archs), dtype=bool)
         for pattern in patterns:
             match = _matcher(pattern)
-            hits = np.array([match(a.id) for a in archs], dtype=bool)
+            hits = np.array([any(map(match, a.aliases)) for a in archs], dtype=bool)
             if not hits.any():
                 raise NasproxyError(f"--archs {pattern!r} matches no architecture of {space.name}")
             keep |= hits
@@ -80,34 +82,39 @@ def _matcher(pattern: str) -> Callable[[str], bool]:
     return lambda s: fnmatch.fnmatchcase(s, pattern)
 
 
-def stratified_sample(archs: Sequence[Arch], n: int, seed: int) -> list[Arch]:
+def stratified_sample(archs: Sequence[AnyArch], n: int, seed: int) -> list[AnyArch]:
     """``n`` distinct architectures whose field values are spread as evenly as possible.
 
-    Aim: each value of a field with k options appears floor(n/k) or ceil(n/k) times, for
-    every field at once. Construction: (1) greedy picks, each an architecture not yet taken
-    whose values have the lowest total count so far, ties broken by a seeded random order
-    (on a full Cartesian space the combination of every field's least-used values is almost
-    always free, so this alone keeps each field within one); (2) then swaps of a taken and a
-    free architecture while one lowers the sum over fields of squared value counts (which is
-    smallest when counts are equal). On convnet720 this balances every field to within one
-    for every n; on a filtered set it is a best effort. Returned in the input order.
+    The fields are an architecture's ``strata()``: a ConvNet's width, depth, activation,
+    norm and pooling; a NAS-Bench-201 cell's operation on each edge (so each operation's
+    count over the sample is balanced too). Aim: each value of a field with k options
+    appears floor(n/k) or ceil(n/k) times, for every field at once. Construction: (1)
+    greedy picks, each an architecture not yet taken whose values have the lowest total
+    count so far, ties broken by a seeded random order (on a full Cartesian space the
+    combination of every field's least-used values is almost always free, so this alone
+    keeps each field within one); (2) then swaps of a taken and a free architecture while
+    one lowers the sum over fields of squared value counts (which is smallest when counts
+    are equal). On convnet720 this balances every field to within one for every n; on a
+    filtered set it is a best effort. Returned in the input order.
     """
     if n >= len(archs):
         return list(archs)
     rng = np.random.default_rng(seed)
-    codes = np.empty((len(archs), len(FIELDS)), dtype=np.int64)
+    strata = [a.strata() for a in archs]
+    n_fields = len(strata[0]) if strata else 0
+    codes = np.empty((len(archs), n_fields), dtype=np.int64)
     counts = []
-    for j, name in enumerate(FIELDS):
-        values = sorted({getattr(a, name) for a in archs})
+    for j in range(n_fields):
+        values = sorted({s[j] for s in strata})
         code = {v: i for i, v in enumerate(values)}
-        codes[:, j] = [code[getattr(a, name)] for a in archs]
+        codes[:, j] = [code[s[j]] for s in strata]
         counts.append(np.zeros(len(values), dtype=np.int64))
     tiebreak = rng.permutation(len(archs))
     taken = np.zeros(len(archs), dtype=bool)
 
     def move(out: int | None, into: int) -> None:
         taken[into] = True
-        for j in range(len(FIELDS)):
+        for j in range(n_fields):
             counts[j][codes[into, j]] += 1
             if out is not None:
                 counts[j][codes[out, j]] -= 1
@@ -115,14 +122,14 @@ def stratified_sample(archs: Sequence[Arch], n: int, seed: int) -> list[Arch]:
             taken[out] = False
 
     for _ in range(n):
-        score = sum(counts[j][codes[:, j]] for j in range(len(FIELDS))).astype(np.float64)
+        score = sum(counts[j][codes[:, j]] for j in range(n_fields)).astype(np.float64)
         score[taken] = np.inf
         move(None, int(np.lexsort((tiebreak, score))[0]))
     while True:
         held, free = np.flatnonzero(taken), np.flatnonzero(~taken)
         # change of sum(count^2)/2 when held[a] is swapped for free[b]
         delta = np.zeros((len(held), len(free)))
-        for j in range(len(FIELDS)):
+        for j in range(n_fields):
             ch, cf = codes[held, j], codes[free, j]
             gain = counts[j][cf][None, :] - counts[j][ch][:, None] + 1
             delta += (ch[:, None] != cf[None, :]) * gain

@@ -40,7 +40,7 @@ from nasproxy.search.runner import check_runner, open_runner
 from nasproxy.search.train_sets import proxy_names, resolve_train_sets
 from nasproxy.search.trial import TrialPlan, make_row
 from nasproxy.settings import SettingError, ref
-from nasproxy.spaces import Arch, unit_cost
+from nasproxy.spaces import AnyArch, parse_arch, unit_cost
 from nasproxy.train import TrainRecord
 
 CONSOLIDATE_EVERY_S = 30.0
@@ -154,7 +154,7 @@ def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
 
 def check_search(
     cfg: SearchConfig, proxy_names: Sequence[str]
-) -> tuple[Dataset, spaces.Space, list[Arch]]:
+) -> tuple[Dataset, spaces.Space, list[AnyArch]]:
     """Refuse what ``run_search(cfg)`` would refuse before its lock, but the proxy files,
     which need not exist yet (``nasproxy run`` builds them after this), given the names of
     their training sets; returns the dataset, the space and the proxies' architectures."""
@@ -180,7 +180,9 @@ def check_search(
     return data, space, archs
 
 
-def whole_archs(cfg: SearchConfig, space: spaces.Space, proxy_archs: Sequence[Arch]) -> list[Arch]:
+def whole_archs(
+    cfg: SearchConfig, space: spaces.Space, proxy_archs: Sequence[AnyArch]
+) -> list[AnyArch]:
     """The whole split's own architectures before any confirmation: ``--whole-archs``
     patterns (default: the proxies' ``--archs``) and an optional stratified
     ``--whole-sample``; with neither, the proxies' set, or none when ``--whole-top`` is
@@ -195,7 +197,7 @@ def _run_locked(
     cfg: SearchConfig,
     data: Dataset,
     space: spaces.Space,
-    archs: Sequence[Arch],
+    archs: Sequence[AnyArch],
     train_sets: Sequence[TrainSet],
     progress: ProgressFn | None,
 ) -> Path:
@@ -338,7 +340,7 @@ def _run_pending(
     this process), isolating crashing units; returns run provenance."""
     by_name = {ts.name: ts for ts in train_sets}
     shape = (data.in_channels, data.num_classes, data.image_size)
-    per_image = {a: unit_cost(Arch.from_id(a), 1, *shape) for a in {key.arch for key in pending}}
+    per_image = {a: unit_cost(parse_arch(a), 1, *shape) for a in {key.arch for key in pending}}
 
     def cost(key: UnitKey) -> float:
         return per_image[key.arch] * by_name[key.train_set].n_images
@@ -430,4 +432,4 @@ def _crash_row(key: UnitKey, train_set: TrainSet, cfg: SearchConfig, reason: str
         epochs=cfg.train.epochs,
         n_train=train_set.n_images,
     )
-    return make_row(Arch.from_id(key.arch), key.train_set, train_set.proxy_hash, record)
+    return make_row(parse_arch(key.arch), key.train_set, train_set.proxy_hash, record)

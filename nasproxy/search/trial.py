@@ -25,13 +25,13 @@ import torch
 from nasproxy import results
 from nasproxy.data import Dataset
 from nasproxy.errors import first_line
-from nasproxy.multitrain import largest_stack, train_many
+from nasproxy.multitrain import largest_stack, train_many, unstackable
 from nasproxy.provenance import utc_now
 from nasproxy.results import WHOLE, UnitKey
 from nasproxy.search.config import FastChoice
 from nasproxy.search.lock import check_token
 from nasproxy.search.plan import Chunk
-from nasproxy.spaces import Arch
+from nasproxy.spaces import AnyArch, parse_arch
 from nasproxy.train import TrainConfig, TrainRecord, train
 
 MEMORY_FRACTION = 0.6  # of the trial's GPU share, for one stack (the rest: CUDA context, cache)
@@ -83,15 +83,16 @@ def run_chunk(plan: TrialPlan, data: Dataset, chunk_id: str, device: str, report
 def _fit_memory(
     plan: TrialPlan, data: Dataset, keys: Sequence[UnitKey], device: str
 ) -> list[list[UnitKey]]:
-    """The stack cut into even pieces that fit the trial's GPU memory (one piece off GPU)."""
-    if not device.startswith("cuda") or plan.gpu_share <= 0:
+    """The stack cut into even pieces that fit the trial's GPU memory (one piece off GPU,
+    and for runs that train one by one with the plain trainer)."""
+    arch = parse_arch(keys[0].arch)
+    if not device.startswith("cuda") or plan.gpu_share <= 0 or unstackable(arch, plan.train):
         return [list(keys)]
     total = torch.cuda.get_device_properties(torch.device(device)).total_memory
     budget = int(total * min(plan.gpu_share, 1.0) * MEMORY_FRACTION)
     indices = plan.indices[keys[0].train_set]
     n_images = len(data.y_train) if indices is None else len(indices)
     bf16 = plan.fast.resolve("cuda").bf16
-    arch = Arch.from_id(keys[0].arch)
     cap = largest_stack(arch, data, n_images, plan.train.batch_size, budget, bf16)
     count = math.ceil(len(keys) / cap)
     bounds = [round(j * len(keys) / count) for j in range(count + 1)]
@@ -141,7 +142,7 @@ def _failed(
 
 def _store(plan: TrialPlan, key: UnitKey, record: TrainRecord) -> dict[str, Any]:
     """Write the unit file of ``key`` (atomic) and return its row."""
-    row = make_row(Arch.from_id(key.arch), key.train_set, plan.hashes[key.train_set], record)
+    row = make_row(parse_arch(key.arch), key.train_set, plan.hashes[key.train_set], record)
     extra = {
         "history": record.history,
         "params": record.params,
@@ -156,16 +157,13 @@ def _store(plan: TrialPlan, key: UnitKey, record: TrainRecord) -> dict[str, Any]
     return row
 
 
-def make_row(arch: Arch, train_set: str, proxy_hash: str, record: TrainRecord) -> dict[str, Any]:
+def make_row(arch: AnyArch, train_set: str, proxy_hash: str, record: TrainRecord) -> dict[str, Any]:
     """The table row (``nasproxy.results.COLUMNS``) of one finished work unit, from the
-    trainer's record."""
+    trainer's record. The columns width, depth, act, norm and pool hold a ConvNet's fields;
+    a NAS-Bench-201 cell's row holds its skeleton's there (``Cell.row_fields``)."""
     return {
         "arch": arch.id,
-        "width": arch.width,
-        "depth": arch.depth,
-        "act": arch.act,
-        "norm": arch.norm,
-        "pool": arch.pool,
+        **arch.row_fields(),
         "train_set": train_set,
         "proxy_hash": proxy_hash,
         "seed": int(record.seed),

@@ -372,3 +372,29 @@ def test_the_warm_up_is_in_the_first_record_not_in_the_stacks_time(
     assert [(r.warmup_s, r.wall_s) for r in first] == [(1000.0, 4.0), (0.0, 4.0)]
     assert [(r.warmup_s, r.wall_s) for r in again] == [(0.0, 4.0), (0.0, 4.0)]
     assert warm_up(digits, CPU) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("arch", "nesterov", "why"),
+    [
+        ("c1-no.sk-no.ap.c1", False, "NAS-Bench-201 cell"),  # the same cell, two seeds
+        ("w8-d1-relu-none-none", True, "Nesterov"),
+    ],
+)
+def test_cells_and_nesterov_fall_back_to_the_plain_trainer_and_say_why(
+    digits: Dataset, arch: str, nesterov: bool, why: str
+) -> None:
+    """Each run is train()'s own (the same accuracies); its record names the fallback."""
+    sets = _sets(digits, 2, 48, seed=3)
+    cfgs = [TrainConfig(epochs=1, batch_size=16, seed=s, nesterov=nesterov) for s in (0, 1)]
+    fast = train_many(arch, digits, sets, cfgs)
+    for s, cfg, rec in zip(sets, cfgs, fast, strict=True):
+        plain = train(arch, digits, s, cfg)
+        assert rec.status == plain.status == "ok"
+        assert (rec.trainer, rec.stack_size) == ("plain", 1)
+        assert why in rec.fallback and "plain trainer" in rec.fallback
+        assert (rec.val_acc, rec.test_acc, rec.params) == (
+            plain.val_acc,
+            plain.test_acc,
+            plain.params,
+        )

@@ -65,3 +65,10 @@ def test_largest_stack_is_the_most_that_fits_the_budget(digits: Dataset) -> None
         assert largest_stack(arch, digits, 1000, 128, 50 * one, bf16=True) >= largest_stack(
             arch, digits, 1000, 128, 50 * one
         )
+
+
+def test_a_cell_stacks_only_with_itself() -> None:
+    a, b = "c3-no.c3-sk.c3.ap", "c1-no.sk-no.ap.c1"
+    pending = [UnitKey("p", 0, a), UnitKey("p", 0, b), UnitKey("q", 1, a), UnitKey("p", 1, b)]
+    stacks = plan_stacks(pending, {"p": 100, "q": 100}, 8)
+    assert sorted(stacks) == sorted([(pending[0], pending[2]), (pending[1], pending[3])])

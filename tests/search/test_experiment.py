@@ -234,3 +234,17 @@ def _fields(arch_id: str) -> dict:
     arch = spaces.Arch.from_id(arch_id)
     return {"width": arch.width, "depth": arch.depth, "act": arch.act, "norm": arch.norm,
             "pool": arch.pool}  # fmt: skip
+
+
+def test_a_manifest_from_before_nesterov_compares_equal_to_it_off():
+    """An experiment recorded before the protocol had ``nesterov`` ran without it: it
+    resumes under nesterov=False, and nesterov=True is a change of protocol."""
+    from nasproxy.search.experiment import _refuse_different, protocol_checks
+
+    new = {"protocol": {"epochs": 3, "lr": 0.1, "nesterov": False}, "train_sets": {}}
+    old = {"protocol": {"epochs": 3, "lr": 0.1}, "train_sets": {}}
+    assert all(before == now for _, before, now in protocol_checks(old, new))
+    _refuse_different("e", old, new)  # no error
+    turned_on = {**new, "protocol": {**new["protocol"], "nesterov": True}}
+    with pytest.raises(NasproxyError, match="nesterov False, this run asks for True"):
+        _refuse_different("e", old, turned_on)

@@ -124,3 +124,28 @@ def test_a_partly_stored_stack_schedules_only_its_missing_units():
     chunks = plan_trials(pending, sizes, True, 64, 16, 1, lambda k: 1.0)
     stacks = sorted(st for c in chunks for st in c.stacks)
     assert stacks == [(("a", 1, arch), ("b", 0, arch)), (("whole", 1, arch),)]
+
+
+def test_arch_patterns_match_either_form_of_a_cell():
+    space = spaces.load("nb201")
+    by_short = select_archs(space, ["c3-*"])
+    by_benchmark = select_archs(space, ["|nor_conv_3x3~0|+*"])
+    assert by_short == by_benchmark and len(by_short) == 5**5
+    assert all(c.ops[0] == "nor_conv_3x3" for c in by_short)
+    both = select_archs(space, ["*|none~0|none~1|none~2|", "no-no.no-*"])
+    brute = [c for c in space if c.ops[3:] == ("none",) * 3 or c.ops[:3] == ("none",) * 3]
+    assert both == brute
+
+
+@pytest.mark.parametrize("n", [5, 37, 100])
+def test_a_stratified_sample_of_cells_balances_each_edges_operation(n):
+    space = spaces.load("nb201")
+    sample = stratified_sample(list(space), n, 0)
+    assert len(set(sample)) == n
+    for edge in range(6):
+        counts = Counter(c.ops[edge] for c in sample)
+        spread = [counts.get(op, 0) for op in ("none", "skip_connect", "nor_conv_1x1",
+                                              "nor_conv_3x3", "avg_pool_3x3")]  # fmt: skip
+        assert max(spread) - min(spread) <= 1, (edge, spread)
+    totals = Counter(op for c in sample for op in c.ops)  # so each operation's count too
+    assert max(totals.values()) - min(totals.values()) <= 6

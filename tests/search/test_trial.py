@@ -233,3 +233,47 @@ def test_proxy_units_skip_the_test_split_and_one_unit_holds_the_warm_up(
     warmed = table["warmup_s"] >= 1000
     assert warmed.sum() == 1 and (table.loc[~warmed, "warmup_s"] == 0).all()
     assert table["wall_s"].between(0, 1000, inclusive="neither").all()
+
+
+@pytest.mark.slow
+def test_a_fused_sweep_of_cells_trains_them_plainly_and_records_why(inputs, tmp_path):
+    """Cells do not stack: a fused sweep trains each unit with the plain trainer, so its
+    accuracies are the unfused sweep's, and every unit record says why (two proxies, two
+    seeds: the same cell could have stacked four times)."""
+    cell = "sk-no.sk-no.ap.sk"
+    tables = {}
+    for fuse in ("off", "on"):
+        cfg = _config(
+            inputs, tmp_path, f"cells-{fuse}", space="nb201", archs=(cell,), runner="local",
+            fuse=fuse, seeds=(0, 1), whole=False,
+        )  # fmt: skip
+        tables[fuse] = _accuracy_table(run_search(cfg))
+    on, off = tables["on"], tables["off"]
+    assert len(on) == len(off) == 2 * 2 and (on["status"] == "ok").all()
+    assert (off["fallback"] == "").all()
+    assert on["fallback"].str.contains("NAS-Bench-201 cell").all()
+    assert (on["trainer"] == "plain").all() and (on["stack_size"] == 1).all()
+    assert on["val_acc"].tolist() == off["val_acc"].tolist()
+    fields = on[["width", "depth", "act", "norm", "pool"]].drop_duplicates()
+    assert fields.values.tolist() == [[16, 5, "relu", "batchnorm", "global"]]
+
+
+def test_a_cells_row_holds_its_skeleton_in_the_convnet_columns():
+    record = train_module.TrainRecord("c3-no.c3-sk.c3.ap", "ok", "", 0, 1, 10)
+    row = trial.make_row(spaces.parse_arch(record.arch), "whole", "", record)
+    assert {k: row[k] for k in ("arch", *spaces.FIELDS)} == {
+        "arch": "c3-no.c3-sk.c3.ap", "width": 16, "depth": 5, "act": "relu",
+        "norm": "batchnorm", "pool": "global",
+    }  # fmt: skip
+    assert set(row) == set(results.COLUMNS)
+
+
+def test_a_gpu_trial_leaves_a_stack_of_cells_whole(digits, monkeypatch):
+    """Cells train one by one with the plain trainer: no memory bound applies."""
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: 1 / 0)
+    keys = [results.UnitKey("p", seed, "c3-no.c3-sk.c3.ap") for seed in range(4)]
+    plan = trial.TrialPlan(
+        exp_dir="unused", chunks={}, indices={"p": np.arange(100)}, hashes={"p": ""},
+        train=TrainConfig(epochs=1), threads=1, run=1, fuse=True, gpu_share=0.5,
+    )  # fmt: skip
+    assert trial._fit_memory(plan, digits, keys, "cuda") == [keys]
