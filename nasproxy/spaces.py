@@ -167,6 +167,12 @@ def parse_arch(text: str) -> AnyArch:
     return Cell.from_id(text)
 
 
+def canonical_id(text: str) -> str:
+    """The canonical id of an architecture given in any of its forms (a reference file's
+    ids may be a benchmark's own strings)."""
+    return parse_arch(text).id
+
+
 def describe(arch: AnyArch, in_channels: int, num_classes: int, image_size: int) -> dict[str, Any]:
     """One architecture as a record: its id and fields, parameters and MACs on the given
     input shape (``nasproxy space --json`` and ``--describe``)."""

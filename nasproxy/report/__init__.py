@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nasproxy import metrics, plots, results
+from nasproxy import metrics, plots, results, spaces
 from nasproxy.errors import NasproxyError
 from nasproxy.io import atomic_write_bytes, atomic_write_text
-from nasproxy.reference import Reference, identity, read_reference
+from nasproxy.reference import Reference, read_reference
 from nasproxy.report import formats
 from nasproxy.report.outcome import (
     OUTCOME_COLUMNS,
@@ -113,15 +113,16 @@ def make_report(
     n_boot: int = 1000,
     seed: int = 0,
     reference: str | Path | None = None,
-    canonical: Callable[[str], str] = identity,
+    canonical: Callable[[str], str] = spaces.canonical_id,
 ) -> ReportResult:
     """Compute Table 1 of experiment ``exp_dir`` and write its tables and figures there.
 
     ``top_k`` is the paper's k = 10 of "top-10 architectures"; ``n_boot`` the bootstrap
     resamples of the correlation intervals, drawn from ``seed``. ``reference``: a reference
-    file (``nasproxy.reference``, its ids through ``canonical``) of the experiment's
-    dataset that stands in for the whole split; it is read and checked before anything
-    is written.
+    file (``nasproxy.reference``) of the experiment's dataset that stands in for the whole
+    split, its ids read through ``canonical`` (by default any form of any space's id, a
+    benchmark's own cell strings included); it is read and checked before anything is
+    written.
     """
     exp_dir = Path(exp_dir)
     if not exp_dir.is_dir():
