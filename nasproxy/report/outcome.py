@@ -120,9 +120,7 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
     """
     k, _ = shortlist_size(manifest, top_k)
     seeds = list(manifest["protocol"]["seeds"])
-    proxies = {
-        n: shortlist.train_set_archs(manifest, n) for n in manifest["train_sets"] if n != WHOLE
-    }
+    proxies = {n: shortlist.train_set_archs(manifest, n) for n in shortlist.proxy_sets(manifest)}
     whole = trials[trials["train_set"] == WHOLE]
     ok = whole[whole["status"] == "ok"]
     if not proxies or ok.empty:

@@ -233,7 +233,8 @@ def compute_table(
     seeds = list(manifest["protocol"]["seeds"])
     names = list(manifest["train_sets"])
     names += sorted(set(trials["train_set"]) - set(names))
-    proxies = [n for n in names if n != WHOLE]
+    rungs = set(manifest["train_sets"]) - set(shortlist.proxy_sets(manifest)) - {WHOLE}
+    proxies = [n for n in names if n != WHOLE and n not in rungs]  # rungs: report.halving
 
     def rows_of(name: str) -> pd.DataFrame:
         return trials[trials["train_set"] == name]

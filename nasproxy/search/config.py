@@ -15,6 +15,7 @@ from nasproxy import results
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.multitrain import RNG_MODES, FastOptions
+from nasproxy.search.epoch_sets import OWN_EPOCHS, check_settings, wants_whole
 from nasproxy.settings import (
     SEED,
     SettingError,
@@ -155,6 +156,35 @@ class SearchSettings:
         "(--whole-archs, --whole-sample, --whole-top, --by) where the experiment recorded "
         "another choice; without it the recorded choice is kept, and a line says so",
     )
+    epoch_sets: tuple[str, ...] = setting(
+        (),
+        flag="--also",
+        repeat=True,
+        metavar="SET@N",
+        check=OWN_EPOCHS,
+        help="also train SET (a proxy's training-set name, or whole) for N epochs instead of "
+        "--epochs, as a training set of its own named SET@N, on the proxies' architectures "
+        "(repeatable; whole@N needs no --whole)",
+    )
+    equal_compute: bool = setting(
+        False,
+        help="also train the whole split at each proxy's compute: whole@N, N = epochs x proxy "
+        "images / whole images rounded half up (at least 1), on the proxies' architectures",
+    )
+    halving: int | None = setting(
+        None,
+        metavar="ETA",
+        check=at_least(2),
+        help="successive halving on each proxy: rungs of increasing epochs (the last the "
+        "proxy's own units), only the best 1/ETA of a rung go on to the next",
+    )
+    halving_rungs: int | None = setting(
+        None,
+        metavar="R",
+        check=at_least(2),
+        help="with --halving: R rungs, rung r training epochs // ETA^(R-1-r) (default: as many "
+        "as the epochs hold, no more than halving the architectures down to one needs)",
+    )
     seeds: tuple[int, ...] = setting(
         (0,),
         parse=parse_seeds,
@@ -256,7 +286,7 @@ class SearchConfig(SearchSettings):
         whole, whole_top = ref("whole"), ref("whole_top")
         if not self.proxies and not self.whole:
             raise SettingError(f"nothing to train on: give {ref('proxies')} files and/or {whole}")
-        if self.whole_per_class is not None and not self.whole:
+        if self.whole_per_class is not None and not (self.whole or wants_whole(self)):
             raise SettingError(f"{ref('whole_per_class')} needs {whole}")
         if len(set(self.seeds)) != len(self.seeds):
             raise SettingError(f"{ref('seeds')} must be distinct, got {self.seeds}")
@@ -274,6 +304,7 @@ class SearchConfig(SearchSettings):
             raise SettingError(
                 f"{ref('runner')} local runs in this process: it takes no {ref('address')}"
             )
+        check_settings(self)
         if self.fresh and self.rebuild_manifest:
             raise SettingError(
                 f"{ref('fresh')} deletes what {ref('rebuild_manifest')} would keep: give one"
@@ -314,6 +345,7 @@ class TrainSet:
     epsilon: float | None = None
     selection: dict[str, str] | None = None  # the hash field by field, to name a change
     file_hash: str = ""  # of the file's bytes: what older manifests recorded as proxy_hash
+    epochs: int | None = None  # its own epochs (a set BASE@N), None: the protocol's
 
     def manifest_entry(self, data: Dataset, archs: list[str]) -> dict[str, Any]:
         """The manifest record: provenance, size (uint8 bytes of its images) and the ids
@@ -327,4 +359,4 @@ class TrainSet:
             "bytes": self.n_images * per_image,
             "epsilon": self.epsilon,
             "selection": self.selection,
-        }
+        } | ({"epochs": self.epochs} if self.epochs is not None else {})
