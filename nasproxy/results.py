@@ -67,6 +67,7 @@ OWN_ENTRIES = frozenset(
         "correlation.png",
         "acc_vs_time.png",
         "search_outcome.csv",
+        "halving.csv",
     }
 )
 

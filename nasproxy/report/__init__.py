@@ -6,9 +6,10 @@ with ``pd.read_csv(path, comment="#")``), ``table1.tex``, ``table1_seeds.csv`` (
 per-seed metrics behind the means), three PNG figures, and ``search_outcome.csv`` (with a
 "Search outcome" section in ``table1.md``) when the experiment has a proxy training set and
 a whole-split unit that finished "ok" (``--whole-top``, or ``--whole``, ``--whole-archs``,
-``--whole-sample``, which take K from ``top_k``). The rooms: ``table1`` computes Table 1,
-``outcome`` the search outcome, ``formats`` writes them as text, ``nasproxy.plots`` draws
-the figures. What the files say: docs/search.md ("Report") and docs/find.md ("The answer:
+``--whole-sample``, which take K from ``top_k``), and ``halving.csv`` (with a "Successive
+halving" section) when the search ran ``--halving``. The rooms: ``table1`` computes Table 1,
+``outcome`` the search outcome, ``halving`` successive halving's, ``formats`` writes them
+as text, ``nasproxy.plots`` draws the figures. What the files say: docs/search.md ("Report") and docs/find.md ("The answer:
 the search outcome").
 """
 
@@ -25,6 +26,7 @@ from nasproxy import metrics, plots, results
 from nasproxy.errors import NasproxyError
 from nasproxy.io import atomic_write_bytes, atomic_write_text
 from nasproxy.report import formats
+from nasproxy.report.halving import HALVING_COLUMNS, halving_line, halving_markdown, halving_outcome
 from nasproxy.report.outcome import (
     OUTCOME_COLUMNS,
     outcome_line,
@@ -48,6 +50,7 @@ class ReportResult:
     top_k: int
     paths: dict[str, Path] = field(default_factory=dict)  # kind -> file written
     outcome: pd.DataFrame | None = None  # the search outcome (OUTCOME_COLUMNS), if any
+    halving: pd.DataFrame | None = None  # successive halving's outcome (HALVING_COLUMNS)
 
 
 def _inputs(exp_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -76,7 +79,10 @@ def outcome_lines(exp_dir: Path, top_k: int = 10) -> list[str]:
     """The search outcome of experiment ``exp_dir`` as lines for the terminal."""
     manifest, trials = _inputs(Path(exp_dir))
     outcome = search_outcome(trials, manifest, top_k)
-    return [f"search outcome: {outcome_line(r)}" for r in outcome.to_dict("records")]
+    halving = halving_outcome(trials, manifest)
+    return [f"search outcome: {outcome_line(r)}" for r in outcome.to_dict("records")] + [
+        f"halving: {halving_line(r)}" for r in halving.to_dict("records")
+    ]
 
 
 def _figures(t1: Table1, top_k: int) -> dict[str, tuple[str, bytes]]:
@@ -120,6 +126,9 @@ def make_report(exp_dir: Path, top_k: int = 10, n_boot: int = 1000, seed: int = 
     markdown = formats.markdown(table, protocol, notes, top_k)
     if not outcome.empty:
         markdown += outcome_markdown(outcome)
+    halving = halving_outcome(trials, manifest)
+    if not halving.empty:
+        markdown += halving_markdown(halving)
 
     paths = {
         "md": atomic_write_text(exp_dir / "table1.md", markdown),
@@ -139,9 +148,14 @@ def make_report(exp_dir: Path, top_k: int = 10, n_boot: int = 1000, seed: int = 
             exp_dir / "search_outcome.csv",
             formats.csv(outcome, protocol, notes, "Search outcome (nasproxy)"),
         )
+    if not halving.empty:
+        paths["halving_csv"] = atomic_write_text(
+            exp_dir / "halving.csv",
+            formats.csv(halving, protocol, notes, "Successive halving (nasproxy)"),
+        )
     for kind, (fname, png) in _figures(t1, top_k).items():
         paths[kind] = atomic_write_bytes(exp_dir / fname, png)
-    return ReportResult(exp_dir, table, per_seed, protocol, notes, top_k, paths, outcome)
+    return ReportResult(exp_dir, table, per_seed, protocol, notes, top_k, paths, outcome, halving)
 
 
 def format_summary(result: ReportResult) -> str:
@@ -161,10 +175,13 @@ def format_summary(result: ReportResult) -> str:
             "",
             *(f"search outcome: {outcome_line(r)}" for r in result.outcome.to_dict("records")),
         ]
+    if result.halving is not None and not result.halving.empty:
+        lines += ["", *(f"halving: {halving_line(r)}" for r in result.halving.to_dict("records"))]
     return "\n".join(lines)
 
 
 __all__ = [
+    "HALVING_COLUMNS",
     "OUTCOME_COLUMNS",
     "SEED_COLUMNS",
     "TABLE_COLUMNS",
@@ -172,6 +189,7 @@ __all__ = [
     "Table1",
     "compute_table",
     "format_summary",
+    "halving_outcome",
     "make_report",
     "outcome_lines",
     "search_outcome",

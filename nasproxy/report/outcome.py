@@ -41,7 +41,7 @@ OUTCOME_COLUMNS = (
 )
 
 
-def _unit_cost(manifest: Mapping[str, Any]) -> Callable[[str, int], float] | None:
+def unit_cost_model(manifest: Mapping[str, Any]) -> Callable[[str, int], float] | None:
     """The planner's cost of a unit of (arch id, training images) on the experiment's
     images (``data_shape`` of the manifest); None for a manifest that does not record it."""
     shape = manifest.get("data_shape")
@@ -135,7 +135,7 @@ def search_outcome(trials: pd.DataFrame, manifest: dict[str, Any], top_k: int) -
     n_images = (manifest["train_sets"].get(WHOLE) or {}).get("n_images")
     if not isinstance(n_images, int):
         n_images = int(ok["n_train"].max())
-    cost = _unit_cost(manifest)
+    cost = unit_cost_model(manifest)
     rows = []
     for name, archs in proxies.items():
         confirmed = [a for a in lists[name] if a in val.index]

@@ -292,6 +292,10 @@ def compute_table(
         notes.append(
             "no whole-set trial with status ok: performance, regret and correlation are n/a"
         )
+    for entry in manifest["train_sets"].values():  # --equal-compute: a rounding far off
+        notes += [
+            f"equal compute: {m['note']}" for m in entry.get("equal_compute", []) if m.get("note")
+        ]
     table = pd.DataFrame(table_rows).reindex(columns=list(TABLE_COLUMNS))
     per_seed_df = pd.DataFrame(seed_rows, columns=list(SEED_COLUMNS))
     return Table1(table, per_seed_df, notes, archs, means)
