@@ -9,8 +9,8 @@ a whole-split unit that finished "ok" (``--whole-top``, or ``--whole``, ``--whol
 ``--whole-sample``, which take K from ``top_k``), and ``halving.csv`` (with a "Successive
 halving" section) when the search ran ``--halving``. The rooms: ``table1`` computes Table 1,
 ``outcome`` the search outcome, ``halving`` successive halving's, ``formats`` writes them
-as text, ``nasproxy.plots`` draws the figures. What the files say: docs/search.md ("Report") and docs/find.md ("The answer:
-the search outcome").
+as text, ``nasproxy.plots`` draws the figures. What the files say: docs/search.md
+("Report", "Successive halving") and docs/find.md ("The answer: the search outcome").
 """
 
 from __future__ import annotations

@@ -172,5 +172,11 @@ def own_epoch_sets(cfg: SearchConfig, base: Sequence[TrainSet], n_archs: int) ->
                 names.append(name)
             sets[proxy.name] = (*names, proxy.name)
         result.halving = HalvingPlan(eta, tuple(rung_eps), sets)
+        result.messages.append(
+            f"successive halving at rate {eta} on {len(proxies)} prox"
+            f"{'ies' if len(proxies) > 1 else 'y'}: {rungs} rungs of "
+            f"{'/'.join(map(str, rung_eps))} epochs; rung 1 trains with the proxies, each later "
+            f"one the best 1/{eta} of the one before"
+        )
     result.sets.extend(out.values())
     return result

@@ -137,10 +137,10 @@ def run_rungs(
         unfinished = _unfinished(plan, chosen, r - 1, seeds, {**stored, **sweep.done})
         if unfinished:
             sweep.emit(
-                message=f"successive halving stops after rung {r - 1}: {unfinished} of its "
+                message=f"successive halving stops after rung {r}: {unfinished} of its "
                 "units are missing or failed; run the same command again to retry and go on"
             )
-            info["stopped"] = f"{unfinished} units of rung {r - 1} missing or failed"
+            info["stopped"] = f"{unfinished} units of rung {r} missing or failed"
             break
         manifest = results.read_manifest(exp_dir) or {}
         record = manifest["halving"]
@@ -172,7 +172,7 @@ def run_rungs(
         todo = [k for k in fresh if k not in sweep.done]
         sweep.total += len(fresh)
         sweep.emit(
-            message=f"successive halving rung {r} of {len(plan.epochs) - 1} ({plan.epochs[r]} "
+            message=f"successive halving rung {r + 1} of {len(plan.epochs)} ({plan.epochs[r]} "
             f"epochs): {len({k.arch for k in keys})} architectures on {len(plan.sets)} "
             f"prox{'ies' if len(plan.sets) > 1 else 'y'}, {len(todo)} work units to run"
         )

@@ -45,6 +45,12 @@ def accuracy(key: tuple[str, int, str]) -> float:
     return LEVELS[h[0] % len(LEVELS)]
 
 
+def stub_test_acc(key: tuple[str, int, str]) -> float:
+    """The stub's test accuracy of a unit: another fixed function of its key."""
+    h = hashlib.sha256("/".join(map(str, key)).encode()).digest()
+    return (h[1] % 97) / 100
+
+
 def stub_runner(kill_in_call: int | None = None, kill_after: int = 0):
     """A stand-in for ``sweep._run_pending`` storing rows of ``accuracy`` with each set's
     own epochs; it kills its process (SIGKILL) in call ``kill_in_call`` after
@@ -62,7 +68,8 @@ def stub_runner(kill_in_call: int | None = None, kill_after: int = 0):
             n = by[name].n_images
             record = TrainRecord(
                 arch=arch, status="ok", reason="", seed=seed, epochs=epochs, n_train=n,
-                train_loss=0.1, val_acc=accuracy(key), test_acc=0.5, wall_s=float(epochs),
+                train_loss=0.1, val_acc=accuracy(key), test_acc=stub_test_acc(key),
+                wall_s=float(epochs),
                 images_seen=n * epochs, device="stub",
             )  # fmt: skip
             row = make_row(Arch.from_id(arch), name, by[name].proxy_hash, record)
