@@ -130,3 +130,25 @@ def test_bad_sets_are_refused_before_any_work(inputs, monkeypatch, tmp_path, cap
         assert cli.main([*base, *extra]) == 2, extra
         assert message in _one_line_error(capsys), extra
         assert not (tmp_path / "bad").exists()
+
+
+def test_fused_stacks_never_mix_a_set_with_its_own_epochs(inputs, digits, tmp_path):
+    """whole and whole@1 have the same images and shape but not the same epochs: each
+    trains as a stack of its own (two activations of one shape), each for its epochs."""
+    cfg = _config(
+        inputs, tmp_path, "fused", proxies=(), archs=("w8-d1-*-batchnorm-maxpooling",),
+        train=TrainConfig(epochs=2), epoch_sets=("whole@1",), runner="local", fuse="on",
+    )  # fmt: skip
+    table = results.read_trials(run_search(cfg))
+    assert sorted(table["train_set"]) == [
+        "whole",
+        "whole",
+        "whole",
+        "whole@1",
+        "whole@1",
+        "whole@1",
+    ]
+    assert (table["stack_size"] == 3).all() and table["trainer"].str.startswith("stacked").all()
+    epochs = table.groupby("train_set")["epochs"].unique()
+    assert {k: list(v) for k, v in epochs.items()} == {"whole": [2], "whole@1": [1]}
+    assert (table["images_seen"] == table["epochs"] * len(digits.y_train)).all()

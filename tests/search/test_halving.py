@@ -51,10 +51,11 @@ def stub_test_acc(key: tuple[str, int, str]) -> float:
     return (h[1] % 97) / 100
 
 
-def stub_runner(kill_in_call: int | None = None, kill_after: int = 0):
+def stub_runner(kill_in_call: int | None = None, kill_after: int = 0, failing: set = frozenset()):
     """A stand-in for ``sweep._run_pending`` storing rows of ``accuracy`` with each set's
     own epochs; it kills its process (SIGKILL) in call ``kill_in_call`` after
-    ``kill_after`` units. Returns the function and the units each call was given."""
+    ``kill_after`` units, and stores the units of ``failing`` (a set the test may change
+    between runs) as failed. Returns the function and the units each call was given."""
     calls: list[list[tuple[str, int, str]]] = []
 
     def run(cfg, data, train_sets, pending, sweep):
@@ -72,6 +73,9 @@ def stub_runner(kill_in_call: int | None = None, kill_after: int = 0):
                 wall_s=float(epochs),
                 images_seen=n * epochs, device="stub",
             )  # fmt: skip
+            if key in failing:
+                record = TrainRecord(arch, "failed", "out of memory (stub)", seed=seed,
+                                     epochs=epochs, n_train=n, device="stub")  # fmt: skip
             row = make_row(Arch.from_id(arch), name, by[name].proxy_hash, record)
             results.write_unit(sweep.exp_dir, row)
             sweep.record(row)
@@ -152,6 +156,34 @@ def test_each_rungs_survivors_are_the_brute_force_best(inputs, space12, monkeypa
     assert {k[0] for k in calls[0]} == {*PROXIES, *(f"{p}@{eps[0]}" for p in PROXIES)}
     run_search(cfg)  # a rerun has nothing left to train
     assert len(calls) == rungs - 1
+
+
+def test_a_failed_unit_stops_the_halving_until_a_rerun_retries_it(
+    inputs, space12, monkeypatch, tmp_path
+):
+    seeds = (0, 1)
+    ids = spaces.load(space12).ids
+    eps, want = _expected(ids, 2, 8, 4, seeds)
+    names, cands, pick = want["random"]
+    broken = (names[1], 1, cands[1][0])  # a unit of rung 2
+    failing = {broken}
+    run, calls = stub_runner(failing=failing)
+    monkeypatch.setattr(sweep_module, "_run_pending", run)
+    cfg = _config(
+        inputs, tmp_path, "failing", whole=False, space=space12, seeds=seeds,
+        train=TrainConfig(epochs=8), halving=2,
+    )  # fmt: skip
+    events = []
+    exp_dir = run_search(cfg, progress=events.append)
+    assert any("successive halving stops after rung 2: 1 of its units" in e.message for e in events)
+    record = results.read_manifest(exp_dir)["halving"]["proxies"]["random"]
+    assert len(record["candidates"]) == 2 and record["pick"] is None
+    assert not any(ts == names[2] for ts, _, _ in results.read_units(exp_dir))
+    failing.clear()
+    run_search(cfg)
+    assert calls[2] == [broken]  # the rerun retries the failed unit first, then goes on
+    record = results.read_manifest(exp_dir)["halving"]["proxies"]["random"]
+    assert [sorted(c) for c in record["candidates"]] == cands and record["pick"] == pick
 
 
 STUB_DRIVER = """
