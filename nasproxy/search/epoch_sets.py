@@ -101,9 +101,14 @@ class OwnEpochSets:
         if self.halving is not None:
             stored = manifest.get("halving")
             fresh = self.halving.record()
-            same = isinstance(stored, dict) and all(
-                stored.get(k) == fresh[k] for k in ("eta", "rungs", "epochs")
+            same = (
+                isinstance(stored, dict)
+                and isinstance(stored.get("proxies"), dict)
+                and all(stored.get(k) == fresh[k] for k in ("eta", "rungs", "epochs"))
             )
+            if same:  # a proxy added since starts its record
+                for proxy, record in fresh["proxies"].items():
+                    stored["proxies"].setdefault(proxy, record)
             manifest["halving"] = stored if same else fresh
 
 

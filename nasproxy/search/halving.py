@@ -130,7 +130,6 @@ def run_rungs(
     info: dict[str, Any] = {"rungs_done": 1}
     order = {a: i for i, a in enumerate(space_ids)}
     manifest = results.read_manifest(exp_dir) or {}
-    record = manifest["halving"]
     chosen = {p: [shortlist.train_set_archs(manifest, names[0])] for p, names in plan.sets.items()}
     for r in range(1, len(plan.epochs) + 1):
         table = results.to_frame({**stored, **sweep.done}.values())
