@@ -42,6 +42,9 @@ MANIFEST = "manifest.json"
 TRIALS_PARQUET = "trials.parquet"
 TRIALS_CSV = "trials.csv"
 WHOLE = "whole"  # the train_set name of the whole training split
+# A training set with its own epochs: BASE@N, the set BASE trained for N epochs (N >= 1, no
+# leading zero) instead of the protocol's (docs/search.md, "Training sets with their own epochs")
+_OWN_EPOCHS = re.compile(r"(.+)@([1-9][0-9]*)")
 # An experiment name is one folder name under the results directory: never absolute,
 # never a path, never "." or ".." (it cannot start with a dot).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -64,6 +67,7 @@ OWN_ENTRIES = frozenset(
         "correlation.png",
         "acc_vs_time.png",
         "search_outcome.csv",
+        "halving.csv",
     }
 )
 
@@ -111,6 +115,13 @@ class UnitKey(NamedTuple):
     train_set: str
     seed: int
     arch: str  # the architecture's id
+
+
+def split_epochs(name: str) -> tuple[str, int | None]:
+    """A training-set name as (base set, its own epochs): ``"whole@5"`` is ("whole", 5); a
+    name without ``@N`` trains the protocol's epochs: (name, None)."""
+    match = _OWN_EPOCHS.fullmatch(name)
+    return (match[1], int(match[2])) if match else (name, None)
 
 
 def row_key(row: Mapping[str, Any]) -> UnitKey:

@@ -24,8 +24,10 @@ from typing import Any
 import pandas as pd
 
 from nasproxy.errors import NasproxyError
+from nasproxy.results import WHOLE
 
 ALL = "all"  # --by all: the union of every proxy's shortlist
+RUNG = "halving_rung"  # a manifest entry's key: the set is a rung of successive halving
 # what an older manifest's ``whole_top`` record named K and --by
 OLD_NAMES = {"whole_top": "k", "whole_by": "by"}
 
@@ -36,6 +38,15 @@ def train_set_archs(manifest: Mapping[str, Any], name: str) -> list[str]:
     entry = (manifest.get("train_sets") or {}).get(name) or {}
     archs = entry.get("archs")
     return list(archs if isinstance(archs, list) else manifest.get("archs") or [])
+
+
+def proxy_sets(manifest: Mapping[str, Any]) -> list[str]:
+    """The training sets of ``manifest`` that rank architectures as proxies (shortlisted by
+    ``--whole-top``, rows of Table 1 and of the search outcome): every set but the whole
+    split and the rungs of successive halving (entries with ``halving_rung``), which rank
+    only the survivors of the rung before (``nasproxy.report.halving`` reports them)."""
+    sets = manifest.get("train_sets") or {}
+    return [n for n, e in sets.items() if n != WHOLE and not (isinstance(e, dict) and RUNG in e)]
 
 
 def scores(trials: pd.DataFrame, train_set: str, archs: Iterable[str] | None = None) -> pd.Series:

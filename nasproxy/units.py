@@ -30,7 +30,7 @@ from nasproxy.spaces import Space, parse_arch
 NAME = r"[A-Za-z0-9_.-]+"
 MEMBER = re.compile(
     rf"(?P<exp>{NAME})/(?:{re.escape(results.MANIFEST)}"
-    rf"|{results.UNITS_DIR}/{NAME}/s[0-9]+/{NAME}\.json)"
+    rf"|{results.UNITS_DIR}/{NAME}(?:@[1-9][0-9]*)?/s[0-9]+/{NAME}\.json)"  # a set BASE@N
 )
 MAX_MEMBER_BYTES = 1 << 20  # a unit file is about 1 kB; a manifest a few hundred kB
 PAPER_EPOCHS = 100

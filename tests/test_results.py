@@ -98,6 +98,24 @@ def test_a_unit_key_names_its_parts_and_places_its_file(tmp_path):
     assert results.unit_path(tmp_path, key) == expected
 
 
+@pytest.mark.parametrize(
+    "name, split",
+    [
+        ("whole@5", ("whole", 5)),
+        ("random@12", ("random", 12)),
+        ("a@b@3", ("a@b", 3)),
+        ("whole", ("whole", None)),
+        ("whole@0", ("whole@0", None)),
+        ("whole@05", ("whole@05", None)),
+        ("whole@x", ("whole@x", None)),
+        ("whole@", ("whole@", None)),
+        ("@3", ("@3", None)),
+    ],
+)
+def test_split_epochs_reads_a_sets_own_epochs(name, split):
+    assert results.split_epochs(name) == split
+
+
 def test_the_store_and_the_report_load_neither_torch_nor_the_trainer() -> None:
     """The store and the report read and write tables only: importing them in a fresh
     interpreter loads neither torch nor the trainer nor the stacked trainer."""

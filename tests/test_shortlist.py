@@ -70,3 +70,17 @@ def test_a_training_set_sweeps_its_own_archs_or_the_experiment_s() -> None:
     manifest = {"archs": ["a1", "a2"], "train_sets": {"whole": {"archs": ["a2"]}, "old": {}}}
     assert shortlist.train_set_archs(manifest, "whole") == ["a2"]
     assert shortlist.train_set_archs(manifest, "old") == ["a1", "a2"]
+
+
+def test_proxy_sets_leave_out_the_whole_split_and_halvings_rungs() -> None:
+    manifest = {
+        "train_sets": {
+            "random": {},
+            "random@3": {"epochs": 3, "halving_rung": 1},
+            "random@1": {"epochs": 1},  # asked for in full: a proxy like any
+            "whole@2": {"epochs": 2},
+            "whole": {},
+        }
+    }
+    assert shortlist.proxy_sets(manifest) == ["random", "random@1", "whole@2"]
+    assert shortlist.proxy_sets({}) == []

@@ -81,6 +81,31 @@ def test_pack_then_unpack_gives_the_same_files_and_a_table(tmp_path: Path) -> No
     assert _tree(dst) == before
 
 
+def test_a_set_with_its_own_epochs_packs_and_unpacks_and_keeps_them(tmp_path: Path) -> None:
+    """Units of whole@1 (the whole split for 1 epoch, the protocol's 3) travel like any
+    unit; one that claims the protocol's epochs for whole@1 is refused on unpack."""
+    src = _experiment(tmp_path / "src", "exp", {("whole", ARCHS[0].id): 1e9})
+    manifest = results.read_manifest(src)
+    manifest["train_sets"]["whole@1"] = {"n_images": 1000, "proxy_hash": "h", "epochs": 1}
+    results.write_manifest(src, manifest)
+    for epochs, folder in ((1, "src"), (3, "bad")):
+        exp_dir = src if folder == "src" else tmp_path / folder / "exp"
+        if folder == "bad":
+            exp_dir.mkdir(parents=True)
+            results.write_manifest(exp_dir, manifest)
+        record = TrainRecord(ARCHS[0].id, "ok", "", seed=0, epochs=epochs, n_train=1000)
+        record.images_seen, record.val_acc = epochs * 1000, 0.5
+        results.write_unit(exp_dir, make_row(ARCHS[0], "whole@1", "h", record))
+    archive = tmp_path / "units.tar.gz"
+    assert units.pack(tmp_path / "src", ["exp"], archive) == 2
+    assert units.unpack(archive, tmp_path / "dst") == {"exp": 2}
+    assert _files(tmp_path / "dst" / "exp") == _files(src)
+    bad = tmp_path / "bad.tar.gz"
+    units.pack(tmp_path / "bad", ["exp"], bad)
+    with pytest.raises(NasproxyError, match="3 epochs, this command gives 1 for 'whole@1'"):
+        units.unpack(bad, tmp_path / "dst2")
+
+
 def test_unpack_refuses_anything_but_manifests_and_units(tmp_path: Path) -> None:
     for name, kind in [
         ("exp/../../evil.json", tarfile.REGTYPE),

@@ -6,11 +6,13 @@ with ``pd.read_csv(path, comment="#")``), ``table1.tex``, ``table1_seeds.csv`` (
 per-seed metrics behind the means), three PNG figures, and ``search_outcome.csv`` (with a
 "Search outcome" section in ``table1.md``) when the experiment has a proxy training set and
 a whole-split unit that finished "ok" (``--whole-top``, or ``--whole``, ``--whole-archs``,
-``--whole-sample``, which take K from ``top_k``). The rooms: ``table1`` computes Table 1,
-``outcome`` the search outcome, ``formats`` writes them as text, ``nasproxy.plots`` draws
-the figures. With ``reference`` (``--reference FILE``), a published whole-set reference
-(``nasproxy.reference``) stands in for the whole split in all of them, labelled as external.
-What the files say: docs/search.md ("Report") and docs/find.md ("The answer: the search
+``--whole-sample``, which take K from ``top_k``), and ``halving.csv`` (with a "Successive
+halving" section) when the search ran ``--halving``. The rooms: ``table1`` computes Table 1,
+``outcome`` the search outcome, ``halving`` successive halving's, ``formats`` writes them
+as text, ``nasproxy.plots`` draws the figures. With ``reference`` (``--reference FILE``), a
+published whole-set reference (``nasproxy.reference``) stands in for the whole split in
+Table 1, the outcome and the figures, labelled as external. What the files say:
+docs/search.md ("Report", "Successive halving") and docs/find.md ("The answer: the search
 outcome").
 """
 
@@ -29,6 +31,7 @@ from nasproxy.errors import NasproxyError
 from nasproxy.io import atomic_write_bytes, atomic_write_text
 from nasproxy.reference import Reference, read_reference
 from nasproxy.report import formats
+from nasproxy.report.halving import HALVING_COLUMNS, halving_line, halving_markdown, halving_outcome
 from nasproxy.report.outcome import (
     OUTCOME_COLUMNS,
     outcome_line,
@@ -52,6 +55,7 @@ class ReportResult:
     paths: dict[str, Path] = field(default_factory=dict)  # kind -> file written
     outcome: pd.DataFrame | None = None  # the search outcome (OUTCOME_COLUMNS), if any
     reference: Reference | None = None  # the external whole-set reference, if one was given
+    halving: pd.DataFrame | None = None  # successive halving's outcome (HALVING_COLUMNS)
 
 
 def _inputs(exp_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -80,7 +84,10 @@ def outcome_lines(exp_dir: Path, top_k: int = 10) -> list[str]:
     """The search outcome of experiment ``exp_dir`` as lines for the terminal."""
     manifest, trials = _inputs(Path(exp_dir))
     outcome = search_outcome(trials, manifest, top_k)
-    return [f"search outcome: {outcome_line(r)}" for r in outcome.to_dict("records")]
+    halving = halving_outcome(trials, manifest)
+    return [f"search outcome: {outcome_line(r)}" for r in outcome.to_dict("records")] + [
+        f"halving: {halving_line(r)}" for r in halving.to_dict("records")
+    ]
 
 
 def _figures(t1: Table1, top_k: int, external: str | None = None) -> dict[str, tuple[str, bytes]]:
@@ -148,6 +155,9 @@ def make_report(
     markdown = formats.markdown(table, protocol, notes, top_k)
     if not outcome.empty:
         markdown += outcome_markdown(outcome, short)
+    halving = halving_outcome(trials, manifest)
+    if not halving.empty:
+        markdown += halving_markdown(halving)
 
     paths = {
         "md": atomic_write_text(exp_dir / "table1.md", markdown),
@@ -167,9 +177,16 @@ def make_report(
             exp_dir / "search_outcome.csv",
             formats.csv(outcome, protocol, notes, "Search outcome (nasproxy)"),
         )
+    if not halving.empty:
+        paths["halving_csv"] = atomic_write_text(
+            exp_dir / "halving.csv",
+            formats.csv(halving, protocol, notes, "Successive halving (nasproxy)"),
+        )
     for kind, (fname, png) in _figures(t1, top_k, short).items():
         paths[kind] = atomic_write_bytes(exp_dir / fname, png)
-    return ReportResult(exp_dir, table, per_seed, protocol, notes, top_k, paths, outcome, ref)
+    return ReportResult(
+        exp_dir, table, per_seed, protocol, notes, top_k, paths, outcome, ref, halving
+    )
 
 
 def format_summary(result: ReportResult) -> str:
@@ -193,10 +210,13 @@ def format_summary(result: ReportResult) -> str:
                 for r in result.outcome.to_dict("records")
             ),
         ]
+    if result.halving is not None and not result.halving.empty:
+        lines += ["", *(f"halving: {halving_line(r)}" for r in result.halving.to_dict("records"))]
     return "\n".join(lines)
 
 
 __all__ = [
+    "HALVING_COLUMNS",
     "OUTCOME_COLUMNS",
     "SEED_COLUMNS",
     "TABLE_COLUMNS",
@@ -204,6 +224,7 @@ __all__ = [
     "Table1",
     "compute_table",
     "format_summary",
+    "halving_outcome",
     "make_report",
     "outcome_lines",
     "search_outcome",

@@ -44,7 +44,7 @@ OUTCOME_COLUMNS = (
 )
 
 
-def _unit_cost(manifest: Mapping[str, Any]) -> Callable[[str, int], float] | None:
+def unit_cost_model(manifest: Mapping[str, Any]) -> Callable[[str, int], float] | None:
     """The planner's cost of a unit of (arch id, training images) on the experiment's
     images (``data_shape`` of the manifest); None for a manifest that does not record it."""
     shape = manifest.get("data_shape")
@@ -147,9 +147,7 @@ def search_outcome(
     """
     k, _ = shortlist_size(manifest, top_k)
     seeds = list(manifest["protocol"]["seeds"])
-    proxies = {
-        n: shortlist.train_set_archs(manifest, n) for n in manifest["train_sets"] if n != WHOLE
-    }
+    proxies = {n: shortlist.train_set_archs(manifest, n) for n in shortlist.proxy_sets(manifest)}
     whole = trials[trials["train_set"] == WHOLE]
     ok = whole[whole["status"] == "ok"]
     if not proxies or (ok.empty and reference is None):
@@ -162,7 +160,7 @@ def search_outcome(
     n_images = (manifest["train_sets"].get(WHOLE) or {}).get("n_images")
     if not isinstance(n_images, int) and not ok.empty:
         n_images = int(ok["n_train"].max())
-    cost = _unit_cost(manifest)
+    cost = unit_cost_model(manifest)
     rows = []
     for name, archs in proxies.items():
         confirmed = [a for a in lists[name] if a in val.index]

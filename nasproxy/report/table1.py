@@ -249,7 +249,9 @@ def compute_table(
     names = list(manifest["train_sets"])
     names += sorted(set(trials["train_set"]) - set(names))
     ref_name = WHOLE if reference is None else EXTERNAL
-    proxies = [n for n in names if n != ref_name]  # a trained whole split too, given a reference
+    rungs = set(manifest["train_sets"]) - set(shortlist.proxy_sets(manifest)) - {WHOLE}
+    # a trained whole split is a row too, given a reference; rungs: report.halving
+    proxies = [n for n in names if n != ref_name and n not in rungs]
 
     def rows_of(name: str) -> pd.DataFrame:
         return trials[trials["train_set"] == name]
@@ -314,6 +316,10 @@ def compute_table(
             else f"{EXTERNAL}: no validation accuracy of these architectures: performance,"
             " regret and correlation are n/a"
         )
+    for entry in manifest["train_sets"].values():  # --equal-compute: a rounding far off
+        notes += [
+            f"equal compute: {m['note']}" for m in entry.get("equal_compute", []) if m.get("note")
+        ]
     table = pd.DataFrame(table_rows).reindex(columns=list(TABLE_COLUMNS))
     per_seed_df = pd.DataFrame(seed_rows, columns=list(SEED_COLUMNS))
     return Table1(table, per_seed_df, notes, archs, means, ref_name)

@@ -15,8 +15,11 @@ from nasproxy import results
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
 from nasproxy.multitrain import RNG_MODES, FastOptions
+from nasproxy.results import WHOLE
+from nasproxy.search.halving import check_halving
 from nasproxy.settings import (
     SEED,
+    Check,
     SettingError,
     above,
     at_least,
@@ -42,6 +45,14 @@ FAST_DEFAULTS: dict[str, FastOptions] = {
     "cuda": FastOptions(rng="exact", bf16=False, channels_last=False, cuda_graphs=True),
     "cpu": FastOptions(rng="exact", bf16=False, channels_last=False, cuda_graphs=False),
 }
+
+
+# A set's name: BASE@N, N a whole number of at least 1 (no leading zero).
+OWN_EPOCHS = Check(
+    lambda v: results.split_epochs(v)[1] is not None,
+    "SET@N: a proxy's training-set name or whole, then @ and its epochs (a whole number "
+    "of at least 1)",
+)
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -155,6 +166,35 @@ class SearchSettings:
         "(--whole-archs, --whole-sample, --whole-top, --by) where the experiment recorded "
         "another choice; without it the recorded choice is kept, and a line says so",
     )
+    epoch_sets: tuple[str, ...] = setting(
+        (),
+        flag="--also",
+        repeat=True,
+        metavar="SET@N",
+        check=OWN_EPOCHS,
+        help="also train SET (a proxy's training-set name, or whole) for N epochs instead of "
+        "--epochs, as a training set of its own named SET@N, on the proxies' architectures "
+        "(repeatable; whole@N needs no --whole)",
+    )
+    equal_compute: bool = setting(
+        False,
+        help="also train the whole split at each proxy's compute: whole@N, N = epochs x proxy "
+        "images / whole images rounded half up (at least 1), on the proxies' architectures",
+    )
+    halving: int | None = setting(
+        None,
+        metavar="ETA",
+        check=at_least(2),
+        help="successive halving on each proxy: rungs of increasing epochs (the last the "
+        "proxy's own units), only the best 1/ETA of a rung go on to the next",
+    )
+    halving_rungs: int | None = setting(
+        None,
+        metavar="R",
+        check=at_least(2),
+        help="with --halving: R rungs, rung r training epochs // ETA^(R-1-r) (default: as many "
+        "as the epochs hold, no more than halving the architectures down to one needs)",
+    )
     seeds: tuple[int, ...] = setting(
         (0,),
         parse=parse_seeds,
@@ -256,7 +296,7 @@ class SearchConfig(SearchSettings):
         whole, whole_top = ref("whole"), ref("whole_top")
         if not self.proxies and not self.whole:
             raise SettingError(f"nothing to train on: give {ref('proxies')} files and/or {whole}")
-        if self.whole_per_class is not None and not self.whole:
+        if self.whole_per_class is not None and not (self.whole or wants_whole(self)):
             raise SettingError(f"{ref('whole_per_class')} needs {whole}")
         if len(set(self.seeds)) != len(self.seeds):
             raise SettingError(f"{ref('seeds')} must be distinct, got {self.seeds}")
@@ -274,6 +314,7 @@ class SearchConfig(SearchSettings):
             raise SettingError(
                 f"{ref('runner')} local runs in this process: it takes no {ref('address')}"
             )
+        check_own_epochs(self)
         if self.fresh and self.rebuild_manifest:
             raise SettingError(
                 f"{ref('fresh')} deletes what {ref('rebuild_manifest')} would keep: give one"
@@ -314,6 +355,7 @@ class TrainSet:
     epsilon: float | None = None
     selection: dict[str, str] | None = None  # the hash field by field, to name a change
     file_hash: str = ""  # of the file's bytes: what older manifests recorded as proxy_hash
+    epochs: int | None = None  # its own epochs (a set BASE@N), None: the protocol's
 
     def manifest_entry(self, data: Dataset, archs: list[str]) -> dict[str, Any]:
         """The manifest record: provenance, size (uint8 bytes of its images) and the ids
@@ -327,4 +369,31 @@ class TrainSet:
             "bytes": self.n_images * per_image,
             "epsilon": self.epsilon,
             "selection": self.selection,
-        }
+        } | ({"epochs": self.epochs} if self.epochs is not None else {})
+
+
+def check_own_epochs(cfg: SearchConfig) -> None:
+    """Refuse, before any work, own-epochs and halving settings that cannot run and need
+    no file read: a repeated set, N equal to the protocol's epochs (the set BASE itself),
+    ``--equal-compute`` or ``--halving`` without a proxy, rungs that do not fit the epochs."""
+    epochs = cfg.train.epochs
+    seen = set()
+    for name in cfg.epoch_sets:
+        base, n = results.split_epochs(name)
+        if name in seen:
+            raise SettingError(f"{ref('epoch_sets')} {name} is given twice")
+        seen.add(name)
+        if n == epochs:
+            raise SettingError(
+                f"{ref('epoch_sets')} {name}: {n} epochs are the protocol's, so it would be "
+                f"training set {base} itself; give other epochs"
+            )
+    if cfg.equal_compute and not cfg.proxies:
+        raise SettingError(f"{ref('equal_compute')} matches each proxy: give {ref('proxies')}")
+    check_halving(cfg.halving, cfg.halving_rungs, epochs, len(cfg.proxies))
+
+
+def wants_whole(cfg: SearchConfig) -> bool:
+    """Whether a set with its own epochs is built on the whole split."""
+    bases = {results.split_epochs(name)[0] for name in cfg.epoch_sets}
+    return cfg.equal_compute or WHOLE in bases

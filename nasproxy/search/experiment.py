@@ -177,8 +177,9 @@ def unit_problem(
         )
     if row["n_train"] != entry["n_images"]:
         return f"{row['n_train']} images for {name!r}, this command gives {entry['n_images']}"
-    if row["epochs"] != protocol_["epochs"]:
-        return f"{row['epochs']} epochs, this command gives {protocol_['epochs']}"
+    epochs = entry.get("epochs", protocol_["epochs"])  # a set BASE@N trains its own
+    if row["epochs"] != epochs:
+        return f"{row['epochs']} epochs, this command gives {epochs} for {name!r}"
     if key.seed not in protocol_["seeds"]:
         return f"seed {key.seed}, not among this command's seeds {protocol_['seeds']}"
     if key.arch not in space.ids:

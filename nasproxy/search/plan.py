@@ -195,7 +195,18 @@ def plan_trials(
     trial_size: int,
     slots: int,
     cost: Callable[[UnitKey], float],
+    epochs: Mapping[str, int] | None = None,
 ) -> list[Chunk]:
-    """Pending units -> stacks (one unit each without ``fuse``) -> the chunks of trials."""
-    stacks = plan_stacks(pending, n_images, max_stack if fuse else 1)
+    """Pending units -> stacks (one unit each without ``fuse``) -> the chunks of trials.
+
+    A stack trains in lockstep, so units of training sets with other epochs (``epochs``:
+    set name -> its epochs; one value when None) never share one."""
+    groups: dict[int, list[UnitKey]] = {}
+    for key in pending:
+        groups.setdefault((epochs or {}).get(key.train_set, 0), []).append(key)
+    stacks = [
+        stack
+        for members in groups.values()
+        for stack in plan_stacks(members, n_images, max_stack if fuse else 1)
+    ]
     return plan_chunks(stacks, trial_size, slots, cost)

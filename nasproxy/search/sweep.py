@@ -24,7 +24,9 @@ from nasproxy.search.config import (
     ProgressFn,
     SearchConfig,
     TrainSet,
+    wants_whole,
 )
+from nasproxy.search.epoch_sets import OwnEpochSets, check_bases, own_epoch_sets
 from nasproxy.search.experiment import (
     build_manifest,
     check_existing,
@@ -34,6 +36,7 @@ from nasproxy.search.experiment import (
     next_run_number,
     remove_experiment,
 )
+from nasproxy.search.halving import run_rungs
 from nasproxy.search.lock import any_lost, ensure_held, experiment_lock, held_token, holds
 from nasproxy.search.plan import plan_trials, select_archs
 from nasproxy.search.runner import check_runner, open_runner
@@ -145,11 +148,13 @@ def run_search(cfg: SearchConfig, progress: ProgressFn | None = None) -> Path:
     """
     # a missing or unreadable file fails before the dataset loads
     data, space, archs = check_search(cfg, proxy_names(cfg.proxies, cfg.whole))
-    train_sets = resolve_train_sets(
-        cfg.proxies, cfg.whole, data, cfg.whole_per_class, cfg.split_seed
+    base = resolve_train_sets(
+        cfg.proxies, cfg.whole or wants_whole(cfg), data, cfg.whole_per_class, cfg.split_seed
     )
+    own = own_epoch_sets(cfg, base, len(archs))
+    train_sets = [ts for ts in base if ts.name != WHOLE or cfg.whole] + own.sets
     with experiment_lock(cfg.exp_dir):
-        return _run_locked(cfg, data, space, archs, train_sets, progress)
+        return _run_locked(cfg, data, space, archs, train_sets, progress, own)
 
 
 def check_search(
@@ -170,6 +175,7 @@ def check_search(
             raise SettingError(f"{ref('whole_per_class')}: {exc}") from None
     space = spaces.load(cfg.space, image_size=data.image_size)
     archs = select_archs(space, cfg.archs, cfg.sample, cfg.sample_seed)
+    check_bases(cfg, proxy_names)
     if cfg.whole_by != shortlist.ALL and cfg.whole_by not in proxy_names:
         raise SettingError(
             f"{ref('whole_by')} {cfg.whole_by!r} is not a training set of this sweep; choose "
@@ -200,18 +206,24 @@ def _run_locked(
     archs: Sequence[AnyArch],
     train_sets: Sequence[TrainSet],
     progress: ProgressFn | None,
+    own: OwnEpochSets | None = None,
 ) -> Path:
     """The part of ``run_search`` that writes to the experiment (its lock held): the proxies
-    sweep ``archs``, the whole split its own (as the experiment recorded them chosen)."""
+    sweep ``archs``, the whole split its own (as the experiment recorded them chosen); the
+    sets with their own epochs (``own``) sweep ``archs`` too, but halving's later rungs,
+    which train their rung's survivors after the first stage."""
+    own = own or OwnEpochSets()
     exp_dir = cfg.exp_dir
     if cfg.fresh:
         remove_experiment(exp_dir)
     previous = check_existing(exp_dir, cfg.rebuild_manifest)
     cfg, kept = keep_whole_choice(cfg, previous)
     archs_by_set = {ts.name: archs for ts in train_sets if ts.name != WHOLE}
+    archs_by_set.update({name: [] for name in own.later_rungs})
     if cfg.whole:
         archs_by_set[WHOLE] = whole_archs(cfg, space, archs)
     manifest = build_manifest(cfg, data, space, archs_by_set, train_sets, previous)
+    own.annotate(manifest)
     # every stored unit must fit the manifest: it is rebuilt from them, or they resume
     check_units_fit(
         exp_dir, manifest, space, train_sets, rebuilding=cfg.rebuild_manifest and previous is None
@@ -250,6 +262,8 @@ def _run_locked(
             message=f"retrying {len(retry)} failed work unit{'s' * (len(retry) > 1)} outside "
             "this command's architectures (stored by an earlier command or shortlist)"
         )
+    for line in own.messages:
+        sweep.emit(message=line)
     for path in damaged:
         sweep.emit(
             message=f"unit file {path} is damaged or misplaced; it is ignored, and its unit "
@@ -261,8 +275,14 @@ def _run_locked(
     try:
         if pending:
             run_info.update(_run_pending(cfg, data, train_sets, pending, sweep))
-        elif not cfg.whole_top:
+        elif not cfg.whole_top and own.halving is None:
             sweep.emit(message=f"all {len(all_keys)} work units are done; nothing to run")
+        if own.halving is not None and not [k for k in pending if k not in sweep.done]:
+            rungs, run_info["halving"] = run_rungs(
+                own.halving, exp_dir, space.ids, cfg.seeds, stored, sweep, set(all_keys),
+                lambda keys: _run_pending(cfg, data, train_sets, keys, sweep),
+            )  # fmt: skip
+            pending += rungs
         if cfg.whole_top and not [k for k in pending if k not in sweep.done]:
             confirm = _confirm_keys(cfg, exp_dir, space, stored, sweep, set(all_keys))
             run_info["confirm_pending"] = len(confirm)
@@ -301,7 +321,7 @@ def _confirm_keys(
     the confirmed architectures that still have to run (adding them to the sweep)."""
     manifest = results.read_manifest(exp_dir) or {}
     sets = manifest["train_sets"]
-    proxies = {name: shortlist.train_set_archs(manifest, name) for name in sets if name != WHOLE}
+    proxies = {n: shortlist.train_set_archs(manifest, n) for n in shortlist.proxy_sets(manifest)}
     table = results.to_frame({**stored, **sweep.done}.values())
     lists = shortlist.shortlists(table, proxies, cfg.whole_top or 0)
     picked = shortlist.confirmed(lists, cfg.whole_by)
@@ -341,9 +361,10 @@ def _run_pending(
     by_name = {ts.name: ts for ts in train_sets}
     shape = (data.in_channels, data.num_classes, data.image_size)
     per_image = {a: unit_cost(parse_arch(a), 1, *shape) for a in {key.arch for key in pending}}
+    epochs = {ts.name: ts.epochs or cfg.train.epochs for ts in train_sets}
 
     def cost(key: UnitKey) -> float:
-        return per_image[key.arch] * by_name[key.train_set].n_images
+        return per_image[key.arch] * by_name[key.train_set].n_images * epochs[key.train_set]
 
     sweep.plan_cost(cost, pending)
     with open_runner(cfg) as runner:
@@ -354,7 +375,9 @@ def _run_pending(
         fuse = cfg.fuse == "on" or (cfg.fuse == "auto" and gpus > 0)
         max_stack = cfg.max_stack or DEFAULT_MAX_STACK
         n_images = {ts.name: ts.n_images for ts in train_sets}
-        chunks = plan_trials(pending, n_images, fuse, max_stack, cfg.trial_size, n_slots, cost)
+        chunks = plan_trials(
+            pending, n_images, fuse, max_stack, cfg.trial_size, n_slots, cost, epochs
+        )
         stacks = [stack for c in chunks for stack in c.stacks]
         how = (
             f"as {len(stacks)} stacks of up to {max(map(len, stacks))} (fused)"
@@ -375,6 +398,7 @@ def _run_pending(
             indices={ts.name: ts.indices for ts in train_sets},
             hashes={ts.name: ts.proxy_hash for ts in train_sets},
             train=cfg.train,
+            epochs={ts.name: ts.epochs for ts in train_sets if ts.epochs is not None},
             threads=max(1, int(cfg.cpus_per_trial)),
             run=next_run_number(sweep.exp_dir),
             fuse=fuse,
@@ -394,7 +418,7 @@ def _run_pending(
         missing = [k for k in pending if k not in sweep.done]
         if errors and missing and len(errors) < len(chunks):
             # isolate the crashing unit(s): the rest of an errored chunk gets its own trials
-            solo = plan_trials(missing, n_images, fuse, 1, 1, n_slots, cost)
+            solo = plan_trials(missing, n_images, fuse, 1, 1, n_slots, cost, epochs)
             sweep.emit(message=f"{len(errors)} trials crashed; retrying {len(missing)} units alone")
             plan = replace(plan, chunks={c.id: c for c in solo})
             name = f"run-{plan.run:03d}-isolated"
@@ -429,7 +453,7 @@ def _crash_row(key: UnitKey, train_set: TrainSet, cfg: SearchConfig, reason: str
         status="failed",
         reason=reason,
         seed=key.seed,
-        epochs=cfg.train.epochs,
+        epochs=train_set.epochs or cfg.train.epochs,
         n_train=train_set.n_images,
     )
     return make_row(parse_arch(key.arch), key.train_set, train_set.proxy_hash, record)

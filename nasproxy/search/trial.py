@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,12 @@ class TrialPlan:
     fast: FastChoice = FastChoice()  # the stacked path's options
     gpu_share: float = 0.0  # the trial's GPU resource, for the memory bound of a stack
     lock_token: str = ""  # the driver's lock: a unit is written only while it holds it
+    epochs: dict[str, int] = field(default_factory=dict)  # sets with their own (BASE@N)
+
+    def unit_train(self, key: UnitKey, device: str) -> TrainConfig:
+        """The training settings of unit ``key``: its seed, device and its set's epochs."""
+        epochs = self.epochs.get(key.train_set, self.train.epochs)
+        return replace(self.train, seed=key.seed, device=device, epochs=epochs)
 
 
 def run_chunk(plan: TrialPlan, data: Dataset, chunk_id: str, device: str, report: RowFn) -> None:
@@ -104,7 +110,7 @@ def _train_fused(
 ) -> list[TrainRecord]:
     """One stack through train_many; an error it does not handle fails all its units."""
     archs = [key.arch for key in keys]  # one shape; activations may differ
-    cfgs = [replace(plan.train, seed=key.seed, device=device) for key in keys]
+    cfgs = [plan.unit_train(key, device) for key in keys]
     sets = [plan.indices[key.train_set] for key in keys]
     options = plan.fast.resolve(torch.device(device).type)
     tests = [key.train_set == WHOLE for key in keys]  # only the whole split's is read
@@ -118,7 +124,7 @@ def _train_plain(plan: TrialPlan, data: Dataset, key: UnitKey, device: str) -> T
     """One unit with the plain trainer; any error becomes a ``failed`` record. A proxy
     unit skips the test split: only the whole split's test accuracy is read."""
     try:
-        cfg = replace(plan.train, seed=key.seed, device=device)
+        cfg = plan.unit_train(key, device)
         test = key.train_set == WHOLE
         return train(key.arch, data, plan.indices[key.train_set], cfg, test=test)
     except Exception as exc:  # one unit's error must not take its chunk down
@@ -134,7 +140,7 @@ def _failed(
         status="failed",
         reason=first_line(exc, with_type=True),
         seed=key.seed,
-        epochs=plan.train.epochs,
+        epochs=plan.unit_train(key, device).epochs,
         n_train=len(data.y_train) if indices is None else len(indices),
         device=device,
     )

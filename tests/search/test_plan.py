@@ -149,3 +149,21 @@ def test_a_stratified_sample_of_cells_balances_each_edges_operation(n):
         assert max(spread) - min(spread) <= 1, (edge, spread)
     totals = Counter(op for c in sample for op in c.ops)  # so each operation's count too
     assert max(totals.values()) - min(totals.values()) <= 6
+
+
+def test_units_of_sets_with_other_epochs_never_share_a_stack():
+    """random@3 has random's images but not its epochs: a stack trains in lockstep, so
+    the two stack apart; each stack holds every unit of its shape and set epochs."""
+    archs = [a.id for a in spaces.load("convnet720")][:24]
+    sets = ("random", "random@3", "herding")
+    pending = [UnitKey(ts, s, a) for ts in sets for s in (0, 1) for a in archs]
+    n_images = dict.fromkeys(sets, 100)
+    epochs = {"random": 9, "random@3": 3, "herding": 9}
+    chunks = plan_trials(pending, n_images, True, 64, 16, 2, lambda k: 1.0, epochs)
+    stacks = [stack for c in chunks for stack in c.stacks]
+    assert sorted(k for st in stacks for k in st) == sorted(pending)
+    for stack in stacks:
+        assert len({epochs[k.train_set] for k in stack}) == 1
+        assert len({_shape(k.arch) for k in stack}) == 1
+    groups = Counter((epochs[k.train_set], _shape(k.arch)) for k in pending)
+    assert len(stacks) == len(groups)  # the units of one shape and epochs: one stack
