@@ -307,7 +307,9 @@ class _Lockstep:
             self.graphs[b] = graph
         graph.replay()
 
-    def fit(self, epoch_end: EpochEnd | None = None) -> tuple[list[list[dict[str, float]]], list[int]]:
+    def fit(
+        self, epoch_end: EpochEnd | None = None
+    ) -> tuple[list[list[dict[str, float]]], list[int]]:
         """Train every model for ``cfg.epochs`` epochs; per-model history and images seen.
 
         A model whose epoch loss is not finite stops there, as in ``fit``: its history ends
