@@ -40,12 +40,12 @@ from nasproxy.provenance import device_name
 from nasproxy.spaces import ACTIVATIONS, Arch
 from nasproxy.train import (
     CROP_PADDING,
-    EVAL_BATCH,
     EpochEnd,
     TrainConfig,
     TrainRecord,
     batch_bounds,
     crop_flip,
+    eval_batch,
     final_checkpoints,
     init_model,
     normalize,
@@ -401,7 +401,7 @@ def predict_many(
     options = options or FastOptions()
     device = model.head_weight.device
     model.eval()
-    chunk = max(1, EVAL_BATCH // model.m)  # the stack sees M copies of each image
+    chunk = max(1, eval_batch(device) // model.m)  # the stack sees M copies of each image
     out = []
     for i in range(0, len(x), chunk):
         xb = normalize(x[i : i + chunk].to(device), data).to(model.head_weight.dtype)
