@@ -19,7 +19,8 @@ Each pair also checks that the checkpoints changed no training: the same history
 val_acc with and without them. Writes ``results/bench/checkpoints-<device type>.json``
 (command, commit, date, device, versions, threads, load average).
 
-Usage:  python scripts/bench_checkpoints.py --dataset imagefolder:PATH/cifar10-jpeg
+Usage:  NASPROXY_CIFAR=PATH/cifar10-jpeg python scripts/bench_checkpoints.py
+        (the decode cache: --data-root, or $NASPROXY_DATA_ROOT)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from nasproxy.checkpoints import checkpoint_epochs
-from nasproxy.data import Dataset, default_data_root, load_dataset
+from nasproxy.data import Dataset, dataset_name, default_data_root, load_dataset
 from nasproxy.io import atomic_write_json
 from nasproxy.provenance import provenance
 from nasproxy.spaces import Arch
@@ -113,7 +114,11 @@ def parts(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="imagefolder:" + os.environ.get("NASPROXY_CIFAR", ""))
+    parser.add_argument(
+        "--dataset",
+        default="imagefolder:" + os.environ.get("NASPROXY_CIFAR", ""),
+        help="default: CIFAR-10 (the JPEG q75 copy) at $NASPROXY_CIFAR",
+    )
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--arch", default="w32-d3-relu-instancenorm-avgpooling")
     parser.add_argument("--per-class", type=int, default=100, help="proxy images a class")
@@ -141,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     early = [e for e in checkpoint_epochs(args.checkpoints, args.epochs) if e < args.epochs]
     print(
-        f"{data.spec}: {len(idx)} training images, {len(data.y_val)} validation images; "
+        f"{dataset_name(data.spec)}: {len(idx)} training images, "
+        f"{len(data.y_val)} validation images; "
         f"{args.arch}, {args.epochs} epochs, checkpoints {args.checkpoints} (early: {early})",
         flush=True,
     )
@@ -190,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
-        "dataset": data.spec,
+        "dataset": dataset_name(data.spec),  # its name: the folder is the machine's
+        "dataset_fingerprint": data.fingerprint,
         "dataset_load_s": load_s,
         "train_images": len(idx),
         "val_images": len(data.y_val),
