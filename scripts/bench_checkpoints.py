@@ -1,22 +1,26 @@
 """Benchmark: a unit's time with and without its epoch checkpoints, side by side in one run.
 
 The paper's protocol shape: an architecture trained on a proxy of ``--per-class`` (100)
-images a class, evaluated on the validation split (10% of the train split: 5,000 images on
-CIFAR-10). The same unit (``train``, as a sweep trains a proxy unit: no test split) runs
-``--pairs`` times with the checkpoint setting ``--checkpoints`` (default 4: E/27, E/9, E/3
-and E) and with ``none``, alternating which goes first, so that a drift of the machine's
-load falls on both. Recorded:
+images a class and evaluated on the validation split (10% of the train split: 5,000
+images on CIFAR-10). Two measurements, in one process:
 
-  measured   per pair, the extra time of the checkpoints over the unit without them, as a
-             share of the unit's time without them, at the run's ``--epochs``
-  parts      the seconds of one training epoch and of one evaluation of the validation
-             split (timed apart on the trained model, ``--eval-repeats`` times, median)
-  protocol   the share at the paper's 100 epochs, extrapolated from the parts: the early
-             checkpoints' evaluations over the unit's time (100 epochs plus its final
-             evaluation, which a unit makes with or without checkpoints); an estimate
+  pairs     the same unit (``train`` as a sweep trains a proxy unit: no test split) run
+            ``--pairs`` times with the checkpoint setting ``--checkpoints`` (default 4:
+            E/27, E/9, E/3 and E) and with ``none``, alternating which goes first; per
+            pair the extra time of the checkpoints as a share of the unit without them,
+            at the run's ``--epochs``, and whether training was unchanged (the same
+            history and val_acc with and without)
+  parts     ``--repeats`` times, one training epoch of the unit's model then one
+            evaluation of the validation split, back to back, so that each evaluation /
+            epoch ratio is taken under one load of the machine (a shared machine's load
+            drifts by 2x within minutes); also, once, the evaluation in passes of
+            ``EVAL_BATCH`` (the GPU's) against the CPU's and whether their logits agree
 
-Each pair also checks that the checkpoints changed no training: the same history and
-val_acc with and without them. Writes ``results/bench/checkpoints-<device type>.json``
+The share at the paper's 100 epochs is extrapolated from the parts: with r the median
+evaluation / epoch ratio and k the early checkpoints of a 100-epoch run (3 by default),
+k r / (100 + r) (the unit's time: 100 epochs and the final evaluation, which a unit
+makes with or without checkpoints). It is an estimate; the pairs at fewer epochs are
+the direct measurement. Writes ``results/bench/checkpoints-<device type>.json``
 (command, commit, date, device, versions, threads, load average).
 
 Usage:  NASPROXY_CIFAR=PATH/cifar10-jpeg python scripts/bench_checkpoints.py
@@ -80,6 +84,7 @@ def logits(model: torch.nn.Module, data: Dataset, step: int) -> torch.Tensor:
 
 
 def timed(work: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Seconds of ``work()`` (the device synchronised at the end) and its result."""
     start = time.perf_counter()
     out = work()
     if device.type == "cuda":
@@ -87,28 +92,49 @@ def timed(work: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+def pair(arch: str, data: Dataset, idx: np.ndarray, cfgs: dict, first: str, n_early: int):
+    """The unit with and without checkpoints, ``first`` first; what the pair measured."""
+    order = (first, "without" if first == "with" else "with")
+    recs = {name: train(arch, data, idx, cfgs[name], test=False) for name in order}
+    with_, without = recs["with"], recs["without"]
+    extra = with_.wall_s - without.wall_s
+    return {
+        "first": first,
+        "with_s": with_.wall_s,
+        "without_s": without.wall_s,
+        "share": extra / without.wall_s,
+        "per_evaluation_s": extra / max(1, n_early),
+        "checkpoints": {str(e): a for e, a in with_.checkpoints.items()},
+        "training_unchanged": with_.history == without.history and with_.val_acc == without.val_acc,
+    }
+
+
 def parts(
     arch: str, data: Dataset, idx: np.ndarray, cfg: TrainConfig, repeats: int
 ) -> dict[str, Any]:
-    """The seconds of one epoch of training and of one evaluation of the validation split
-    (median of ``repeats``) on a model trained one epoch as the unit trains it; and the
-    same evaluation in passes of ``EVAL_BATCH`` (the GPU's), with whether its logits are
-    the trainer's bit for bit."""
+    """``repeats`` times one epoch of training then one evaluation of the validation
+    split, back to back, on the unit's model (warmed by one epoch first); then the
+    evaluation in passes of ``EVAL_BATCH`` against the device's (``eval_batch``)."""
     device = resolve_device(cfg.device)
     model = init_model(Arch.from_id(arch), data, cfg.seed, device)
-    epoch_s, _ = timed(lambda: fit(model, data, idx, replace(cfg, epochs=1)), device)
-    ours = [timed(lambda: accuracy(model, data, data.x_val, data.y_val), device)[0]
-            for _ in range(repeats)]  # fmt: skip
-    wide = [timed(lambda: logits(model, data, EVAL_BATCH), device) for _ in range(repeats)]
+    one = replace(cfg, epochs=1)
+    fit(model, data, idx, one)
+    epochs, evals = [], []
+    for _ in range(repeats):
+        epochs.append(timed(lambda: fit(model, data, idx, one), device)[0])
+        evals.append(timed(lambda: accuracy(model, data, data.x_val, data.y_val), device)[0])
+    ratios = [e / t for e, t in zip(evals, epochs, strict=True)]
+    wide_s, wide = timed(lambda: logits(model, data, EVAL_BATCH), device)
+    ours_s, ours = timed(lambda: logits(model, data, eval_batch(device)), device)
     return {
-        "epoch_s": epoch_s,
-        "evaluation_s": statistics.median(ours),
-        "evaluation_times": ours,
+        "epoch_s": epochs,
+        "evaluation_s": evals,
+        "evaluation_over_epoch": ratios,
+        "evaluation_over_epoch_median": statistics.median(ratios),
         "eval_batch": eval_batch(device),
-        f"evaluation_s_in_passes_of_{EVAL_BATCH}": statistics.median(t for t, _ in wide),
-        f"same_logits_in_passes_of_{EVAL_BATCH}": bool(
-            torch.equal(wide[0][1], logits(model, data, eval_batch(device)))
-        ),
+        "evaluation_s_in_own_passes": ours_s,
+        f"evaluation_s_in_passes_of_{EVAL_BATCH}": wide_s,
+        f"same_logits_in_passes_of_{EVAL_BATCH}": bool(torch.equal(wide, ours)),
     }
 
 
@@ -122,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--arch", default="w32-d3-relu-instancenorm-avgpooling")
     parser.add_argument("--per-class", type=int, default=100, help="proxy images a class")
-    parser.add_argument("--epochs", type=int, default=18, help="epochs of each measured unit")
+    parser.add_argument("--epochs", type=int, default=9, help="epochs of each paired unit")
     parser.add_argument("--checkpoints", default="4", help="the setting measured against none")
-    parser.add_argument("--pairs", type=int, default=2, help="units with and without, each")
-    parser.add_argument("--eval-repeats", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=3, help="units with and without, each")
+    parser.add_argument("--repeats", type=int, default=10, help="epoch-evaluation pairs timed")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0, help="training and subset seed")
@@ -147,49 +173,30 @@ def main(argv: list[str] | None = None) -> int:
     early = [e for e in checkpoint_epochs(args.checkpoints, args.epochs) if e < args.epochs]
     print(
         f"{dataset_name(data.spec)}: {len(idx)} training images, "
-        f"{len(data.y_val)} validation images; "
-        f"{args.arch}, {args.epochs} epochs, checkpoints {args.checkpoints} (early: {early})",
+        f"{len(data.y_val)} validation images; {args.arch}, {args.epochs} epochs, "
+        f"checkpoints {args.checkpoints} (early: {early})",
         flush=True,
     )
     train(args.arch, data, idx[:2], replace(base, epochs=1, batch_size=2))  # the warm-up
 
-    pairs: list[dict[str, Any]] = []
+    pairs = []
     for p in range(args.pairs):
-        order = ("with", "without") if p % 2 == 0 else ("without", "with")
-        recs = {name: train(args.arch, data, idx, cfgs[name], test=False) for name in order}
-        with_, without = recs["with"], recs["without"]
-        pair = {
-            "first": order[0],
-            "with_s": with_.wall_s,
-            "without_s": without.wall_s,
-            "share": (with_.wall_s - without.wall_s) / without.wall_s,
-            "per_evaluation_s": (with_.wall_s - without.wall_s) / max(1, len(early)),
-            "checkpoints": {str(e): a for e, a in with_.checkpoints.items()},
-            "training_unchanged": with_.history == without.history
-            and with_.val_acc == without.val_acc,
-        }
-        pairs.append(pair)
+        first = "with" if p % 2 == 0 else "without"
+        pairs.append(pair(args.arch, data, idx, cfgs, first, len(early)))
+        got = pairs[-1]
         print(
-            f"pair {p + 1}: with {with_.wall_s:.1f} s, without {without.wall_s:.1f} s, "
-            f"share {pair['share']:+.2%}, training unchanged: {pair['training_unchanged']}",
+            f"pair {p + 1}: with {got['with_s']:.1f} s, without {got['without_s']:.1f} s, "
+            f"share {got['share']:+.1%}, training unchanged: {got['training_unchanged']}",
             flush=True,
         )
-
-    part = parts(args.arch, data, idx, base, args.eval_repeats)
-    epoch_s, eval_s = part["epoch_s"], part["evaluation_s"]
+    part = parts(args.arch, data, idx, base, args.repeats)
+    ratio = part["evaluation_over_epoch_median"]
     protocol_early = [
         e for e in checkpoint_epochs(args.checkpoints, PROTOCOL_EPOCHS) if e < PROTOCOL_EPOCHS
     ]
-    unit_s = PROTOCOL_EPOCHS * epoch_s + eval_s  # training and the final evaluation
-    protocol_share = len(protocol_early) * eval_s / unit_s
-    measured = [pair["share"] for pair in pairs]
-    # the same extrapolation from the pairs alone: an evaluation's extra time in them, an
-    # epoch's time from the units without checkpoints (less their final evaluation)
-    from_pairs = []
-    for pair in pairs:
-        epoch = (pair["without_s"] - eval_s) / args.epochs
-        extra = len(protocol_early) * pair["per_evaluation_s"]
-        from_pairs.append(extra / (PROTOCOL_EPOCHS * epoch + eval_s))
+    share = len(protocol_early) * ratio / (PROTOCOL_EPOCHS + ratio)
+    low, high = min(part["evaluation_over_epoch"]), max(part["evaluation_over_epoch"])
+    measured = [p["share"] for p in pairs]
     record = {
         "benchmark": "a unit's time with its epoch checkpoints against without",
         **provenance(args.device, argv),
@@ -208,31 +215,28 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoints": args.checkpoints,
         "early_checkpoints": early,
         "pairs": pairs,
-        "measured_share": {
-            "median": statistics.median(measured),
-            "min": min(measured),
-            "max": max(measured),
-        },  # fmt: skip
-        "parts": {**part, "evaluation_over_epoch": eval_s / epoch_s},
+        "measured_share_median": statistics.median(measured),
+        "parts": part,
         "protocol": {
             "epochs": PROTOCOL_EPOCHS,
             "early_checkpoints": protocol_early,
-            "unit_s_estimate": unit_s,
-            "share_estimate": protocol_share,
-            "share_estimate_from_pairs": from_pairs,
+            "share_estimate": share,
+            "share_estimate_range": [
+                len(protocol_early) * r / (PROTOCOL_EPOCHS + r) for r in (low, high)
+            ],
             "goal": GOAL,
-            "within_goal": protocol_share <= GOAL,
+            "within_goal": share <= GOAL,
         },
         "notes": args.note,
     }
     tag = torch.device(args.device).type
     path = atomic_write_json(args.out / f"checkpoints-{tag}.json", record)
     print(
-        f"one epoch {epoch_s:.2f} s, one evaluation of {len(data.y_val)} images {eval_s:.2f} s "
-        f"({eval_s / epoch_s:.2f} epochs); measured share at {args.epochs} epochs "
-        f"{statistics.median(measured):+.2%} (median of {len(measured)}); at {PROTOCOL_EPOCHS} "
-        f"epochs ({len(protocol_early)} early checkpoints) {protocol_share:.2%} (estimate, goal "
-        f"<= {GOAL:.0%})"
+        f"evaluation of {len(data.y_val)} images / training epoch of {len(idx)}: median "
+        f"{ratio:.2f} ({low:.2f}-{high:.2f}) of {args.repeats}; measured share at "
+        f"{args.epochs} epochs {statistics.median(measured):+.1%} (median of {len(pairs)}); "
+        f"at {PROTOCOL_EPOCHS} epochs ({len(protocol_early)} early checkpoints) {share:.2%} "
+        f"(estimate; goal <= {GOAL:.0%})"
     )
     print(path)
     return 0
