@@ -84,6 +84,7 @@ COLUMNS: dict[str, str] = {
     "seed": "int64",
     "epochs": "int64",
     "val_acc": "float64",
+    "val_checkpoints": "string",  # JSON {"epoch": val_acc, ...} (checkpoint_accs reads it)
     "test_acc": "float64",
     "train_loss": "float64",
     "status": "string",
@@ -100,11 +101,13 @@ COLUMNS: dict[str, str] = {
 # Columns added after the first unit files were written, and their value in those files
 # (all such units trained one at a time with the plain trainer).
 # warmup_s: 0.0, as those units' wall_s still holds their process's warm-up.
+# val_checkpoints: "", those units recorded no checkpoints.
 LATER_COLUMNS: dict[str, Any] = {
     "stack_size": 1,
     "trainer": "plain",
     "fallback": "",
     "warmup_s": 0.0,
+    "val_checkpoints": "",
 }
 STATUSES = ("ok", "diverged", "failed")
 
@@ -271,6 +274,36 @@ def read_trials(exp_dir: Path) -> pd.DataFrame:
         return frame[list(COLUMNS)].astype(COLUMNS)
     except (TypeError, ValueError) as exc:
         raise NasproxyError(f"{path} holds a value of the wrong type ({first_line(exc)})") from None
+
+
+def checkpoint_value(accs: Mapping[int, float]) -> str:
+    """The ``val_checkpoints`` cell of a unit's checkpoints (epoch -> validation accuracy):
+    a JSON object with decimal-string epochs in ascending order, or "" when there are none."""
+    if not accs:
+        return ""
+    return json.dumps({str(int(e)): float(accs[e]) for e in sorted(accs)})
+
+
+def checkpoint_accs(value: Any) -> dict[int, float]:
+    """The checkpoints of a ``val_checkpoints`` cell, epoch -> validation accuracy, epochs
+    ascending; {} for "" or a missing value (a unit without checkpoints, an older file).
+
+    The one reader of the column; a cell that is not such an object is a one-line error.
+    """
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return {}
+    if not isinstance(value, str):
+        raise NasproxyError(f"val_checkpoints holds {value!r}, not text")
+    if not value.strip():
+        return {}
+    try:
+        parsed = json.loads(value)
+        accs = {int(e): float(a) for e, a in parsed.items()}
+    except (ValueError, TypeError, AttributeError):
+        raise NasproxyError(
+            f"val_checkpoints holds {value[:80]!r}, not a JSON object of epoch: accuracy"
+        ) from None
+    return dict(sorted(accs.items()))
 
 
 def write_manifest(exp_dir: Path, manifest: Mapping[str, Any]) -> Path:

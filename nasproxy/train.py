@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasproxy.checkpoints import CHECKPOINTS, DEFAULT, checkpoint_epochs, parse_checkpoints
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError, first_line
 from nasproxy.models import build_model
@@ -33,12 +34,18 @@ from nasproxy.settings import SEED, above, at_least, check_fields, setting, with
 from nasproxy.spaces import AnyArch, parse_arch
 
 CROP_PADDING = 4
-EVAL_BATCH = 1024
+EVAL_BATCH = 1024  # images an evaluation pass takes on a GPU
+# on a CPU: passes of 1024 fall out of cache, twice as slow for the same logits (measured
+# bit for bit on CIFAR-10, results/bench/checkpoints-cpu.json)
+CPU_EVAL_BATCH = 128
 WARM_UP_ARCH = "w8-d1-relu-none-none"  # the network of the warm-up (no norm: any batch size)
 
 # observer(batch_indices, correct): called each step with train-split indices of the batch
 # and whether each was classified correctly (forgetting events are read off this).
 Observer = Callable[[torch.Tensor, torch.Tensor], None]
+# epoch_end(epoch): called after each finished epoch (1-based) whose loss is finite; the
+# trainer puts the model back in train mode afterwards (an evaluation may leave it in eval).
+EpochEnd = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,15 @@ class TrainConfig:
     weight_decay: float = setting(5e-4, check=at_least(0), help="SGD weight decay")
     nesterov: bool = setting(False, help="SGD with Nesterov momentum")
     augment: bool = setting(True, flag="--no-augment", help="no random crop and flip")
+    # not part of an experiment's protocol: recording a checkpoint does not change training
+    checkpoints: str = setting(
+        DEFAULT,
+        parse=parse_checkpoints,
+        check=CHECKPOINTS,
+        metavar="K|E1,E2,..|none",
+        help="epochs whose validation accuracy each run records: a count K (E/3^(K-1), ..., "
+        "E/3, E), a comma list of epochs (one: 5,), or none (default 4: E/27, E/9, E/3, E)",
+    )
     # initialisation, batch order and augmentation; a search sets it per unit
     seed: int = setting(0, check=SEED, help="training seed", internal=True)
     # "auto" = cuda when available, else cpu; a search sets it per trial
@@ -80,6 +96,9 @@ class TrainRecord:
     train_loss: float = math.nan
     val_acc: float = math.nan
     test_acc: float = math.nan
+    # validation accuracy after each checkpoint epoch (nasproxy.checkpoints), the last one
+    # val_acc; empty without checkpoints or when the run did not finish ("ok" only)
+    checkpoints: dict[int, float] = field(default_factory=dict)
     wall_s: float = 0.0  # the run's own work: initialisation, training, evaluation
     warmup_s: float = 0.0  # the process's one-time warm-up on the device, paid before this run
     images_seen: int = 0
@@ -183,11 +202,13 @@ def fit(
     indices: np.ndarray | None,
     cfg: TrainConfig,
     observer: Observer | None = None,
+    epoch_end: EpochEnd | None = None,
 ) -> tuple[list[dict[str, float]], int]:
     """Train ``model`` in place on the train-split ``indices`` (all when None).
 
     Returns the per-epoch history and the number of images seen. Stops early when the
     loss is no longer finite (the last history entry then has a non-finite loss).
+    ``epoch_end`` is called after every finished epoch (see ``EpochEnd``).
     """
     device = next(model.parameters()).device
     idx = torch.arange(len(data.y_train)) if indices is None else torch.as_tensor(indices)
@@ -233,7 +254,15 @@ def fit(
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc})
         if not math.isfinite(train_loss):
             break
+        if epoch_end is not None:
+            epoch_end(epoch + 1)
+            model.train()
     return history, seen
+
+
+def eval_batch(device: torch.device) -> int:
+    """Images an evaluation pass takes on ``device``."""
+    return CPU_EVAL_BATCH if device.type == "cpu" else EVAL_BATCH
 
 
 @torch.no_grad()
@@ -241,10 +270,8 @@ def predict(model: nn.Module, data: Dataset, x: torch.Tensor) -> torch.Tensor:
     """Logits for uint8 images ``x`` in eval mode (no augmentation), batched."""
     device = next(model.parameters()).device
     model.eval()
-    out = [
-        model(normalize(x[i : i + EVAL_BATCH].to(device), data))
-        for i in range(0, len(x), EVAL_BATCH)
-    ]
+    step = eval_batch(device)
+    out = [model(normalize(x[i : i + step].to(device), data)) for i in range(0, len(x), step)]
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -316,12 +343,19 @@ def train(
         macs=arch.macs(data.in_channels, data.num_classes, data.image_size),
         device=device_name(device),
     )
+    measured: dict[int, float] = {}  # the checkpoints before the last epoch
     start = time.perf_counter()
     try:
         record.warmup_s = warm_up(data, device)
         start = time.perf_counter()
         model = init_model(arch, data, cfg.seed, device)
-        record.history, record.images_seen = fit(model, data, indices, cfg)
+        early = set(checkpoint_epochs(cfg.checkpoints, cfg.epochs)) - {cfg.epochs}
+
+        def measure(epoch: int) -> None:
+            if epoch in early and len(data.y_val) > 0:
+                measured[epoch] = accuracy(model, data, data.x_val, data.y_val)
+
+        record.history, record.images_seen = fit(model, data, indices, cfg, epoch_end=measure)
         record.train_loss = record.history[-1]["train_loss"]
         if not math.isfinite(record.train_loss):
             record.status = "diverged"
@@ -336,4 +370,18 @@ def train(
         record.status, record.reason = "failed", first_line(exc, with_type=True)
     record.wall_s = time.perf_counter() - start
     record.images_per_s = record.images_seen / record.wall_s if record.wall_s > 0 else 0.0
+    record.checkpoints = final_checkpoints(record, measured, cfg)
     return record
+
+
+def final_checkpoints(
+    record: TrainRecord, measured: dict[int, float], cfg: TrainConfig
+) -> dict[int, float]:
+    """A finished run's checkpoints: those ``measured`` during training, then its
+    ``val_acc`` at its last epoch; none for a run that is not "ok", that has no
+    checkpoints (``none``) or no validation split."""
+    if record.status != "ok" or not checkpoint_epochs(cfg.checkpoints, cfg.epochs):
+        return {}
+    if not math.isfinite(record.val_acc):
+        return {}
+    return {**measured, cfg.epochs: record.val_acc}

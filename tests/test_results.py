@@ -35,6 +35,7 @@ def _row(arch: Arch, train_set: str, seed: int, status: str = "ok") -> dict:
         train_loss=0.5 if status == "ok" else math.nan,
         val_acc=0.25 + 0.01 * seed if status == "ok" else math.nan,
         test_acc=0.3 if status == "ok" else math.nan,
+        checkpoints={1: 0.125, 3: 0.25 + 0.01 * seed} if status == "ok" else {},
         wall_s=1.5,
         images_seen=300,
         device="cpu",
@@ -295,11 +296,48 @@ def test_unit_files_written_before_the_stack_columns_still_count(tmp_path):
     back = results.read_unit(path)
     assert back is not None
     assert (back["stack_size"], back["trainer"], back["fallback"]) == (1, "plain", "")
+    assert back["val_checkpoints"] == "" and results.checkpoint_accs("") == {}
     table = results.consolidate(tmp_path)
     assert list(table.columns) == list(results.COLUMNS) and table["stack_size"].tolist() == [1]
+    assert table["val_checkpoints"].tolist() == [""]
     del payload["row"]["val_acc"]  # an older row is still refused when a real column lacks
     path.write_text(json.dumps(payload))
     assert results.read_unit(path) is None
+
+
+def test_checkpoints_are_a_json_object_of_ascending_epochs_read_back_exactly(tmp_path):
+    """The val_checkpoints cell (interface: a JSON object, decimal-string epochs ascending,
+    the final one included) survives the unit file, parquet and CSV, and reads back as the
+    trainer's {epoch: accuracy}; a unit without checkpoints holds ""."""
+    rows = _all_rows()
+    assert rows[0]["val_checkpoints"] == '{"1": 0.125, "3": 0.25}'
+    assert rows[-1]["status"] == "diverged" and rows[-1]["val_checkpoints"] == ""
+    for row in rows:
+        results.write_unit(tmp_path, row)
+    results.consolidate(tmp_path)
+    table = results.read_trials(tmp_path)
+    (tmp_path / results.TRIALS_PARQUET).unlink()
+    from_csv = results.read_trials(tmp_path)
+    for frame in (table, from_csv):
+        ok = frame[frame["status"] == "ok"]
+        for record in ok.to_dict("records"):
+            accs = results.checkpoint_accs(record["val_checkpoints"])
+            assert accs == {1: 0.125, 3: record["val_acc"]}
+            assert list(json.loads(record["val_checkpoints"])) == ["1", "3"]
+        assert frame[frame["status"] == "diverged"]["val_checkpoints"].tolist() == [""]
+
+
+def test_checkpoint_cells_read_sorted_and_refuse_what_is_not_one() -> None:
+    assert results.checkpoint_value({33: 0.5, 4: 0.25, 100: 0.75}) == (
+        '{"4": 0.25, "33": 0.5, "100": 0.75}'
+    )
+    assert results.checkpoint_accs('{"100": 0.75, "4": 0.25}') == {4: 0.25, 100: 0.75}
+    assert list(results.checkpoint_accs('{"100": 0.75, "4": 0.25}')) == [4, 100]
+    assert results.checkpoint_value({}) == "" and results.checkpoint_accs(None) == {}
+    assert results.checkpoint_accs(pd.NA) == {} and results.checkpoint_accs(math.nan) == {}
+    for bad in ("[1, 2]", "{", '{"x": 1}', '{"3": "a"}', 5):
+        with pytest.raises(NasproxyError, match="val_checkpoints"):
+            results.checkpoint_accs(bad)
 
 
 @pytest.fixture

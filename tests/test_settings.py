@@ -62,6 +62,7 @@ SAME = [
     (["--momentum", "0.5"], ["momentum=0.5"], "train.momentum", 0.5),
     (["--no-augment"], ["augment=false"], "train.augment", False),
     (["--epochs", "2"], ["epochs=2"], "train.epochs", 2),
+    (["--checkpoints", "9,3"], ["checkpoints=3,9"], "train.checkpoints", "3,9,"),
     (["--val-fraction", "0.2"], ["val_fraction=0.2"], "val_fraction", 0.2),
     (["--split-seed", "3"], ["split_seed=3"], "split_seed", 3),
     (["--sample-seed", "5"], ["sample_seed=5"], "sample_seed", 5),

@@ -1,5 +1,6 @@
 """The trainer: it learns real data, is deterministic, and reports divergence; its
-schedule ends at 0, the test split is evaluated only when asked, the warm-up is timed apart."""
+schedule ends at 0, the test split is evaluated only when asked, the warm-up is timed apart;
+its checkpoints are the run stopped at their epochs and change nothing of its training."""
 
 from __future__ import annotations
 
@@ -224,3 +225,62 @@ def test_nesterov_momentum_changes_the_trajectory(digits: Dataset) -> None:
     nesterov = train("w8-d1-relu-none-none", digits, idx, replace(cfg, nesterov=True))
     assert plain.status == nesterov.status == "ok"
     assert plain.history != nesterov.history
+
+
+class _Stop(Exception):
+    """Raised by an observer to stop ``fit`` after a given number of steps."""
+
+
+def _stopped_at(arch: str, data: Dataset, idx: np.ndarray, cfg: TrainConfig, epoch: int):
+    """The model of ``cfg``'s run after ``epoch`` of its epochs: the same schedule (cosine over
+    all of ``cfg.epochs``), stopped by an observer after that epoch's last step."""
+    model = train_module.init_model(Arch.from_id(arch), data, cfg.seed, CPU)
+    steps = epoch * len(train_module.batch_bounds(len(idx), cfg.batch_size))
+    taken = [0]
+
+    def observer(batch: torch.Tensor, correct: torch.Tensor) -> None:
+        taken[0] += 1
+        if taken[0] == steps:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_module.fit(model, data, idx, replace(cfg, checkpoints="none"), observer)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["w8-d2-relu-batchnorm-maxpooling", "w8-d1-relu-none-none"])
+def test_a_checkpoint_is_the_run_stopped_at_that_epoch(digits: Dataset, arch: str) -> None:
+    """Each checkpoint's accuracy is that of the same run (same seed, same cosine schedule
+    over all its epochs) stopped after that epoch and evaluated on the validation split;
+    the last checkpoint is the run's val_acc."""
+    idx = np.arange(0, len(digits.y_train), 9)  # 144 images: 5 batches of 32 an epoch
+    cfg = TrainConfig(epochs=5, batch_size=32, seed=3, checkpoints="1,3,")
+    rec = train(arch, digits, idx, cfg)
+    assert rec.status == "ok" and list(rec.checkpoints) == [1, 3, 5]
+    assert rec.checkpoints[5] == rec.val_acc
+    for epoch in (1, 3):
+        model = _stopped_at(arch, digits, idx, cfg, epoch)
+        want = train_module.accuracy(model, digits, digits.x_val, digits.y_val)
+        assert rec.checkpoints[epoch] == want, epoch
+    # a run of 3 epochs is another run: its rate decays to 0 over 3 epochs, not 5
+    short = train(arch, digits, idx, replace(cfg, epochs=3))
+    assert short.history[2]["train_loss"] != rec.history[2]["train_loss"]
+
+
+def test_checkpoints_change_no_training(digits: Dataset) -> None:
+    """A run with a checkpoint after every epoch trains exactly as one with none: the same
+    history and accuracies (batch norm back in train mode, no random draw taken)."""
+    idx = np.arange(0, len(digits.y_train), 5)
+    cfg = TrainConfig(epochs=4, batch_size=32, seed=1, checkpoints="1,2,3,")
+    arch = "w8-d2-leakyrelu-batchnorm-avgpooling"
+    with_ = train(arch, digits, idx, cfg)
+    without = train(arch, digits, idx, replace(cfg, checkpoints="none"))
+    assert with_.history == without.history
+    assert (with_.val_acc, with_.test_acc) == (without.val_acc, without.test_acc)
+    assert list(with_.checkpoints) == [1, 2, 3, 4] and without.checkpoints == {}
+
+
+def test_a_diverged_run_has_no_checkpoints(digits: Dataset) -> None:
+    cfg = TrainConfig(epochs=3, lr=1e8, checkpoints="1,")
+    rec = train("w32-d1-relu-none-none", digits, np.arange(256), cfg)
+    assert rec.status == "diverged" and rec.checkpoints == {}

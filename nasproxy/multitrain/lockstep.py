@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nasproxy.checkpoints import checkpoint_epochs
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError, first_line
 from nasproxy.multitrain.stacked import StackedConvNet, model_chunk, shape_of
@@ -39,11 +40,13 @@ from nasproxy.provenance import device_name
 from nasproxy.spaces import ACTIVATIONS, AnyArch, Arch, parse_arch
 from nasproxy.train import (
     CROP_PADDING,
-    EVAL_BATCH,
+    EpochEnd,
     TrainConfig,
     TrainRecord,
     batch_bounds,
     crop_flip,
+    eval_batch,
+    final_checkpoints,
     init_model,
     normalize,
     resolve_device,
@@ -315,12 +318,16 @@ class _Lockstep:
             self.graphs[b] = graph
         graph.replay()
 
-    def fit(self) -> tuple[list[list[dict[str, float]]], list[int]]:
+    def fit(
+        self, epoch_end: EpochEnd | None = None
+    ) -> tuple[list[list[dict[str, float]]], list[int]]:
         """Train every model for ``cfg.epochs`` epochs; per-model history and images seen.
 
         A model whose epoch loss is not finite stops there, as in ``fit``: its history ends
         with that epoch and its chunk of the stack is zeroed, so that no non-finite value
-        can reach the other models through any kernel.
+        can reach the other models through any kernel. ``epoch_end`` is called after every
+        epoch that leaves a model alive, as in ``fit``, and the stack is put back in train
+        mode after it.
         """
         cfg = self.cfg
         bounds = batch_bounds(self.n, cfg.batch_size)
@@ -362,6 +369,9 @@ class _Lockstep:
                     self.zero_model(i)
             if not any(alive):
                 break
+            if epoch_end is not None:
+                epoch_end(epoch + 1)
+                self.model.train()
         return histories, seen
 
     @torch.no_grad()
@@ -378,19 +388,20 @@ def fit_many(
     index_sets: Sequence[np.ndarray | None],
     cfgs: Sequence[TrainConfig],
     options: FastOptions | None = None,
+    epoch_end: EpochEnd | None = None,
 ) -> tuple[list[list[dict[str, float]]], list[int]]:
     """Train the stack in place, model m on train-split ``index_sets[m]`` with ``cfgs[m]``.
 
     The counterpart of :func:`nasproxy.train.fit` for a stack: per-model histories and
-    images seen. Raises NasproxyError when the runs cannot share a batch schedule
-    (see :func:`fallback_reason`).
+    images seen, ``epoch_end`` called as there. Raises NasproxyError when the runs cannot
+    share a batch schedule (see :func:`fallback_reason`).
     """
     if len(index_sets) != model.m:
         raise NasproxyError(f"a stack of {model.m} models needs {model.m} training sets")
     reason = fallback_reason(model.archs, data, index_sets, cfgs)
     if reason is not None:
         raise NasproxyError(f"cannot train these runs in lockstep: {reason}")
-    return _Lockstep(model, data, index_sets, cfgs, options or FastOptions()).fit()
+    return _Lockstep(model, data, index_sets, cfgs, options or FastOptions()).fit(epoch_end)
 
 
 @torch.no_grad()
@@ -401,7 +412,7 @@ def predict_many(
     options = options or FastOptions()
     device = model.head_weight.device
     model.eval()
-    chunk = max(1, EVAL_BATCH // model.m)  # the stack sees M copies of each image
+    chunk = max(1, eval_batch(device) // model.m)  # the stack sees M copies of each image
     out = []
     for i in range(0, len(x), chunk):
         xb = normalize(x[i : i + chunk].to(device), data).to(model.head_weight.dtype)
@@ -566,7 +577,16 @@ def _train_stack(
     singles = [init_model(a, data, cfg.seed, device) for a, cfg in zip(archs, cfgs, strict=True)]
     model = StackedConvNet.from_models(singles, data.image_size)
     del singles
-    histories, seen = fit_many(model, data, index_sets, cfgs, options)
+    # the checkpoints before the last epoch, all models at once (one schedule: one set)
+    early = set(checkpoint_epochs(cfgs[0].checkpoints, cfgs[0].epochs)) - {cfgs[0].epochs}
+    checkpoints: list[dict[int, float]] = [{} for _ in records]
+
+    def measure(epoch: int) -> None:
+        if epoch in early and len(data.y_val) > 0:
+            for i, acc in enumerate(accuracies(model, data, data.x_val, data.y_val, options)):
+                checkpoints[i][epoch] = acc
+
+    histories, seen = fit_many(model, data, index_sets, cfgs, options, measure)
     val = accuracies(model, data, data.x_val, data.y_val, options)
     # one pass evaluates the whole stack, so it runs when any run asks for test
     test = accuracies(model, data, data.x_test, data.y_test, options) if any(tests) else []
@@ -583,4 +603,5 @@ def _train_stack(
         record.stack_size, record.trainer = len(records), trainer
         record.wall_s = wall
         record.images_per_s = record.images_seen / wall if wall > 0 else 0.0
+        record.checkpoints = final_checkpoints(record, checkpoints[i], cfgs[i])
     return records

@@ -32,10 +32,11 @@ WHOLE_CHOICE = ("whole_archs", "whole_sample", "whole_top", "whole_by")
 
 
 def protocol(cfg: SearchConfig) -> dict[str, Any]:
-    """What makes two runs comparable: the training settings, seeds and data split."""
+    """What makes two runs comparable: the training settings, seeds and data split (not
+    the epoch checkpoints, which change no training: nasproxy.checkpoints)."""
     train = asdict(cfg.train)
-    train.pop("seed")
-    train.pop("device")
+    for key in ("seed", "device", "checkpoints"):
+        train.pop(key)
     return {
         **train,
         "seeds": list(cfg.seeds),

@@ -175,6 +175,7 @@ def make_row(arch: AnyArch, train_set: str, proxy_hash: str, record: TrainRecord
         "seed": int(record.seed),
         "epochs": int(record.epochs),
         "val_acc": float(record.val_acc),
+        "val_checkpoints": results.checkpoint_value(record.checkpoints),
         "test_acc": float(record.test_acc),
         "train_loss": float(record.train_loss),
         "status": record.status,

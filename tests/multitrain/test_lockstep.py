@@ -398,3 +398,34 @@ def test_cells_and_nesterov_fall_back_to_the_plain_trainer_and_say_why(
             plain.test_acc,
             plain.params,
         )
+
+
+@pytest.mark.parametrize(
+    "arch", ["w8-d2-relu-batchnorm-maxpooling", "w8-d1-sigmoid-none-avgpooling"]
+)
+def test_the_stack_records_the_plain_runs_checkpoints(
+    digits: Dataset, arch: str, float64: None
+) -> None:
+    """Each model of a stack has train()'s checkpoints for its seed (float64, where both
+    paths agree to ~1e-12), the last one its val_acc."""
+    sets = _sets(digits, 3, 70, seed=2)
+    cfgs = [TrainConfig(epochs=4, batch_size=32, seed=s, checkpoints="1,2,") for s in (5, 6, 7)]
+    records = train_many(arch, digits, sets, cfgs)
+    for s, cfg, rec in zip(sets, cfgs, records, strict=True):
+        plain = train(arch, digits, s, cfg)
+        assert rec.stack_size == 3 and list(rec.checkpoints) == [1, 2, 4]
+        assert rec.checkpoints == plain.checkpoints
+        assert rec.checkpoints[4] == rec.val_acc
+
+
+def test_checkpoints_change_no_training_of_the_stack(digits: Dataset) -> None:
+    """A stack evaluated after every epoch trains exactly as one never evaluated (float32,
+    as the sweep runs): the same histories and accuracies."""
+    sets = _sets(digits, 2, 96, seed=4)
+    arch = "w8-d2-leakyrelu-batchnorm-avgpooling"
+    cfgs = [TrainConfig(epochs=3, batch_size=32, seed=s, checkpoints="1,2,") for s in (0, 1)]
+    with_ = train_many(arch, digits, sets, cfgs)
+    without = train_many(arch, digits, sets, [replace(c, checkpoints="none") for c in cfgs])
+    for a, b in zip(with_, without, strict=True):
+        assert a.history == b.history and (a.val_acc, a.test_acc) == (b.val_acc, b.test_acc)
+        assert list(a.checkpoints) == [1, 2, 3] and b.checkpoints == {}

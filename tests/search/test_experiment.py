@@ -248,3 +248,34 @@ def test_a_manifest_from_before_nesterov_compares_equal_to_it_off():
     turned_on = {**new, "protocol": {**new["protocol"], "nesterov": True}}
     with pytest.raises(NasproxyError, match="nesterov False, this run asks for True"):
         _refuse_different("e", old, turned_on)
+
+
+def test_checkpoints_are_no_part_of_the_protocol_and_old_units_resume(inputs, tmp_path):
+    """Units record their checkpoints (the final one their val_acc); the setting is not in
+    the manifest's protocol, so an experiment of an older nasproxy (unit files without the
+    column) resumes under any setting without training again, and reports."""
+    cfg = _config(inputs, tmp_path, "ckpt", proxies=(str(inputs["proxies"][0]),),
+                  archs=("w8-d1-relu-*",), runner="local", train=TrainConfig(epochs=3))  # fmt: skip
+    exp_dir = run_search(cfg)
+    table = results.read_trials(exp_dir)
+    assert len(table) == 4
+    for row in table.to_dict("records"):
+        accs = results.checkpoint_accs(row["val_checkpoints"])
+        assert list(accs) == [1, 3] and accs[3] == row["val_acc"]  # 3/9, 3/27 round to 1
+    manifest = results.read_manifest(exp_dir)
+    assert "checkpoints" not in manifest["protocol"]
+
+    units = _units(exp_dir)
+    for path in units:  # as an older nasproxy wrote them
+        unit = json.loads(path.read_text())
+        del unit["row"]["val_checkpoints"]
+        path.write_text(json.dumps(unit))
+    older = _units(exp_dir)
+    for setting in ("none", "4", "2,"):
+        events = []
+        again = replace(cfg, train=replace(cfg.train, checkpoints=setting))
+        run_search(again, progress=events.append)
+        assert not [e for e in events if e.row is not None] and _units(exp_dir) == older
+    table = results.read_trials(exp_dir)
+    assert table["val_checkpoints"].tolist() == [""] * 4
+    assert make_report(exp_dir, top_k=1, n_boot=10).table is not None
