@@ -314,6 +314,7 @@ class TrainSet:
     epsilon: float | None = None
     selection: dict[str, str] | None = None  # the hash field by field, to name a change
     file_hash: str = ""  # of the file's bytes: what older manifests recorded as proxy_hash
+    draw: dict[str, Any] | None = None  # method, per_class, draw of a proxy built as a draw
 
     def manifest_entry(self, data: Dataset, archs: list[str]) -> dict[str, Any]:
         """The manifest record: provenance, size (uint8 bytes of its images) and the ids
@@ -327,4 +328,5 @@ class TrainSet:
             "bytes": self.n_images * per_image,
             "epsilon": self.epsilon,
             "selection": self.selection,
+            **(self.draw or {}),  # the report groups draws by (method, per_class)
         }

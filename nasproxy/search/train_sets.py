@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nasproxy import results
 from nasproxy.data import Dataset
@@ -82,6 +83,15 @@ def _names(proxies: Sequence[_Proxy], whole: bool) -> list[str]:
     return names
 
 
+def draw_fields(record: dict[str, Any]) -> dict[str, Any] | None:
+    """A proxy record's ``method``, ``per_class`` and ``draw``, which its manifest entry
+    copies; None for a file built before proxies had draws (its set is a group of its own
+    in the report)."""
+    if "draw" not in record:
+        return None
+    return {key: record.get(key) for key in ("method", "per_class", "draw")}
+
+
 def resolve_train_sets(
     proxy_args: Sequence[str],
     whole: bool,
@@ -118,6 +128,7 @@ def resolve_train_sets(
                 epsilon=float(epsilon) if epsilon is not None else None,
                 selection=selection_fields(record),
                 file_hash=proxy.file.file_hash,
+                draw=draw_fields(record),
             )
         )
     if whole and whole_per_class is None:
