@@ -64,6 +64,9 @@ OWN_ENTRIES = frozenset(
         "correlation.png",
         "acc_vs_time.png",
         "search_outcome.csv",
+        "frontier.md",
+        "frontier.csv",
+        "frontier.png",
     }
 )
 

@@ -6,7 +6,10 @@ with ``pd.read_csv(path, comment="#")``), ``table1.tex``, ``table1_seeds.csv`` (
 per-seed metrics behind the means), three PNG figures, and ``search_outcome.csv`` (with a
 "Search outcome" section in ``table1.md``) when the experiment has a proxy training set and
 a whole-split unit that finished "ok" (``--whole-top``, or ``--whole``, ``--whole-archs``,
-``--whole-sample``, which take K from ``top_k``). The rooms: ``table1`` computes Table 1,
+``--whole-sample``, which take K from ``top_k``), and ``frontier.md``, ``frontier.csv``,
+``frontier.png`` when it has proxies built as draws, sets with their own epochs or
+checkpoints. The rooms: ``table1`` computes Table 1 (``draws`` groups a proxy's draws into
+one row), ``frontier`` the frontier,
 ``outcome`` the search outcome, ``formats`` writes them as text, ``nasproxy.plots`` draws
 the figures. What the files say: docs/search.md ("Report") and docs/find.md ("The answer:
 the search outcome").
@@ -25,6 +28,7 @@ from nasproxy import metrics, plots, results
 from nasproxy.errors import NasproxyError
 from nasproxy.io import atomic_write_bytes, atomic_write_text
 from nasproxy.report import formats
+from nasproxy.report.frontier import write_frontier
 from nasproxy.report.outcome import (
     OUTCOME_COLUMNS,
     outcome_line,
@@ -141,6 +145,7 @@ def make_report(exp_dir: Path, top_k: int = 10, n_boot: int = 1000, seed: int = 
         )
     for kind, (fname, png) in _figures(t1, top_k).items():
         paths[kind] = atomic_write_bytes(exp_dir / fname, png)
+    paths |= write_frontier(exp_dir, t1, trials, manifest, protocol, top_k)
     return ReportResult(exp_dir, table, per_seed, protocol, notes, top_k, paths, outcome)
 
 
