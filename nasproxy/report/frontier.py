@@ -270,8 +270,8 @@ def _corr(r: Mapping[str, Any], col: str) -> str:
 def frontier_notes(k: int) -> list[str]:
     """What every frontier file says about its rows."""
     return [
-        "the reference is the whole split at the protocol's epochs (Table 1's); its own "
-        "row is Table 1's",
+        "the reference is the whole split at the protocol's epochs (Table 1's whole row); "
+        "each row ranks the architectures against it",
         "a budget row groups the draws of one method at one budget (Table 1's row): mean "
         "over draws of each draw's mean over training seeds, +- std over every (draw, "
         "seed); intervals resample the archs, whole-set seeds, draws, then seeds",
