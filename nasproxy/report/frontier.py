@@ -214,9 +214,9 @@ def frontier_table(
     return pd.DataFrame(rows).reindex(columns=list(FRONTIER_COLUMNS))
 
 
-def _markdown(table: pd.DataFrame, protocol: Mapping[str, str], notes: list[str], k: int) -> str:
+def _markdown(table: pd.DataFrame, described: Mapping[str, str], k: int) -> str:
     lines = ["# The frontier: ranking quality against training cost", ""]
-    lines += [f"- {key}: {value}" for key, value in protocol.items()]
+    lines += [f"- {key}: {value}" for key, value in described.items()]
     budget = table[table["axis"] == "budget"]
     lines += [
         "",
@@ -251,8 +251,7 @@ def _markdown(table: pd.DataFrame, protocol: Mapping[str, str], notes: list[str]
                 f"{pct(r['perf_topk'])} | {pct(r['top1_test'])} | "
                 f"{_pp(r['regret'])} |"
             )
-    lines += ["", "Notes:", "", *(f"- {n}" for n in notes), ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, ""])
 
 
 def _int(v: Any) -> str:
@@ -267,22 +266,22 @@ def _corr(r: Mapping[str, Any], col: str) -> str:
     return corr(r[col], r[f"{col}_std"], r[f"{col}_lo"], r[f"{col}_hi"])
 
 
-def frontier_notes(k: int) -> list[str]:
-    """What every frontier file says about its rows."""
-    return [
-        "the reference is the whole split at the protocol's epochs (Table 1's whole row); "
-        "each row ranks the architectures against it",
-        "a budget row groups the draws of one method at one budget (Table 1's row): mean "
-        "over draws of each draw's mean over training seeds, +- std over every (draw, "
+def frontier_notes(k: int) -> dict[str, str]:
+    """What every frontier file says about its rows, by topic."""
+    return {
+        "reference": "the whole split at the protocol's epochs (Table 1's whole row); each "
+        "row ranks the architectures against it",
+        "budget rows": "Table 1's rows: the draws of one method at one budget in one row, "
+        "mean over draws of each draw's mean over training seeds, +- std over every (draw, "
         "seed); intervals resample the archs, whole-set seeds, draws, then seeds",
-        "cost: image-epochs = images x epochs, what one architecture and seed trains on "
-        "(whole@N matches a proxy's when N x whole images = epochs x proxy images); train s "
-        "is one draw's sweep, summed over its units",
-        f"an epoch row ranks by the validation accuracy at that checkpoint; top-{k} picks and "
-        "regret against the whole split's final accuracies; mean +- std over seeds, no "
-        "interval, train s not measured at a checkpoint",
-        CHECKPOINT_NOTE,
-    ]
+        "cost": "image-epochs = images x epochs, what one architecture and seed trains on "
+        "(whole@N matches a proxy when N x whole images = epochs x proxy images); train s is "
+        "one draw's sweep, summed over its units",
+        "epoch rows": f"ranked by the validation accuracy at that checkpoint; top-{k} picks "
+        "and regret against the whole split's final accuracies; mean +- std over seeds, no "
+        "interval; train s not measured at a checkpoint",
+        "checkpoints": CHECKPOINT_NOTE,
+    }
 
 
 def write_frontier(
@@ -298,15 +297,15 @@ def write_frontier(
     if not applies(manifest, trials):
         return {}
     table = frontier_table(t1, trials, manifest, top_k)
-    notes = frontier_notes(top_k)
+    described = {**protocol, **frontier_notes(top_k)}
     budget = table[table["axis"] == "budget"]
     epoch = table[table["axis"] == "epoch"]
     return {
         "frontier_md": atomic_write_text(
-            exp_dir / "frontier.md", _markdown(table, protocol, notes, top_k)
+            exp_dir / "frontier.md", _markdown(table, described, top_k)
         ),
         "frontier_csv": atomic_write_text(
-            exp_dir / "frontier.csv", csv(table, protocol, notes, "Frontier (nasproxy)")
+            exp_dir / "frontier.csv", csv(table, described, [], "Frontier (nasproxy)")
         ),
         "plot_frontier": atomic_write_bytes(
             exp_dir / "frontier.png", plots.frontier(budget, epoch, top_k)
