@@ -99,18 +99,18 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
         check_family,
         one_draw_notice,
         parse_budgets,
-        parse_draw_seeds,
         plan_draws,
     )
     from nasproxy.proxies.from_indices import indices_method
     from nasproxy.proxies.proxy_file import default_proxy_path
     from nasproxy.scoring import ScoringConfig
+    from nasproxy.search.config import parse_seeds
 
     if (args.method is None) == (args.from_indices is None):
         raise NasproxyError("give either --method or --from-indices")
     if args.seed is not None and args.seeds is not None:
         raise NasproxyError("give either --seed or --seeds (the draws), not both")
-    seeds = parse_draw_seeds(args.seeds) if args.seeds is not None else (args.seed or 0,)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else (args.seed or 0,)
     if args.backbone_seed is not None and len(seeds) > 1:
         raise NasproxyError(
             "--backbone-seed would give every draw one scoring run; with --seeds each draw's "
@@ -540,8 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         default=None,
         metavar="S[,S...]",
-        help="draws of the proxy: one build per seed, each with its own scoring run (a "
-        "method with no randomness builds one)",
+        help="draws of the proxy, as search --seeds: a count N (seeds 0..N-1) or a list "
+        "(0,3,7; one seed: 5,); one build per seed, each with its own scoring run (a method "
+        "with no randomness builds one)",
     )
     p.add_argument("--out", default=None, help="default results/proxies/NAME-METHOD-K-sSEED.json")
     p.add_argument(

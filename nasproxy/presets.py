@@ -51,9 +51,10 @@ class Preset:
     )
     proxy_seeds: tuple[int, ...] = setting(
         (),
+        parse=lambda text: parse_seeds(text) if text.strip() else (),  # empty: none
         check=SEED,
-        help="proxy draws: each method built from each seed, its scoring run seeded alike, "
-        "e.g. 0,1,2 (instead of proxy_seed and backbone_seed)",
+        help="proxy draws, as seeds: a count N (0..N-1) or a list (0,3,7); each method built "
+        "from each seed, its scoring run seeded alike (instead of proxy_seed, backbone_seed)",
     )
     # the scoring run: backbone, backbone_epochs, backbone_seed (0, whatever proxy_seed), ...
     scoring: ScoringConfig = ScoringConfig(backbone=RESNET18)

@@ -284,6 +284,8 @@ def test_a_family_preset_plans_every_method_budget_and_draw() -> None:
     ]
     assert [p.scoring.backbone_seed for p in planned] == [0, 2] * 4
     assert all(p.scoring.backbone == smoke.scoring.backbone for p in planned)
+    counted = pipeline_module.plan_proxies(parse_overrides(smoke, ["proxy_seeds=2"]))
+    assert [p.name for p in counted][:2] == ["influence-pc10-d0", "influence-pc10-d1"]
     budgets_only = pipeline_module.plan_proxies(parse_overrides(smoke, ["budgets=5,10"]))
     assert [p.name for p in budgets_only][:2] == ["influence-pc5-d0", "influence-pc10-d0"]
     assert all(p.scoring == smoke.scoring for p in budgets_only)

@@ -262,6 +262,8 @@ MEANT = {
     **{(k, ""): "none" for k in ("gpus_per_trial", "address", "max_stack", "rng", "bf16")},
     **{(k, ""): "none" for k in ("channels_last", "cuda_graphs", "project_dim", "epsilon")},
     ("head_l2", ""): "none",
+    ("budgets", ""): "no family: per_class alone",
+    ("proxy_seeds", ""): "no draws: proxy_seed alone",
     ("archs", ""): "every architecture",
     ("whole_archs", ""): "the proxies' architectures",
     **{("data_root", v): "a folder of that name, or the default" for v in BAD_VALUES},

@@ -10,9 +10,10 @@ its record says ``draw: null``.
 
 ``plan_draws`` lists the builds of a family (methods x budgets x seeds), ``draw_name``
 names each (``METHOD-pcK-dSEED``, ``METHOD-pcK`` without randomness): the name of its file
-under ``nasproxy run`` and of its training set. ``parse_budgets`` and ``parse_draw_seeds``
-read the comma lists of ``--per-class`` and ``--seeds``; ``check_family`` refuses a
-repeated budget or seed and a budget above a class's size, before any work.
+under ``nasproxy run`` and of its training set. ``parse_budgets`` reads ``--per-class``'s
+comma list (the draw seeds read as ``search --seeds``: a count or a comma list);
+``check_family`` refuses a repeated budget or seed and a budget above a class's size,
+before any work.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Any
 
 from nasproxy.data import Dataset
 from nasproxy.errors import NasproxyError
+from nasproxy.proxies import build
 from nasproxy.proxies.base import ProxyOptions, check_budget
-from nasproxy.proxies.build import build_proxy
 from nasproxy.proxies.registry import Method
 from nasproxy.scoring import ScoringConfig
 from nasproxy.settings import SEED
@@ -49,25 +50,18 @@ def draw_name(method: str, per_class: int | None, draw: int | None) -> str:
     return f"{method}{budget}" + ("" if draw is None else f"-d{draw}")
 
 
-def _int_list(text: str, what: str) -> tuple[int, ...]:
+def parse_budgets(text: str) -> tuple[int, ...]:
+    """Per-class budgets from ``100`` or ``10,50,100,500``."""
     words = [w.strip() for w in text.split(",")]
     try:
         values = tuple(int(w) for w in words if w)
     except ValueError:
-        raise NasproxyError(f"{what}: want integers separated by commas, got {text!r}") from None
+        raise NasproxyError(
+            f"--per-class: want integers separated by commas, got {text!r}"
+        ) from None
     if not values:
-        raise NasproxyError(f"{what}: want at least one integer, got {text!r}")
+        raise NasproxyError(f"--per-class: want at least one integer, got {text!r}")
     return values
-
-
-def parse_budgets(text: str) -> tuple[int, ...]:
-    """Per-class budgets from ``100`` or ``10,50,100,500``."""
-    return _int_list(text, "--per-class")
-
-
-def parse_draw_seeds(text: str) -> tuple[int, ...]:
-    """Draw seeds from ``0,1,2`` (one seed: ``5``)."""
-    return _int_list(text, "--seeds")
 
 
 def check_family(
@@ -140,7 +134,7 @@ def build_draws(
     check_family([b for b in budgets if b is not None], seeds, data)
     for item in plan_draws([method], budgets, seeds):
         own = replace(scoring, backbone_seed=item.seed) if seed_scoring else scoring
-        record = build_proxy(
+        record = build.build_proxy(  # through the module: where a caller may wrap it
             data,
             method,
             item.per_class,

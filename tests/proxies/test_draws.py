@@ -129,7 +129,8 @@ def test_a_cli_family_writes_one_file_a_budget_and_draw(digits, cache, tmp_path,
         (["--per-class", "5,500"], "per-class budget 500 exceeds class"),
         (["--per-class", "5,0"], "per-class budget must be at least 1"),
         (["--per-class", "5,x"], "--per-class: want integers"),
-        (["--seeds", "0,-1"], "--seeds: a seed must be from 0"),
+        (["--seeds", "0,-1"], "seeds: want a count N"),
+        (["--seeds", "0,4294967296"], "--seeds: a seed must be from 0"),
         (["--seed", "1", "--seeds", "0,1"], "either --seed or --seeds"),
         (["--seeds", "0,1", "--out", "p.json"], "--out names one file, this builds 2"),
         (["--seeds", "0,1", "--backbone-seed", "3"], "--backbone-seed would give every draw"),
@@ -149,6 +150,7 @@ def test_a_bad_family_is_refused_in_one_line_before_any_work(
 
 def test_check_family_and_parse_budgets() -> None:
     assert parse_budgets("10, 50,100,500") == (10, 50, 100, 500)
+    assert parse_budgets("100") == (100,)
     with pytest.raises(NasproxyError, match="budgets repeats 50"):
         check_family([10, 50, 50], [0], budget_name="budgets")
     check_family([10, 50], [0, 1, 2])  # distinct: nothing to refuse
