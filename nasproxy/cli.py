@@ -152,7 +152,7 @@ def cmd_build_proxy(args: argparse.Namespace) -> int:
         check_output_file(out, "proxy file")  # before the scoring run, not after it
     notice = one_draw_notice(method, seeds)
     if notice is not None:
-        print(f"nasproxy: {notice}", file=sys.stderr, flush=True)
+        print(f"nasproxy: notice: {notice}", file=sys.stderr, flush=True)
     built = build_draws(
         data,
         method,

@@ -3,6 +3,7 @@ refuses to delete, and the settings it hands to the search."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +293,28 @@ def test_a_family_preset_plans_every_method_budget_and_draw() -> None:
     plain = pipeline_module.plan_proxies(smoke)
     assert [p.name for p in plain] == list(smoke.methods)
     assert all(p.scoring == smoke.scoring and p.draw.per_class == 10 for p in plain)
+
+
+@pytest.mark.slow
+def test_run_a_family_of_draws_and_budgets_end_to_end(tmp_path: Path, cache_root: Path) -> None:
+    """``run`` with ``budgets`` and ``proxy_seeds`` builds and sweeps every draw, reports
+    each method and budget as one row of Table 1 and of the frontier, and a second run
+    reuses every proxy file."""
+    results = tmp_path / "results"
+    argv = ["run", "--preset", "smoke", "--results-dir", str(results), "--data-root"]
+    argv += [str(cache_root), "--set", "methods=random", "--set", "budgets=5,10"]
+    argv += ["--set", "proxy_seeds=0,1", "--device", "cpu"]
+    assert main(argv) == 0
+    exp = results / "smoke"
+    names = [f"random-pc{k}-d{s}" for k in (5, 10) for s in (0, 1)]
+    assert sorted(p.stem for p in (exp / "proxies").iterdir()) == sorted(names)
+    manifest = json.loads((exp / "manifest.json").read_text())
+    assert manifest["train_sets"]["random-pc10-d1"]["draw"] == 1
+    table = pd.read_csv(exp / "table1.csv", comment="#")
+    assert sorted(table["train_set"]) == ["random-pc10 (2 draws)", "random-pc5 (2 draws)", "whole"]
+    frontier = pd.read_csv(exp / "frontier.csv", comment="#")
+    budget = frontier[frontier["axis"] == "budget"]
+    assert list(budget["per_class"]) == [5, 10] and list(budget["n_draws"]) == [2, 2]
+    before = {p.name: p.stat().st_mtime_ns for p in (exp / "proxies").iterdir()}
+    assert main(argv) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (exp / "proxies").iterdir()} == before

@@ -208,10 +208,17 @@ def _epoch_rows(
 def frontier_table(
     t1: Table1, trials: pd.DataFrame, manifest: Mapping[str, Any], top_k: int
 ) -> pd.DataFrame:
-    """The frontier (``FRONTIER_COLUMNS``): the budget rows in Table 1's order, then the
+    """The frontier (``FRONTIER_COLUMNS``): the budget rows by line and cost, then the
     epoch rows by training set and epoch."""
-    rows = _budget_rows(t1, trials, manifest) + _epoch_rows(trials, manifest, t1, top_k)
+    budget = sorted(_budget_rows(t1, trials, manifest), key=_along_line)
+    rows = budget + _epoch_rows(trials, manifest, t1, top_k)
     return pd.DataFrame(rows).reindex(columns=list(FRONTIER_COLUMNS))
+
+
+def _along_line(row: Mapping[str, Any]) -> tuple[str, float]:
+    """A budget row's place: by line, then by cost (NaN last)."""
+    cost = row["image_epochs"]
+    return row["line"], cost if math.isfinite(cost) else math.inf
 
 
 def _markdown(table: pd.DataFrame, described: Mapping[str, str], k: int) -> str:

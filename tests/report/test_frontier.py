@@ -71,12 +71,12 @@ def test_the_frontier_is_a_brute_force_recomputation(tmp_path):
     assert list(table.columns) == list(FRONTIER_COLUMNS)
     budget = table[table["axis"] == "budget"].set_index("row")
     assert list(budget.index) == [
-        "random-pc10 (3 draws)",
         "herding-pc10-d0",
         "influence",
+        "random-pc10 (3 draws)",
         "whole@1",
     ]
-    assert list(budget["line"]) == ["random", "herding", "influence", "whole@N"]
+    assert list(budget["line"]) == ["herding", "influence", "random", "whole@N"]
     cases = {"random-pc10 (3 draws)": list(DRAWS), "herding-pc10-d0": ["herding-pc10-d0"]}
     cases |= {"influence": ["influence"], "whole@1": ["whole@1"]}
     for row, sets in cases.items():
