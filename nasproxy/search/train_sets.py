@@ -4,6 +4,8 @@ Each proxy file is read with ``nasproxy.proxies.proxy_file`` (the one reader) an
 by ``NAME=``, else its method, else (a method given twice) its file stem; two files that
 select the same images the same way, or two sets of one name, are refused. The whole
 split is every train image, or a seeded class-balanced subset (``--whole-per-class``).
+A proxy built as a draw gives its manifest entry its ``method``, ``per_class`` and ``draw``
+(``draw_fields``), by which the report groups draws.
 """
 
 from __future__ import annotations
