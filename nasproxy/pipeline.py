@@ -1,11 +1,11 @@
 """``nasproxy run``: build every proxy, sweep the space on them and the whole set, report.
 
 The experiment is a ``Preset`` (``nasproxy.presets``): its proxy settings and its search
-settings, from which the sweep's ``SearchConfig`` is made. Its proxies are one a method, or
-a family of budgets and draws (``plan_proxies``, ``nasproxy.proxies.draws``). Each stage is resumable: a proxy
-file that already matches its request is reused, the sweep resumes from its results
-store, and the report is rebuilt from the results (docs/search.md, "Presets of nasproxy
-run").
+settings, from which the sweep's ``SearchConfig`` is made. Its proxies are one a method,
+or a family of budgets and draws (``plan_proxies``, ``nasproxy.proxies.draws``). Each
+stage is resumable: a proxy file that already matches its request is reused, the sweep
+resumes from its results store, and the report is rebuilt from the results
+(docs/search.md, "Presets of nasproxy run").
 """
 
 from __future__ import annotations
