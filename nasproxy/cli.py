@@ -103,55 +103,91 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_build_proxy(args: argparse.Namespace) -> int:
     from nasproxy.data import default_data_root
+    from nasproxy.proxies import registry
     from nasproxy.proxies.base import ProxyOptions
-    from nasproxy.proxies.build import build_proxy, write_proxy
+    from nasproxy.proxies.build import write_proxy
+    from nasproxy.proxies.draws import (
+        build_draws,
+        check_family,
+        one_draw_notice,
+        parse_budgets,
+        plan_draws,
+    )
     from nasproxy.proxies.from_indices import indices_method
     from nasproxy.proxies.proxy_file import default_proxy_path
     from nasproxy.scoring import ScoringConfig
+    from nasproxy.search.config import parse_seeds
 
     if (args.method is None) == (args.from_indices is None):
         raise NasproxyError("give either --method or --from-indices")
-    if not settings.SEED.holds(args.seed):
-        raise NasproxyError(f"--seed must be {settings.SEED.want}, got {args.seed}")
+    if args.seed is not None and args.seeds is not None:
+        raise NasproxyError("give either --seed or --seeds (the draws), not both")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else (args.seed or 0,)
+    if args.backbone_seed is not None and len(seeds) > 1:
+        raise NasproxyError(
+            "--backbone-seed would give every draw one scoring run; with --seeds each draw's "
+            "scoring run is seeded by its seed"
+        )
+    budgets = parse_budgets(args.per_class) if args.per_class is not None else None
+    check_family(budgets or (), seeds)  # a repeat, before the dataset loads
     data_cfg = _data_settings(args)
     options = settings.from_flags(ProxyOptions, args)
-    own_seed = {} if args.backbone_seed is not None else {"backbone_seed": args.seed}
-    scoring = settings.from_flags(ScoringConfig, args, **own_seed)  # its seed: --seed's
-    per_class = args.per_class
-    if per_class is None and options.epsilon is None and args.from_indices is None:
-        per_class = PER_CLASS  # --from-indices: the file's own count per class
+    own_seed = {} if args.backbone_seed is not None else {"backbone_seed": seeds[0]}
+    scoring = settings.from_flags(ScoringConfig, args, **own_seed)  # its seed: the draw's
+    if budgets is None and options.epsilon is None and args.from_indices is None:
+        budgets = (PER_CLASS,)  # --from-indices: the file's own count per class
+    if args.from_indices is not None and budgets is not None and len(budgets) > 1:
+        raise NasproxyError("--from-indices keeps one budget (the file's); give one --per-class")
     if args.out is not None:
         check_output_file(args.out, "proxy file")  # before the dataset and the scoring run
     data = _load_data(data_cfg)
-    method = args.method
     if args.from_indices is not None:
-        method, per_class = indices_method(args.from_indices, data, per_class)
+        method, per_class = indices_method(args.from_indices, data, (budgets or (None,))[0])
+        budgets = (per_class,)
+    else:
+        method = registry.resolve(args.method)
+    plan = plan_draws([method], budgets or (None,), seeds)
+    check_family([b for b in budgets or () if b is not None], seeds, data)
+    if args.out is not None and len(plan) > 1:
+        raise NasproxyError(
+            f"--out names one file, this builds {len(plan)} proxies; leave it out (each "
+            "goes to results/proxies/NAME-METHOD-K-sSEED.json)"
+        )
     label = "from-indices" if args.from_indices is not None else args.method
-    out = args.out or default_proxy_path(
-        data_cfg.dataset, label, per_class, args.seed, options.epsilon
-    )
-    check_output_file(out, "proxy file")  # before the scoring run, not after it
-    record = build_proxy(
+    outs = [
+        Path(args.out)
+        if args.out is not None
+        else default_proxy_path(data_cfg.dataset, label, d.per_class, d.seed, options.epsilon)
+        for d in plan
+    ]
+    for out in outs:
+        check_output_file(out, "proxy file")  # before the scoring run, not after it
+    notice = one_draw_notice(method, seeds)
+    if notice is not None:
+        print(f"nasproxy: notice: {notice}", file=sys.stderr, flush=True)
+    built = build_draws(
         data,
         method,
-        per_class,
-        args.seed,
+        budgets or (None,),
+        seeds,
         cache_dir=data_cfg.data_root or default_data_root(),
         scoring=scoring,
         options=options,
         device=args.device,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
         measure=args.measure_epsilon,
+        seed_scoring=args.backbone_seed is None,  # the scoring run's seed: the draw's
     )
-    path = write_proxy(record, out)
-    if record["epsilon"] is None:
-        why = "no scoring run cached; --measure-epsilon makes one"
-        if args.measure_epsilon is False:
-            why = "--no-measure-epsilon"
-        epsilon = f"epsilon not measured ({why})"
-    else:
-        epsilon = f"epsilon {record['epsilon']:.4g} (from {record['epsilon_from']})"
-    print(f"{path}: {record['n_images']} images, {epsilon}")
+    for out, (_, record) in zip(outs, built, strict=True):
+        path = write_proxy(record, out)
+        if record["epsilon"] is None:
+            why = "no scoring run cached; --measure-epsilon makes one"
+            if args.measure_epsilon is False:
+                why = "--no-measure-epsilon"
+            epsilon = f"epsilon not measured ({why})"
+        else:
+            epsilon = f"epsilon {record['epsilon']:.4g} (from {record['epsilon_from']})"
+        print(f"{path}: {record['n_images']} images, {epsilon}")
     return 0
 
 
@@ -532,11 +568,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--per-class",
-        type=int,
         default=None,
-        help=f"images kept per class (default {PER_CLASS}; with --from-indices, the file's)",
+        metavar="K[,K...]",
+        help=f"images kept per class, or a family of budgets: 10,50,100,500 (default "
+        f"{PER_CLASS}; with --from-indices, the file's)",
     )
-    p.add_argument("--seed", type=int, default=0, help="selection seed (and backbone seed)")
+    p.add_argument(
+        "--seed", type=int, default=None, help="selection seed (and backbone seed; default 0)"
+    )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        metavar="S[,S...]",
+        help="draws of the proxy, as search --seeds: a count N (seeds 0..N-1) or a list "
+        "(0,3,7; one seed: 5,); one build per seed, each with its own scoring run (a method "
+        "with no randomness builds one)",
+    )
     p.add_argument("--out", default=None, help="default results/proxies/NAME-METHOD-K-sSEED.json")
     p.add_argument(
         "--measure-epsilon",

@@ -190,37 +190,56 @@ def bootstrap_replicates(
         raise ValueError(f"k must be >= 1, got {k}")
     n_archs = proxy_val.shape[1]
     n_p, n_w = proxy_val.shape[0], ref_val_seeds.shape[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN
-        ranked = np.isfinite(np.nanmean(proxy_val, 0)) & np.isfinite(np.nanmean(ref_val_seeds, 0))
-    topk_defined = int(ranked.sum()) > k
+    with_topk = topk_defined(proxy_val, ref_val_seeds, k)
     rng = np.random.default_rng(seed)
     reps = {name: np.full(n_boot, np.nan) for name in CORRELATIONS}
     for b in range(n_boot):
         archs = rng.integers(0, n_archs, n_archs)
         p_seeds = rng.integers(0, n_p, n_p) if n_p > 1 else np.zeros(1, dtype=int)
         w_seeds = rng.integers(0, n_w, n_w) if n_w > 1 else np.zeros(1, dtype=int)
-        distinct = np.unique(archs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN
             ref = np.nanmean(ref_val_seeds[w_seeds], axis=0)
-        per_seed = {name: np.full(p_seeds.size, np.nan) for name in CORRELATIONS}
-        for j, s in enumerate(p_seeds):
-            pv, rv = proxy_val[s, archs], ref[archs]
-            both = np.isfinite(pv) & np.isfinite(rv)
-            if both.sum() < 2:
-                continue
-            per_seed["spearman_all"][j] = spearman(pv[both], rv[both])
-            per_seed["kendall_all"][j] = kendall(pv[both], rv[both])
-            pv_d, rv_d = proxy_val[s, distinct], ref[distinct]
-            top = top_k_order(np.where(np.isfinite(rv_d), pv_d, np.nan), k)
-            if topk_defined and top.size == k:
-                per_seed["spearman_topk"][j] = spearman(pv_d[top], rv_d[top])
+        per_seed = resampled_correlations(proxy_val[p_seeds], ref, archs, k, with_topk)
         for name, values in per_seed.items():
             defined = values[np.isfinite(values)]
             if defined.size:
                 reps[name][b] = defined.mean()
     return reps
+
+
+def topk_defined(proxy_val: np.ndarray, ref_val_seeds: np.ndarray, k: int) -> bool:
+    """Whether a resample's top-k Spearman can vary: more than ``k`` architectures are
+    ranked by both the proxy rows (any) and the reference rows (any)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN
+        ranked = np.isfinite(np.nanmean(proxy_val, 0)) & np.isfinite(np.nanmean(ref_val_seeds, 0))
+    return int(ranked.sum()) > k
+
+
+def resampled_correlations(
+    rankings: np.ndarray, ref: np.ndarray, archs: np.ndarray, k: int, with_topk: bool
+) -> dict[str, np.ndarray]:
+    """The correlations of each row of ``rankings`` (rows, all archs) with ``ref`` over the
+    resampled architectures ``archs`` (positions, repeats allowed), as one bootstrap
+    replicate scores them (:func:`bootstrap_replicates`): over all drawn architectures as
+    drawn, the top-k Spearman over the distinct ones (only ``with_topk``); NaN where
+    undefined."""
+    rankings = np.atleast_2d(rankings)
+    distinct = np.unique(archs)
+    out = {name: np.full(rankings.shape[0], np.nan) for name in CORRELATIONS}
+    for j, row in enumerate(rankings):
+        pv, rv = row[archs], ref[archs]
+        both = np.isfinite(pv) & np.isfinite(rv)
+        if both.sum() < 2:
+            continue
+        out["spearman_all"][j] = spearman(pv[both], rv[both])
+        out["kendall_all"][j] = kendall(pv[both], rv[both])
+        pv_d, rv_d = row[distinct], ref[distinct]
+        top = top_k_order(np.where(np.isfinite(rv_d), pv_d, np.nan), k)
+        if with_topk and top.size == k:
+            out["spearman_topk"][j] = spearman(pv_d[top], rv_d[top])
+    return out
 
 
 def bootstrap_correlations(
@@ -237,13 +256,16 @@ def bootstrap_correlations(
     defined replicate is (NaN, NaN). Returns ``{name: (low, high)}`` for the names in
     :data:`CORRELATIONS`.
     """
+    reps = bootstrap_replicates(proxy_val, ref_val_seeds, k, n_boot, seed)
+    return {name: percentile_interval(values, level) for name, values in reps.items()}
+
+
+def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of the defined (finite) replicates; (NaN, NaN) if none."""
     alpha = (1.0 - level) / 2.0
-    out: dict[str, tuple[float, float]] = {}
-    for name, values in bootstrap_replicates(proxy_val, ref_val_seeds, k, n_boot, seed).items():
-        r = values[np.isfinite(values)]
-        if r.size == 0:
-            out[name] = (float("nan"), float("nan"))
-        else:
-            lo, hi = np.quantile(r, [alpha, 1.0 - alpha])
-            out[name] = (float(lo), float(hi))
-    return out
+    r = np.asarray(replicates, dtype=float)
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(r, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)

@@ -1,17 +1,18 @@
 """``nasproxy run``: build every proxy, sweep the space on them and the whole set, report.
 
 The experiment is a ``Preset`` (``nasproxy.presets``): its proxy settings and its search
-settings, from which the sweep's ``SearchConfig`` is made. Each stage is resumable: a proxy
-file that already matches its request is reused, the sweep resumes from its results
-store, and the report is rebuilt from the results (docs/search.md, "Presets of nasproxy
-run").
+settings, from which the sweep's ``SearchConfig`` is made. Its proxies are one a method,
+or a family of budgets and draws (``plan_proxies``, ``nasproxy.proxies.draws``). Each
+stage is resumable: a proxy file that already matches its request is reused, the sweep
+resumes from its results store, and the report is rebuilt from the results
+(docs/search.md, "Presets of nasproxy run").
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,11 @@ from nasproxy.presets import Preset
 from nasproxy.proxies import registry
 from nasproxy.proxies.base import check_budget
 from nasproxy.proxies.build import build_proxy, write_proxy
+from nasproxy.proxies.draws import ProxyDraw, draw_name, plan_draws
 from nasproxy.proxies.proxy_file import read_proxy
 from nasproxy.report import ReportResult, make_report
 from nasproxy.results import experiment_dir
+from nasproxy.scoring import ScoringConfig
 from nasproxy.search import (
     ProgressFn,
     check_search,
@@ -40,23 +43,65 @@ from nasproxy.train import resolve_device
 Message = Callable[[str], None]
 
 
-def proxy_matches(record: dict[str, Any], data: Dataset, preset: Preset, method: str) -> bool:
-    """Whether a proxy file on disk was built by exactly this request (so it can be reused)."""
+@dataclass(frozen=True)
+class PlannedProxy:
+    """One proxy file ``nasproxy run`` builds: its name (the file's stem and the training
+    set's name), the draw it is, and the scoring run it reads."""
+
+    name: str
+    draw: ProxyDraw
+    scoring: ScoringConfig
+
+
+def plan_proxies(preset: Preset) -> list[PlannedProxy]:
+    """The preset's proxies: one a method, named by the method, when it gives no family;
+    else every method at every budget from every draw seed (``nasproxy.proxies.draws``),
+    named ``METHOD-pcK-dSEED``, each draw's scoring run seeded by its seed when
+    ``proxy_seeds`` gives the draws."""
+    check_methods(preset.methods)
+    if not preset.family:
+        seed = preset.proxy_seed
+        one = [ProxyDraw(m, preset.per_class, seed, seed) for m in preset.methods]
+        return [PlannedProxy(d.method, d, preset.scoring) for d in one]
+    seeds = preset.proxy_seeds or (preset.proxy_seed,)
+    plan = plan_draws([registry.resolve(m) for m in preset.methods], preset.proxy_budgets, seeds)
+    return [
+        PlannedProxy(
+            draw_name(d.method, d.per_class, d.draw),
+            d,
+            replace(preset.scoring, backbone_seed=d.seed) if preset.proxy_seeds else preset.scoring,
+        )
+        for d in plan
+    ]
+
+
+def proxy_matches(
+    record: dict[str, Any],
+    data: Dataset,
+    preset: Preset,
+    method: str,
+    planned: PlannedProxy | None = None,
+) -> bool:
+    """Whether a proxy file on disk was built by exactly this request (so it can be reused):
+    ``planned`` (default: the preset's one proxy of ``method``)."""
+    if planned is None:
+        draw = ProxyDraw(method, preset.per_class, preset.proxy_seed, preset.proxy_seed)
+        planned = PlannedProxy(method, draw, preset.scoring)
     backbone = record.get("backbone") or {}
     params = record.get("params") or {}
     return (
         record.get("method") == method
         and params.get("source") == registry.source(method)  # an upgraded plug-in rebuilds
         and record.get("fingerprint") == data.fingerprint
-        and record.get("per_class") == preset.per_class
-        and record.get("seed") == preset.proxy_seed
-        and all(backbone.get(k) == v for k, v in preset.scoring.record().items())  # every setting
+        and record.get("per_class") == planned.draw.per_class
+        and record.get("seed") == planned.draw.seed
+        and all(backbone.get(k) == v for k, v in planned.scoring.record().items())
     )
 
 
-def proxy_path(out_dir: Path, method: str) -> Path:
-    """Where ``build_proxies`` keeps the proxy file of ``method`` (never outside it)."""
-    return out_dir / f"{registry.check_method_name(method)}.json"
+def proxy_path(out_dir: Path, name: str) -> Path:
+    """Where ``build_proxies`` keeps the proxy file named ``name`` (never outside it)."""
+    return out_dir / f"{registry.check_method_name(name)}.json"
 
 
 def check_methods(methods: tuple[str, ...] | list[str]) -> None:
@@ -81,25 +126,25 @@ def build_proxies(
     progress: Message | None = None,
     before_write: Callable[[], None] | None = None,
 ) -> list[Path]:
-    """One proxy file per method under ``out_dir``, reusing files that match the request;
-    ``before_write`` runs before each file is written (the experiment lock's check)."""
-    check_methods(preset.methods)
+    """One proxy file per planned proxy (``plan_proxies``) under ``out_dir``, reusing files
+    that match the request; ``before_write`` runs before each file is written (the
+    experiment lock's check)."""
     paths = []
-    for method in preset.methods:
-        path = proxy_path(out_dir, method)
-        if path.is_file() and proxy_matches(read_proxy(path), data, preset, method):
+    for planned in plan_proxies(preset):
+        method, path = planned.draw.method, proxy_path(out_dir, planned.name)
+        if path.is_file() and proxy_matches(read_proxy(path), data, preset, method, planned):
             if progress is not None:
-                progress(f"proxy {method}: reusing {path}")
+                progress(f"proxy {planned.name}: reusing {path}")
         else:
             if progress is not None:
-                progress(f"proxy {method}: building {preset.per_class} per class")
+                progress(f"proxy {planned.name}: building {planned.draw.per_class} per class")
             record = build_proxy(
                 data,
                 method,
-                preset.per_class,
-                preset.proxy_seed,
+                planned.draw.per_class,
+                planned.draw.seed,
                 cache_dir,
-                scoring=preset.scoring,
+                scoring=planned.scoring,
                 device=device,
                 progress=progress,
                 measure=True,  # Table 1 reports every proxy's epsilon
@@ -146,20 +191,27 @@ def run_pipeline(
     check_output_dir(root, "data root")  # the scoring runs are cached there
     resolve_device(device)
     proxies_dir = exp_dir / "proxies"
+    planned = plan_proxies(preset)
+    named = preset.family  # a family's draws share a method: each set goes by its name
     cfg = search.config(  # the proxy files it names are built below
         name,
-        tuple(str(proxy_path(proxies_dir, m)) for m in preset.methods),
+        tuple(
+            (f"{p.name}=" if named else "") + str(proxy_path(proxies_dir, p.name)) for p in planned
+        ),
         train=replace(search.train, device=device),
         data_root=str(root),
         results_dir=str(search.results_dir),
     )
     # the experiment goes before its proxies are built, not by the search (after the build)
     cfg = replace(cfg, fresh=False)
-    data, _, _ = check_search(cfg, preset.methods)  # what the search refuses, before the build
+    # what the search refuses, before the build
+    data, _, _ = check_search(cfg, [p.name for p in planned])
+    key = "budgets" if preset.budgets else "per_class"
     try:
-        check_budget(data, preset.per_class)
+        for budget in preset.proxy_budgets:
+            check_budget(data, budget)
     except NasproxyError as exc:
-        raise SettingError(f"{ref('per_class')}: {exc}") from None
+        raise SettingError(f"{ref(key)}: {exc}") from None
     with experiment_lock(exp_dir):  # no other driver builds, searches or deletes meanwhile
         if search.fresh:
             # the proxies live inside the experiment, so the experiment goes before they are

@@ -3,9 +3,10 @@
 The functions take plain data and return bytes so that the caller decides where and how
 (atomically) they are written; pyplot's global state is never touched. The three figures
 of ``nasproxy report`` (docs/search.md, "Report"): proxy vs whole-set accuracy, the rank
-correlations with their intervals, accuracy against search cost. Given ``external`` (the
-label of an external whole-set reference), each says on its axes and title that its
-whole-set numbers are that reference's.
+correlations with their intervals, accuracy against search cost; and the frontier's,
+ranking quality against training cost. Given ``external`` (the label of an external
+whole-set reference), the first three say on their axes and titles that their whole-set
+numbers are that reference's.
 """
 
 from __future__ import annotations
@@ -148,4 +149,49 @@ def accuracy_vs_time(table: pd.DataFrame, k: int, external: str | None = None) -
     ax.set_ylabel(f"{_whole(external)} test acc of top-{k} picks (%)")
     ax.grid(alpha=0.3)
     ax.set_title(_title("Accuracy vs search cost", external))
+    return _png(fig)
+
+
+def frontier(budget: pd.DataFrame, epoch: pd.DataFrame, k: int) -> bytes:
+    """Ranking quality (Spearman over all archs) against training cost (image-epochs),
+    along budgets (one line a method, its 95% intervals; ``whole@N`` its own line) and,
+    when there are checkpoints, along epochs (one line a training set, coloured by its
+    method's line). ``budget``/``epoch`` have the frontier's columns (line, row,
+    image_epochs, spearman_all, spearman_all_lo, spearman_all_hi)."""
+    shown = [t for t in (budget, epoch) if not t.empty]
+    if not shown:
+        return _empty("no frontier to show")
+    fig = Figure(figsize=(6 * len(shown), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(shown), squeeze=False)[0]
+    lines = sorted({*budget["line"], *epoch["line"]})
+    colors = {name: f"C{i % 10}" for i, name in enumerate(lines)}
+    titles = {id(budget): "along budgets", id(epoch): "along epochs (checkpoints)"}
+    for ax, table in zip(axes, shown, strict=True):
+        title = titles[id(table)]
+        keys = ["line", "row"] if table is epoch else ["line"]
+        labelled: set[str] = set()
+        for _, part in table.groupby(keys, sort=True):
+            line = str(part["line"].iloc[0])
+            part = part.sort_values("image_epochs")
+            x = part["image_epochs"].to_numpy(dtype=float)
+            y = part["spearman_all"].to_numpy(dtype=float)
+            ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
+            if not ok.any():
+                continue
+            label = None if line in labelled else line
+            labelled.add(line)
+            ax.plot(x[ok], y[ok], "o-", color=colors[line], label=label, lw=1.2, ms=4)
+            lo = part["spearman_all_lo"].to_numpy(dtype=float)
+            hi = part["spearman_all_hi"].to_numpy(dtype=float)
+            bars = ok & np.isfinite(lo) & np.isfinite(hi)
+            ax.vlines(x[bars], lo[bars], hi[bars], color=colors[line], alpha=0.6)
+        ax.set_xscale("log")
+        ax.set_ylim(-1.05, 1.05)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel("training cost of one architecture (images x epochs)")
+        ax.set_ylabel("Spearman with whole set, all archs")
+        ax.set_title(f"Ranking quality {title}")
+        ax.grid(alpha=0.3)
+        if labelled:
+            ax.legend(fontsize="small")
     return _png(fig)

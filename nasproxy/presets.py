@@ -43,6 +43,20 @@ class Preset:
     )
     per_class: int = setting(100, check=at_least(1), help="proxy budget: images kept per class")
     proxy_seed: int = setting(0, check=SEED, help="seed of every proxy method")
+    # the family of proxy draws and budgets (nasproxy.proxies.draws); both empty: one proxy a
+    # method, named by the method alone, as before
+    budgets: tuple[int, ...] = setting(
+        (),
+        check=at_least(1),
+        help="proxy budgets: each method at each, e.g. 10,50,100,500 (instead of per_class)",
+    )
+    proxy_seeds: tuple[int, ...] = setting(
+        (),
+        parse=lambda text: parse_seeds(text) if text.strip() else (),  # empty: none
+        check=SEED,
+        help="proxy draws, as seeds: a count N (0..N-1) or a list (0,3,7); each method built "
+        "from each seed, its scoring run seeded alike (instead of proxy_seed, backbone_seed)",
+    )
     # the scoring run: backbone, backbone_epochs, backbone_seed (0, whatever proxy_seed), ...
     scoring: ScoringConfig = ScoringConfig(backbone=RESNET18)
     top_k: int = setting(10, check=at_least(1), help="Table 1's top-k by proxy")
@@ -50,9 +64,24 @@ class Preset:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
-        if repeated:
-            raise SettingError(f"{ref('methods')} names {', '.join(repeated)} more than once")
+        for key in ("methods", "budgets", "proxy_seeds"):
+            values = getattr(self, key)
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise SettingError(
+                    f"{ref(key)} names {', '.join(map(str, repeated))} more than once"
+                )
+
+    @property
+    def family(self) -> bool:
+        """Whether the proxies are a family of budgets or draws (``budgets`` or
+        ``proxy_seeds`` given): each then named ``METHOD-pcK-dSEED``."""
+        return bool(self.budgets or self.proxy_seeds)
+
+    @property
+    def proxy_budgets(self) -> tuple[int, ...]:
+        """The budgets every method is built at: ``budgets``, else ``per_class``."""
+        return self.budgets or (self.per_class,)
 
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_") or key not in settings.leaves(Preset):

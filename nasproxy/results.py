@@ -68,6 +68,9 @@ OWN_ENTRIES = frozenset(
         "acc_vs_time.png",
         "search_outcome.csv",
         "halving.csv",
+        "frontier.md",
+        "frontier.csv",
+        "frontier.png",
     }
 )
 

@@ -3,6 +3,7 @@ refuses to delete, and the settings it hands to the search."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,9 @@ def test_search_options_of_run_pipeline_still_work_with_a_deprecation_warning(
         ["--set", "methods=random,random"],
         ["--set", "whole_per_class=100000"],  # above every class's size
         ["--set", "per_class=100000"],
+        ["--set", "budgets=5,100000"],  # one budget of the family above a class's size
+        ["--set", "budgets=5,10,5"],
+        ["--set", "proxy_seeds=0,1,0"],
         ["--set", "runner=local", "--set", "gpus_per_trial=0.5"],  # on a host without a GPU
         ["--set", "weight_decay=-0.1"],
         ["--set", "momentum=nan"],
@@ -267,3 +271,50 @@ def test_run_refuses_as_search_does(tmp_path, cache_root, capsys, monkeypatch, i
         by_search = by_search.replace(flags[key], key)
     assert by_run == by_search and by_run.count("\n") == 1, (by_run, by_search)
     assert not (tmp_path / "results").exists()
+
+
+def test_a_family_preset_plans_every_method_budget_and_draw() -> None:
+    """``budgets`` and ``proxy_seeds`` make one proxy a (method, budget, draw), named
+    METHOD-pcK-dSEED, each draw's scoring run seeded by its draw; without them the preset
+    plans one proxy a method, named by the method, with its own scoring run (as before)."""
+    smoke = PRESETS["smoke"]
+    family = parse_overrides(smoke, ["methods=random,herding", "budgets=5,10", "proxy_seeds=0,2"])
+    planned = pipeline_module.plan_proxies(family)
+    assert [p.name for p in planned] == [
+        f"{m}-pc{k}-d{s}" for m in ("random", "herding") for k in (5, 10) for s in (0, 2)
+    ]
+    assert [p.scoring.backbone_seed for p in planned] == [0, 2] * 4
+    assert all(p.scoring.backbone == smoke.scoring.backbone for p in planned)
+    counted = pipeline_module.plan_proxies(parse_overrides(smoke, ["proxy_seeds=2"]))
+    assert [p.name for p in counted][:2] == ["influence-pc10-d0", "influence-pc10-d1"]
+    budgets_only = pipeline_module.plan_proxies(parse_overrides(smoke, ["budgets=5,10"]))
+    assert [p.name for p in budgets_only][:2] == ["influence-pc5-d0", "influence-pc10-d0"]
+    assert all(p.scoring == smoke.scoring for p in budgets_only)
+    plain = pipeline_module.plan_proxies(smoke)
+    assert [p.name for p in plain] == list(smoke.methods)
+    assert all(p.scoring == smoke.scoring and p.draw.per_class == 10 for p in plain)
+
+
+@pytest.mark.slow
+def test_run_a_family_of_draws_and_budgets_end_to_end(tmp_path: Path, cache_root: Path) -> None:
+    """``run`` with ``budgets`` and ``proxy_seeds`` builds and sweeps every draw, reports
+    each method and budget as one row of Table 1 and of the frontier, and a second run
+    reuses every proxy file."""
+    results = tmp_path / "results"
+    argv = ["run", "--preset", "smoke", "--results-dir", str(results), "--data-root"]
+    argv += [str(cache_root), "--set", "methods=random", "--set", "budgets=5,10"]
+    argv += ["--set", "proxy_seeds=0,1", "--device", "cpu"]
+    assert main(argv) == 0
+    exp = results / "smoke"
+    names = [f"random-pc{k}-d{s}" for k in (5, 10) for s in (0, 1)]
+    assert sorted(p.stem for p in (exp / "proxies").iterdir()) == sorted(names)
+    manifest = json.loads((exp / "manifest.json").read_text())
+    assert manifest["train_sets"]["random-pc10-d1"]["draw"] == 1
+    table = pd.read_csv(exp / "table1.csv", comment="#")
+    assert sorted(table["train_set"]) == ["random-pc10 (2 draws)", "random-pc5 (2 draws)", "whole"]
+    frontier = pd.read_csv(exp / "frontier.csv", comment="#")
+    budget = frontier[frontier["axis"] == "budget"]
+    assert list(budget["per_class"]) == [5, 10] and list(budget["n_draws"]) == [2, 2]
+    before = {p.name: p.stat().st_mtime_ns for p in (exp / "proxies").iterdir()}
+    assert main(argv) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (exp / "proxies").iterdir()} == before

@@ -273,6 +273,8 @@ MEANT = {
     **{(k, ""): "none" for k in ("gpus_per_trial", "address", "max_stack", "rng", "bf16")},
     **{(k, ""): "none" for k in ("channels_last", "cuda_graphs", "project_dim", "epsilon")},
     ("head_l2", ""): "none",
+    ("budgets", ""): "no family: per_class alone",
+    ("proxy_seeds", ""): "no draws: proxy_seed alone",
     ("archs", ""): "every architecture",
     ("whole_archs", ""): "the proxies' architectures",
     ("epoch_sets", ""): "no set with its own epochs",

@@ -113,7 +113,9 @@ def build_proxy(
     method reads it: epsilon and the diagnostics are then measured with it, and for a
     method that does not (random, a selection made elsewhere) only when a scoring run of
     this dataset and backbone is cached or ``measure`` is True (never when it is False);
-    ``epsilon_from`` in the record says which.
+    ``epsilon_from`` in the record says which. The record's ``draw`` is ``seed`` (null for a
+    method with no randomness); a caller building draws seeds the scoring run alike
+    (``scoring.backbone_seed``, ``nasproxy.proxies.draws``).
     """
     scoring = scoring or ScoringConfig()
     options = options or ProxyOptions()
@@ -177,6 +179,7 @@ def build_proxy(
         seed=seed,
         params=params,
         epsilon=epsilon,
+        draw=None if chosen.deterministic else seed,  # proxies.draws: null, no randomness
         backbone=None
         if artifact is None
         else {

@@ -96,7 +96,8 @@ def infer_per_class(indices: np.ndarray, data: Dataset, source: str) -> int:
 def indices_method(path: str | Path, data: Dataset, per_class: int | None) -> tuple[Method, int]:
     """A ``Method`` that keeps the indices listed in ``path``, and its per-class budget
     (``per_class``, or the count of every class in the file when None). The indices are
-    checked now, before anything else runs; the method reads no scoring run."""
+    checked now, before anything else runs; the method reads no scoring run and has no
+    randomness (one draw whatever the seeds)."""
     path = Path(path)
     source = f"indices file {path}"
     values = read_indices(path)
@@ -108,4 +109,5 @@ def indices_method(path: str | Path, data: Dataset, per_class: int | None) -> tu
     def select(ctx: SelectionContext) -> np.ndarray:
         return kept
 
-    return Method("from-indices", f"{path} (sha256 {digest})", select, builtin=False), per_class
+    origin = f"{path} (sha256 {digest})"
+    return Method("from-indices", origin, select, builtin=False, deterministic=True), per_class

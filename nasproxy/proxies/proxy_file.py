@@ -2,7 +2,8 @@
 
 A proxy file (JSON, format ``nasproxy-proxy/1``) records the method, its options, the
 seed, the dataset and its fingerprint, the kept train-split indices per class name,
-n_images and epsilon; a build adds the backbone and the scoring artifact's hash,
+n_images and epsilon; a build adds its ``draw`` (the seed, null for a method with no
+randomness: ``nasproxy.proxies.draws``), the backbone and the scoring artifact's hash,
 diagnostics, timings and where it ran (``platform``: device, CPU threads, machine, CPU
 model, torch; the scoring run's own is ``backbone.platform``, null for runs cached by
 earlier versions). ``proxy_record`` is the one place a record is made (by

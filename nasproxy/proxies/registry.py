@@ -39,12 +39,15 @@ BUILTIN: dict[str, str] = {
 @dataclass(frozen=True)
 class Method:
     """A resolved method: its name (as recorded in the proxy file), where it comes from,
-    the selector, and whether it is one of nasproxy's own."""
+    the selector, whether it is one of nasproxy's own, and whether it has no randomness
+    (the same selection whatever the seed and the scoring run: one draw, ``proxies.draws``).
+    A plug-in says so by setting ``deterministic = True`` on its function."""
 
     name: str
     source: str  # "module:function", with the distribution for an installed plug-in
     select: Select
     builtin: bool
+    deterministic: bool = False
 
 
 def plugin_names() -> dict[str, importlib.metadata.EntryPoint]:
@@ -98,9 +101,11 @@ def resolve(spec: str) -> Method:
             raise NasproxyError(
                 f"method {spec!r}: cannot load {where} ({first_line(exc, with_type=True)})"
             ) from None
-        return Method(spec, str(where), _callable(func, spec), False)
+        select = _callable(func, spec)
+        return Method(spec, str(where), select, False, _declared_deterministic(select))
     if ":" in spec:
-        return Method(spec, spec, _import(spec, spec), False)
+        select = _import(spec, spec)
+        return Method(spec, spec, select, False, _declared_deterministic(select))
     raise NasproxyError(
         f"unknown proxy method {spec!r}; choose from {', '.join(method_names())}, "
         "or give MODULE:FUNCTION"
@@ -143,6 +148,11 @@ def _load_file(path: Path, spec: str):
         sys.modules.pop(name, None)
         raise
     return module
+
+
+def _declared_deterministic(func: Select) -> bool:
+    """Whether a plug-in's function declares that it has no randomness."""
+    return getattr(func, "deterministic", False) is True
 
 
 def _callable(func: object, spec: str) -> Select:

@@ -6,14 +6,16 @@ with ``pd.read_csv(path, comment="#")``), ``table1.tex``, ``table1_seeds.csv`` (
 per-seed metrics behind the means), three PNG figures, and ``search_outcome.csv`` (with a
 "Search outcome" section in ``table1.md``) when the experiment has a proxy training set and
 a whole-split unit that finished "ok" (``--whole-top``, or ``--whole``, ``--whole-archs``,
-``--whole-sample``, which take K from ``top_k``), and ``halving.csv`` (with a "Successive
-halving" section) when the search ran ``--halving``. The rooms: ``table1`` computes Table 1,
-``outcome`` the search outcome, ``halving`` successive halving's, ``formats`` writes them
-as text, ``nasproxy.plots`` draws the figures. With ``reference`` (``--reference FILE``), a
-published whole-set reference (``nasproxy.reference``) stands in for the whole split in
-Table 1, the outcome and the figures, labelled as external. What the files say:
-docs/search.md ("Report", "Successive halving") and docs/find.md ("The answer: the search
-outcome").
+``--whole-sample``, which take K from ``top_k``), ``halving.csv`` (with a "Successive
+halving" section) when the search ran ``--halving``, and ``frontier.md``, ``frontier.csv``,
+``frontier.png`` when it has proxies built as draws, sets with their own epochs or
+checkpoints. The rooms: ``table1`` computes Table 1 (``draws`` groups a proxy's draws into
+one row), ``outcome`` the search outcome, ``halving`` successive halving's, ``frontier``
+the frontier, ``formats`` writes them as text, ``nasproxy.plots`` draws the figures. With
+``reference`` (``--reference FILE``), a published whole-set reference
+(``nasproxy.reference``) stands in for the whole split in Table 1, the outcome and the
+figures, labelled as external. What the files say: docs/search.md ("Report", "Successive
+halving") and docs/find.md ("The answer: the search outcome").
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from nasproxy.errors import NasproxyError
 from nasproxy.io import atomic_write_bytes, atomic_write_text
 from nasproxy.reference import Reference, read_reference
 from nasproxy.report import formats
+from nasproxy.report.frontier import write_frontier
 from nasproxy.report.halving import HALVING_COLUMNS, halving_line, halving_markdown, halving_outcome
 from nasproxy.report.outcome import (
     OUTCOME_COLUMNS,
@@ -184,6 +187,7 @@ def make_report(
         )
     for kind, (fname, png) in _figures(t1, top_k, short).items():
         paths[kind] = atomic_write_bytes(exp_dir / fname, png)
+    paths |= write_frontier(exp_dir, t1, trials, manifest, protocol, top_k)
     return ReportResult(
         exp_dir, table, per_seed, protocol, notes, top_k, paths, outcome, ref, halving
     )

@@ -8,8 +8,9 @@ enter the metrics; repeated trials of one (train set, arch, seed) are averaged. 
 trials are counted against each training set's archs x seeds and reported, never dropped
 silently. A published reference (``nasproxy.reference``) may stand in for the whole-set
 trials: its row, ``reference.ROW``, is then the reference, and a trained whole split is
-scored against it like a proxy. What the columns mean for a reader: docs/search.md
-("Report").
+scored against it like a proxy. The draws of one proxy (``report.draws``) make one row,
+whose spread and intervals include the draws. What the columns mean for a reader:
+docs/search.md ("Report").
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pandas as pd
 from nasproxy import metrics, shortlist
 from nasproxy.reference import ROW as EXTERNAL
 from nasproxy.reference import Reference
+from nasproxy.report.draws import group_sets, group_stats
 from nasproxy.results import WHOLE
 
 # The CSV's columns, in order. Accuracies are fractions in 0..1 as in trials.parquet;
@@ -215,6 +217,34 @@ def _row(
     return out, per_seed
 
 
+def _group_row(
+    label: str, members: list[dict[str, Any]], stats_row: dict[str, float]
+) -> dict[str, Any]:
+    """Table 1's row of a proxy's draws (``members``: their own rows): storage as one
+    draw's (epsilon: the mean), trials and training time summed, the statistics of
+    ``report.draws.group_stats``."""
+
+    def column(key: str) -> np.ndarray:
+        return np.array([m[key] for m in members], dtype=float)
+
+    def finite_mean(key: str) -> float:
+        v = column(key)
+        return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
+
+    row: dict[str, Any] = {"train_set": label, "role": "proxy"}
+    row |= {"n_images": members[0]["n_images"], "bytes": members[0]["bytes"]}
+    row["epsilon"] = finite_mean("epsilon")
+    for key in ("trials_expected", "trials_present", "trials_missing", "trials_not_ok"):
+        row[key] = int(column(key).sum())
+    row |= stats_row
+    row["n_seeds"] = int(stats_row["n_seeds"])
+    row["n_archs"] = int(stats_row["n_archs"])
+    row["seed_spearman"] = finite_mean("seed_spearman")
+    row["train_s"] = float(column("train_s").sum())
+    row["sweep_wall_s"] = float(column("sweep_wall_s").sum())
+    return row
+
+
 @dataclass(frozen=True)
 class Table1:
     """Table 1 and what the figures need, computed from trials and manifest."""
@@ -225,6 +255,7 @@ class Table1:
     archs: list[str]  # the architecture order of the arrays below
     val_means: dict[str, np.ndarray]  # train set -> per-arch val acc, mean over seeds
     reference: str = WHOLE  # the reference's row (whole, or the external reference's)
+    ref_test: np.ndarray | None = None  # the reference's per-arch test acc (its mean)
 
 
 def compute_table(
@@ -267,6 +298,8 @@ def compute_table(
     table_rows: list[dict[str, Any]] = []
     seed_rows: list[dict[str, Any]] = []
     means: dict[str, np.ndarray] = {ref_name: ref_val}
+    vals: dict[str, np.ndarray] = {}  # proxy train set -> its (seeds, archs), for its group
+    owns: dict[str, np.ndarray] = {}
     for name in [*proxies, ref_name]:
         rows = rows_of(name)
         # each training set against its own architectures (a set the manifest lacks: all)
@@ -289,7 +322,9 @@ def compute_table(
             rank_val, run_seeds, boot_ref = mats.val, mats.seeds, whole.val
             seed_spread = _seed_to_seed(mats.val)
             means[name] = _nanmean0(mats.val)
+            vals[name] = mats.val
         own = np.isin(archs, mine)
+        owns[name] = own
         stats_row, per_seed = _row(
             name, rank_val, ref_val, boot_ref, ref_test, run_seeds, archs, own, top_k, n_boot, seed
         )
@@ -309,6 +344,28 @@ def compute_table(
                 "sweep_wall_s": _num((manifest.get("wall_s") or {}).get(name)),
             }
         )
+    groups = group_sets(manifest, proxies)
+    if any(len(g.members) > 1 for g in groups):  # the draws of a proxy: one row
+        by_name = {r["train_set"]: r for r in table_rows}
+        table_rows = []
+        for g in groups:
+            if len(g.members) == 1:
+                table_rows.append(by_name[g.members[0]])
+                continue
+            members = [by_name[m] for m in g.members]
+            own = np.logical_or.reduce([owns[m] for m in g.members])
+            stats_row = group_stats(
+                [vals[m] for m in g.members], ref_val, whole.val, ref_test, own, top_k, n_boot,
+                seed,
+            )  # fmt: skip
+            table_rows.append(_group_row(g.label, members, stats_row))
+            means[g.label] = _nanmean0(np.vstack([means[m][None, :] for m in g.members]))
+            notes.append(
+                f"{g.label}: draws {', '.join(g.members)}; mean over draws of each draw's mean "
+                "over seeds, +- std over every (draw, seed); intervals resample the archs, the "
+                "whole-set seeds, the draws, then the seeds of each drawn draw"
+            )
+        table_rows.append(by_name[ref_name])
     if not np.isfinite(ref_val).any():
         notes.append(
             "no whole-set trial with status ok: performance, regret and correlation are n/a"
@@ -322,4 +379,4 @@ def compute_table(
         ]
     table = pd.DataFrame(table_rows).reindex(columns=list(TABLE_COLUMNS))
     per_seed_df = pd.DataFrame(seed_rows, columns=list(SEED_COLUMNS))
-    return Table1(table, per_seed_df, notes, archs, means, ref_name)
+    return Table1(table, per_seed_df, notes, archs, means, ref_name, ref_test)

@@ -356,6 +356,7 @@ class TrainSet:
     selection: dict[str, str] | None = None  # the hash field by field, to name a change
     file_hash: str = ""  # of the file's bytes: what older manifests recorded as proxy_hash
     epochs: int | None = None  # its own epochs (a set BASE@N), None: the protocol's
+    draw: dict[str, Any] | None = None  # method, per_class, draw of a proxy built as a draw
 
     def manifest_entry(self, data: Dataset, archs: list[str]) -> dict[str, Any]:
         """The manifest record: provenance, size (uint8 bytes of its images) and the ids
@@ -369,6 +370,7 @@ class TrainSet:
             "bytes": self.n_images * per_image,
             "epsilon": self.epsilon,
             "selection": self.selection,
+            **(self.draw or {}),  # the report groups draws by (method, per_class)
         } | ({"epochs": self.epochs} if self.epochs is not None else {})
 
 

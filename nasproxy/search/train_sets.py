@@ -4,6 +4,8 @@ Each proxy file is read with ``nasproxy.proxies.proxy_file`` (the one reader) an
 by ``NAME=``, else its method, else (a method given twice) its file stem; two files that
 select the same images the same way, or two sets of one name, are refused. The whole
 split is every train image, or a seeded class-balanced subset (``--whole-per-class``).
+A proxy built as a draw gives its manifest entry its ``method``, ``per_class`` and ``draw``
+(``draw_fields``), by which the report groups draws.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nasproxy import results
 from nasproxy.data import Dataset
@@ -82,6 +85,15 @@ def _names(proxies: Sequence[_Proxy], whole: bool) -> list[str]:
     return names
 
 
+def draw_fields(record: dict[str, Any]) -> dict[str, Any] | None:
+    """A proxy record's ``method``, ``per_class`` and ``draw``, which its manifest entry
+    copies; None for a file built before proxies had draws (its set is a group of its own
+    in the report)."""
+    if "draw" not in record:
+        return None
+    return {key: record.get(key) for key in ("method", "per_class", "draw")}
+
+
 def resolve_train_sets(
     proxy_args: Sequence[str],
     whole: bool,
@@ -118,6 +130,7 @@ def resolve_train_sets(
                 epsilon=float(epsilon) if epsilon is not None else None,
                 selection=selection_fields(record),
                 file_hash=proxy.file.file_hash,
+                draw=draw_fields(record),
             )
         )
     if whole and whole_per_class is None:

@@ -31,7 +31,7 @@ def test_every_builtin_method_is_the_module_of_its_name():
     for name in METHODS:
         method = registry.resolve(name)
         assert method.builtin and method.select.__module__ == f"nasproxy.proxies.{name}"
-    shared = {"__init__", "base", "build", "from_indices", "proxy_file", "registry"}
+    shared = {"__init__", "base", "build", "draws", "from_indices", "proxy_file", "registry"}
     assert {p.stem for p in PROXIES.glob("*.py")} - shared == set(METHODS)
 
 

@@ -53,3 +53,20 @@ def test_whole_subset_is_class_balanced_and_seeded(digits):
     assert resolve_train_sets((), True, digits)[0].indices is None
     with pytest.raises(NasproxyError, match="exceeds class"):
         resolve_train_sets((), True, digits, whole_per_class=10_000)
+
+
+def test_a_draw_s_manifest_entry_copies_its_method_budget_and_draw(inputs, digits, tmp_path):
+    """A proxy built as a draw gives its manifest entry ``method``, ``per_class`` and
+    ``draw``; a file from before draws (no ``draw`` field) gives none."""
+    indices = json.loads(inputs["proxies"][0].read_text())["indices"]
+    drawn = tmp_path / "random-pc10-d3.json"
+    write_proxy({**_proxy("random", digits, indices), "per_class": 10, "draw": 3}, drawn)
+    old = inputs["proxies"][1]
+    sets = resolve_train_sets([str(drawn), str(old)], False, digits)
+    entries = [s.manifest_entry(digits, []) for s in sets]
+    assert {k: entries[0][k] for k in ("method", "per_class", "draw")} == {
+        "method": "random",
+        "per_class": 10,
+        "draw": 3,
+    }
+    assert not {"method", "per_class", "draw"} & set(entries[1])
