@@ -123,6 +123,16 @@ PRESETS: dict[str, Preset] = {
         top_k=3,
         search=_search(archs=POOLED_W32, sample=24, epochs=4, seeds=(0, 1), whole_top=3),
     ),
+    # the frontier around Table 1's one point, minutes on a laptop CPU: four methods at three
+    # budgets, three draws each, every unit's validation accuracy at epochs 1, 3 and 9, the
+    # whole split at each proxy's compute (whole@N), and successive halving on each proxy
+    "frontier": Preset(
+        budgets=(5, 10, 20),
+        proxy_seeds=(0, 1, 2),
+        scoring=_scoring(8),
+        top_k=3,
+        search=_search(archs=POOLED_W32, sample=12, epochs=9, equal_compute=True, halving=3),
+    ),
     # Table 1 on CIFAR-10 within an hour of a 2-core CPU: 8 of the 120 width-32 nets with
     # pooling, 2 seeds, 6 epochs, and 500 per class standing in for the whole set
     "cifar10-cpu": Preset(

@@ -27,6 +27,12 @@
 #   WHOLE_SHAPES        shapes sampled for the whole split, 3 activations each (default 32)
 #   WHOLE_TOP           each proxy's top K confirmed on the whole split (default 10)
 #   TRIAL_SIZE          units a Ray trial (default 48: 4 proxy stacks of 12)
+#   FRONTIER_METHODS, FRONTIER_BUDGETS, FRONTIER_SEEDS, FRONTIER_ARCHS, FRONTIER_EXP
+#                       the frontier's methods (default random,herding,forgetting,influence),
+#                       budgets (10,50,100,500), draws (0,1,2), `nasproxy search` arguments
+#                       choosing its architectures (default --sample 120) and experiment
+#                       (frontier-cifar10-gpu)
+#   NB201_SAMPLE, NB201_EXP  the cells sampled (default 60) and the experiment (nb201-cifar10-gpu)
 #   BENCH_S, PACK_EVERY the benchmark's limit (default 120 s); seconds between archives
 #                       and rate lines (default 30)
 #
@@ -41,6 +47,18 @@
 #           the whole split, --whole-archs); stage 2 (--whole-top WHOLE_TOP): each proxy's
 #           top K by proxy validation accuracy also on the whole split, so that the top-10
 #           metrics of every proxy have the whole-set accuracy of all ten; fused
+#   frontier (after table1, with the time left) the frontier around Table 1's point
+#           (results/README.md, "The frontier on a GPU host"): proxies of FRONTIER_METHODS
+#           at budgets FRONTIER_BUDGETS per class, draws FRONTIER_SEEDS (each draw its own
+#           scoring run, built on this host, each method and draw once: a file already
+#           under $FRONTIER_EXP/proxies is kept), then one sweep -> $FRONTIER_EXP on
+#           FRONTIER_ARCHS with the whole split, the equal-compute whole@N of each budget
+#           (--equal-compute) and successive halving (--halving 3); every unit records its
+#           validation accuracy at E/27, E/9, E/3 and E
+#   nb201   (after frontier, with the time left) the NAS-Bench-201 cells: a stratified
+#           sample of NB201_SAMPLE cells on the Table 1 proxies and on the whole split,
+#           NATS-Bench's optimiser (SGD, Nesterov, lr 0.1, batch 256) for EPOCHS epochs
+#           -> $NB201_EXP
 # With the experiment's unit files kept (committed, or unpacked from the archive) the same
 # command resumes it and trains only what is missing (stage 2 starts once stage 1 is
 # complete, in whichever run that is). A step stopped at its limit gets SIGINT first (the
@@ -48,8 +66,8 @@
 # are lost.
 #
 # Under $OUT: gpu_table1.log, env.txt (nasproxy.provenance's record: commit, date, device,
-# versions; then the GPU and the settings), table1-units.tar.gz (the experiment's manifest
-# and unit files; rewritten every PACK_EVERY seconds while the sweeps run and at the end,
+# versions; then the GPU and the settings), table1-units.tar.gz (the experiments' manifests
+# and unit files, Table 1's, the frontier's and NB201's; rewritten every PACK_EVERY seconds while the sweeps run and at the end,
 # always by rename), sweep-<device>.json (when the benchmark ran). Unpack with
 #     nasproxy units unpack table1-units.tar.gz --results-dir results
 # The log has a `rate` line for each training set every PACK_EVERY seconds: units and
@@ -75,6 +93,10 @@ if [ -n "${GPU_TABLE1_TINY:-}" ]; then
   : "${RESULTS_DIR:=${TMPDIR:-/tmp}/gpu-table1-tiny/results}" "${EXP:=table1-tiny}"
   : "${WHOLE_TOP:=1}" "${BENCH_S:=150}" "${PACK_EVERY:=30}"
   : "${TRIAL_SIZE:=16}"
+  : "${FRONTIER_BUDGETS:=5,10}" "${FRONTIER_SEEDS:=0,1}" "${NB201_SAMPLE:=2}"
+  : "${FRONTIER_METHODS:=random,herding}" "${FRONTIER_EXP:=frontier-tiny}" "${NB201_EXP:=nb201-tiny}"
+  read -r -a FRONTIER_ARCHS <<<"${FRONTIER_ARCHS:---archs w32-d1-* --sample 2}"
+  FRONTIER_SCORING=(--backbone-epochs 1)
   PROXY_ARCHS=(--archs 'w32-d1-*' --sample 2)
   SHAPES_WITHIN=(--within 'w32-d1-*')
   WHOLE_OPTS=(--whole-per-class 20)
@@ -86,13 +108,18 @@ else
   : "${WHOLE_TOP:=10}" "${BENCH_S:=120}" "${PACK_EVERY:=30}"
   : "${TRIAL_SIZE:=48}"  # a proxy stack is 12 units: 4 stacks a trial, fewer trial start-ups
   read -r -a PROXY_ARCHS <<<"${PROXY_ARCHS:-}"  # default: all architectures of the space
+  : "${FRONTIER_BUDGETS:=10,50,100,500}" "${FRONTIER_SEEDS:=0,1,2}" "${NB201_SAMPLE:=60}"
+  : "${FRONTIER_METHODS:=random,herding,forgetting,influence}"
+  : "${FRONTIER_EXP:=frontier-cifar10-gpu}" "${NB201_EXP:=nb201-cifar10-gpu}"
+  read -r -a FRONTIER_ARCHS <<<"${FRONTIER_ARCHS:---sample 120}"
+  FRONTIER_SCORING=(--backbone-epochs 4)  # the CPU table's scoring run
   SHAPES_WITHIN=()
   WHOLE_OPTS=()
   BENCH_ARGS=(--dataset "$DATASET" --archs 8 --epochs 3 --proxies 4 --proxy-size 1000
               --seeds 2 --whole-slice 5000 --whole-epochs 1)
   SUFFIX=cuda
 fi
-EXPERIMENTS=("$EXP")
+EXPERIMENTS=("$EXP" "$FRONTIER_EXP" "$NB201_EXP")
 WHOLE_ARCHS=()
 while read -r glob; do WHOLE_ARCHS+=(--whole-archs "$glob"); done < <(
   "$PY" -m nasproxy.cli units shapes "$WHOLE_SHAPES" "${SHAPES_WITHIN[@]}")
@@ -134,9 +161,19 @@ step() {  # step NAME SECONDS COMMAND...: run in a new process session (setsid),
   return "$rc"
 }
 
+existing() {  # the experiments of EXPERIMENTS that have a manifest yet
+  local e
+  for e in "${EXPERIMENTS[@]}"; do
+    if [ -f "$RESULTS_DIR/$e/manifest.json" ]; then echo "$e"; fi
+  done
+}
+
 pack() {
+  local have
+  mapfile -t have < <(existing)
+  if [ "${#have[@]}" -eq 0 ]; then return 0; fi
   "$PY" -m nasproxy.cli units pack --results-dir "$RESULTS_DIR" --out "$ARCHIVE" \
-    "${EXPERIMENTS[@]}" >>"$LOG" 2>&1
+    "${have[@]}" >>"$LOG" 2>&1
 }
 
 monitor() {  # every PACK_EVERY seconds: refresh the archive, log the measured rates
@@ -147,8 +184,9 @@ monitor() {  # every PACK_EVERY seconds: refresh the archive, log the measured r
     nap=$!
     wait "$nap"
     pack
+    mapfile -t have < <(existing)
     "$PY" -m nasproxy.cli units rates --results-dir "$RESULTS_DIR" --since "$since" \
-      "${EXPERIMENTS[@]}" 2>&1 | tee -a "$LOG"
+      "${have[@]}" 2>&1 | tee -a "$LOG"
   done
 }
 
@@ -193,7 +231,47 @@ fi
 sweep table1 "$(left)" "${SEARCH[@]}" "${PROXY_ARCHS[@]}" --whole "${WHOLE_ARCHS[@]}" \
   --whole-top "$WHOLE_TOP" --name "$EXP"
 
+# the frontier: each method's draws at every budget (a draw built once, on this host), then
+# one sweep of them all with the whole split, its equal-compute sets and halving
+FRONTIER_DIR="$RESULTS_DIR/$FRONTIER_EXP/proxies"
+mkdir -p "$FRONTIER_DIR"
+IFS=, read -r -a F_METHODS <<<"$FRONTIER_METHODS"
+IFS=, read -r -a F_SEEDS <<<"$FRONTIER_SEEDS"
+IFS=, read -r -a F_BUDGETS <<<"$FRONTIER_BUDGETS"
+for method in "${F_METHODS[@]}"; do
+  for seed in "${F_SEEDS[@]}"; do
+    last="$FRONTIER_DIR/$method-pc${F_BUDGETS[-1]}-d$seed.json"
+    if [ -f "$last" ]; then continue; fi
+    outdir=$(mktemp -d "$FRONTIER_DIR/.build-XXXX")
+    if (cd "$outdir" && step "proxies $method d$seed" "$(left)" "$PY" -m nasproxy.cli build-proxy \
+        --method "$method" --seeds "$seed," --per-class "$FRONTIER_BUDGETS" \
+        --dataset "$DATASET" --backbone w32-d3-relu-instancenorm-avgpooling \
+        "${FRONTIER_SCORING[@]}"); then
+      for budget in "${F_BUDGETS[@]}"; do  # budgets first, the largest last: it marks done
+        mv "$outdir"/results/proxies/*-"$method-$budget-s$seed.json" \
+          "$FRONTIER_DIR/$method-pc$budget-d$seed.json"
+      done
+    fi
+    rm -rf "$outdir"
+  done
+done
+FRONTIER_PROXIES=()
+for f in "$FRONTIER_DIR"/*.json; do
+  if [ -f "$f" ]; then FRONTIER_PROXIES+=(--proxy "$(basename "$f" .json)=$f"); fi
+done
+if [ "${#FRONTIER_PROXIES[@]}" -gt 0 ]; then
+  sweep frontier "$(left)" "$PY" -m nasproxy.cli search --dataset "$DATASET" \
+    "${FRONTIER_PROXIES[@]}" --epochs "$EPOCHS" --seeds "$SEEDS" --trial-size "$TRIAL_SIZE" \
+    --results-dir "$RESULTS_DIR" "${FRONTIER_ARCHS[@]}" --whole --equal-compute --halving 3 \
+    --name "$FRONTIER_EXP"
+fi
+
+# NAS-Bench-201 cells on the Table 1 proxies and the whole split, NATS-Bench's optimiser
+sweep nb201 "$(left)" "${SEARCH[@]}" --space nb201 --sample "$NB201_SAMPLE" --whole \
+  "${WHOLE_OPTS[@]}" --nesterov --lr 0.1 --batch-size 256 --name "$NB201_EXP"
+
 pack
+mapfile -t have < <(existing)
 "$PY" -m nasproxy.cli units rates --results-dir "$RESULTS_DIR" --since "$START_EPOCH" \
-  "${EXPERIMENTS[@]}" 2>&1 | sed 's/^rate /this call, overall: /' | tee -a "$LOG"
+  "${have[@]}" 2>&1 | sed 's/^rate /this call, overall: /' | tee -a "$LOG"
 say "done after $((SECONDS - START))s; under $OUT: $(cd "$OUT" && echo *)"
