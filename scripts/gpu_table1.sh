@@ -48,7 +48,7 @@
 #           top K by proxy validation accuracy also on the whole split, so that the top-10
 #           metrics of every proxy have the whole-set accuracy of all ten; fused
 #   frontier (after table1, with the time left) the frontier around Table 1's point
-#           (results/README.md, "The frontier on a GPU host"): proxies of FRONTIER_METHODS
+#           (results/README.md, "The frontier and the NB201 cells on a GPU host"): proxies of FRONTIER_METHODS
 #           at budgets FRONTIER_BUDGETS per class, draws FRONTIER_SEEDS (each draw its own
 #           scoring run, built on this host, each method and draw once: a file already
 #           under $FRONTIER_EXP/proxies is kept), then one sweep -> $FRONTIER_EXP on
