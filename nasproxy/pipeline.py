@@ -10,6 +10,7 @@ resumes from its results store, and the report is rebuilt from the results
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -39,6 +40,11 @@ from nasproxy.search import (
 from nasproxy.search.lock import ensure_held
 from nasproxy.settings import SettingError, ref
 from nasproxy.train import resolve_device
+
+# A NATS-Bench topology benchmark directory: for a space of cells, its published accuracies
+# stand in for the whole split (nasproxy.natsbench), which is then not trained.
+NATS_ENV = "NASPROXY_NATS"
+REFERENCE_FILE = "reference.csv"  # the experiment's external whole-set reference, if any
 
 Message = Callable[[str], None]
 
@@ -156,6 +162,22 @@ def build_proxies(
     return paths
 
 
+def nats_directory(preset: Preset) -> Path | None:
+    """The NATS-Bench directory whose published accuracies stand in for the whole split:
+    ``$NASPROXY_NATS`` when it is set and the preset's space is the NAS-Bench-201 cells
+    (``nb201``), else None (the whole split is trained as the preset says)."""
+    path = os.environ.get(NATS_ENV, "").strip()
+    return Path(path) if path and preset.search.space == "nb201" else None
+
+
+def import_reference(nats: Path, preset: Preset, exp_dir: Path) -> Path:
+    """``EXP/reference.csv`` from NATS-Bench directory ``nats`` at the preset's dataset
+    and epochs, through the official package (``nasproxy reference import-nats``)."""
+    from nasproxy.natsbench import import_nats  # the optional extra, only when asked for
+
+    return import_nats(nats, preset.search.dataset, preset.epochs, exp_dir / REFERENCE_FILE)
+
+
 def run_pipeline(
     preset: Preset,
     name: str,
@@ -204,6 +226,12 @@ def run_pipeline(
     )
     # the experiment goes before its proxies are built, not by the search (after the build)
     cfg = replace(cfg, fresh=False)
+    nats = nats_directory(preset)
+    if nats is not None:  # a published reference stands in for the whole split
+        cfg = replace(
+            cfg, whole=False, whole_per_class=None, whole_archs=(), whole_sample=None,
+            whole_top=None,
+        )  # fmt: skip
     # what the search refuses, before the build
     data, _, _ = check_search(cfg, [p.name for p in planned])
     key = "budgets" if preset.budgets else "per_class"
@@ -217,6 +245,7 @@ def run_pipeline(
             # the proxies live inside the experiment, so the experiment goes before they are
             # rebuilt (a fresh search after the build would delete them with it)
             remove_experiment(exp_dir)
+        reference = None if nats is None else import_reference(nats, preset, exp_dir)
         build_proxies(
             preset, data, proxies_dir, root, device, progress, lambda: ensure_held(exp_dir)
         )
@@ -225,4 +254,4 @@ def run_pipeline(
         run_search(cfg, search_progress)
     if progress is not None:
         progress("reporting")
-    return make_report(exp_dir, top_k=preset.top_k)
+    return make_report(exp_dir, top_k=preset.top_k, reference=reference)

@@ -155,8 +155,9 @@ PRESETS: dict[str, Preset] = {
     # topology space; the official 200E.config of the benchmark's code: 200 epochs, SGD with
     # Nesterov momentum 0.9, lr 0.1 cosine to 0, weight decay 5e-4, batch 256), proxies at
     # 100 per class scored as in the paper, a stratified sample of cells.
-    # The whole-set half is the whole split trained on the same sample; a published
-    # reference ($NASPROXY_NATS, a NATS-Bench directory) is to stand in for it there.
+    # The whole-set half is the whole split trained on the same sample, or, with
+    # $NASPROXY_NATS naming a NATS-Bench directory, its published accuracies
+    # (nasproxy.pipeline.nats_directory).
     "nb201": Preset(
         scoring=ScoringConfig(backbone=RESNET18),
         search=_search(

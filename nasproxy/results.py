@@ -59,6 +59,7 @@ OWN_ENTRIES = frozenset(
         TRIALS_CSV,
         "ray",
         "proxies",
+        "reference.csv",
         "table1.md",
         "table1.csv",
         "table1.tex",

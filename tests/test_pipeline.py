@@ -318,3 +318,33 @@ def test_run_a_family_of_draws_and_budgets_end_to_end(tmp_path: Path, cache_root
     before = {p.name: p.stat().st_mtime_ns for p in (exp / "proxies").iterdir()}
     assert main(argv) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (exp / "proxies").iterdir()} == before
+
+
+def test_nats_directory_stands_in_only_for_a_space_of_cells(monkeypatch, tmp_path) -> None:
+    """$NASPROXY_NATS names the benchmark for the nb201 preset; other spaces ignore it."""
+    monkeypatch.delenv(pipeline_module.NATS_ENV, raising=False)
+    assert pipeline_module.nats_directory(PRESETS["nb201"]) is None
+    monkeypatch.setenv(pipeline_module.NATS_ENV, str(tmp_path))
+    assert pipeline_module.nats_directory(PRESETS["nb201"]) == tmp_path
+    assert pipeline_module.nats_directory(PRESETS["demo"]) is None
+
+
+def test_the_nb201_reference_is_the_benchmarks_accuracies(tmp_path) -> None:
+    """The experiment's reference.csv holds the accuracies written into a benchmark
+    directory in NATS-Bench's own format, at the preset's 200 epochs, ids canonical."""
+    pytest.importorskip("nats_bench")
+    from nasproxy import spaces
+    from nasproxy.reference import read_reference
+    from tests.test_natsbench import CELLS, mean_pct, write_benchmark
+
+    bench = write_benchmark(tmp_path / "NATS-tss-v1_0-3ffb9-simple")
+    exp_dir = tmp_path / "exp"
+    exp_dir.mkdir()
+    path = pipeline_module.import_reference(bench, PRESETS["nb201"], exp_dir)
+    assert path == exp_dir / pipeline_module.REFERENCE_FILE
+    ref = read_reference(path, spaces.canonical_id)
+    ids = [spaces.canonical_id(c) for c in CELLS]
+    val, test = ref.accuracies(ids)
+    for i in range(len(CELLS)):
+        assert val[i] == pytest.approx(mean_pct(i, "200", "cifar10-valid", "x-valid"))
+        assert test[i] == pytest.approx(mean_pct(i, "200", "cifar10", "ori-test"))
