@@ -31,7 +31,8 @@
 #                       the frontier's methods (default random,herding,forgetting,influence),
 #                       budgets (10,50,100,500), draws (0,1,2), `nasproxy search` arguments
 #                       choosing its architectures (default --sample 120) and experiment
-#                       (frontier-cifar10-gpu)
+#                       (frontier-cifar10-gpu); FRONTIER_EPOCHS its epochs (default EPOCHS;
+#                       at least 3, as halving at rate 3 needs two rungs)
 #   NB201_SAMPLE, NB201_EXP  the cells sampled (default 60) and the experiment (nb201-cifar10-gpu)
 #   BENCH_S, PACK_EVERY the benchmark's limit (default 120 s); seconds between archives
 #                       and rate lines (default 30)
@@ -94,6 +95,7 @@ if [ -n "${GPU_TABLE1_TINY:-}" ]; then
   : "${WHOLE_TOP:=1}" "${BENCH_S:=150}" "${PACK_EVERY:=30}"
   : "${TRIAL_SIZE:=16}"
   : "${FRONTIER_BUDGETS:=5,10}" "${FRONTIER_SEEDS:=0,1}" "${NB201_SAMPLE:=2}"
+  : "${FRONTIER_EPOCHS:=3}"  # halving at rate 3 needs 3 epochs for two rungs
   # random only: a scoring-run method would train on the 45,000 images for minutes on a CPU
   : "${FRONTIER_METHODS:=random}" "${FRONTIER_EXP:=frontier-tiny}" "${NB201_EXP:=nb201-tiny}"
   read -r -a FRONTIER_ARCHS <<<"${FRONTIER_ARCHS:---archs w32-d1-* --sample 2}"
@@ -112,6 +114,7 @@ else
   : "${FRONTIER_BUDGETS:=10,50,100,500}" "${FRONTIER_SEEDS:=0,1,2}" "${NB201_SAMPLE:=60}"
   : "${FRONTIER_METHODS:=random,herding,forgetting,influence}"
   : "${FRONTIER_EXP:=frontier-cifar10-gpu}" "${NB201_EXP:=nb201-cifar10-gpu}"
+  : "${FRONTIER_EPOCHS:=$EPOCHS}"
   read -r -a FRONTIER_ARCHS <<<"${FRONTIER_ARCHS:---sample 120}"
   FRONTIER_SCORING=(--backbone-epochs 4)  # the CPU table's scoring run
   SHAPES_WITHIN=()
@@ -262,7 +265,7 @@ for f in "$FRONTIER_DIR"/*.json; do
 done
 if [ "${#FRONTIER_PROXIES[@]}" -gt 0 ]; then
   sweep frontier "$(left)" "$PY" -m nasproxy.cli search --dataset "$DATASET" \
-    "${FRONTIER_PROXIES[@]}" --epochs "$EPOCHS" --seeds "$SEEDS" --trial-size "$TRIAL_SIZE" \
+    "${FRONTIER_PROXIES[@]}" --epochs "$FRONTIER_EPOCHS" --seeds "$SEEDS" --trial-size "$TRIAL_SIZE" \
     --results-dir "$RESULTS_DIR" "${FRONTIER_ARCHS[@]}" --whole --equal-compute --halving 3 \
     --name "$FRONTIER_EXP"
 fi
