@@ -122,7 +122,7 @@ def test_the_find_fields_of_a_preset_reach_the_search(
     seen = []
     monkeypatch.setattr(pipeline_module, "build_proxies", lambda *args, **kwargs: [])
     monkeypatch.setattr(pipeline_module, "run_search", lambda cfg, progress=None: seen.append(cfg))
-    monkeypatch.setattr(pipeline_module, "make_report", lambda exp_dir, top_k: top_k)
+    monkeypatch.setattr(pipeline_module, "make_report", lambda exp_dir, top_k, reference: top_k)
     preset = parse_overrides(
         PRESETS["find"], ["whole_archs=w32-d1-*,w32-d2-*", "whole_sample=4", "whole_by=random"]
     )
@@ -147,7 +147,7 @@ def test_search_options_of_run_pipeline_still_work_with_a_deprecation_warning(
     seen = []
     monkeypatch.setattr(pipeline_module, "build_proxies", lambda *a, **k: [])
     monkeypatch.setattr(pipeline_module, "run_search", lambda cfg, progress=None: seen.append(cfg))
-    monkeypatch.setattr(pipeline_module, "make_report", lambda exp_dir, top_k: None)
+    monkeypatch.setattr(pipeline_module, "make_report", lambda exp_dir, top_k, reference: None)
     with pytest.warns(DeprecationWarning, match="search_options"):
         pipeline_module.run_pipeline(
             PRESETS["smoke"], "s", tmp_path, cache_root, search_options={"trial_size": 3}
