@@ -27,6 +27,7 @@ from nasproxy.search import Progress, SearchConfig
 from nasproxy.search.trial import make_row
 from nasproxy.spaces import Arch
 from nasproxy.train import TrainRecord
+from tests.search.conftest import default_sigint
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_SPACE = """name: tiny2
@@ -166,6 +167,7 @@ def test_interrupt_exits_130_with_one_line_and_the_store_resumes(tmp_path, cache
     proc = subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: everything it starts is found below
+        preexec_fn=default_sigint,  # Ctrl-C reaches it as a user's would
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 240

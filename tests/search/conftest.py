@@ -134,6 +134,13 @@ def _wait(condition, proc: subprocess.Popen, what: str, timeout_s: float = 240) 
         time.sleep(0.05)
 
 
+def default_sigint() -> None:
+    """In a started driver, before it runs: SIGINT's default disposition, so that Ctrl-C
+    reaches it as a user's would even where the test process inherited it ignored (a child
+    keeps an ignored SIGINT ignored, and Python then installs no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def marked():
     """Start marked processes; afterwards kill whatever of them (and their children) is left."""
@@ -142,7 +149,9 @@ def marked():
 
     def start(args: list[str], **kwargs) -> subprocess.Popen:
         env = {**os.environ, MARK: mark, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
-        proc = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True, **kwargs)
+        proc = subprocess.Popen(
+            args, cwd=REPO, env=env, start_new_session=True, preexec_fn=default_sigint, **kwargs
+        )
         started.append(proc)
         return proc
 
