@@ -189,9 +189,10 @@ def unit_cost(
 ) -> float:
     """The planner's cost model of one work unit: the multiply-accumulates of one forward
     pass of ``arch`` on images of the given shape, times the ``n_images`` of its training
-    set. Every unit of a sweep has the same epochs and batch size, so this is proportional
-    to a unit's training work: the search balances chunks and estimates the time left by
-    it, the report estimates the units that did not run by it (docs/find.md)."""
+    set. Units of one training set share epochs and batch size, so this is proportional
+    to a unit's training work per epoch; the search multiplies it by each set's epochs
+    (a set ``BASE@N`` trains N) to balance chunks and estimate the time left, and the
+    report estimates the units that did not run by it (docs/find.md)."""
     return float(arch.macs(in_channels, num_classes, image_size)) * n_images
 
 
